@@ -1,0 +1,260 @@
+//! The input and output of [`crate::State::apply`].
+//!
+//! A Raft entry carries one leader stamp ([`Stamp`]: log index and cluster
+//! time) and one or more [`Command`]s; the server batches concurrent client
+//! requests into one entry, and every command in it is applied with the same
+//! stamp and answered on its own.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::QueueConfig;
+
+/// Where and when a command is applied. The log index is the fence of every
+/// lease the command grants; the time is the leader's cluster time, which the
+/// core never lets run backwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub index: u64,
+    pub time_ms: u64,
+}
+
+/// Identifies a queue's incarnation: a queue deleted and created again with
+/// the same name gets a new id, so its payload keys never collide.
+pub type QueueId = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Client-given (recommended) or server-made before proposing; 1 to
+    /// `ID_BYTES_MAX` bytes with no control characters.
+    pub id: String,
+    /// `None`: the job is a group of one.
+    pub group: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    /// 0..=9, higher first among ready group heads.
+    pub priority: u8,
+    /// The job is `DELAYED` until cluster time passes enqueue time plus this.
+    pub delay_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckItem {
+    pub offset: u64,
+    pub fence: u64,
+}
+
+/// Which dead letters a purge removes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PurgeSelector {
+    All,
+    Offsets(Vec<u64>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateQueue {
+        name: String,
+        config: QueueConfig,
+    },
+    UpdateQueue {
+        name: String,
+        config: QueueConfig,
+    },
+    DeleteQueue {
+        name: String,
+    },
+    Enqueue {
+        queue: String,
+        jobs: Vec<NewJob>,
+    },
+    /// Grants up to `max` leases. `lease_ms` 0 means the queue's default.
+    Fetch {
+        queue: String,
+        consumer: String,
+        max: u32,
+        lease_ms: u64,
+    },
+    Ack {
+        queue: String,
+        items: Vec<AckItem>,
+    },
+    /// Ends the attempt as failed. `delay_ms` 0 means the queue's backoff.
+    Nack {
+        queue: String,
+        offset: u64,
+        fence: u64,
+        delay_ms: u64,
+    },
+    Extend {
+        queue: String,
+        offset: u64,
+        fence: u64,
+        lease_ms: u64,
+    },
+    /// Gives the job back without counting an attempt.
+    Release {
+        queue: String,
+        offset: u64,
+        fence: u64,
+    },
+    DeadLetter {
+        queue: String,
+        offset: u64,
+        fence: u64,
+        reason: String,
+    },
+    /// Advances cluster time on every queue: expires due leases, wakes due
+    /// delayed jobs, forgets dedup ids past their window.
+    Tick,
+    PauseGroup {
+        queue: String,
+        group: String,
+    },
+    ResumeGroup {
+        queue: String,
+        group: String,
+    },
+    RequeueDeadLetter {
+        queue: String,
+        offset: u64,
+    },
+    PurgeDeadLetters {
+        queue: String,
+        which: PurgeSelector,
+    },
+}
+
+impl Command {
+    /// The queue a command addresses, if any.
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Command::CreateQueue { name, .. }
+            | Command::UpdateQueue { name, .. }
+            | Command::DeleteQueue { name } => Some(name),
+            Command::Enqueue { queue, .. }
+            | Command::Fetch { queue, .. }
+            | Command::Ack { queue, .. }
+            | Command::Nack { queue, .. }
+            | Command::Extend { queue, .. }
+            | Command::Release { queue, .. }
+            | Command::DeadLetter { queue, .. }
+            | Command::PauseGroup { queue, .. }
+            | Command::ResumeGroup { queue, .. }
+            | Command::RequeueDeadLetter { queue, .. }
+            | Command::PurgeDeadLetters { queue, .. } => Some(queue),
+            Command::Tick => None,
+        }
+    }
+}
+
+/// The state of a job as a client sees it (SPEC 2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Ready,
+    Delayed,
+    Leased,
+    Done,
+    Dead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnqueueResult {
+    Created {
+        offset: u64,
+    },
+    /// Same id, group and payload inside the window: the original offset.
+    Duplicate {
+        offset: u64,
+        state: JobState,
+    },
+    /// Same id with another group or payload: nothing stored.
+    IdConflict {
+        offset: u64,
+    },
+}
+
+/// A granted lease. The payload, id and headers are not in the core: the
+/// server reads them from the payload store under (`queue_id`, `blob`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub queue_id: QueueId,
+    pub offset: u64,
+    pub blob: u64,
+    pub group: Option<String>,
+    pub priority: u8,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    pub fence: u64,
+    pub deadline_ms: u64,
+}
+
+/// The outcome of one ack item. Items of one ack are independent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckResult {
+    Acked,
+    /// Repeated ack with the fence that finished the job: OK, no change.
+    AlreadyAcked,
+    Failed(crate::Error),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    QueueCreated {
+        created: bool,
+        queue_id: QueueId,
+    },
+    QueueUpdated,
+    QueueDeleted,
+    Enqueued(Vec<EnqueueResult>),
+    Fetched(Vec<Delivery>),
+    Acked(Vec<AckResult>),
+    /// The job is retried after `not_before_ms`, or went to the dead letters.
+    Nacked {
+        dead: bool,
+        not_before_ms: u64,
+    },
+    Extended {
+        deadline_ms: u64,
+    },
+    Released,
+    DeadLettered,
+    Ticked {
+        expired: u32,
+    },
+    GroupPaused,
+    GroupResumed,
+    Requeued {
+        offset: u64,
+    },
+    Purged {
+        count: u64,
+    },
+}
+
+/// What the client sent along with a job, kept by the payload store rather
+/// than the core (SPEC 7: payloads stay out of memory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBlob {
+    pub id: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+/// A write the storage layer must make in the same batch as the entry that
+/// produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    PutBlob {
+        queue_id: QueueId,
+        blob: u64,
+        data: JobBlob,
+    },
+    DeleteBlob {
+        queue_id: QueueId,
+        blob: u64,
+    },
+    /// Every blob of the queue goes (the queue was deleted).
+    DropQueue {
+        queue_id: QueueId,
+    },
+}

@@ -1,0 +1,128 @@
+//! Per-queue configuration (SPEC 2.4, 2.6) and its validation.
+//!
+//! Field names follow the public API (`max_jobs`, `lease_ms_max`, ...), since
+//! the proto and the TOML files use them; the constants behind them live in
+//! [`crate::limits`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::*;
+
+/// What happens to a group when one of its jobs is dead-lettered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum GroupPolicy {
+    /// The group moves on to its next job (SQS and Service Bus behaviour).
+    #[default]
+    Continue,
+    /// The group stops until an operator resumes it, so nothing after the
+    /// poison job runs out of order.
+    Park,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Deliveries a job gets before it is dead-lettered.
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    /// Each failed attempt multiplies the delay by this (integer) factor.
+    pub backoff_factor: u32,
+    pub backoff_cap_ms: u64,
+    /// Up to this percentage of the delay is taken off, chosen by a hash of
+    /// (job id, attempt), so retries of many jobs spread out deterministically.
+    pub backoff_jitter_pct: u32,
+    /// Lease used when a fetch asks for 0 ms.
+    pub lease_ms_default: u64,
+    /// Leases asked beyond this are clamped to it.
+    pub lease_ms_max: u64,
+    /// Dedup window, counted from the first acceptance of an id.
+    pub dedup_window_ms: u64,
+    /// Jobs held (pending plus dead-lettered).
+    pub max_jobs: u64,
+    /// Payload bytes held (pending plus dead-lettered).
+    pub max_bytes: u64,
+    pub max_payload_bytes: u32,
+    /// Jobs in one enqueue, acks in one ack, deliveries in one fetch.
+    pub max_batch: u32,
+    pub group_policy: GroupPolicy,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_attempts: MAX_ATTEMPTS_DEFAULT,
+            backoff_base_ms: BACKOFF_BASE_MS_DEFAULT,
+            backoff_factor: BACKOFF_FACTOR_DEFAULT,
+            backoff_cap_ms: BACKOFF_CAP_MS_DEFAULT,
+            backoff_jitter_pct: BACKOFF_JITTER_PCT_DEFAULT,
+            lease_ms_default: LEASE_MS_DEFAULT,
+            lease_ms_max: LEASE_MS_MAX_DEFAULT,
+            dedup_window_ms: DEDUP_WINDOW_MS_DEFAULT,
+            max_jobs: JOBS_MAX_DEFAULT,
+            max_bytes: BYTES_MAX_DEFAULT,
+            max_payload_bytes: PAYLOAD_BYTES_MAX_DEFAULT,
+            max_batch: BATCH_MAX_DEFAULT,
+            group_policy: GroupPolicy::Continue,
+        }
+    }
+}
+
+fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    value: T,
+    low: T,
+    high: T,
+) -> Result<()> {
+    if value < low || value > high {
+        return Err(Error::invalid(
+            field,
+            format!("{value} is outside the allowed range {low}..={high}"),
+        ));
+    }
+    Ok(())
+}
+
+impl QueueConfig {
+    /// Checks every field against its ceiling. Called before a create or an
+    /// update is applied, so a bad configuration never reaches the state.
+    pub fn validate(&self) -> Result<()> {
+        range("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_LIMIT)?;
+        range("backoff_base_ms", self.backoff_base_ms, 0, DELAY_MS_MAX)?;
+        range(
+            "backoff_factor",
+            self.backoff_factor,
+            1,
+            BACKOFF_FACTOR_LIMIT,
+        )?;
+        range(
+            "backoff_cap_ms",
+            self.backoff_cap_ms,
+            self.backoff_base_ms,
+            DELAY_MS_MAX,
+        )?;
+        range("backoff_jitter_pct", self.backoff_jitter_pct, 0, 100)?;
+        range("lease_ms_max", self.lease_ms_max, 1, LEASE_MS_LIMIT)?;
+        range(
+            "lease_ms_default",
+            self.lease_ms_default,
+            1,
+            self.lease_ms_max,
+        )?;
+        range(
+            "dedup_window_ms",
+            self.dedup_window_ms,
+            1,
+            DEDUP_WINDOW_MS_LIMIT,
+        )?;
+        range("max_jobs", self.max_jobs, 1, JOBS_MAX_LIMIT)?;
+        range("max_bytes", self.max_bytes, 1, BYTES_MAX_LIMIT)?;
+        range(
+            "max_payload_bytes",
+            self.max_payload_bytes,
+            1,
+            PAYLOAD_BYTES_MAX_LIMIT,
+        )?;
+        range("max_batch", self.max_batch, 1, BATCH_MAX_LIMIT)?;
+        Ok(())
+    }
+}

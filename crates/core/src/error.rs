@@ -1,0 +1,79 @@
+//! Typed errors of the core, each mapped one-to-one to a gRPC code (SPEC 4).
+//!
+//! A message names the field or limit at fault so a person can act on it.
+
+use serde::{Deserialize, Serialize};
+
+/// The gRPC status codes the core can produce. The server maps each to
+/// `tonic::Code` one-to-one; the core itself does not depend on tonic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Code {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    ResourceExhausted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    /// A field of the request is malformed or beyond a limit that no state
+    /// change could make room for.
+    #[error("invalid argument `{field}`: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("queue `{queue}` already exists with a different configuration")]
+    AlreadyExists { queue: String },
+    /// The lease named by (offset, fence) is not the live one: it expired,
+    /// was re-granted, or the job finished under another fence.
+    #[error("lease lost: offset {offset} is not leased under fence {fence}")]
+    LeaseLost { offset: u64, fence: u64 },
+    /// The request is valid but the state refuses it (for example requeueing
+    /// a job that is not dead-lettered).
+    #[error("failed precondition: {message}")]
+    FailedPrecondition { message: String },
+    /// A capacity limit of the queue would be exceeded; retrying after the
+    /// queue drains can succeed.
+    #[error("resource exhausted: `{limit}` = {max} would be exceeded ({message})")]
+    ResourceExhausted {
+        limit: String,
+        max: u64,
+        message: String,
+    },
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::LeaseLost { .. } | Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn queue_not_found(queue: &str) -> Error {
+        Error::NotFound {
+            what: format!("queue `{queue}`"),
+        }
+    }
+
+    pub(crate) fn exhausted(limit: &str, max: u64, message: impl Into<String>) -> Error {
+        Error::ResourceExhausted {
+            limit: limit.to_string(),
+            max,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

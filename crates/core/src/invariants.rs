@@ -1,0 +1,242 @@
+//! `check_invariants`: what must hold after every apply. Tests and the
+//! property suite call it after each command; snapshot restore calls it so a
+//! corrupt snapshot is refused rather than served.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::limits::PRIORITY_MAX;
+use crate::state::{Finished, Queue, State, NO_GROUP};
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            return Err(format!($($arg)*));
+        }
+    };
+}
+
+impl Queue {
+    fn check_invariants(&self, last_index: u64) -> Result<(), String> {
+        let q = &self.name;
+        // Groups: ordered offsets of pending jobs of that group; only the
+        // head may be leased, so at most one lease per group.
+        ensure!(
+            self.groups.len() == self.group_ids.len(),
+            "{q}: group index size differs"
+        );
+        for (key, id) in &self.group_ids {
+            let group = self
+                .groups
+                .get(id)
+                .ok_or(format!("{q}: group `{key}` indexed but missing"))?;
+            ensure!(&group.key == key, "{q}: group {id} key mismatch");
+            ensure!(
+                !group.offsets.is_empty() || group.paused,
+                "{q}: empty unpaused group `{key}` kept"
+            );
+            ensure!(
+                group
+                    .offsets
+                    .iter()
+                    .zip(group.offsets.iter().skip(1))
+                    .all(|(a, b)| a < b),
+                "{q}: group `{key}` out of order"
+            );
+            for (i, offset) in group.offsets.iter().enumerate() {
+                let job = self
+                    .jobs
+                    .get(offset)
+                    .ok_or(format!("{q}: group `{key}` names missing job {offset}"))?;
+                ensure!(
+                    job.group == *id,
+                    "{q}: job {offset} is not in group `{key}`"
+                );
+                ensure!(
+                    i == 0 || job.lease.is_none(),
+                    "{q}: non-head job {offset} of `{key}` is leased"
+                );
+            }
+        }
+        let mut leases = BTreeSet::new();
+        let mut delayed = BTreeSet::new();
+        let mut ready = BTreeSet::new();
+        let mut bytes = 0u64;
+        for (&offset, job) in &self.jobs {
+            ensure!(
+                offset < self.next_offset,
+                "{q}: job {offset} at or past next offset"
+            );
+            ensure!(
+                job.priority <= PRIORITY_MAX,
+                "{q}: job {offset} priority out of range"
+            );
+            ensure!(
+                job.last_fence <= last_index,
+                "{q}: job {offset} fence from the future"
+            );
+            ensure!(
+                job.group == NO_GROUP
+                    || self
+                        .groups
+                        .get(&job.group)
+                        .is_some_and(|g| g.offsets.contains(&offset)),
+                "{q}: job {offset} missing from its group"
+            );
+            ensure!(
+                !self.finished.contains_key(&offset),
+                "{q}: job {offset} both pending and finished"
+            );
+            bytes += u64::from(job.payload_bytes);
+            match job.lease {
+                Some(lease) => {
+                    ensure!(
+                        lease.fence == job.last_fence,
+                        "{q}: job {offset} lease fence is not its last grant"
+                    );
+                    ensure!(
+                        lease.deadline_ms > self.clock_ms,
+                        "{q}: job {offset} lease past its deadline"
+                    );
+                    ensure!(
+                        self.holders.contains_key(&offset),
+                        "{q}: leased job {offset} has no holder"
+                    );
+                    leases.insert((lease.deadline_ms, offset));
+                }
+                None if job.not_before_ms > self.clock_ms => {
+                    delayed.insert((job.not_before_ms, offset));
+                }
+                None => {}
+            }
+            if self.should_be_ready(offset, job) {
+                ready.insert((PRIORITY_MAX - job.priority, offset));
+            }
+        }
+        ensure!(
+            leases == self.leases,
+            "{q}: lease index disagrees with the jobs"
+        );
+        ensure!(
+            self.holders.len() == leases.len(),
+            "{q}: holder table disagrees with the leases"
+        );
+        ensure!(
+            delayed == self.delayed,
+            "{q}: delay index disagrees with the jobs"
+        );
+        ensure!(
+            ready == self.ready,
+            "{q}: ready index disagrees with the jobs"
+        );
+        for (&offset, dead) in &self.dead {
+            ensure!(
+                offset < self.next_offset,
+                "{q}: dead letter {offset} past next offset"
+            );
+            ensure!(
+                !self.jobs.contains_key(&offset),
+                "{q}: {offset} both pending and dead"
+            );
+            ensure!(
+                dead.job.lease.is_none(),
+                "{q}: dead letter {offset} holds a lease"
+            );
+            bytes += u64::from(dead.job.payload_bytes);
+        }
+        ensure!(
+            bytes == self.bytes,
+            "{q}: byte count {} but jobs hold {bytes}",
+            self.bytes
+        );
+        // The ack floor is at most every unfinished offset: nothing below the
+        // first pending job is pending.
+        let floor = self.jobs.keys().next().copied().unwrap_or(self.next_offset);
+        ensure!(
+            self.jobs.keys().all(|&o| o >= floor),
+            "{q}: ack floor above a pending job"
+        );
+        for offset in self.history.keys() {
+            ensure!(
+                self.jobs.contains_key(offset),
+                "{q}: history kept for finished job {offset}"
+            );
+        }
+        // Dedup: one expiry slot per id, every id names a known offset, and
+        // a finished record exists only while its id is remembered.
+        ensure!(
+            self.dedup_order.len() == self.dedup.len(),
+            "{q}: dedup order and index differ in size"
+        );
+        ensure!(
+            self.dedup_order
+                .iter()
+                .zip(self.dedup_order.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0),
+            "{q}: dedup order not by first acceptance"
+        );
+        let mut by_offset = BTreeMap::new();
+        for &(first_ms, id_hash) in &self.dedup_order {
+            let entry = self
+                .dedup
+                .get(&id_hash)
+                .ok_or(format!("{q}: dedup order names a forgotten id"))?;
+            ensure!(
+                entry.first_ms == first_ms,
+                "{q}: dedup entry time disagrees with its order slot"
+            );
+            ensure!(
+                entry.offset < self.next_offset,
+                "{q}: dedup entry names a future offset"
+            );
+            by_offset.insert(entry.offset, id_hash);
+        }
+        for (offset, how) in &self.finished {
+            ensure!(
+                by_offset.contains_key(offset),
+                "{q}: finished record {offset} outlived its dedup id"
+            );
+            if let Finished::Dead { .. } = how {
+                ensure!(
+                    !self.jobs.contains_key(offset),
+                    "{q}: dead record for pending job {offset}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Checks every structural invariant of every queue. Cheap enough for
+    /// tests after each command; O(state) so not for the hot path.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
+        for (name, queue) in &self.queues {
+            ensure!(
+                &queue.name == name,
+                "queue `{name}` stored under another name"
+            );
+            ensure!(
+                queue.id < self.next_queue_id,
+                "queue `{name}` id from the future"
+            );
+            ensure!(ids.insert(queue.id), "queue id {} used twice", queue.id);
+            ensure!(
+                queue.clock_ms <= self.clock_ms,
+                "queue `{name}` clock ahead of the cluster clock"
+            );
+            queue.check_invariants(self.last_index)?;
+        }
+        Ok(())
+    }
+
+    /// Every payload the state references, as (queue id, blob key).
+    pub fn referenced_blobs(&self) -> BTreeSet<(u64, u64)> {
+        let mut out = BTreeSet::new();
+        for queue in self.queues.values() {
+            out.extend(queue.jobs.values().map(|j| (queue.id, j.blob)));
+            out.extend(queue.dead.values().map(|d| (queue.id, d.job.blob)));
+        }
+        out
+    }
+}

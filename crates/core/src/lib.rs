@@ -1,0 +1,53 @@
+//! Lockstep's queue state machine.
+//!
+//! [`State::apply`] takes a [`Command`] with the leader's [`Stamp`] (log index
+//! and cluster time) and returns a typed [`Reply`] or [`Error`]. It reads no
+//! clock and no randomness and does no I/O: payload writes come back as
+//! [`Effect`]s for the storage layer. Run the same commands from the same
+//! state on any node and you get the same state, byte for byte
+//! ([`State::snapshot`]).
+//!
+//! Architecture invariant: this crate depends on no async runtime, storage,
+//! network, clock or RNG crate; `scripts/check-boundaries` enforces it.
+
+mod blob;
+pub mod codec;
+mod command;
+mod config;
+mod error;
+pub mod hash;
+mod invariants;
+pub mod limits;
+mod query;
+mod state;
+
+pub use blob::{BlobStore, MemBlobStore};
+pub use command::*;
+pub use config::{GroupPolicy, QueueConfig};
+pub use error::{Code, Error, Result};
+pub use query::*;
+pub use state::{backoff_ms, validate_queue_name, Attempt, AttemptOutcome, Counters, State};
+
+impl State {
+    /// The deterministic encoding of the whole state, behind the codec's
+    /// version byte. Equal states give equal bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        codec::encode(self).expect("the state is always encodable")
+    }
+
+    /// Rebuilds a state from [`State::snapshot`] bytes, refusing bytes that
+    /// decode to a state that breaks an invariant.
+    pub fn restore(bytes: &[u8]) -> std::result::Result<State, String> {
+        let state: State = codec::decode_snapshot(bytes).map_err(|e| e.to_string())?;
+        state
+            .check_invariants()
+            .map_err(|e| format!("snapshot breaks an invariant: {e}"))?;
+        Ok(state)
+    }
+
+    /// A 128-bit digest of the state, for comparing replicas at the same
+    /// applied index.
+    pub fn digest(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(&self.snapshot())
+    }
+}

@@ -1,0 +1,61 @@
+//! Every bound the core enforces, as a named constant with its unit last.
+//!
+//! Per-queue limits (SPEC 2.6) have a default and a hard ceiling: a queue's
+//! configuration may lower or raise the default, never past the ceiling.
+//! Ceilings exist so that one bad configuration cannot make a single Raft
+//! entry, a single reply or a single snapshot unbounded.
+
+/// Bytes in a job id. Ids are hashed to 128 bits for the dedup index, so the
+/// length only bounds what a request may carry.
+pub const ID_BYTES_MAX: usize = 256;
+/// Bytes in a group key.
+pub const GROUP_BYTES_MAX: usize = 256;
+/// Bytes in a queue name.
+pub const QUEUE_NAME_BYTES_MAX: usize = 128;
+/// Bytes in a consumer name (shown as the lease holder).
+pub const CONSUMER_BYTES_MAX: usize = 256;
+/// Bytes in a dead-letter reason.
+pub const REASON_BYTES_MAX: usize = 1024;
+/// Headers on one job.
+pub const HEADERS_COUNT_MAX: usize = 64;
+/// Bytes of all header keys and values of one job together.
+pub const HEADERS_BYTES_MAX: usize = 16 * 1024;
+/// Queues in one cluster.
+pub const QUEUES_COUNT_MAX: usize = 10_000;
+/// Groups that may be paused while holding no job, per queue (a pause of an
+/// empty group keeps a record so later jobs wait).
+pub const PAUSED_EMPTY_GROUPS_MAX: usize = 100_000;
+/// Rows in one page of a listing.
+pub const PAGE_LIMIT_MAX: u32 = 1_000;
+/// Highest priority; priorities run 0..=PRIORITY_MAX.
+pub const PRIORITY_MAX: u8 = 9;
+/// Attempt records kept per job for its dead-letter history.
+pub const HISTORY_LEN_MAX: usize = 32;
+
+/// The longest delay a job may be enqueued with: 30 days.
+pub const DELAY_MS_MAX: u64 = 30 * 24 * 3_600_000;
+/// The hard ceiling on any lease: 12 hours (SQS's visibility ceiling). A
+/// request above it is refused; a request between the queue's `lease_ms_max`
+/// and this ceiling is clamped to the queue's maximum (SPEC 2.3).
+pub const LEASE_MS_LIMIT: u64 = 12 * 3_600_000;
+
+/// Defaults and ceilings of the per-queue configuration.
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 5;
+pub const MAX_ATTEMPTS_LIMIT: u32 = 1_000;
+pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 24 * 3_600_000;
+pub const DEDUP_WINDOW_MS_LIMIT: u64 = 30 * 24 * 3_600_000;
+pub const LEASE_MS_DEFAULT: u64 = 30_000;
+pub const LEASE_MS_MAX_DEFAULT: u64 = 15 * 60_000;
+pub const JOBS_MAX_DEFAULT: u64 = 10_000_000;
+pub const JOBS_MAX_LIMIT: u64 = 1_000_000_000;
+pub const BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024 * 1024;
+pub const BYTES_MAX_LIMIT: u64 = 1024 * 1024 * 1024 * 1024;
+pub const PAYLOAD_BYTES_MAX_DEFAULT: u32 = 1024 * 1024;
+pub const PAYLOAD_BYTES_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+pub const BATCH_MAX_DEFAULT: u32 = 1_000;
+pub const BATCH_MAX_LIMIT: u32 = 10_000;
+pub const BACKOFF_BASE_MS_DEFAULT: u64 = 1_000;
+pub const BACKOFF_FACTOR_DEFAULT: u32 = 2;
+pub const BACKOFF_FACTOR_LIMIT: u32 = 16;
+pub const BACKOFF_CAP_MS_DEFAULT: u64 = 5 * 60_000;
+pub const BACKOFF_JITTER_PCT_DEFAULT: u32 = 20;

@@ -1,0 +1,1075 @@
+//! The replicated queue state and its `apply`.
+//!
+//! Everything here is a function of the applied log: no clock, no randomness,
+//! no I/O. Time comes from the leader's stamp, and a queue's notion of "now"
+//! (`Queue::clock_ms`) only moves when a command addresses the queue or a
+//! `Tick` passes over every queue. The leader proposes a `Tick` when
+//! [`State::next_due_ms`] says a lease or a delay is due, so expiry happens
+//! without client traffic.
+//!
+//! Per pending job the core keeps one fixed-size [`Job`] record plus its
+//! offset in its group's deque and its dedup entry; ids, headers and payloads
+//! live in the payload store, reached through [`Effect`]s.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::*;
+use crate::config::{GroupPolicy, QueueConfig};
+use crate::error::{Error, Result};
+use crate::hash;
+use crate::limits::*;
+
+/// The group reference of a job that has no group key (a group of one).
+pub(crate) const NO_GROUP: u64 = u64::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lease {
+    pub fence: u64,
+    pub deadline_ms: u64,
+}
+
+/// The fixed-size in-memory record of one pending job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Job {
+    pub id_hash: u128,
+    pub group: u64,
+    /// Key of the payload in the store; the offset the job was first stored
+    /// under (a requeued dead letter keeps its blob under a new offset).
+    pub blob: u64,
+    pub enqueued_ms: u64,
+    pub not_before_ms: u64,
+    pub lease: Option<Lease>,
+    /// Fence of the latest grant. A job can be granted again only by a later
+    /// log entry, so every grant of a job has a strictly greater fence.
+    pub last_fence: u64,
+    pub payload_bytes: u32,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub priority: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Group {
+    pub key: String,
+    /// Offsets of the group's pending jobs, in order. The front is the head.
+    pub offsets: VecDeque<u64>,
+    pub paused: bool,
+    /// Why the group is parked, when a dead letter stopped it.
+    pub parked_reason: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    Expired,
+    Nacked,
+    DeadLettered,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based delivery number.
+    pub attempt: u32,
+    pub fence: u64,
+    pub at_ms: u64,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeadJob {
+    pub job: Job,
+    pub group_key: Option<String>,
+    pub reason: String,
+    pub history: Vec<Attempt>,
+    pub dead_ms: u64,
+}
+
+/// How a job that left the pending set ended, kept while its id is inside
+/// the dedup window so a repeated ack is recognised and a `DUPLICATE` can
+/// name the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Finished {
+    Acked { fence: u64 },
+    Dead { fence: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DedupEntry {
+    pub offset: u64,
+    pub first_ms: u64,
+    pub content_hash: u64,
+}
+
+/// Running totals, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub enqueued: u64,
+    pub duplicates: u64,
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queue {
+    pub id: QueueId,
+    pub name: String,
+    pub config: QueueConfig,
+    pub clock_ms: u64,
+    pub next_offset: u64,
+    pub jobs: BTreeMap<u64, Job>,
+    pub groups: BTreeMap<u64, Group>,
+    pub group_ids: BTreeMap<String, u64>,
+    pub next_group_id: u64,
+    /// Ready group heads: (PRIORITY_MAX - priority, offset), so iteration
+    /// order is priority descending, then oldest head first.
+    pub ready: BTreeSet<(u8, u64)>,
+    /// Pending, unleased jobs whose `not_before_ms` is after `clock_ms`.
+    pub delayed: BTreeSet<(u64, u64)>,
+    /// Live leases by deadline.
+    pub leases: BTreeSet<(u64, u64)>,
+    pub holders: BTreeMap<u64, String>,
+    /// Attempt records of pending jobs that have failed at least once.
+    pub history: BTreeMap<u64, Vec<Attempt>>,
+    pub dead: BTreeMap<u64, DeadJob>,
+    pub finished: BTreeMap<u64, Finished>,
+    pub dedup: BTreeMap<u128, DedupEntry>,
+    /// Dedup ids in order of first acceptance, so expiry pops from the front
+    /// instead of scanning the index.
+    pub dedup_order: VecDeque<(u64, u128)>,
+    /// Payload bytes of pending and dead-lettered jobs.
+    pub bytes: u64,
+    pub counters: Counters,
+}
+
+/// The whole replicated state machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub(crate) clock_ms: u64,
+    pub(crate) last_index: u64,
+    pub(crate) next_queue_id: QueueId,
+    pub(crate) queues: BTreeMap<String, Queue>,
+}
+
+fn ready_key(job: &Job, offset: u64) -> (u8, u64) {
+    (PRIORITY_MAX - job.priority, offset)
+}
+
+fn check_text(field: &str, value: &str, bytes_max: usize, allow_empty: bool) -> Result<()> {
+    if value.is_empty() && !allow_empty {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > bytes_max {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} bytes exceeds the limit of {bytes_max} bytes",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Queue names: 1 to `QUEUE_NAME_BYTES_MAX` of `[A-Za-z0-9._-]`, so they are
+/// safe in metrics labels, paths and shell commands.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    check_text("queue", name, QUEUE_NAME_BYTES_MAX, false)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(Error::invalid(
+            "queue",
+            format!("`{name}` may use only A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_job(config: &QueueConfig, job: &NewJob, index: usize) -> Result<()> {
+    let field = |f: &str| format!("jobs[{index}].{f}");
+    check_text(&field("id"), &job.id, ID_BYTES_MAX, false)?;
+    if let Some(group) = &job.group {
+        check_text(&field("group"), group, GROUP_BYTES_MAX, false)?;
+    }
+    if job.payload.len() > config.max_payload_bytes as usize {
+        return Err(Error::invalid(
+            &field("payload"),
+            format!(
+                "{} bytes exceeds max_payload_bytes = {}",
+                job.payload.len(),
+                config.max_payload_bytes
+            ),
+        ));
+    }
+    if job.priority > PRIORITY_MAX {
+        return Err(Error::invalid(
+            &field("priority"),
+            format!(
+                "{} is above the highest priority {PRIORITY_MAX}",
+                job.priority
+            ),
+        ));
+    }
+    if job.delay_ms > DELAY_MS_MAX {
+        return Err(Error::invalid(
+            &field("delay_ms"),
+            format!("{} exceeds the limit of {DELAY_MS_MAX} ms", job.delay_ms),
+        ));
+    }
+    if job.headers.len() > HEADERS_COUNT_MAX {
+        return Err(Error::invalid(
+            &field("headers"),
+            format!(
+                "{} headers exceed the limit of {HEADERS_COUNT_MAX}",
+                job.headers.len()
+            ),
+        ));
+    }
+    let header_bytes: usize = job.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if header_bytes > HEADERS_BYTES_MAX {
+        return Err(Error::invalid(
+            &field("headers"),
+            format!("{header_bytes} bytes exceed the limit of {HEADERS_BYTES_MAX} bytes"),
+        ));
+    }
+    for (key, _) in &job.headers {
+        check_text(&field("headers.key"), key, HEADERS_BYTES_MAX, false)?;
+    }
+    Ok(())
+}
+
+fn validate_batch(field: &str, len: usize, config: &QueueConfig) -> Result<()> {
+    if len == 0 {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if len > config.max_batch as usize {
+        return Err(Error::invalid(
+            field,
+            format!("{len} items exceed max_batch = {}", config.max_batch),
+        ));
+    }
+    Ok(())
+}
+
+/// The backoff before the retry that follows failed attempt `attempt`
+/// (1-based): `base * factor^(attempt-1)`, capped, minus a jitter of up to
+/// `backoff_jitter_pct` percent drawn from a hash of (id, attempt).
+pub fn backoff_ms(config: &QueueConfig, id_hash: u128, attempt: u32) -> u64 {
+    let mut delay = config.backoff_base_ms;
+    for _ in 1..attempt {
+        if delay >= config.backoff_cap_ms {
+            break;
+        }
+        delay = delay.saturating_mul(u64::from(config.backoff_factor));
+    }
+    let delay = delay.min(config.backoff_cap_ms);
+    let jitter_max = (u128::from(delay) * u128::from(config.backoff_jitter_pct) / 100) as u64;
+    delay - hash::jitter(id_hash, attempt) % (jitter_max + 1)
+}
+
+impl Queue {
+    fn new(id: QueueId, name: String, config: QueueConfig, clock_ms: u64) -> Queue {
+        Queue {
+            id,
+            name,
+            config,
+            clock_ms,
+            next_offset: 0,
+            jobs: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            group_ids: BTreeMap::new(),
+            next_group_id: 0,
+            ready: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            holders: BTreeMap::new(),
+            history: BTreeMap::new(),
+            dead: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            dedup_order: VecDeque::new(),
+            bytes: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn is_head(&self, offset: u64, job: &Job) -> bool {
+        job.group == NO_GROUP || self.groups[&job.group].offsets.front() == Some(&offset)
+    }
+
+    fn group_paused(&self, group: u64) -> bool {
+        group != NO_GROUP && self.groups[&group].paused
+    }
+
+    /// Whether a pending job belongs in the ready index right now.
+    pub(crate) fn should_be_ready(&self, offset: u64, job: &Job) -> bool {
+        job.lease.is_none()
+            && job.not_before_ms <= self.clock_ms
+            && self.is_head(offset, job)
+            && !self.group_paused(job.group)
+    }
+
+    /// Re-derives the ready-index entry of one job after anything about it,
+    /// or about its group, changed.
+    fn refresh(&mut self, offset: u64) {
+        let Some(job) = self.jobs.get(&offset) else {
+            return;
+        };
+        let key = ready_key(job, offset);
+        if self.should_be_ready(offset, job) {
+            self.ready.insert(key);
+        } else {
+            self.ready.remove(&key);
+        }
+    }
+
+    fn refresh_group_head(&mut self, group: u64) {
+        if group == NO_GROUP {
+            return;
+        }
+        let Some(g) = self.groups.get(&group) else {
+            return;
+        };
+        match g.offsets.front().copied() {
+            Some(head) => self.refresh(head),
+            None if !g.paused => {
+                let key = g.key.clone();
+                self.groups.remove(&group);
+                self.group_ids.remove(&key);
+            }
+            None => {}
+        }
+    }
+
+    pub(crate) fn state_of(&self, offset: u64) -> JobState {
+        if let Some(job) = self.jobs.get(&offset) {
+            if job.lease.is_some() {
+                JobState::Leased
+            } else if job.not_before_ms > self.clock_ms {
+                JobState::Delayed
+            } else {
+                JobState::Ready
+            }
+        } else if self.dead.contains_key(&offset) {
+            JobState::Dead
+        } else {
+            match self.finished.get(&offset) {
+                Some(Finished::Dead { .. }) => JobState::Dead,
+                _ => JobState::Done,
+            }
+        }
+    }
+
+    fn resolve_lease(&self, lease_ms: u64) -> Result<u64> {
+        if lease_ms > LEASE_MS_LIMIT {
+            return Err(Error::invalid(
+                "lease_ms",
+                format!("{lease_ms} exceeds the limit of {LEASE_MS_LIMIT} ms"),
+            ));
+        }
+        Ok(match lease_ms {
+            0 => self.config.lease_ms_default,
+            ms => ms.min(self.config.lease_ms_max),
+        })
+    }
+
+    /// Moves the queue's clock to `now`: expires due leases, wakes due
+    /// delayed jobs and forgets dedup ids past their window. Returns the
+    /// number of leases expired.
+    fn advance(&mut self, now: u64) -> u32 {
+        self.clock_ms = self.clock_ms.max(now);
+        let mut expired = 0;
+        while let Some(&(deadline, offset)) = self.leases.first() {
+            if deadline > self.clock_ms {
+                break;
+            }
+            self.expire(offset);
+            expired += 1;
+        }
+        while let Some(&(not_before, offset)) = self.delayed.first() {
+            if not_before > self.clock_ms {
+                break;
+            }
+            self.delayed.pop_first();
+            self.refresh(offset);
+        }
+        while let Some(&(first_ms, id_hash)) = self.dedup_order.front() {
+            if first_ms.saturating_add(self.config.dedup_window_ms) > self.clock_ms {
+                break;
+            }
+            self.dedup_order.pop_front();
+            if let Some(entry) = self.dedup.remove(&id_hash) {
+                self.finished.remove(&entry.offset);
+            }
+        }
+        expired
+    }
+
+    fn expire(&mut self, offset: u64) {
+        let fence = self.end_lease(offset);
+        self.counters.expired += 1;
+        self.fail_attempt(offset, fence, AttemptOutcome::Expired, 0);
+    }
+
+    /// Ends the live lease of a job and returns its fence.
+    fn end_lease(&mut self, offset: u64) -> u64 {
+        let job = self.jobs.get_mut(&offset).expect("leased job is pending");
+        let lease = job.lease.take().expect("job is leased");
+        self.leases.remove(&(lease.deadline_ms, offset));
+        self.holders.remove(&offset);
+        lease.fence
+    }
+
+    /// The job at `offset` if it is leased under `fence`.
+    fn check_lease(&self, offset: u64, fence: u64) -> Result<&Job> {
+        match self.jobs.get(&offset) {
+            Some(job) if job.lease.is_some_and(|l| l.fence == fence) => Ok(job),
+            _ => Err(self.not_leased(offset, fence)),
+        }
+    }
+
+    fn not_leased(&self, offset: u64, fence: u64) -> Error {
+        if offset >= self.next_offset {
+            Error::NotFound {
+                what: format!("job at offset {offset} in queue `{}`", self.name),
+            }
+        } else {
+            Error::LeaseLost { offset, fence }
+        }
+    }
+
+    fn record_attempt(&mut self, offset: u64, fence: u64, outcome: AttemptOutcome) {
+        let attempt = self.jobs[&offset].attempts + 1;
+        let history = self.history.entry(offset).or_default();
+        if history.len() == HISTORY_LEN_MAX {
+            history.remove(0);
+        }
+        history.push(Attempt {
+            attempt,
+            fence,
+            at_ms: self.clock_ms,
+            outcome,
+        });
+    }
+
+    /// Counts a failed attempt on an unleased job: it retries after a delay
+    /// (the backoff, or `delay_ms` when non-zero) at the head of its group, or
+    /// goes to the dead letters once `max_attempts` is reached. Returns
+    /// whether the job died, and when it may run again.
+    fn fail_attempt(
+        &mut self,
+        offset: u64,
+        fence: u64,
+        outcome: AttemptOutcome,
+        delay_ms: u64,
+    ) -> (bool, u64) {
+        self.record_attempt(offset, fence, outcome);
+        let max_attempts = self.config.max_attempts;
+        let job = self.jobs.get_mut(&offset).expect("failed job is pending");
+        job.attempts += 1;
+        if job.attempts >= max_attempts {
+            let reason = format!("max_attempts = {max_attempts} reached");
+            self.kill(offset, fence, reason);
+            return (true, 0);
+        }
+        let delay = match delay_ms {
+            0 => backoff_ms(&self.config, job.id_hash, job.attempts),
+            ms => ms,
+        };
+        job.not_before_ms = self.clock_ms.saturating_add(delay);
+        let not_before = job.not_before_ms;
+        if not_before > self.clock_ms {
+            self.delayed.insert((not_before, offset));
+        }
+        self.refresh(offset);
+        (false, not_before)
+    }
+
+    /// Removes a finished head from its group and lets the next job lead.
+    fn remove_pending(&mut self, offset: u64) -> Job {
+        let job = self.jobs.remove(&offset).expect("job is pending");
+        debug_assert!(job.lease.is_none());
+        self.ready.remove(&ready_key(&job, offset));
+        self.delayed.remove(&(job.not_before_ms, offset));
+        if job.group != NO_GROUP {
+            let group = self.groups.get_mut(&job.group).expect("group exists");
+            let head = group.offsets.pop_front();
+            debug_assert_eq!(head, Some(offset), "only a group head can finish");
+            self.refresh_group_head(job.group);
+        }
+        job
+    }
+
+    /// Records how an offset finished, while its id is still deduplicated
+    /// (otherwise nobody could ask, and the record would never be pruned).
+    fn mark_finished(&mut self, job: &Job, offset: u64, how: Finished) {
+        if self
+            .dedup
+            .get(&job.id_hash)
+            .is_some_and(|e| e.offset == offset)
+        {
+            self.finished.insert(offset, how);
+        }
+    }
+
+    fn kill(&mut self, offset: u64, fence: u64, reason: String) {
+        let group_key = match self.jobs[&offset].group {
+            NO_GROUP => None,
+            g => Some(self.groups[&g].key.clone()),
+        };
+        if let (Some(_), GroupPolicy::Park) = (&group_key, self.config.group_policy) {
+            let g = self.jobs[&offset].group;
+            let group = self.groups.get_mut(&g).expect("group exists");
+            group.paused = true;
+            group.parked_reason = Some(format!(
+                "job at offset {offset} was dead-lettered: {reason}"
+            ));
+        }
+        let job = self.remove_pending(offset);
+        self.mark_finished(&job, offset, Finished::Dead { fence });
+        let history = self.history.remove(&offset).unwrap_or_default();
+        self.counters.dead_lettered += 1;
+        self.dead.insert(
+            offset,
+            DeadJob {
+                job,
+                group_key,
+                reason,
+                history,
+                dead_ms: self.clock_ms,
+            },
+        );
+    }
+
+    fn group_for(&mut self, key: &str) -> u64 {
+        if let Some(&id) = self.group_ids.get(key) {
+            return id;
+        }
+        let id = self.next_group_id;
+        self.next_group_id += 1;
+        self.group_ids.insert(key.to_string(), id);
+        self.groups.insert(
+            id,
+            Group {
+                key: key.to_string(),
+                offsets: VecDeque::new(),
+                paused: false,
+                parked_reason: None,
+            },
+        );
+        id
+    }
+
+    /// Adds a job at the tail of its group under a fresh offset.
+    fn push_job(&mut self, mut job: Job, group_key: Option<&str>) -> u64 {
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        job.group = match group_key {
+            None => NO_GROUP,
+            Some(key) => {
+                let id = self.group_for(key);
+                self.groups
+                    .get_mut(&id)
+                    .expect("just made")
+                    .offsets
+                    .push_back(offset);
+                id
+            }
+        };
+        if job.not_before_ms > self.clock_ms {
+            self.delayed.insert((job.not_before_ms, offset));
+        }
+        self.jobs.insert(offset, job);
+        self.refresh(offset);
+        offset
+    }
+
+    fn held(&self) -> u64 {
+        (self.jobs.len() + self.dead.len()) as u64
+    }
+
+    fn enqueue(&mut self, jobs: Vec<NewJob>, effects: &mut Vec<Effect>) -> Result<Reply> {
+        validate_batch("jobs", jobs.len(), &self.config)?;
+        for (i, job) in jobs.iter().enumerate() {
+            validate_job(&self.config, job, i)?;
+        }
+        // Dry run: which jobs are new, so the capacity check covers the
+        // whole batch before anything changes (a batch is all or nothing).
+        let mut seen = BTreeSet::new();
+        let (mut new_jobs, mut new_bytes) = (0u64, 0u64);
+        for job in &jobs {
+            let id_hash = hash::id_hash(&job.id);
+            if !self.dedup.contains_key(&id_hash) && seen.insert(id_hash) {
+                new_jobs += 1;
+                new_bytes += job.payload.len() as u64;
+            }
+        }
+        if self.held() + new_jobs > self.config.max_jobs {
+            return Err(Error::exhausted(
+                "max_jobs",
+                self.config.max_jobs,
+                format!(
+                    "queue `{}` holds {} jobs and the batch adds {new_jobs}",
+                    self.name,
+                    self.held()
+                ),
+            ));
+        }
+        if self.bytes + new_bytes > self.config.max_bytes {
+            return Err(Error::exhausted(
+                "max_bytes",
+                self.config.max_bytes,
+                format!(
+                    "queue `{}` holds {} bytes and the batch adds {new_bytes}",
+                    self.name, self.bytes
+                ),
+            ));
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            let id_hash = hash::id_hash(&new.id);
+            let content_hash = hash::content_hash(new.group.as_deref(), &new.payload);
+            if let Some(entry) = self.dedup.get(&id_hash) {
+                results.push(if entry.content_hash == content_hash {
+                    self.counters.duplicates += 1;
+                    EnqueueResult::Duplicate {
+                        offset: entry.offset,
+                        state: self.state_of(entry.offset),
+                    }
+                } else {
+                    EnqueueResult::IdConflict {
+                        offset: entry.offset,
+                    }
+                });
+                continue;
+            }
+            let payload_bytes = new.payload.len() as u32;
+            let job = Job {
+                id_hash,
+                group: NO_GROUP,
+                blob: self.next_offset,
+                enqueued_ms: self.clock_ms,
+                not_before_ms: self.clock_ms.saturating_add(new.delay_ms),
+                lease: None,
+                last_fence: 0,
+                payload_bytes,
+                attempts: 0,
+                priority: new.priority,
+            };
+            let offset = self.push_job(job, new.group.as_deref());
+            self.bytes += u64::from(payload_bytes);
+            self.dedup.insert(
+                id_hash,
+                DedupEntry {
+                    offset,
+                    first_ms: self.clock_ms,
+                    content_hash,
+                },
+            );
+            self.dedup_order.push_back((self.clock_ms, id_hash));
+            self.counters.enqueued += 1;
+            effects.push(Effect::PutBlob {
+                queue_id: self.id,
+                blob: offset,
+                data: JobBlob {
+                    id: new.id,
+                    headers: new.headers,
+                    payload: new.payload,
+                },
+            });
+            results.push(EnqueueResult::Created { offset });
+        }
+        Ok(Reply::Enqueued(results))
+    }
+
+    fn fetch(&mut self, stamp: Stamp, consumer: String, max: u32, lease_ms: u64) -> Result<Reply> {
+        check_text("consumer", &consumer, CONSUMER_BYTES_MAX, true)?;
+        if max == 0 || max > self.config.max_batch {
+            return Err(Error::invalid(
+                "max",
+                format!("{max} is outside 1..=max_batch ({})", self.config.max_batch),
+            ));
+        }
+        let lease_ms = self.resolve_lease(lease_ms)?;
+        // Heads whose lease ended earlier in this same entry are skipped:
+        // granting them again would repeat the fence. At most one skip per
+        // command earlier in the entry, so this stays O(log n + max).
+        let picked: Vec<u64> = self
+            .ready
+            .iter()
+            .map(|&(_, offset)| offset)
+            .filter(|offset| self.jobs[offset].last_fence < stamp.index)
+            .take(max as usize)
+            .collect();
+        let deadline_ms = self.clock_ms.saturating_add(lease_ms);
+        let mut deliveries = Vec::with_capacity(picked.len());
+        for offset in picked {
+            let job = self.jobs.get_mut(&offset).expect("ready job is pending");
+            let key = ready_key(job, offset);
+            job.lease = Some(Lease {
+                fence: stamp.index,
+                deadline_ms,
+            });
+            job.last_fence = stamp.index;
+            let (group, priority, attempt, blob) =
+                (job.group, job.priority, job.attempts + 1, job.blob);
+            self.ready.remove(&key);
+            self.leases.insert((deadline_ms, offset));
+            self.holders.insert(offset, consumer.clone());
+            self.counters.delivered += 1;
+            if attempt > 1 {
+                self.counters.redelivered += 1;
+            }
+            deliveries.push(Delivery {
+                queue_id: self.id,
+                offset,
+                blob,
+                group: (group != NO_GROUP).then(|| self.groups[&group].key.clone()),
+                priority,
+                attempt,
+                fence: stamp.index,
+                deadline_ms,
+            });
+        }
+        Ok(Reply::Fetched(deliveries))
+    }
+
+    fn ack_one(&mut self, item: AckItem, effects: &mut Vec<Effect>) -> AckResult {
+        let AckItem { offset, fence } = item;
+        if self.check_lease(offset, fence).is_ok() {
+            self.end_lease(offset);
+            let job = self.remove_pending(offset);
+            self.mark_finished(&job, offset, Finished::Acked { fence });
+            self.history.remove(&offset);
+            self.bytes -= u64::from(job.payload_bytes);
+            self.counters.acked += 1;
+            effects.push(Effect::DeleteBlob {
+                queue_id: self.id,
+                blob: job.blob,
+            });
+            return AckResult::Acked;
+        }
+        match self.finished.get(&offset) {
+            Some(Finished::Acked { fence: f }) if *f == fence => AckResult::AlreadyAcked,
+            _ => AckResult::Failed(self.not_leased(offset, fence)),
+        }
+    }
+
+    fn ack(&mut self, items: Vec<AckItem>, effects: &mut Vec<Effect>) -> Result<Reply> {
+        validate_batch("items", items.len(), &self.config)?;
+        Ok(Reply::Acked(
+            items
+                .into_iter()
+                .map(|item| self.ack_one(item, effects))
+                .collect(),
+        ))
+    }
+
+    fn nack(&mut self, offset: u64, fence: u64, delay_ms: u64) -> Result<Reply> {
+        if delay_ms > DELAY_MS_MAX {
+            return Err(Error::invalid(
+                "delay_ms",
+                format!("{delay_ms} exceeds the limit of {DELAY_MS_MAX} ms"),
+            ));
+        }
+        self.check_lease(offset, fence)?;
+        self.end_lease(offset);
+        self.counters.nacked += 1;
+        let (dead, not_before_ms) =
+            self.fail_attempt(offset, fence, AttemptOutcome::Nacked, delay_ms);
+        Ok(Reply::Nacked {
+            dead,
+            not_before_ms,
+        })
+    }
+
+    fn extend(&mut self, offset: u64, fence: u64, lease_ms: u64) -> Result<Reply> {
+        let lease_ms = self.resolve_lease(lease_ms)?;
+        self.check_lease(offset, fence)?;
+        let deadline_ms = self.clock_ms.saturating_add(lease_ms);
+        let job = self.jobs.get_mut(&offset).expect("checked");
+        let lease = job.lease.as_mut().expect("checked");
+        self.leases.remove(&(lease.deadline_ms, offset));
+        lease.deadline_ms = deadline_ms;
+        self.leases.insert((deadline_ms, offset));
+        Ok(Reply::Extended { deadline_ms })
+    }
+
+    fn release(&mut self, offset: u64, fence: u64) -> Result<Reply> {
+        self.check_lease(offset, fence)?;
+        self.end_lease(offset);
+        self.refresh(offset);
+        Ok(Reply::Released)
+    }
+
+    fn dead_letter(&mut self, offset: u64, fence: u64, reason: String) -> Result<Reply> {
+        check_text("reason", &reason, REASON_BYTES_MAX, true)?;
+        self.check_lease(offset, fence)?;
+        self.end_lease(offset);
+        self.record_attempt(offset, fence, AttemptOutcome::DeadLettered);
+        self.jobs.get_mut(&offset).expect("checked").attempts += 1;
+        self.kill(offset, fence, reason);
+        Ok(Reply::DeadLettered)
+    }
+
+    fn pause(&mut self, key: String) -> Result<Reply> {
+        check_text("group", &key, GROUP_BYTES_MAX, false)?;
+        if !self.group_ids.contains_key(&key)
+            && self.groups.len() >= self.jobs.len() + PAUSED_EMPTY_GROUPS_MAX
+        {
+            return Err(Error::exhausted(
+                "paused_empty_groups_max",
+                PAUSED_EMPTY_GROUPS_MAX as u64,
+                format!(
+                    "queue `{}` keeps too many paused groups without jobs",
+                    self.name
+                ),
+            ));
+        }
+        let id = self.group_for(&key);
+        self.groups.get_mut(&id).expect("exists").paused = true;
+        self.refresh_group_head(id);
+        Ok(Reply::GroupPaused)
+    }
+
+    fn resume(&mut self, key: String) -> Result<Reply> {
+        check_text("group", &key, GROUP_BYTES_MAX, false)?;
+        let Some(&id) = self.group_ids.get(&key) else {
+            return Err(Error::NotFound {
+                what: format!("group `{key}` in queue `{}`", self.name),
+            });
+        };
+        let group = self.groups.get_mut(&id).expect("indexed");
+        group.paused = false;
+        group.parked_reason = None;
+        self.refresh_group_head(id);
+        Ok(Reply::GroupResumed)
+    }
+
+    fn requeue(&mut self, offset: u64) -> Result<Reply> {
+        let Some(dead) = self.dead.remove(&offset) else {
+            return Err(Error::NotFound {
+                what: format!("dead letter at offset {offset} in queue `{}`", self.name),
+            });
+        };
+        let DeadJob {
+            mut job, group_key, ..
+        } = dead;
+        self.finished.remove(&offset);
+        job.attempts = 0;
+        job.not_before_ms = self.clock_ms;
+        job.enqueued_ms = self.clock_ms;
+        job.last_fence = 0;
+        let id_hash = job.id_hash;
+        let new_offset = self.push_job(job, group_key.as_deref());
+        if let Some(entry) = self.dedup.get_mut(&id_hash) {
+            if entry.offset == offset {
+                entry.offset = new_offset;
+            }
+        }
+        Ok(Reply::Requeued { offset: new_offset })
+    }
+
+    fn purge(&mut self, which: PurgeSelector, effects: &mut Vec<Effect>) -> Result<Reply> {
+        let offsets: Vec<u64> = match which {
+            PurgeSelector::All => self.dead.keys().copied().collect(),
+            PurgeSelector::Offsets(list) => {
+                validate_batch("offsets", list.len(), &self.config)?;
+                list
+            }
+        };
+        let mut count = 0;
+        for offset in offsets {
+            if let Some(dead) = self.dead.remove(&offset) {
+                self.bytes -= u64::from(dead.job.payload_bytes);
+                effects.push(Effect::DeleteBlob {
+                    queue_id: self.id,
+                    blob: dead.job.blob,
+                });
+                count += 1;
+            }
+        }
+        Ok(Reply::Purged { count })
+    }
+
+    /// The earliest cluster time at which this queue has something to do.
+    fn next_due_ms(&self) -> Option<u64> {
+        let lease = self.leases.first().map(|&(t, _)| t);
+        let delayed = self.delayed.first().map(|&(t, _)| t);
+        match (lease, delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Cluster time as of the last applied command.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Index of the last applied command.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Applies one command. Payload writes and deletes are appended to
+    /// `effects` for the storage layer to make in the same batch as the
+    /// entry. A command that fails changes nothing but the passage of time
+    /// and pushes no effect.
+    pub fn apply(
+        &mut self,
+        stamp: Stamp,
+        command: Command,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Reply> {
+        assert!(
+            stamp.index >= self.last_index,
+            "log index went backwards: {} after {}",
+            stamp.index,
+            self.last_index
+        );
+        self.last_index = stamp.index;
+        // Cluster time never runs backwards, whatever a new leader stamps.
+        self.clock_ms = self.clock_ms.max(stamp.time_ms);
+        let stamp = Stamp {
+            index: stamp.index,
+            time_ms: self.clock_ms,
+        };
+        let mark = effects.len();
+        let result = self.dispatch(stamp, command, effects);
+        if result.is_err() {
+            debug_assert_eq!(effects.len(), mark, "a failed command pushed effects");
+            effects.truncate(mark);
+        }
+        result
+    }
+
+    fn queue_mut(&mut self, name: &str) -> Result<&mut Queue> {
+        let clock = self.clock_ms;
+        let queue = self
+            .queues
+            .get_mut(name)
+            .ok_or_else(|| Error::queue_not_found(name))?;
+        queue.advance(clock);
+        Ok(queue)
+    }
+
+    fn dispatch(
+        &mut self,
+        stamp: Stamp,
+        command: Command,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Reply> {
+        match command {
+            Command::CreateQueue { name, config } => self.create_queue(name, config),
+            Command::UpdateQueue { name, config } => {
+                config.validate()?;
+                self.queue_mut(&name)?.config = config;
+                Ok(Reply::QueueUpdated)
+            }
+            Command::DeleteQueue { name } => {
+                let queue = self
+                    .queues
+                    .remove(&name)
+                    .ok_or_else(|| Error::queue_not_found(&name))?;
+                effects.push(Effect::DropQueue { queue_id: queue.id });
+                Ok(Reply::QueueDeleted)
+            }
+            Command::Enqueue { queue, jobs } => self.queue_mut(&queue)?.enqueue(jobs, effects),
+            Command::Fetch {
+                queue,
+                consumer,
+                max,
+                lease_ms,
+            } => self
+                .queue_mut(&queue)?
+                .fetch(stamp, consumer, max, lease_ms),
+            Command::Ack { queue, items } => self.queue_mut(&queue)?.ack(items, effects),
+            Command::Nack {
+                queue,
+                offset,
+                fence,
+                delay_ms,
+            } => self.queue_mut(&queue)?.nack(offset, fence, delay_ms),
+            Command::Extend {
+                queue,
+                offset,
+                fence,
+                lease_ms,
+            } => self.queue_mut(&queue)?.extend(offset, fence, lease_ms),
+            Command::Release {
+                queue,
+                offset,
+                fence,
+            } => self.queue_mut(&queue)?.release(offset, fence),
+            Command::DeadLetter {
+                queue,
+                offset,
+                fence,
+                reason,
+            } => self.queue_mut(&queue)?.dead_letter(offset, fence, reason),
+            Command::Tick => {
+                let clock = self.clock_ms;
+                let expired = self.queues.values_mut().map(|q| q.advance(clock)).sum();
+                Ok(Reply::Ticked { expired })
+            }
+            Command::PauseGroup { queue, group } => self.queue_mut(&queue)?.pause(group),
+            Command::ResumeGroup { queue, group } => self.queue_mut(&queue)?.resume(group),
+            Command::RequeueDeadLetter { queue, offset } => self.queue_mut(&queue)?.requeue(offset),
+            Command::PurgeDeadLetters { queue, which } => {
+                self.queue_mut(&queue)?.purge(which, effects)
+            }
+        }
+    }
+
+    fn create_queue(&mut self, name: String, config: QueueConfig) -> Result<Reply> {
+        validate_queue_name(&name)?;
+        config.validate()?;
+        if let Some(existing) = self.queues.get(&name) {
+            if existing.config == config {
+                return Ok(Reply::QueueCreated {
+                    created: false,
+                    queue_id: existing.id,
+                });
+            }
+            return Err(Error::AlreadyExists { queue: name });
+        }
+        if self.queues.len() >= QUEUES_COUNT_MAX {
+            return Err(Error::exhausted(
+                "queues_count_max",
+                QUEUES_COUNT_MAX as u64,
+                "the cluster holds the maximum number of queues",
+            ));
+        }
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        self.queues
+            .insert(name.clone(), Queue::new(id, name, config, self.clock_ms));
+        Ok(Reply::QueueCreated {
+            created: true,
+            queue_id: id,
+        })
+    }
+
+    /// The earliest cluster time at which a `Tick` would change something
+    /// (a lease to expire or a delay to end), for the leader's ticker.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.queues.values().filter_map(Queue::next_due_ms).min()
+    }
+}
