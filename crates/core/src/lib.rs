@@ -45,6 +45,12 @@ impl State {
         Ok(state)
     }
 
+    /// The encoding of the queues alone, without the log position and the
+    /// cluster clock: what "a rejected command changes nothing" compares.
+    pub fn queues_snapshot(&self) -> Vec<u8> {
+        codec::encode(&self.queues).expect("the queues are always encodable")
+    }
+
     /// A 128-bit digest of the state, for comparing replicas at the same
     /// applied index.
     pub fn digest(&self) -> u128 {

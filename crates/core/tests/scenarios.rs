@@ -1,0 +1,756 @@
+//! One scenario per rule of SPEC section 2, each named for what it proves.
+//! Every command runs through `Sim`, which checks all invariants after it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use lockstep_core::*;
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        backoff_base_ms: 100,
+        backoff_cap_ms: 1_000,
+        backoff_jitter_pct: 0,
+        lease_ms_default: 1_000,
+        ..QueueConfig::default()
+    }
+}
+
+#[test]
+fn group_order_is_kept_across_nack_expiry_and_backoff() {
+    let mut sim = Sim::with_queue(config());
+    let a = sim.enqueue("a", Some("g"));
+    let b = sim.enqueue("b", Some("g"));
+    let c = sim.enqueue("c", Some("g"));
+
+    // Only the head of the group is deliverable.
+    let first = sim.fetch(10);
+    assert_eq!(offsets(&first), vec![a]);
+
+    // Nack: the head backs off, and the whole group waits with it.
+    let reply = sim.nack(&first[0], 0).unwrap();
+    assert_eq!(
+        reply,
+        Reply::Nacked {
+            dead: false,
+            not_before_ms: sim.now_ms + 100
+        }
+    );
+    assert!(
+        sim.fetch(10).is_empty(),
+        "b must not overtake a backing-off a"
+    );
+    assert_eq!(sim.stats().delayed, 1);
+
+    // After the backoff the same head comes back, second attempt.
+    sim.advance(100);
+    let second = sim.fetch(10);
+    assert_eq!(offsets(&second), vec![a]);
+    assert_eq!(second[0].attempt, 2);
+
+    // Expiry: the lease runs out, the head returns to the front after the
+    // (doubled) backoff, and still nothing behind it is delivered.
+    sim.advance(1_000);
+    assert_eq!(sim.tick(), 1);
+    assert!(sim.fetch(10).is_empty());
+    sim.advance(200);
+    let third = sim.fetch(10);
+    assert_eq!(offsets(&third), vec![a]);
+    assert_eq!(third[0].attempt, 3);
+
+    assert_eq!(sim.ack(a, third[0].fence), AckResult::Acked);
+    assert_eq!(offsets(&sim.fetch(10)), vec![b]);
+    let _ = c;
+}
+
+#[test]
+fn a_stale_fence_is_rejected_after_expiry_and_re_lease() {
+    let mut sim = Sim::with_queue(QueueConfig {
+        backoff_base_ms: 0,
+        backoff_cap_ms: 0,
+        ..config()
+    });
+    let a = sim.enqueue("a", Some("g"));
+    let old = sim.fetch_as("w1", 1, 500).remove(0);
+    sim.advance(500);
+    let new = sim.fetch_as("w2", 1, 500).remove(0);
+    assert_eq!(new.offset, a);
+    assert!(
+        new.fence > old.fence,
+        "every grant of a job has a greater fence"
+    );
+
+    // The first worker's late calls all fail and change nothing.
+    let before = sim.state.queues_snapshot();
+    assert_eq!(
+        sim.ack(a, old.fence),
+        AckResult::Failed(Error::LeaseLost {
+            offset: a,
+            fence: old.fence
+        })
+    );
+    let lost = |r: Result<Reply>| assert_eq!(r.unwrap_err().code(), Code::FailedPrecondition);
+    lost(sim.nack(&old, 0));
+    lost(sim.run(Command::Extend {
+        queue: Q.into(),
+        offset: a,
+        fence: old.fence,
+        lease_ms: 0,
+    }));
+    lost(sim.run(Command::Release {
+        queue: Q.into(),
+        offset: a,
+        fence: old.fence,
+    }));
+    lost(sim.run(Command::DeadLetter {
+        queue: Q.into(),
+        offset: a,
+        fence: old.fence,
+        reason: "x".into(),
+    }));
+    assert_eq!(
+        sim.state.queues_snapshot(),
+        before,
+        "stale-fence calls changed the state"
+    );
+
+    // The live holder acks; a repeat of that ack is OK, the stale one is not.
+    assert_eq!(sim.ack(a, new.fence), AckResult::Acked);
+    assert_eq!(sim.ack(a, new.fence), AckResult::AlreadyAcked);
+    assert_eq!(
+        sim.ack(a, old.fence),
+        AckResult::Failed(Error::LeaseLost {
+            offset: a,
+            fence: old.fence
+        })
+    );
+}
+
+#[test]
+fn a_job_released_in_an_entry_is_not_re_leased_by_the_same_entry() {
+    let mut sim = Sim::with_queue(config());
+    let a = sim.enqueue("a", Some("g"));
+    let d = sim.fetch(1).remove(0);
+    // Granted and released within one entry: a second grant by that entry
+    // would carry the released lease's fence, so it must wait.
+    sim.run_in_same_entry(Command::Release {
+        queue: Q.into(),
+        offset: a,
+        fence: d.fence,
+    })
+    .unwrap();
+    let fetch = Command::Fetch {
+        queue: Q.into(),
+        consumer: "w".into(),
+        max: 1,
+        lease_ms: 0,
+    };
+    assert_eq!(
+        sim.run_in_same_entry(fetch).unwrap(),
+        Reply::Fetched(vec![])
+    );
+    let again = sim.fetch(1).remove(0);
+    assert_eq!(again.offset, a);
+    assert!(again.fence > d.fence);
+    assert_eq!(again.attempt, 1, "release counts no attempt");
+}
+
+#[test]
+fn a_duplicate_inside_the_window_returns_the_original_offset_and_an_id_past_it_is_new() {
+    let mut sim = Sim::with_queue(QueueConfig {
+        dedup_window_ms: 10_000,
+        ..config()
+    });
+    let a = sim.enqueue("id-1", Some("g"));
+    sim.advance(5_000);
+    let again = sim.enqueue_jobs(vec![job("id-1", Some("g"))]).unwrap();
+    assert_eq!(
+        again,
+        vec![EnqueueResult::Duplicate {
+            offset: a,
+            state: JobState::Ready
+        }]
+    );
+
+    // Different payload or group under the same id: a conflict, nothing stored.
+    let mut other = job("id-1", Some("g"));
+    other.payload = b"something else".to_vec();
+    let conflict = sim
+        .enqueue_jobs(vec![other, job("id-1", Some("h"))])
+        .unwrap();
+    assert_eq!(conflict, vec![EnqueueResult::IdConflict { offset: a }; 2]);
+    assert_eq!(sim.stats().next_offset, 1);
+
+    // Finishing the job does not end the window; the state is reported.
+    let d = sim.fetch(1).remove(0);
+    sim.ack(d.offset, d.fence);
+    let done = sim.enqueue_jobs(vec![job("id-1", Some("g"))]).unwrap();
+    assert_eq!(
+        done,
+        vec![EnqueueResult::Duplicate {
+            offset: a,
+            state: JobState::Done
+        }]
+    );
+
+    // The window counts from the first acceptance, not from the duplicates.
+    sim.advance(5_000);
+    let fresh = sim.enqueue_jobs(vec![job("id-1", Some("g"))]).unwrap();
+    assert_eq!(fresh, vec![EnqueueResult::Created { offset: 1 }]);
+}
+
+#[test]
+fn duplicates_inside_one_batch_are_answered_per_item() {
+    let mut sim = Sim::with_queue(config());
+    let results = sim
+        .enqueue_jobs(vec![job("x", None), job("x", None), job("y", None)])
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            EnqueueResult::Created { offset: 0 },
+            EnqueueResult::Duplicate {
+                offset: 0,
+                state: JobState::Ready
+            },
+            EnqueueResult::Created { offset: 1 },
+        ]
+    );
+}
+
+#[test]
+fn park_stops_a_group_and_resume_restarts_it() {
+    let cfg = QueueConfig {
+        max_attempts: 1,
+        group_policy: GroupPolicy::Park,
+        ..config()
+    };
+    let mut sim = Sim::with_queue(cfg);
+    let a = sim.enqueue("a", Some("g"));
+    let b = sim.enqueue("b", Some("g"));
+    let other = sim.enqueue("c", Some("h"));
+
+    let d = sim.fetch(1).remove(0);
+    assert_eq!(d.offset, a);
+    assert_eq!(
+        sim.nack(&d, 0).unwrap(),
+        Reply::Nacked {
+            dead: true,
+            not_before_ms: 0
+        }
+    );
+
+    // The group is parked: b waits, other groups go on.
+    assert_eq!(offsets(&sim.fetch(10)), vec![other]);
+    let page = sim
+        .state
+        .list_groups(Q, &GroupFilter::default(), None, 10)
+        .unwrap();
+    let g = page.groups.iter().find(|g| g.key == "g").unwrap();
+    assert!(g.paused && g.parked_reason.is_some());
+    let dead = sim
+        .state
+        .list_dead_letters(Q, None, 10)
+        .unwrap()
+        .dead_letters;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "max_attempts = 1 reached");
+    assert_eq!(dead[0].history.len(), 1);
+    assert_eq!(dead[0].history[0].outcome, AttemptOutcome::Nacked);
+
+    sim.run(Command::ResumeGroup {
+        queue: Q.into(),
+        group: "g".into(),
+    })
+    .unwrap();
+    assert_eq!(offsets(&sim.fetch(10)), vec![b]);
+}
+
+#[test]
+fn continue_policy_moves_the_group_on_and_dead_letters_can_be_requeued_and_purged() {
+    let mut sim = Sim::with_queue(QueueConfig {
+        max_attempts: 1,
+        ..config()
+    });
+    let a = sim.enqueue("a", Some("g"));
+    let b = sim.enqueue("b", Some("g"));
+    let d = sim.fetch(1).remove(0);
+    sim.run(Command::DeadLetter {
+        queue: Q.into(),
+        offset: a,
+        fence: d.fence,
+        reason: "poison".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.stats().dead, 1);
+    let next = sim.fetch(1).remove(0);
+    assert_eq!(next.offset, b);
+
+    // Requeue: a new offset at the tail of its group, the same id.
+    let reply = sim
+        .run(Command::RequeueDeadLetter {
+            queue: Q.into(),
+            offset: a,
+        })
+        .unwrap();
+    assert_eq!(reply, Reply::Requeued { offset: 2 });
+    let dup = sim.enqueue_jobs(vec![job("a", Some("g"))]).unwrap();
+    assert_eq!(
+        dup,
+        vec![EnqueueResult::Duplicate {
+            offset: 2,
+            state: JobState::Ready
+        }]
+    );
+    sim.ack(b, next.fence);
+    let requeued = sim.fetch(1).remove(0);
+    assert_eq!((requeued.offset, requeued.attempt), (2, 1));
+    assert_eq!(sim.id_of(&requeued), "a");
+
+    // Purge removes the dead letters and their payloads.
+    sim.run(Command::DeadLetter {
+        queue: Q.into(),
+        offset: 2,
+        fence: requeued.fence,
+        reason: "again".into(),
+    })
+    .unwrap();
+    let purged = sim
+        .run(Command::PurgeDeadLetters {
+            queue: Q.into(),
+            which: PurgeSelector::All,
+        })
+        .unwrap();
+    assert_eq!(purged, Reply::Purged { count: 1 });
+    assert_eq!(sim.stats().dead, 0);
+    assert!(sim.store.blobs.is_empty());
+}
+
+#[test]
+fn priority_never_reorders_within_a_group_but_orders_ready_heads() {
+    let mut sim = Sim::with_queue(config());
+    let mut low = job("low", Some("g"));
+    low.priority = 0;
+    let mut high_same_group = job("high-g", Some("g"));
+    high_same_group.priority = 9;
+    let mut high_other = job("high-h", Some("h"));
+    high_other.priority = 5;
+    sim.enqueue_jobs(vec![low, high_same_group, high_other])
+        .unwrap();
+
+    // Heads are "low" (g, prio 0) and "high-h" (h, prio 5): the priority-9
+    // job is not a head, so it cannot jump its group.
+    let ds = sim.fetch(10);
+    assert_eq!(offsets(&ds), vec![2, 0]);
+    sim.ack(0, ds[1].fence);
+    let next = sim.fetch(10);
+    assert_eq!(offsets(&next), vec![1]);
+}
+
+#[test]
+fn a_hot_group_contributes_only_its_head() {
+    let mut sim = Sim::with_queue(config());
+    for i in 0..50 {
+        sim.enqueue(&format!("hot-{i}"), Some("hot"));
+    }
+    let cold = sim.enqueue("cold", Some("cold"));
+    let ds = sim.fetch(10);
+    assert_eq!(offsets(&ds), vec![0, cold]);
+}
+
+#[test]
+fn a_delayed_head_blocks_its_group_until_its_time() {
+    let mut sim = Sim::with_queue(config());
+    let mut delayed = job("later", Some("g"));
+    delayed.delay_ms = 5_000;
+    sim.enqueue_jobs(vec![delayed, job("after", Some("g")), job("free", None)])
+        .unwrap();
+    assert_eq!(sim.stats().delayed, 1);
+    assert_eq!(offsets(&sim.fetch(10)), vec![2]);
+    sim.advance(5_000);
+    assert_eq!(offsets(&sim.fetch(10)), vec![0]);
+}
+
+#[test]
+fn a_batch_over_a_limit_changes_nothing() {
+    let cfg = QueueConfig {
+        max_jobs: 3,
+        max_bytes: 1_000,
+        max_batch: 4,
+        max_payload_bytes: 100,
+        ..config()
+    };
+    let mut sim = Sim::with_queue(cfg);
+    sim.enqueue("first", None);
+    let before = sim.state.queues_snapshot();
+    let blobs = sim.store.clone();
+
+    let mut big = job("big", None);
+    big.payload = vec![0; 101];
+    let mut bad_priority = job("p", None);
+    bad_priority.priority = 10;
+    let cases: Vec<(Vec<NewJob>, Code, &str)> = vec![
+        (
+            vec![job("a", None), job("b", None), job("c", None)],
+            Code::ResourceExhausted,
+            "max_jobs",
+        ),
+        (
+            (0..5).map(|i| job(&format!("j{i}"), None)).collect(),
+            Code::InvalidArgument,
+            "max_batch",
+        ),
+        (
+            vec![job("ok", None), big],
+            Code::InvalidArgument,
+            "max_payload_bytes",
+        ),
+        (
+            vec![job("ok", None), job("", None)],
+            Code::InvalidArgument,
+            "jobs[1].id",
+        ),
+        (
+            vec![job("ok", None), bad_priority],
+            Code::InvalidArgument,
+            "priority",
+        ),
+        (vec![], Code::InvalidArgument, "jobs"),
+    ];
+    for (jobs, code, names) in cases {
+        let err = sim.enqueue_jobs(jobs).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+        assert!(
+            err.to_string().contains(names),
+            "`{err}` should name `{names}`"
+        );
+        assert_eq!(
+            sim.state.queues_snapshot(),
+            before,
+            "a rejected batch changed the state: {err}"
+        );
+        assert_eq!(sim.store, blobs);
+    }
+
+    // max_bytes counts payloads of pending jobs.
+    let mut cfg = config();
+    cfg.max_bytes = 30;
+    let mut sim = Sim::with_queue(cfg);
+    let mut heavy = job("heavy", None);
+    heavy.payload = vec![1; 20];
+    sim.enqueue_jobs(vec![heavy]).unwrap();
+    let mut more = job("more", None);
+    more.payload = vec![1; 11];
+    let err = sim.enqueue_jobs(vec![more]).unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.to_string().contains("max_bytes"));
+}
+
+#[test]
+fn bad_requests_get_typed_errors_that_name_the_problem() {
+    let mut sim = Sim::with_queue(config());
+    let a = sim.enqueue("a", None);
+    let cases: Vec<(Command, Code, &str)> = vec![
+        (
+            Command::Enqueue {
+                queue: "nope".into(),
+                jobs: vec![job("x", None)],
+            },
+            Code::NotFound,
+            "nope",
+        ),
+        (
+            Command::Fetch {
+                queue: Q.into(),
+                consumer: "w".into(),
+                max: 1,
+                lease_ms: limits::LEASE_MS_LIMIT + 1,
+            },
+            Code::InvalidArgument,
+            "lease_ms",
+        ),
+        (
+            Command::Fetch {
+                queue: Q.into(),
+                consumer: "w".into(),
+                max: 0,
+                lease_ms: 0,
+            },
+            Code::InvalidArgument,
+            "max",
+        ),
+        (
+            Command::Nack {
+                queue: Q.into(),
+                offset: a,
+                fence: 99,
+                delay_ms: 0,
+            },
+            Code::FailedPrecondition,
+            "lease lost",
+        ),
+        (
+            Command::Release {
+                queue: Q.into(),
+                offset: 42,
+                fence: 1,
+            },
+            Code::NotFound,
+            "offset 42",
+        ),
+        (
+            Command::CreateQueue {
+                name: "bad name!".into(),
+                config: config(),
+            },
+            Code::InvalidArgument,
+            "queue",
+        ),
+        (
+            Command::CreateQueue {
+                name: Q.into(),
+                config: QueueConfig {
+                    max_attempts: 9,
+                    ..config()
+                },
+            },
+            Code::AlreadyExists,
+            Q,
+        ),
+        (
+            Command::CreateQueue {
+                name: "q2".into(),
+                config: QueueConfig {
+                    max_attempts: 0,
+                    ..config()
+                },
+            },
+            Code::InvalidArgument,
+            "max_attempts",
+        ),
+        (
+            Command::ResumeGroup {
+                queue: Q.into(),
+                group: "ghost".into(),
+            },
+            Code::NotFound,
+            "ghost",
+        ),
+        (
+            Command::RequeueDeadLetter {
+                queue: Q.into(),
+                offset: a,
+            },
+            Code::NotFound,
+            "dead letter",
+        ),
+        (
+            Command::DeleteQueue {
+                name: "nope".into(),
+            },
+            Code::NotFound,
+            "nope",
+        ),
+    ];
+    for (command, code, names) in cases {
+        let before = sim.state.queues_snapshot();
+        let err = sim.run(command).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+        assert!(
+            err.to_string().contains(names),
+            "`{err}` should name `{names}`"
+        );
+        assert_eq!(
+            sim.state.queues_snapshot(),
+            before,
+            "error changed the state: {err}"
+        );
+    }
+    // Creating the same queue with the same config again is harmless.
+    let again = sim
+        .run(Command::CreateQueue {
+            name: Q.into(),
+            config: config(),
+        })
+        .unwrap();
+    assert!(matches!(again, Reply::QueueCreated { created: false, .. }));
+}
+
+#[test]
+fn leases_are_clamped_to_the_queue_maximum_and_extend_pushes_the_deadline() {
+    let mut sim = Sim::with_queue(QueueConfig {
+        lease_ms_max: 2_000,
+        ..config()
+    });
+    let a = sim.enqueue("a", None);
+    let d = sim.fetch_as("w", 1, 60_000).remove(0);
+    assert_eq!(d.deadline_ms, sim.now_ms + 2_000);
+    sim.advance(1_500);
+    let reply = sim
+        .run(Command::Extend {
+            queue: Q.into(),
+            offset: a,
+            fence: d.fence,
+            lease_ms: 1_000,
+        })
+        .unwrap();
+    assert_eq!(
+        reply,
+        Reply::Extended {
+            deadline_ms: sim.now_ms + 1_000
+        }
+    );
+    sim.advance(900);
+    assert_eq!(sim.tick(), 0, "the extended lease is still live");
+    sim.advance(100);
+    assert_eq!(sim.tick(), 1);
+    assert_eq!(
+        sim.ack(a, d.fence),
+        AckResult::Failed(Error::LeaseLost {
+            offset: a,
+            fence: d.fence
+        })
+    );
+}
+
+#[test]
+fn cluster_time_never_runs_backwards() {
+    let mut sim = Sim::with_queue(config());
+    let a = sim.enqueue("a", None);
+    let d = sim.fetch_as("w", 1, 1_000).remove(0);
+    // A new leader with a slower clock stamps an earlier time: the lease
+    // must still expire no earlier than its deadline, and no later than
+    // the first stamp past it.
+    sim.now_ms -= 500;
+    assert_eq!(sim.tick(), 0);
+    assert_eq!(sim.state.clock_ms(), d.deadline_ms - 1_000);
+    sim.now_ms = d.deadline_ms;
+    assert_eq!(sim.tick(), 1);
+    let _ = a;
+}
+
+#[test]
+fn offsets_are_never_reused_and_the_ack_floor_follows_the_oldest_unfinished_job() {
+    let mut sim = Sim::with_queue(config());
+    let a = sim.enqueue("a", None);
+    let b = sim.enqueue("b", None);
+    let ds = sim.fetch(2);
+    assert_eq!(sim.stats().ack_floor, a);
+    sim.ack(b, ds[1].fence);
+    assert_eq!(sim.stats().ack_floor, a, "a is unfinished");
+    sim.ack(a, ds[0].fence);
+    assert_eq!(sim.stats().ack_floor, 2);
+    // Deleting and recreating the queue starts a new incarnation.
+    sim.run(Command::DeleteQueue { name: Q.into() }).unwrap();
+    sim.run(Command::CreateQueue {
+        name: Q.into(),
+        config: config(),
+    })
+    .unwrap();
+    let c = sim.enqueue("c", None);
+    let d = sim.fetch(1).remove(0);
+    assert_eq!(c, 0);
+    assert_ne!(d.queue_id, ds[0].queue_id);
+}
+
+#[test]
+fn stats_and_group_listing_report_the_state() {
+    let mut sim = Sim::with_queue(config());
+    for i in 0..3 {
+        sim.enqueue(&format!("g{i}"), Some("alpha"));
+    }
+    sim.enqueue("b0", Some("beta"));
+    let mut later = job("d", Some("delta"));
+    later.delay_ms = 10_000;
+    sim.enqueue_jobs(vec![later]).unwrap();
+    sim.advance(250);
+    let d = sim.fetch_as("worker-7", 1, 0).remove(0);
+    assert_eq!(d.offset, 0);
+    sim.run(Command::PauseGroup {
+        queue: Q.into(),
+        group: "beta".into(),
+    })
+    .unwrap();
+
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.ready, stats.delayed, stats.leased, stats.dead),
+        (3, 1, 1, 0)
+    );
+    assert_eq!(stats.next_offset, 5);
+    assert_eq!(
+        stats.oldest_ready_age_ms, 0,
+        "beta is paused and delta delayed: nothing is fetchable"
+    );
+
+    let page = sim
+        .state
+        .list_groups(Q, &GroupFilter::default(), None, 2)
+        .unwrap();
+    assert_eq!(
+        page.groups
+            .iter()
+            .map(|g| g.key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["alpha", "beta"]
+    );
+    assert_eq!(page.groups[0].backlog, 3);
+    assert_eq!(page.groups[0].lease_holder.as_deref(), Some("worker-7"));
+    assert_eq!(page.groups[0].head_age_ms, 250);
+    assert!(page.groups[1].paused);
+    let rest = sim
+        .state
+        .list_groups(Q, &GroupFilter::default(), page.next_after.as_deref(), 2)
+        .unwrap();
+    assert_eq!(
+        rest.groups
+            .iter()
+            .map(|g| g.key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["delta"]
+    );
+    assert_eq!(rest.next_after, None);
+
+    let leased = GroupFilter {
+        status: GroupStatus::Leased,
+        ..GroupFilter::default()
+    };
+    let only = sim.state.list_groups(Q, &leased, None, 10).unwrap();
+    assert_eq!(only.groups.len(), 1);
+    let prefixed = GroupFilter {
+        key_prefix: "de".into(),
+        ..GroupFilter::default()
+    };
+    assert_eq!(
+        sim.state
+            .list_groups(Q, &prefixed, None, 10)
+            .unwrap()
+            .groups[0]
+            .key,
+        "delta"
+    );
+}
+
+#[test]
+fn a_snapshot_restores_an_identical_state() {
+    let mut sim = Sim::with_queue(QueueConfig {
+        max_attempts: 2,
+        ..config()
+    });
+    for i in 0..20 {
+        sim.enqueue(&format!("j{i}"), Some(["a", "b", "c"][i % 3]));
+    }
+    let ds = sim.fetch(3);
+    sim.ack(ds[0].offset, ds[0].fence);
+    sim.nack(&ds[1], 0).unwrap();
+    let bytes = sim.state.snapshot();
+    let restored = State::restore(&bytes).unwrap();
+    assert_eq!(restored, sim.state);
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.digest(), sim.state.digest());
+    // Corrupt or truncated bytes are refused, never half-loaded.
+    assert!(State::restore(&bytes[..bytes.len() / 2]).is_err());
+    assert!(State::restore(&[]).is_err());
+}
