@@ -10,6 +10,8 @@
 //! Architecture invariant: this crate depends on no async runtime, storage,
 //! network, clock or RNG crate; `scripts/check-boundaries` enforces it.
 
+#![forbid(unsafe_code)]
+
 mod blob;
 pub mod codec;
 mod command;
