@@ -1,0 +1,488 @@
+//! Node configuration: a TOML file, overridden by `LOCKSTEP_*` environment
+//! variables, overridden by flags. Every error names the key at fault, so a
+//! bad configuration stops start-up with a message a person can act on.
+//!
+//! The key set is the shape of [`NodeConfig::default`]: a file or override
+//! may only name keys that exist there, with values of the same type. The
+//! environment name of a key is `LOCKSTEP_` plus the key in upper case with
+//! dots as underscores: `raft.heartbeat_ms` is `LOCKSTEP_RAFT_HEARTBEAT_MS`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Raft timing. The defaults suit three nodes and a bench sharing two cores:
+/// openraft 0.9 blocks its core on every log fsync, and the openraft FAQ asks
+/// for an election timeout of at least ten times the append latency and a
+/// heartbeat below half the minimum election timeout. A loaded 2-core
+/// machine sees fsyncs and scheduling stalls of tens of milliseconds, so the
+/// election timeout is 1–2 s and the heartbeat 150 ms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, so a follower installing a large
+    /// snapshot is not cut off by a purge (openraft #1706).
+    pub logs_kept_after_snapshot: u64,
+    /// Entries in one AppendEntries RPC.
+    pub append_entries_max: u64,
+    /// Deadline of one peer RPC other than a snapshot.
+    pub rpc_timeout_ms: u64,
+}
+
+/// How the leader gathers client commands into one Raft entry (openraft 0.9
+/// fsyncs once per entry, so batching is what makes throughput).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// How long the first command of a batch waits for company.
+    pub linger_us: u64,
+    pub commands_max: u64,
+    pub bytes_max: u64,
+    /// Proposed entries awaiting commit before new requests wait.
+    pub in_flight_max: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message a node accepts or sends.
+    pub message_bytes_max: u64,
+    /// Longest a follower keeps retrying to forward a write during an
+    /// election before it answers UNAVAILABLE.
+    pub forward_retry_ms_max: u64,
+    /// Longest long-poll a fetch may ask for.
+    pub fetch_wait_ms_max: u64,
+    /// Client requests served at once per node.
+    pub requests_in_flight_max: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster, never 0.
+    pub id: u64,
+    /// Where peers reach this node (Raft RPCs and forwarded writes).
+    pub peer_addr: String,
+    /// Where clients reach this node.
+    pub client_addr: String,
+    pub data_dir: PathBuf,
+    /// Prometheus metrics over HTTP; empty turns them off.
+    pub metrics_addr: String,
+    pub raft: RaftConfig,
+    pub batch: BatchConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            peer_addr: "127.0.0.1:7101".into(),
+            client_addr: "127.0.0.1:7100".into(),
+            data_dir: PathBuf::from("data"),
+            metrics_addr: String::new(),
+            raft: RaftConfig {
+                heartbeat_ms: 150,
+                election_timeout_min_ms: 1_000,
+                election_timeout_max_ms: 2_000,
+                snapshot_every_entries: 20_000,
+                logs_kept_after_snapshot: 5_000,
+                append_entries_max: 300,
+                rpc_timeout_ms: 2_000,
+            },
+            batch: BatchConfig {
+                linger_us: 500,
+                commands_max: 1_024,
+                bytes_max: 4 * 1024 * 1024,
+                in_flight_max: 8,
+            },
+            limits: LimitsConfig {
+                message_bytes_max: 16 * 1024 * 1024,
+                forward_retry_ms_max: 5_000,
+                fetch_wait_ms_max: 20_000,
+                requests_in_flight_max: 4_096,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown config key `{key}` (from {source_name})")]
+    UnknownKey { key: String, source_name: String },
+    #[error("config key `{key}` (from {source_name}): expected {expected}, found {found}")]
+    WrongType {
+        key: String,
+        source_name: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The environment variable that overrides `key`.
+pub fn env_name(key: &str) -> String {
+    format!("LOCKSTEP_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Every leaf key of a table, dotted, with its value.
+fn leaves(table: &Table, prefix: &str, out: &mut Vec<(String, Value)>) {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match value {
+            Value::Table(inner) => leaves(inner, &key, out),
+            other => out.push((key, other.clone())),
+        }
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// The layered configuration before it is typed: defaults, then each source.
+struct Layers {
+    merged: Table,
+    defaults: Vec<(String, Value)>,
+}
+
+impl Layers {
+    fn new() -> Layers {
+        let merged = Table::try_from(NodeConfig::default()).expect("defaults serialize to a table");
+        let mut defaults = Vec::new();
+        leaves(&merged, "", &mut defaults);
+        Layers { merged, defaults }
+    }
+
+    fn default_of(&self, key: &str) -> Option<&Value> {
+        self.defaults.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`, checking the key exists and the type matches.
+    fn set(&mut self, key: &str, value: Value, source_name: &str) -> Result<(), ConfigError> {
+        let Some(default) = self.default_of(key) else {
+            return Err(ConfigError::UnknownKey {
+                key: key.into(),
+                source_name: source_name.into(),
+            });
+        };
+        if std::mem::discriminant(default) != std::mem::discriminant(&value) {
+            return Err(ConfigError::WrongType {
+                key: key.into(),
+                source_name: source_name.into(),
+                expected: type_name(default),
+                found: format!("{} ({value})", type_name(&value)),
+            });
+        }
+        let mut table = &mut self.merged;
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().expect("a key has at least one part");
+        for part in parts {
+            table = table
+                .get_mut(part)
+                .and_then(Value::as_table_mut)
+                .expect("a key of the defaults has its parent tables");
+        }
+        table.insert(last.to_string(), value);
+        Ok(())
+    }
+
+    /// An override given as text (environment or flag): an integer if the
+    /// key is an integer key, otherwise the text as a string.
+    fn set_text(&mut self, key: &str, text: &str, source_name: &str) -> Result<(), ConfigError> {
+        let value = match self.default_of(key) {
+            Some(Value::Integer(_)) => match text.trim().replace('_', "").parse::<i64>() {
+                Ok(n) => Value::Integer(n),
+                Err(_) => {
+                    return Err(ConfigError::WrongType {
+                        key: key.into(),
+                        source_name: source_name.into(),
+                        expected: "an integer",
+                        found: format!("`{text}`"),
+                    })
+                }
+            },
+            _ => Value::String(text.to_string()),
+        };
+        self.set(key, value, source_name)
+    }
+}
+
+impl NodeConfig {
+    /// Loads the configuration: defaults, then the file (if any), then the
+    /// `LOCKSTEP_*` variables of `env`, then `flags` as (key, value) pairs.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(String, String)],
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut layers = Layers::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+            let table: Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
+            let mut given = Vec::new();
+            leaves(&table, "", &mut given);
+            let source_name = path.display().to_string();
+            for (key, value) in given {
+                layers.set(&key, value, &source_name)?;
+            }
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LOCKSTEP_"))
+            .collect();
+        let keys: Vec<String> = layers.defaults.iter().map(|(k, _)| k.clone()).collect();
+        for key in &keys {
+            let name = env_name(key);
+            if let Some((_, text)) = env.iter().find(|(k, _)| *k == name) {
+                layers.set_text(key, text, &format!("environment variable {name}"))?;
+            }
+        }
+        for (key, text) in flags {
+            layers.set_text(
+                key,
+                text,
+                &format!("flag --{}", key.replace(['.', '_'], "-")),
+            )?;
+        }
+        let config: NodeConfig = Value::Table(layers.merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("(config)", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that typing alone does not, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(invalid(
+                "id",
+                "must be at least 1 (0 is not a valid Raft node id)",
+            ));
+        }
+        parse_addr("peer_addr", &self.peer_addr)?;
+        parse_addr("client_addr", &self.client_addr)?;
+        if !self.metrics_addr.is_empty() {
+            parse_addr("metrics_addr", &self.metrics_addr)?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", "must be at least 1"));
+        }
+        if r.election_timeout_min_ms < 2 * r.heartbeat_ms + 1 {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "{} must be more than twice raft.heartbeat_ms ({}), or followers start elections between heartbeats",
+                    r.election_timeout_min_ms, r.heartbeat_ms
+                ),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                format!(
+                    "{} must be above raft.election_timeout_min_ms ({})",
+                    r.election_timeout_max_ms, r.election_timeout_min_ms
+                ),
+            ));
+        }
+        positive("raft.snapshot_every_entries", r.snapshot_every_entries)?;
+        positive("raft.append_entries_max", r.append_entries_max)?;
+        positive("raft.rpc_timeout_ms", r.rpc_timeout_ms)?;
+        positive("batch.commands_max", self.batch.commands_max)?;
+        positive("batch.bytes_max", self.batch.bytes_max)?;
+        positive("batch.in_flight_max", self.batch.in_flight_max)?;
+        if self.batch.linger_us > 100_000 {
+            return Err(invalid(
+                "batch.linger_us",
+                "must be at most 100000 (100 ms)",
+            ));
+        }
+        let min_message = u64::from(lockstep_core::limits::PAYLOAD_BYTES_MAX_LIMIT) + 64 * 1024;
+        if self.limits.message_bytes_max < min_message {
+            return Err(invalid(
+                "limits.message_bytes_max",
+                format!("must be at least {min_message} so the largest allowed payload fits"),
+            ));
+        }
+        positive(
+            "limits.requests_in_flight_max",
+            self.limits.requests_in_flight_max,
+        )?;
+        Ok(())
+    }
+
+    pub fn peer_socket(&self) -> SocketAddr {
+        self.peer_addr.parse().expect("validated")
+    }
+
+    pub fn client_socket(&self) -> SocketAddr {
+        self.client_addr.parse().expect("validated")
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| invalid(key, format!("`{text}` is not an IP:port address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write config");
+        f
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(
+            NodeConfig::load(None, vec![], &[]),
+            Ok(NodeConfig::default())
+        );
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_the_file() {
+        let f = file("id = 3\npeer_addr = \"127.0.0.3:7101\"\n[raft]\nheartbeat_ms = 100\n");
+        let env = vec![
+            ("LOCKSTEP_ID".to_string(), "4".to_string()),
+            ("LOCKSTEP_RAFT_HEARTBEAT_MS".to_string(), "120".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = NodeConfig::load(Some(f.path()), env, &flags(&[("id", "5")])).expect("valid");
+        assert_eq!(c.id, 5, "flag wins");
+        assert_eq!(c.raft.heartbeat_ms, 120, "env beats file");
+        assert_eq!(c.peer_addr, "127.0.0.3:7101", "file beats default");
+    }
+
+    #[test]
+    fn every_error_names_the_key() {
+        type Pairs = Vec<(String, String)>;
+        let cases: Vec<(Option<&str>, Pairs, Pairs, &str)> = vec![
+            (Some("idd = 3\n"), vec![], vec![], "`idd`"),
+            (
+                Some("[raft]\nheartbeat_ms = \"fast\"\n"),
+                vec![],
+                vec![],
+                "`raft.heartbeat_ms`",
+            ),
+            (Some("[raft]\nbogus = 1\n"), vec![], vec![], "`raft.bogus`"),
+            (
+                None,
+                vec![("LOCKSTEP_RAFT_HEARTBEAT_MS".into(), "soon".into())],
+                vec![],
+                "LOCKSTEP_RAFT_HEARTBEAT_MS",
+            ),
+            (None, vec![], flags(&[("id", "0")]), "`id`"),
+            (
+                None,
+                vec![],
+                flags(&[("peer_addr", "nowhere")]),
+                "`peer_addr`",
+            ),
+            (
+                None,
+                vec![],
+                flags(&[("raft.election_timeout_min_ms", "200")]),
+                "`raft.election_timeout_min_ms`",
+            ),
+            (
+                None,
+                vec![],
+                flags(&[("raft.election_timeout_max_ms", "900")]),
+                "`raft.election_timeout_max_ms`",
+            ),
+            (
+                None,
+                vec![],
+                flags(&[("limits.message_bytes_max", "1024")]),
+                "`limits.message_bytes_max`",
+            ),
+            (None, vec![], flags(&[("no.such", "1")]), "`no.such`"),
+        ];
+        for (text, env, flags, names) in cases {
+            let f = text.map(file);
+            let err = NodeConfig::load(f.as_ref().map(|f| f.path()), env, &flags).expect_err(names);
+            assert!(
+                err.to_string().contains(names),
+                "`{err}` should name {names}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_is_reported_with_its_path() {
+        let err = NodeConfig::load(Some(Path::new("/nonexistent/lockstep.toml")), vec![], &[])
+            .expect_err("missing");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        let f = file("id = = 3");
+        let err = NodeConfig::load(Some(f.path()), vec![], &[]).expect_err("syntax");
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn env_names_follow_the_key() {
+        assert_eq!(env_name("raft.heartbeat_ms"), "LOCKSTEP_RAFT_HEARTBEAT_MS");
+        assert_eq!(env_name("data_dir"), "LOCKSTEP_DATA_DIR");
+    }
+}

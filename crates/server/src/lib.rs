@@ -1,0 +1,23 @@
+//! The Lockstep node: configuration, the public gRPC API (`lockstep.v1`),
+//! and the wiring of the core, the RocksDB store and Raft.
+//!
+//! Architecture invariant: this is the only crate that wires the others
+//! together; `lockstep-core` and `lockstep-store` know nothing of gRPC.
+
+pub mod config;
+pub mod convert;
+
+/// The generated `lockstep.v1` messages, clients and servers.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations,
+    unused_qualifications
+)]
+pub mod pb {
+    tonic::include_proto!("lockstep.v1");
+
+    /// The encoded descriptors of `proto/`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_v1.bin"));
+}
