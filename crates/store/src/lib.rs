@@ -1,0 +1,114 @@
+//! Lockstep's storage for openraft 0.9 (storage v2): the Raft log, the
+//! replicated queue state machine, and its snapshots.
+//!
+//! One RocksDB instance holds four column families, so the log and the state
+//! machine share one write-ahead log and one fsync orders them both:
+//!
+//! | column family | keys | values |
+//! |---|---|---|
+//! | `logs` | log index, `u64` big-endian | an [`Entry`](types::Entry) |
+//! | `meta` | `vote`, `committed`, `last_purged` | a vote or log id |
+//! | `blobs` | queue id BE ++ blob BE | a [`JobBlob`](lockstep_core::JobBlob) |
+//! | `sm_meta` | `last_applied`, `last_membership`, `current_snapshot`, `pending_install` | log id, membership, file name |
+//!
+//! Every value goes through [`lockstep_core::codec`] (a version byte, then
+//! bincode). Snapshots are files in `<data_dir>/snapshots/` (see
+//! [`snapshot`]). The durability design is in this crate's `README.md`.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod log_store;
+pub mod snapshot;
+mod state_machine;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, DB};
+
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use state_machine::{StateHandle, StateMachineStore};
+pub use types::{Batch, BatchReply, NodeId, NodeInfo, TypeConfig};
+
+pub(crate) const CF_LOGS: &str = "logs";
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_BLOBS: &str = "blobs";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+const COLUMN_FAMILIES: [&str; 4] = [CF_LOGS, CF_META, CF_BLOBS, CF_SM_META];
+
+/// The RocksDB directory inside a node's data directory.
+const DB_DIR: &str = "db";
+/// The snapshot directory inside a node's data directory.
+const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Opens (or creates) the storage of a node in `data_dir`: the Raft log store
+/// and the state machine, which share one RocksDB instance.
+///
+/// The state machine is rebuilt from the latest snapshot only; openraft then
+/// re-applies the committed log after it (see `README.md`), so start-up time
+/// is bounded by the snapshot interval, not by the total history.
+pub async fn open(data_dir: impl AsRef<Path>) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let data_dir = data_dir.as_ref().to_path_buf();
+    error::blocking(move || open_blocking(&data_dir)).await
+}
+
+/// [`open`] for callers outside an async runtime.
+pub fn open_blocking(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(StoreError::io(format!("create {}", data_dir.display())))?;
+    let db = Arc::new(open_db(&data_dir.join(DB_DIR))?);
+    let log_store = LogStore::new(db.clone())?;
+    let state_machine = StateMachineStore::open(db, data_dir.join(SNAPSHOT_DIR))?;
+    Ok((log_store, state_machine))
+}
+
+fn open_db(path: &PathBuf) -> Result<DB, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // After a crash RocksDB recovers a consistent prefix of the write-ahead
+    // log: every write before the last intact one, nothing after. The
+    // durability argument of the state machine (README.md) relies on that
+    // prefix property, so it is set explicitly rather than left to a default.
+    opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    let cfs = COLUMN_FAMILIES
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::rocks(format!(
+        "open the database at {}",
+        path.display()
+    )))
+}
+
+/// The handle of a column family that [`open_db`] created.
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StoreError> {
+    db.cf_handle(name)
+        .ok_or(StoreError::MissingColumnFamily(name))
+}
+
+/// The key of a log entry: big-endian, so RocksDB's byte order is index
+/// order and a range scan reads entries in sequence.
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The key of a payload: queue id then blob id, both big-endian, so the
+/// payloads of one queue are one contiguous key range.
+pub(crate) fn blob_key(queue_id: u64, blob: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&queue_id.to_be_bytes());
+    key[8..].copy_from_slice(&blob.to_be_bytes());
+    key
+}
+
+/// The exclusive end of the key range of one queue's payloads: 16-byte keys
+/// with that queue's prefix all sort before it, the next queue's after it.
+pub(crate) fn blob_queue_end(queue_id: u64) -> [u8; 17] {
+    let mut key = [0xffu8; 17];
+    key[..8].copy_from_slice(&queue_id.to_be_bytes());
+    key[16] = 0;
+    key
+}

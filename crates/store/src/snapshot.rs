@@ -1,0 +1,476 @@
+//! Snapshot files: their on-disk format and the handle openraft streams.
+//!
+//! A snapshot is one file in `<data_dir>/snapshots/`, laid out as:
+//!
+//! ```text
+//! magic        8 bytes  "LOCKSNAP"
+//! header_len   u32 LE   then the header through lockstep_core::codec:
+//!                       { file_version, meta: SnapshotMeta }
+//! core_len     u64 LE   then lockstep_core::State::snapshot() bytes
+//! records      repeated: tag 1 (u8), len (u32 LE), queue id BE (8),
+//!                        blob BE (8), the payload record (len - 16 bytes)
+//! end          tag 0 (u8), record count (u64 LE),
+//!              xxh3-64 (u64 LE) of every byte before it
+//! ```
+//!
+//! The records are streamed from a RocksDB snapshot, so a snapshot never has
+//! to fit in memory beyond the core state (which is in memory anyway). The
+//! reader checks every length against a named limit and against the bytes
+//! left in the file before it allocates, and the checksum and record count
+//! catch truncation and bit rot: a corrupt file is refused with an error,
+//! never a panic.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockstep_core::codec;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, AsyncWriteExt, ReadBuf};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::error::{Result, StoreError};
+use crate::types::SnapshotMeta;
+
+const MAGIC: [u8; 8] = *b"LOCKSNAP";
+/// The layout version of the file, inside the header. The codec's version
+/// byte covers the encoding of each record; this covers the framing.
+const FILE_VERSION: u32 = 1;
+/// The largest header: a snapshot meta holds the membership, a few hundred
+/// bytes per node.
+pub const HEADER_BYTES_MAX: u32 = 1024 * 1024;
+/// The largest payload record: the key plus the codec's record limit.
+pub const BLOB_RECORD_BYTES_MAX: u32 = 16 + codec::RECORD_BYTES_MAX as u32;
+const TAG_END: u8 = 0;
+const TAG_BLOB: u8 = 1;
+
+/// Suffix of a published snapshot.
+pub(crate) const SUFFIX_SNAPSHOT: &str = "snap";
+/// Suffix of a snapshot being received from a leader.
+pub(crate) const SUFFIX_RECEIVING: &str = "recv";
+/// Suffix of a snapshot being built locally.
+pub(crate) const SUFFIX_BUILDING: &str = "build";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    file_version: u32,
+    meta: SnapshotMeta,
+}
+
+/// The snapshot data openraft streams: a file on disk and its path.
+///
+/// openraft 0.9 only needs `AsyncRead + AsyncWrite + AsyncSeek`; the path
+/// rides along so `install_snapshot` can publish a received file by renaming
+/// it instead of copying it.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+}
+
+impl SnapshotFile {
+    /// Opens an existing snapshot file for reading.
+    pub async fn open(path: impl Into<PathBuf>) -> io::Result<SnapshotFile> {
+        let path = path.into();
+        let file = tokio::fs::File::open(&path).await?;
+        Ok(SnapshotFile { path, file })
+    }
+
+    /// Creates a new file to receive a snapshot into; fails if it exists.
+    pub async fn create(path: impl Into<PathBuf>) -> io::Result<SnapshotFile> {
+        let path = path.into();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(SnapshotFile { path, file })
+    }
+
+    pub(crate) fn from_std(path: PathBuf, file: File) -> SnapshotFile {
+        SnapshotFile {
+            path,
+            file: tokio::fs::File::from_std(file),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes what was written through this handle and fsyncs the file.
+    pub async fn sync(&mut self) -> io::Result<()> {
+        self.file.flush().await?;
+        self.file.sync_all().await
+    }
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().file).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        Pin::new(&mut self.get_mut().file).start_seek(position)
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Pin::new(&mut self.get_mut().file).poll_complete(cx)
+    }
+}
+
+/// A name no other file of this process or an earlier one has used:
+/// wall-clock nanoseconds (distinct across restarts) and a counter (distinct
+/// within one).
+pub(crate) fn unique_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{nanos}-{n}")
+}
+
+/// A file name made of `prefix`, [`unique_id`] and `suffix`.
+pub(crate) fn unique_name(prefix: &str, suffix: &str) -> String {
+    format!("{prefix}{}.{suffix}", unique_id())
+}
+
+/// Makes a rename or a new file in `dir` durable: the entry lives in the
+/// directory, so the directory itself must be fsynced.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io(format!(
+            "fsync the directory {}",
+            dir.display()
+        )))
+}
+
+/// Counts and hashes everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Xxh3,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one snapshot file, front to back.
+pub(crate) struct SnapshotWriter {
+    path: PathBuf,
+    out: HashingWriter<BufWriter<File>>,
+    records: u64,
+}
+
+impl SnapshotWriter {
+    /// Creates `path` (which must not exist) and writes the header and the
+    /// core state.
+    pub(crate) fn create(
+        path: PathBuf,
+        meta: &SnapshotMeta,
+        core: &[u8],
+    ) -> Result<SnapshotWriter> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StoreError::io(format!("create {}", path.display())))?;
+        let mut writer = SnapshotWriter {
+            out: HashingWriter {
+                inner: BufWriter::with_capacity(1 << 20, file),
+                hasher: Xxh3::new(),
+            },
+            path,
+            records: 0,
+        };
+        let header = codec::encode(&Header {
+            file_version: FILE_VERSION,
+            meta: meta.clone(),
+        })
+        .map_err(StoreError::codec("encode the snapshot header"))?;
+        let header_len = u32::try_from(header.len())
+            .ok()
+            .filter(|&n| n <= HEADER_BYTES_MAX)
+            .ok_or_else(|| {
+                StoreError::bad_snapshot(&writer.path, "the header exceeds HEADER_BYTES_MAX")
+            })?;
+        writer.put(&MAGIC)?;
+        writer.put(&header_len.to_le_bytes())?;
+        writer.put(&header)?;
+        writer.put(&(core.len() as u64).to_le_bytes())?;
+        writer.put(core)?;
+        Ok(writer)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(StoreError::io(format!("write {}", self.path.display())))
+    }
+
+    /// Appends one payload record: its 16-byte key and its stored value.
+    pub(crate) fn blob(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.len() != 16 {
+            return Err(StoreError::Inconsistent(format!(
+                "a payload key has {} bytes instead of 16",
+                key.len()
+            )));
+        }
+        let len = u32::try_from(key.len() + value.len())
+            .ok()
+            .filter(|&n| n <= BLOB_RECORD_BYTES_MAX)
+            .ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "a stored payload of {} bytes exceeds the record limit",
+                    value.len()
+                ))
+            })?;
+        self.put(&[TAG_BLOB])?;
+        self.put(&len.to_le_bytes())?;
+        self.put(key)?;
+        self.put(value)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Writes the end record and the checksum, then fsyncs the file.
+    pub(crate) fn finish(mut self) -> Result<PathBuf> {
+        self.put(&[TAG_END])?;
+        self.put(&self.records.to_le_bytes())?;
+        let checksum = self.out.hasher.digest();
+        self.put(&checksum.to_le_bytes())?;
+        let file = self.out.inner.into_inner().map_err(|e| {
+            StoreError::io(format!("flush {}", self.path.display()))(e.into_error())
+        })?;
+        file.sync_all()
+            .map_err(StoreError::io(format!("fsync {}", self.path.display())))?;
+        Ok(self.path)
+    }
+}
+
+/// Reads through a file, hashing and counting what it consumes, so that
+/// every length can be checked against the bytes that remain.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Xxh3,
+    remaining: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.remaining = self.remaining.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
+/// What [`read_snapshot`] returns besides the records.
+#[derive(Debug)]
+pub(crate) struct SnapshotContents {
+    pub meta: SnapshotMeta,
+    /// The core state bytes, when asked for.
+    pub core: Option<Vec<u8>>,
+}
+
+struct SnapshotReader<'a> {
+    path: &'a Path,
+    input: HashingReader<BufReader<File>>,
+}
+
+impl SnapshotReader<'_> {
+    fn bad(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::bad_snapshot(self.path, reason)
+    }
+
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        self.input.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => self.bad(format!("truncated in the {what}")),
+            _ => StoreError::io(format!("read {}", self.path.display()))(e),
+        })
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        let mut b = [0u8; 1];
+        self.exact(&mut b, what)?;
+        Ok(b[0])
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.exact(&mut b, what)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.exact(&mut b, what)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Checks a claimed length against its limit and the bytes left in the
+    /// file, before anything is allocated for it.
+    fn check_len(&self, len: u64, limit: u64, what: &str) -> Result<usize> {
+        if len > limit {
+            return Err(self.bad(format!(
+                "the {what} claims {len} bytes, over the limit of {limit}"
+            )));
+        }
+        if len > self.input.remaining {
+            return Err(self.bad(format!(
+                "truncated: the {what} claims {len} bytes but {} remain",
+                self.input.remaining
+            )));
+        }
+        usize::try_from(len).map_err(|_| self.bad(format!("the {what} does not fit in memory")))
+    }
+}
+
+/// Reads and checks a whole snapshot file, calling `on_blob(key, value)` for
+/// each payload record in order.
+///
+/// The checksum is known only at the end, so a caller that must not act on a
+/// corrupt file reads it twice: once to check it (with a callback that only
+/// validates), then once to use it.
+pub(crate) fn read_snapshot(
+    path: &Path,
+    keep_core: bool,
+    mut on_blob: impl FnMut(&[u8; 16], &[u8]) -> Result<()>,
+) -> Result<SnapshotContents> {
+    let file = File::open(path).map_err(StoreError::io(format!("open {}", path.display())))?;
+    let len = file
+        .metadata()
+        .map_err(StoreError::io(format!("stat {}", path.display())))?
+        .len();
+    let mut r = SnapshotReader {
+        path,
+        input: HashingReader {
+            inner: BufReader::with_capacity(1 << 20, file),
+            hasher: Xxh3::new(),
+            remaining: len,
+        },
+    };
+
+    let mut magic = [0u8; 8];
+    r.exact(&mut magic, "magic")?;
+    if magic != MAGIC {
+        return Err(r.bad("not a Lockstep snapshot (wrong magic bytes)"));
+    }
+    let header_len = r.u32("header length")?;
+    let header_len = r.check_len(header_len.into(), HEADER_BYTES_MAX.into(), "header")?;
+    let mut header = vec![0u8; header_len];
+    r.exact(&mut header, "header")?;
+    let header: Header =
+        codec::decode(&header).map_err(|e| r.bad(format!("the header does not decode: {e}")))?;
+    if header.file_version != FILE_VERSION {
+        return Err(r.bad(format!(
+            "file version {} is not the version {FILE_VERSION} this build reads",
+            header.file_version
+        )));
+    }
+
+    let core_len = r.u64("core state length")?;
+    let core_len = r.check_len(core_len, codec::SNAPSHOT_BYTES_MAX as u64, "core state")?;
+    let core = if keep_core {
+        let mut core = vec![0u8; core_len];
+        r.exact(&mut core, "core state")?;
+        Some(core)
+    } else {
+        let skipped = io::copy(&mut (&mut r.input).take(core_len as u64), &mut io::sink())
+            .map_err(StoreError::io(format!("read {}", path.display())))?;
+        if skipped != core_len as u64 {
+            return Err(r.bad("truncated in the core state"));
+        }
+        None
+    };
+
+    let mut records = 0u64;
+    let mut record = Vec::new();
+    loop {
+        match r.u8("record tag")? {
+            TAG_BLOB => {
+                let len = r.u32("record length")?;
+                let len =
+                    r.check_len(len.into(), BLOB_RECORD_BYTES_MAX.into(), "payload record")?;
+                if len < 16 {
+                    return Err(r.bad(format!(
+                        "a payload record of {len} bytes has no room for its key"
+                    )));
+                }
+                record.resize(len, 0);
+                r.exact(&mut record, "payload record")?;
+                let (key, value) = record.split_at(16);
+                let key: &[u8; 16] = key
+                    .try_into()
+                    .map_err(|_| r.bad("a payload key is not 16 bytes"))?;
+                on_blob(key, value)?;
+                records += 1;
+            }
+            TAG_END => break,
+            tag => return Err(r.bad(format!("unknown record tag {tag}"))),
+        }
+    }
+    let claimed = r.u64("record count")?;
+    if claimed != records {
+        return Err(r.bad(format!(
+            "the end record counts {claimed} payloads but {records} were read"
+        )));
+    }
+    let computed = r.input.hasher.digest();
+    let stored = r.u64("checksum")?;
+    if stored != computed {
+        return Err(r.bad(format!(
+            "checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"
+        )));
+    }
+    if r.input.remaining != 0 {
+        return Err(r.bad(format!(
+            "{} unexpected bytes after the end record",
+            r.input.remaining
+        )));
+    }
+    Ok(SnapshotContents {
+        meta: header.meta,
+        core,
+    })
+}

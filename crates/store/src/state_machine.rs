@@ -1,0 +1,782 @@
+//! The replicated queue state machine: [`lockstep_core::State`] in memory,
+//! its payloads in the `blobs` column family, its snapshots on disk.
+//!
+//! See the crate's `README.md` for the durability design. In short:
+//! - `apply` writes every effect of a run of entries, with `last_applied` and
+//!   `last_membership`, in ONE unsynced RocksDB batch;
+//! - the core state is persisted only in snapshots; on open it is loaded from
+//!   the latest one, and openraft re-applies the committed log after it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use lockstep_core::{codec, Effect, JobBlob, QueueId, Stamp, State};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use tokio::sync::oneshot;
+
+use crate::error::{blocking, Result, StoreError};
+use crate::log_store::{read_value, KEY_LAST_APPLIED};
+use crate::snapshot::{
+    read_snapshot, sync_dir, unique_id, unique_name, SnapshotFile, SnapshotWriter, SUFFIX_BUILDING,
+    SUFFIX_RECEIVING, SUFFIX_SNAPSHOT,
+};
+use crate::types::{
+    BatchReply, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::{blob_key, blob_queue_end, cf, CF_BLOBS, CF_SM_META};
+
+const KEY_LAST_MEMBERSHIP: &[u8] = b"last_membership";
+/// File name of the snapshot the state machine restarts from.
+const KEY_CURRENT_SNAPSHOT: &[u8] = b"current_snapshot";
+/// File name of a snapshot whose installation began but may not have ended.
+const KEY_PENDING_INSTALL: &[u8] = b"pending_install";
+/// Bytes of payload records per write batch while installing a snapshot:
+/// large enough to amortise the write, small enough to bound memory.
+const INSTALL_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The applied state, behind one lock so readers see the core state and the
+/// log position it matches together.
+#[derive(Debug)]
+struct Applied {
+    core: State,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+}
+
+/// A cheap, cloneable read handle on the applied state, for the server's
+/// queries and payload reads.
+///
+/// Writers hold the lock across the RocksDB write of an applied batch, so a
+/// reader that finds a job in the core state also finds its payload.
+#[derive(Clone)]
+pub struct StateHandle {
+    applied: Arc<RwLock<Applied>>,
+    db: Arc<DB>,
+}
+
+impl fmt::Debug for StateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateHandle")
+            .field("db", &self.db.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateHandle {
+    fn read_guard(&self) -> Result<RwLockReadGuard<'_, Applied>> {
+        self.applied.read().map_err(|_| StoreError::Poisoned)
+    }
+
+    fn write_guard(&self) -> Result<RwLockWriteGuard<'_, Applied>> {
+        self.applied.write().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Runs a query on the applied core state. Keep `f` short: applies wait
+    /// for it.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R> {
+        Ok(f(&self.read_guard()?.core))
+    }
+
+    /// The log id of the last applied entry.
+    pub fn last_applied(&self) -> Result<Option<LogId>> {
+        Ok(self.read_guard()?.last_applied)
+    }
+
+    /// The membership as of the last applied membership entry.
+    pub fn membership(&self) -> Result<StoredMembership> {
+        Ok(self.read_guard()?.last_membership.clone())
+    }
+
+    /// The digest of the core state, for comparing replicas.
+    pub fn digest(&self) -> Result<u128> {
+        self.read(State::digest)
+    }
+
+    /// The stored payload of a job, if it still exists.
+    pub fn get_blob(&self, queue_id: QueueId, blob: u64) -> Result<Option<JobBlob>> {
+        let key = blob_key(queue_id, blob);
+        let value = self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_BLOBS)?, key)
+            .map_err(StoreError::rocks(format!("read payload {queue_id}/{blob}")))?;
+        value
+            .map(|v| {
+                codec::decode(&v).map_err(StoreError::codec(format!(
+                    "decode payload {queue_id}/{blob}"
+                )))
+            })
+            .transpose()
+    }
+}
+
+impl StateHandle {
+    /// Counts the stored payloads by scanning them all: a diagnostic for
+    /// tests and operators, not for a request path.
+    pub fn blob_count(&self) -> Result<u64> {
+        let mut iter = self.db.raw_iterator_cf(cf(&self.db, CF_BLOBS)?);
+        iter.seek_to_first();
+        let mut count = 0;
+        while iter.valid() {
+            count += 1;
+            iter.next();
+        }
+        iter.status()
+            .map_err(StoreError::rocks("count the stored payloads"))?;
+        Ok(count)
+    }
+}
+
+/// The published snapshot the state machine would restart from.
+#[derive(Clone, Debug)]
+struct Current {
+    file_name: String,
+    meta: SnapshotMeta,
+}
+
+/// The snapshot directory and which file in it is current. The mutex
+/// serialises publishing: a snapshot built concurrently with an install must
+/// not replace a newer installed one.
+#[derive(Debug)]
+struct Snapshots {
+    dir: PathBuf,
+    current: Mutex<Option<Current>>,
+}
+
+impl Snapshots {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<Current>>> {
+        self.current.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    fn path(&self, file_name: &str) -> PathBuf {
+        self.dir.join(file_name)
+    }
+
+    /// Removes every file of the directory but `keep`. Files being built or
+    /// received belong to tasks that may still run, so they go only when
+    /// `temps` says no such task can exist (on open, or for received files
+    /// once an install ended the one receive openraft runs at a time).
+    fn remove_others(&self, keep: Option<&str>, temps: &[&str]) {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list snapshots");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if Some(name.as_ref()) == keep {
+                continue;
+            }
+            let suffix = path.extension().and_then(|s| s.to_str()).unwrap_or("");
+            if suffix == SUFFIX_SNAPSHOT || temps.contains(&suffix) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove an old snapshot");
+                }
+            }
+        }
+    }
+}
+
+/// The openraft state machine of a node.
+pub struct StateMachineStore {
+    handle: StateHandle,
+    snapshots: Arc<Snapshots>,
+}
+
+impl fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("handle", &self.handle)
+            .field("snapshots", &self.snapshots.dir)
+            .finish()
+    }
+}
+
+fn sync_write() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn put_value<T: serde::Serialize>(
+    batch: &mut WriteBatch,
+    db: &DB,
+    key: &[u8],
+    value: &T,
+) -> Result<()> {
+    let bytes = codec::encode(value).map_err(StoreError::codec(format!(
+        "encode sm_meta/{}",
+        String::from_utf8_lossy(key)
+    )))?;
+    batch.put_cf(cf(db, CF_SM_META)?, key, bytes);
+    Ok(())
+}
+
+/// Stored as a plain log id, absent for "nothing applied", so the log store
+/// reads it with the same type as its committed id.
+fn put_last_applied(batch: &mut WriteBatch, db: &DB, last_applied: Option<LogId>) -> Result<()> {
+    match last_applied {
+        Some(log_id) => put_value(batch, db, KEY_LAST_APPLIED, &log_id),
+        None => {
+            batch.delete_cf(cf(db, CF_SM_META)?, KEY_LAST_APPLIED);
+            Ok(())
+        }
+    }
+}
+
+/// Adds the payload writes of `effects` to `batch`, in order.
+fn put_effects(batch: &mut WriteBatch, db: &DB, effects: &[Effect]) -> Result<()> {
+    let blobs = cf(db, CF_BLOBS)?;
+    for effect in effects {
+        match effect {
+            Effect::PutBlob {
+                queue_id,
+                blob,
+                data,
+            } => {
+                let value = codec::encode(data).map_err(StoreError::codec(format!(
+                    "encode payload {queue_id}/{blob}"
+                )))?;
+                batch.put_cf(blobs, blob_key(*queue_id, *blob), value);
+            }
+            Effect::DeleteBlob { queue_id, blob } => {
+                batch.delete_cf(blobs, blob_key(*queue_id, *blob));
+            }
+            Effect::DropQueue { queue_id } => {
+                batch.delete_range_cf(
+                    blobs,
+                    blob_key(*queue_id, 0).as_slice(),
+                    &blob_queue_end(*queue_id),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `entries` to the core and makes their effects in one batch.
+fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<BatchReply>> {
+    let db = &handle.db;
+    let mut applied = handle.write_guard()?;
+    let mut effects = Vec::new();
+    let mut replies = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let log_id = entry.log_id;
+        applied.last_applied = Some(log_id);
+        match entry.payload {
+            EntryPayload::Blank => replies.push(BatchReply::default()),
+            EntryPayload::Normal(batch) => {
+                let stamp = Stamp {
+                    index: log_id.index,
+                    time_ms: batch.time_ms,
+                };
+                let results = batch
+                    .commands
+                    .into_iter()
+                    .map(|command| applied.core.apply(stamp, command, &mut effects))
+                    .collect();
+                replies.push(BatchReply(results));
+            }
+            EntryPayload::Membership(membership) => {
+                applied.last_membership = StoredMembership::new(Some(log_id), membership);
+                replies.push(BatchReply::default());
+            }
+        }
+    }
+    let mut batch = WriteBatch::default();
+    put_effects(&mut batch, db, &effects)?;
+    put_last_applied(&mut batch, db, applied.last_applied)?;
+    put_value(
+        &mut batch,
+        db,
+        KEY_LAST_MEMBERSHIP,
+        &applied.last_membership,
+    )?;
+    // Not synced, and still durable enough:
+    // - every entry applied here is already synced in the `logs` column
+    //   family of the same database, and a lost apply batch is rebuilt by
+    //   re-applying the log on restart (README.md);
+    // - RocksDB recovers a prefix of its one write-ahead log, so this batch
+    //   survives a crash only with every write before it (the entries, the
+    //   committed id), and whole or not at all.
+    // The lock is held across the write so a reader never sees a job whose
+    // payload is not yet stored. On an error the in-memory state is ahead of
+    // the database; openraft stops the node on any storage error, and a
+    // restart rebuilds both from the snapshot and the log.
+    db.write(batch)
+        .map_err(StoreError::rocks("write the applied batch"))?;
+    Ok(replies)
+}
+
+/// Builds a snapshot file of the state as it is when this is called and
+/// publishes it, unless a newer snapshot was published meanwhile.
+///
+/// `taken` is signalled once the consistent view is captured (the core
+/// bytes under the read lock, and a RocksDB snapshot of the payloads), so
+/// the caller can let applies run on while the file is written.
+fn build_blocking(
+    handle: &StateHandle,
+    snapshots: &Snapshots,
+    taken: oneshot::Sender<()>,
+) -> Result<(SnapshotMeta, PathBuf, std::fs::File)> {
+    let db = &handle.db;
+    let (meta, core, view) = {
+        let applied = handle.read_guard()?;
+        let last_applied = applied.last_applied;
+        let snapshot_id = match last_applied {
+            Some(id) => format!(
+                "{}-{}-{}-{}",
+                id.leader_id.term,
+                id.leader_id.node_id,
+                id.index,
+                unique_id()
+            ),
+            None => format!("empty-{}", unique_id()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: applied.last_membership.clone(),
+            snapshot_id,
+        };
+        (meta, applied.core.snapshot(), db.snapshot())
+    };
+    // The receiver may be gone if the builder was dropped; the build goes on.
+    let _ = taken.send(());
+
+    let temp = snapshots.path(&unique_name("", SUFFIX_BUILDING));
+    let written = (|| {
+        let mut writer = SnapshotWriter::create(temp.clone(), &meta, &core)?;
+        drop(core);
+        let mut iter = view.raw_iterator_cf(cf(db, CF_BLOBS)?);
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            writer.blob(key, value)?;
+            iter.next();
+        }
+        iter.status()
+            .map_err(StoreError::rocks("scan the payloads for a snapshot"))?;
+        writer.finish()
+    })();
+    let temp = match written {
+        Ok(path) => path,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    drop(view);
+
+    let mut current = snapshots.lock()?;
+    if let Some(cur) = current.as_ref() {
+        if cur.meta.last_log_id > meta.last_log_id {
+            // An installed snapshot overtook this build: keep the newer one,
+            // and report it, since it covers everything this one would.
+            let _ = std::fs::remove_file(&temp);
+            let path = snapshots.path(&cur.file_name);
+            let file = open_for_read(&path)?;
+            return Ok((cur.meta.clone(), path, file));
+        }
+    }
+    let file_name = publish_name(&meta);
+    let path = publish(snapshots, &temp, &file_name)?;
+    let mut batch = WriteBatch::default();
+    put_value(&mut batch, db, KEY_CURRENT_SNAPSHOT, &file_name)?;
+    db.write_opt(batch, &sync_write())
+        .map_err(StoreError::rocks("record the current snapshot"))?;
+    *current = Some(Current {
+        file_name: file_name.clone(),
+        meta: meta.clone(),
+    });
+    snapshots.remove_others(Some(&file_name), &[]);
+    let file = open_for_read(&path)?;
+    Ok((meta, path, file))
+}
+
+fn open_for_read(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(StoreError::io(format!("open {}", path.display())))
+}
+
+/// The name a snapshot is published under: its last index first, so a
+/// directory listing reads in log order.
+fn publish_name(meta: &SnapshotMeta) -> String {
+    let index = meta.last_log_id.map(|id| id.index).unwrap_or(0);
+    unique_name(&format!("{index:020}-"), SUFFIX_SNAPSHOT)
+}
+
+/// Renames a complete, fsynced file to its published name and fsyncs the
+/// directory, so the name survives a crash only with the whole file behind it.
+fn publish(snapshots: &Snapshots, temp: &Path, file_name: &str) -> Result<PathBuf> {
+    let path = snapshots.path(file_name);
+    std::fs::rename(temp, &path).map_err(StoreError::io(format!(
+        "rename {} to {}",
+        temp.display(),
+        path.display()
+    )))?;
+    sync_dir(&snapshots.dir)?;
+    Ok(path)
+}
+
+/// Reads and checks a whole snapshot file without acting on it: the
+/// checksum, every length, every payload record and the core state's own
+/// invariants.
+fn verify(path: &Path) -> Result<(SnapshotMeta, State)> {
+    let contents = read_snapshot(path, true, |key, value| {
+        codec::decode::<JobBlob>(value).map(drop).map_err(|e| {
+            StoreError::bad_snapshot(path, format!("payload {key:?} does not decode: {e}"))
+        })
+    })?;
+    let core = contents
+        .core
+        .ok_or_else(|| StoreError::bad_snapshot(path, "the core state was not read"))?;
+    let state = State::restore(&core)
+        .map_err(|e| StoreError::bad_snapshot(path, format!("the core state is refused: {e}")))?;
+    if state.last_index() > contents.meta.last_log_id.map(|id| id.index).unwrap_or(0) {
+        return Err(StoreError::bad_snapshot(
+            path,
+            format!(
+                "the core state is at index {} but the snapshot claims to end at {:?}",
+                state.last_index(),
+                contents.meta.last_log_id
+            ),
+        ));
+    }
+    Ok((contents.meta, state))
+}
+
+/// Replaces the whole `blobs` column family with the payloads of a verified
+/// snapshot file, in bounded unsynced batches; the synced batch that
+/// finishes the install (see [`finish_install`]) makes them durable.
+fn load_blobs(db: &DB, path: &Path) -> Result<()> {
+    let blobs = cf(db, CF_BLOBS)?;
+    let mut batch = WriteBatch::default();
+    // Every key is 16 bytes, so [empty, 17 × 0xff) covers them all.
+    batch.delete_range_cf(blobs, [].as_slice(), [0xffu8; 17].as_slice());
+    let mut bytes = 0usize;
+    read_snapshot(path, false, |key, value| {
+        batch.put_cf(blobs, key, value);
+        bytes += key.len() + value.len();
+        if bytes >= INSTALL_BATCH_BYTES_MAX {
+            db.write(std::mem::take(&mut batch))
+                .map_err(StoreError::rocks(
+                    "write the payloads of an installed snapshot",
+                ))?;
+            bytes = 0;
+        }
+        Ok(())
+    })?;
+    db.write(batch).map_err(StoreError::rocks(
+        "write the payloads of an installed snapshot",
+    ))
+}
+
+/// The synced batch that ends an install: the new position, the current
+/// snapshot, and the end of the pending marker, all at once.
+fn finish_install(db: &DB, file_name: &str, meta: &SnapshotMeta) -> Result<()> {
+    let mut batch = WriteBatch::default();
+    put_last_applied(&mut batch, db, meta.last_log_id)?;
+    put_value(&mut batch, db, KEY_LAST_MEMBERSHIP, &meta.last_membership)?;
+    put_value(&mut batch, db, KEY_CURRENT_SNAPSHOT, &file_name)?;
+    batch.delete_cf(cf(db, CF_SM_META)?, KEY_PENDING_INSTALL);
+    db.write_opt(batch, &sync_write())
+        .map_err(StoreError::rocks("record the installed snapshot"))
+}
+
+/// Installs a received snapshot file, crash-atomically:
+///
+/// 1. the file is made ours (renamed if we received it, else copied), fsynced
+///    and verified, then published under its final name;
+/// 2. a synced `pending_install` marker names it;
+/// 3. the `blobs` column family is replaced from it;
+/// 4. one synced batch sets the position and the current snapshot and clears
+///    the marker; then the in-memory state is swapped.
+///
+/// A crash before 2 leaves the old state (the stray file is removed on open);
+/// a crash between 2 and 4 is finished on open from the marker ([`StateMachineStore::open`]).
+fn install_blocking(
+    handle: &StateHandle,
+    snapshots: &Snapshots,
+    source: &Path,
+    meta: &SnapshotMeta,
+) -> Result<()> {
+    let db = &handle.db;
+    let ours = source.parent() == Some(snapshots.dir.as_path())
+        && source.extension().and_then(|s| s.to_str()) == Some(SUFFIX_RECEIVING);
+    let received = if ours {
+        source.to_path_buf()
+    } else {
+        let copy = snapshots.path(&unique_name("", SUFFIX_RECEIVING));
+        std::fs::copy(source, &copy).map_err(StoreError::io(format!(
+            "copy {} to {}",
+            source.display(),
+            copy.display()
+        )))?;
+        std::fs::File::open(&copy)
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::io(format!("fsync {}", copy.display())))?;
+        copy
+    };
+    let (file_meta, state) = match verify(&received) {
+        Ok(verified) => verified,
+        Err(e) => {
+            let _ = std::fs::remove_file(&received);
+            return Err(e);
+        }
+    };
+    if file_meta != *meta {
+        let _ = std::fs::remove_file(&received);
+        return Err(StoreError::bad_snapshot(
+            &received,
+            format!("the file describes snapshot {file_meta} but openraft installs {meta}"),
+        ));
+    }
+
+    let mut current = snapshots.lock()?;
+    let file_name = publish_name(meta);
+    publish(snapshots, &received, &file_name)?;
+    let mut batch = WriteBatch::default();
+    put_value(&mut batch, db, KEY_PENDING_INSTALL, &file_name)?;
+    db.write_opt(batch, &sync_write())
+        .map_err(StoreError::rocks("mark a snapshot install as pending"))?;
+
+    // Readers wait for the whole replacement: they must not see the new
+    // payloads next to the old core state. Installs are rare (a lagging or
+    // wiped follower), and the node's state is stale until it ends anyway.
+    let mut applied = handle.write_guard()?;
+    load_blobs(db, &snapshots.path(&file_name))?;
+    finish_install(db, &file_name, meta)?;
+    *applied = Applied {
+        core: state,
+        last_applied: meta.last_log_id,
+        last_membership: meta.last_membership.clone(),
+    };
+    drop(applied);
+    *current = Some(Current {
+        file_name: file_name.clone(),
+        meta: meta.clone(),
+    });
+    snapshots.remove_others(Some(&file_name), &[SUFFIX_RECEIVING]);
+    Ok(())
+}
+
+impl StateMachineStore {
+    /// Opens the state machine over `db`, with its snapshots in `dir`.
+    pub(crate) fn open(db: Arc<DB>, dir: PathBuf) -> Result<StateMachineStore> {
+        cf(&db, CF_BLOBS)?;
+        cf(&db, CF_SM_META)?;
+        std::fs::create_dir_all(&dir)
+            .map_err(StoreError::io(format!("create {}", dir.display())))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        let snapshots = Snapshots {
+            dir,
+            current: Mutex::new(None),
+        };
+
+        // Finish an install a crash interrupted: its file was published and
+        // verified before the marker was written.
+        if let Some(file_name) = read_value::<String>(&db, CF_SM_META, KEY_PENDING_INSTALL)? {
+            let path = snapshots.path(&file_name);
+            if path.exists() {
+                tracing::warn!(file = %path.display(), "finishing an interrupted snapshot install");
+                let (meta, _) = verify(&path)?;
+                load_blobs(&db, &path)?;
+                finish_install(&db, &file_name, &meta)?;
+            } else {
+                let mut batch = WriteBatch::default();
+                batch.delete_cf(cf(&db, CF_SM_META)?, KEY_PENDING_INSTALL);
+                db.write_opt(batch, &sync_write())
+                    .map_err(StoreError::rocks("clear a stale install marker"))?;
+            }
+        }
+
+        let current: Option<String> = read_value(&db, CF_SM_META, KEY_CURRENT_SNAPSHOT)?;
+        let (applied, current) = match current {
+            Some(file_name) => {
+                let (meta, core) = verify(&snapshots.path(&file_name))?;
+                let applied = Applied {
+                    core,
+                    last_applied: meta.last_log_id,
+                    last_membership: meta.last_membership.clone(),
+                };
+                (applied, Some(Current { file_name, meta }))
+            }
+            None => (
+                Applied {
+                    core: State::new(),
+                    last_applied: None,
+                    last_membership: StoredMembership::default(),
+                },
+                None,
+            ),
+        };
+        // Files being built or received belonged to the previous run.
+        snapshots.remove_others(
+            current.as_ref().map(|c| c.file_name.as_str()),
+            &[SUFFIX_BUILDING, SUFFIX_RECEIVING],
+        );
+        let persisted: Option<LogId> = read_value(&db, CF_SM_META, KEY_LAST_APPLIED)?;
+        tracing::info!(
+            snapshot = ?applied.last_applied,
+            payloads_applied_up_to = ?persisted,
+            "state machine opened from its latest snapshot; openraft re-applies the log after it"
+        );
+        if let Ok(mut guard) = snapshots.current.lock() {
+            *guard = current;
+        }
+        Ok(StateMachineStore {
+            handle: StateHandle {
+                applied: Arc::new(RwLock::new(applied)),
+                db,
+            },
+            snapshots: Arc::new(snapshots),
+        })
+    }
+
+    /// A read handle on the applied state, for the rest of the node.
+    pub fn handle(&self) -> StateHandle {
+        self.handle.clone()
+    }
+
+    fn snapshot_error(meta: Option<&SnapshotMeta>, e: StoreError, verb: ErrorVerb) -> StorageError {
+        let signature = meta.map(SnapshotMeta::signature);
+        e.into_storage(ErrorSubject::Snapshot(signature), verb)
+    }
+}
+
+/// Builds one snapshot. The view it writes was captured when the builder
+/// was made, so applies run on meanwhile.
+pub struct SnapshotBuilder {
+    job: Option<tokio::task::JoinHandle<Result<(SnapshotMeta, PathBuf, std::fs::File)>>>,
+}
+
+impl fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotBuilder")
+            .field("pending", &self.job.is_some())
+            .finish()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let err = |e: StoreError| StateMachineStore::snapshot_error(None, e, ErrorVerb::Write);
+        let job = self.job.take().ok_or_else(|| {
+            err(StoreError::Task(
+                "this builder already built its snapshot".into(),
+            ))
+        })?;
+        let (meta, path, file) = job
+            .await
+            .map_err(|e| err(StoreError::Task(e.to_string())))?
+            .map_err(err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::from_std(path, file)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let handle = self.handle.clone();
+        let applied = handle
+            .read_guard()
+            .map(|a| (a.last_applied, a.last_membership.clone()));
+        applied.map_err(|e| e.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchReply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let handle = self.handle.clone();
+        blocking(move || apply_blocking(&handle, entries))
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Apply(last), ErrorVerb::Write))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let handle = self.handle.clone();
+        let snapshots = self.snapshots.clone();
+        let (taken_tx, taken_rx) = oneshot::channel();
+        let job =
+            tokio::task::spawn_blocking(move || build_blocking(&handle, &snapshots, taken_tx));
+        // Wait until the view is captured: openraft applies more entries as
+        // soon as this returns, and they must not leak into this snapshot.
+        // An error before the capture drops the sender; `build_snapshot`
+        // then reports it.
+        let _ = taken_rx.await;
+        SnapshotBuilder { job: Some(job) }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let path = self.snapshots.path(&unique_name("", SUFFIX_RECEIVING));
+        let file = SnapshotFile::create(&path).await.map_err(|e| {
+            Self::snapshot_error(
+                None,
+                StoreError::io(format!("create {}", path.display()))(e),
+                ErrorVerb::Write,
+            )
+        })?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError> {
+        let err = |e: StoreError| Self::snapshot_error(Some(meta), e, ErrorVerb::Write);
+        snapshot.sync().await.map_err(|e| {
+            err(StoreError::io(format!(
+                "fsync {}",
+                snapshot.path().display()
+            ))(e))
+        })?;
+        let source = snapshot.path().to_path_buf();
+        drop(snapshot);
+        let handle = self.handle.clone();
+        let snapshots = self.snapshots.clone();
+        let owned_meta = meta.clone();
+        blocking(move || install_blocking(&handle, &snapshots, &source, &owned_meta))
+            .await
+            .map_err(err)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let snapshots = self.snapshots.clone();
+        // The file is opened under the lock, so a concurrent publish cannot
+        // remove it between choosing it and opening it.
+        let found = blocking(move || {
+            let current = snapshots.lock()?;
+            match current.as_ref() {
+                Some(cur) => {
+                    let path = snapshots.path(&cur.file_name);
+                    let file = open_for_read(&path)?;
+                    Ok(Some((cur.meta.clone(), path, file)))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| Self::snapshot_error(None, e, ErrorVerb::Read))?;
+        Ok(found.map(|(meta, path, file)| Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::from_std(path, file)),
+        }))
+    }
+}
