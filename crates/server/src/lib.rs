@@ -4,8 +4,11 @@
 //! Architecture invariant: this is the only crate that wires the others
 //! together; `lockstep-core` and `lockstep-store` know nothing of gRPC.
 
+pub mod batcher;
 pub mod config;
 pub mod convert;
+pub mod node;
+pub mod service;
 
 /// The generated `lockstep.v1` messages, clients and servers.
 #[allow(

@@ -1,0 +1,335 @@
+//! One Lockstep node: Raft, the stores, the batcher, the leader's ticker,
+//! and the rule that any node accepts any call.
+//!
+//! A write or a linearizable read runs on the leader. A node that is not the
+//! leader forwards the request over the peer channel and relays the answer;
+//! while no leader is known (an election) it retries with backoff, up to
+//! `limits.forward_retry_ms_max`, then answers UNAVAILABLE with the leader
+//! hint it has. The leader fills in payloads before answering, because it is
+//! the node that has applied the entry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_core::{self as core, codec, Command, JobBlob, Reply};
+use lockstep_store::{NodeId, NodeInfo, StateHandle, TypeConfig};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::batcher::{wall_clock_ms, Batcher, WriteFailure};
+use crate::config::NodeConfig;
+
+/// What a node executes for a client, locally or forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    Write(Command),
+    Read(Read),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Read {
+    Queue {
+        name: String,
+    },
+    ListQueues,
+    Groups {
+        queue: String,
+        filter: core::GroupFilter,
+        after: Option<String>,
+        limit: u32,
+    },
+    DeadLetters {
+        queue: String,
+        after: Option<u64>,
+        limit: u32,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReadReply {
+    Queue(core::QueueInfo),
+    Queues(Vec<core::QueueInfo>),
+    Groups(core::GroupPage),
+    /// The page, and the stored job of each dead letter, in order.
+    DeadLetters(core::DeadLetterPage, Vec<Option<JobBlob>>),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A write's answer and, for a fetch, each delivery's stored job.
+    Write {
+        reply: Result<Reply, core::Error>,
+        blobs: Vec<Option<JobBlob>>,
+    },
+    Read(Result<ReadReply, core::Error>),
+    /// The receiving node is not the leader.
+    NotLeader {
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// The outcome is unknown (the leader failed mid-write); the message says why.
+    Unavailable(String),
+}
+
+/// How often the leader's ticker checks for due leases and delays. A lease
+/// expires at most this much after its deadline (plus a commit).
+const TICK_CHECK_MS: u64 = 50;
+/// First and largest pause between tries to reach a leader.
+const RETRY_BACKOFF_MS_MIN: u64 = 20;
+const RETRY_BACKOFF_MS_MAX: u64 = 500;
+
+/// How a node reaches another node's peer service to forward a request.
+#[tonic::async_trait]
+pub trait Forwarder: Send + Sync + 'static {
+    async fn forward(
+        &self,
+        target: NodeId,
+        node: &NodeInfo,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Status>;
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub config: NodeConfig,
+    pub raft: Raft<TypeConfig>,
+    pub state: StateHandle,
+    batcher: Batcher,
+    forwarder: Arc<dyn Forwarder>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_status(e: lockstep_store::StoreError) -> Status {
+    Status::internal(format!("storage: {e}"))
+}
+
+impl Node {
+    pub fn new(
+        config: NodeConfig,
+        raft: Raft<TypeConfig>,
+        state: StateHandle,
+        forwarder: Arc<dyn Forwarder>,
+    ) -> Node {
+        let batcher = Batcher::start(
+            raft.clone(),
+            config.batch.clone(),
+            config.limits.requests_in_flight_max as usize,
+        );
+        Node {
+            id: config.id,
+            config,
+            raft,
+            state,
+            batcher,
+            forwarder,
+        }
+    }
+
+    /// Runs a request that arrived here, wherever the leader is.
+    pub async fn execute(&self, request: Request) -> Result<Response, Status> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.limits.forward_retry_ms_max);
+        let mut backoff = RETRY_BACKOFF_MS_MIN;
+        let encoded = codec::encode(&request).map_err(|e| Status::internal(e.to_string()))?;
+        let mut hint: Option<NodeInfo> = None;
+        loop {
+            let leader = self.raft.current_leader().await;
+            let attempt: Result<(), Option<(NodeId, NodeInfo)>> = match leader {
+                Some(id) if id == self.id => match self.execute_local(request.clone()).await? {
+                    Response::NotLeader { leader } => Err(leader),
+                    other => return Ok(other),
+                },
+                Some(id) => match self.leader_info(id) {
+                    Some(node) => {
+                        let remaining =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        hint = Some(node.clone());
+                        match self
+                            .forwarder
+                            .forward(id, &node, encoded.clone(), remaining)
+                            .await
+                        {
+                            Ok(bytes) => match codec::decode::<Response>(&bytes) {
+                                Ok(Response::NotLeader { leader }) => Err(leader),
+                                Ok(other) => return Ok(other),
+                                Err(e) => {
+                                    return Err(Status::internal(format!("forwarded answer: {e}")))
+                                }
+                            },
+                            // The leader may be gone; look again after a pause.
+                            Err(status) => {
+                                tracing::debug!(%status, leader = id, "forward failed");
+                                Err(None)
+                            }
+                        }
+                    }
+                    None => Err(None),
+                },
+                None => Err(None),
+            };
+            if let Err(Some((_, node))) = attempt {
+                hint = Some(node);
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(backoff) >= deadline {
+                let hint = hint.map_or_else(
+                    || "no leader known".to_string(),
+                    |n| format!("last known leader at {}", n.client_addr),
+                );
+                let mut status = Status::unavailable(format!(
+                    "no leader answered within limits.forward_retry_ms_max = {} ms ({hint}); retry with the same ids",
+                    self.config.limits.forward_retry_ms_max
+                ));
+                if let Some(leader) = self
+                    .raft
+                    .current_leader()
+                    .await
+                    .and_then(|id| self.leader_info(id))
+                {
+                    if let Ok(value) = leader.client_addr.parse() {
+                        status.metadata_mut().insert("x-lockstep-leader", value);
+                    }
+                }
+                return Err(status);
+            }
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MS_MAX);
+        }
+    }
+
+    fn leader_info(&self, id: NodeId) -> Option<NodeInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    /// Runs a request on this node, which must be the leader; answers
+    /// `NotLeader` otherwise. This is also what a forwarded request runs.
+    pub async fn execute_local(&self, request: Request) -> Result<Response, Status> {
+        match request {
+            Request::Write(command) => match self.batcher.submit(command).await {
+                Ok(reply) => {
+                    let blobs = match &reply {
+                        Ok(Reply::Fetched(deliveries)) => deliveries
+                            .iter()
+                            .map(|d| {
+                                self.state
+                                    .get_blob(d.queue_id, d.blob)
+                                    .map_err(store_status)
+                            })
+                            .collect::<Result<_, _>>()?,
+                        _ => Vec::new(),
+                    };
+                    Ok(Response::Write { reply, blobs })
+                }
+                Err(WriteFailure::NotLeader { leader }) => Ok(Response::NotLeader { leader }),
+                Err(WriteFailure::Unavailable(message)) => Ok(Response::Unavailable(message)),
+            },
+            Request::Read(read) => {
+                if let Err(err) = self.raft.ensure_linearizable().await {
+                    return Ok(match err.forward_to_leader() {
+                        Some(f) => Response::NotLeader {
+                            leader: f.leader_id.zip(f.leader_node.clone()),
+                        },
+                        None => Response::Unavailable(err.to_string()),
+                    });
+                }
+                Ok(Response::Read(self.read_local(read)?))
+            }
+        }
+    }
+
+    /// Answers a read from this node's applied state, which may be stale on
+    /// a follower.
+    pub fn read_local(&self, read: Read) -> Result<Result<ReadReply, core::Error>, Status> {
+        let reply = self
+            .state
+            .read(|s| match read {
+                Read::Queue { name } => s.queue_info(&name).map(ReadReply::Queue),
+                Read::ListQueues => Ok(ReadReply::Queues(s.list_queues())),
+                Read::Groups {
+                    queue,
+                    filter,
+                    after,
+                    limit,
+                } => s
+                    .list_groups(&queue, &filter, after.as_deref(), limit)
+                    .map(ReadReply::Groups),
+                Read::DeadLetters {
+                    queue,
+                    after,
+                    limit,
+                } => s
+                    .list_dead_letters(&queue, after, limit)
+                    .map(|page| ReadReply::DeadLetters(page, Vec::new())),
+            })
+            .map_err(store_status)?;
+        // Payloads are read outside the state lock.
+        Ok(match reply {
+            Ok(ReadReply::DeadLetters(page, _)) => {
+                let blobs = page
+                    .dead_letters
+                    .iter()
+                    .map(|d| {
+                        self.state
+                            .get_blob(d.queue_id, d.blob)
+                            .map_err(store_status)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(ReadReply::DeadLetters(page, blobs))
+            }
+            other => other,
+        })
+    }
+
+    /// A watch that changes whenever this node applies an entry, for long
+    /// polls.
+    pub fn applied_watch(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>> {
+        self.raft.metrics()
+    }
+
+    /// While this node leads, proposes a `Tick` whenever a lease or a delay
+    /// is due, so expiry happens without client traffic. Ends with `stop`.
+    pub async fn run_ticker(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(TICK_CHECK_MS));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let leading = self.raft.metrics().borrow().current_leader == Some(self.id);
+            if !leading {
+                continue;
+            }
+            let due = self.state.read(|s| s.next_due_ms()).ok().flatten();
+            if due.is_some_and(|t| t <= wall_clock_ms()) {
+                if let Err(failure) = self.batcher.submit(Command::Tick).await {
+                    tracing::debug!(?failure, "tick not applied");
+                }
+            }
+        }
+    }
+}
+
+/// The peer-side entry point of a forwarded request.
+pub async fn handle_forwarded(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+    let request: Request = codec::decode(bytes)
+        .map_err(|e| Status::invalid_argument(format!("forwarded request: {e}")))?;
+    let response = node.execute_local(request).await?;
+    codec::encode(&response).map_err(|e| Status::internal(e.to_string()))
+}
