@@ -1,0 +1,1802 @@
+//! Model-based property test of the queue state machine (STYLE habit 5).
+//!
+//! Random sequences of every [`Command`] drive the real [`State`] and a
+//! naive model written from SPEC section 2 alone: per queue a map of every
+//! offset ever given to a plain job record, a `VecDeque` of offsets per
+//! group, and a map from job id to its dedup entry. The model picks the next
+//! jobs of a fetch by scanning every job and sorting, not with an index, so
+//! it shares no data structure with `state.rs`; the only shared code is the
+//! public backoff formula.
+//!
+//! After every step the test compares the reply (errors by code and the
+//! fields a client acts on), the effects, the payload store, the stats, the
+//! group listing (with every filter and with paging) and the dead letters,
+//! and checks `check_invariants`. A step may also snapshot the state, restore
+//! it and carry on with the restored copy, which must be equal and encode to
+//! the same bytes.
+//!
+//! The default run is 2,000 cases of 60 to 120 steps. A longer run:
+//!
+//! ```text
+//! LOCKSTEP_MODEL_CASES=50000 cargo test --release -p lockstep-core --test model
+//! ```
+//!
+//! A failure prints the shrunk step list and the first difference; proptest
+//! also stores its seed in `crates/core/tests/model.proptest-regressions`,
+//! and the next run replays it first.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, VecDeque};
+
+use lockstep_core::hash::id_hash;
+use lockstep_core::limits::{HEADERS_BYTES_MAX, HEADERS_COUNT_MAX, PAGE_LIMIT_MAX};
+use lockstep_core::*;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+/// Cases of the default run; `LOCKSTEP_MODEL_CASES` overrides it.
+const CASES_DEFAULT: u32 = 2_000;
+
+/// The limits as SPEC and the API docs state them, written out again so the
+/// model does not lean on the core's constants.
+const LEASE_MS_CEILING: u64 = 12 * 3_600_000;
+const DELAY_MS_CEILING: u64 = 30 * 24 * 3_600_000;
+const TEXT_BYTES_MAX: usize = 256;
+const REASON_BYTES_MAX: usize = 1024;
+const QUEUE_NAME_BYTES_MAX: usize = 128;
+const PRIORITY_HIGHEST: u8 = 9;
+/// Attempt records kept per job (its dead-letter history).
+const HISTORY_LEN_MAX: usize = 32;
+
+// ---------------------------------------------------------------------------
+// The model.
+
+/// How a job's offset stands. The model never forgets an offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Pending,
+    /// In the dead-letter set.
+    Dead,
+    Acked {
+        fence: u64,
+    },
+    /// Was dead, then purged.
+    Purged,
+    /// Was dead, then requeued under a new offset.
+    Requeued,
+}
+
+#[derive(Clone, Debug)]
+struct MLease {
+    fence: u64,
+    deadline_ms: u64,
+    holder: String,
+}
+
+#[derive(Clone, Debug)]
+struct MJob {
+    id: String,
+    group: Option<String>,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+    priority: u8,
+    blob: u64,
+    enqueued_ms: u64,
+    not_before_ms: u64,
+    lease: Option<MLease>,
+    /// Fence of the latest grant (0: never granted).
+    last_fence: u64,
+    /// Failed attempts.
+    attempts: u32,
+    history: Vec<Attempt>,
+    status: Status,
+    reason: String,
+    dead_ms: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MGroup {
+    offsets: VecDeque<u64>,
+    paused: bool,
+    /// (offset, reason) of the dead letter that parked the group.
+    parked: Option<(u64, String)>,
+}
+
+#[derive(Clone, Debug)]
+struct MDedup {
+    offset: u64,
+    first_ms: u64,
+    group: Option<String>,
+    payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+struct MQueue {
+    id: u64,
+    config: QueueConfig,
+    clock_ms: u64,
+    next_offset: u64,
+    jobs: BTreeMap<u64, MJob>,
+    groups: BTreeMap<String, MGroup>,
+    dedup: BTreeMap<String, MDedup>,
+    counters: Counters,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Model {
+    clock_ms: u64,
+    index: u64,
+    next_queue_id: u64,
+    queues: BTreeMap<String, MQueue>,
+    /// Whether the last command advanced the clock of the queue it named.
+    advanced: bool,
+}
+
+/// An error as the model predicts it: the code, plus the fields a client
+/// acts on. Messages are for people and are not compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fail {
+    Invalid,
+    NotFound,
+    AlreadyExists(String),
+    LeaseLost { offset: u64, fence: u64 },
+    Precondition,
+    Exhausted { limit: String, max: u64 },
+}
+
+fn fail_of(error: &Error) -> Fail {
+    match error {
+        Error::InvalidArgument { .. } => Fail::Invalid,
+        Error::NotFound { .. } => Fail::NotFound,
+        Error::AlreadyExists { queue } => Fail::AlreadyExists(queue.clone()),
+        Error::LeaseLost { offset, fence } => Fail::LeaseLost {
+            offset: *offset,
+            fence: *fence,
+        },
+        Error::FailedPrecondition { .. } => Fail::Precondition,
+        Error::ResourceExhausted { limit, max, .. } => Fail::Exhausted {
+            limit: limit.clone(),
+            max: *max,
+        },
+    }
+}
+
+/// The model's per-item ack errors as `Error` values; `NotFound` messages
+/// are blanked on both sides before comparing.
+fn error_of(fail: Fail) -> Error {
+    match fail {
+        Fail::LeaseLost { offset, fence } => Error::LeaseLost { offset, fence },
+        Fail::NotFound => Error::NotFound {
+            what: String::new(),
+        },
+        other => panic!("model: {other:?} is not an ack item error"),
+    }
+}
+
+/// Blanks what the model does not predict: the text of per-item errors.
+fn normalize(reply: Reply) -> Reply {
+    match reply {
+        Reply::Acked(results) => Reply::Acked(
+            results
+                .into_iter()
+                .map(|r| match r {
+                    AckResult::Failed(e) => AckResult::Failed(match fail_of(&e) {
+                        Fail::NotFound => Error::NotFound {
+                            what: String::new(),
+                        },
+                        _ => e,
+                    }),
+                    other => other,
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn text_ok(value: &str, bytes_max: usize, allow_empty: bool) -> bool {
+    (allow_empty || !value.is_empty())
+        && value.len() <= bytes_max
+        && !value.chars().any(char::is_control)
+}
+
+fn queue_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= QUEUE_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The documented ranges of every configuration field.
+fn config_ok(c: &QueueConfig) -> bool {
+    (1..=1_000).contains(&c.max_attempts)
+        && c.backoff_base_ms <= DELAY_MS_CEILING
+        && (1..=16).contains(&c.backoff_factor)
+        && (c.backoff_base_ms..=DELAY_MS_CEILING).contains(&c.backoff_cap_ms)
+        && c.backoff_jitter_pct <= 100
+        && (1..=LEASE_MS_CEILING).contains(&c.lease_ms_max)
+        && (1..=c.lease_ms_max).contains(&c.lease_ms_default)
+        && (1..=DELAY_MS_CEILING).contains(&c.dedup_window_ms)
+        && (1..=1_000_000_000).contains(&c.max_jobs)
+        && (1..=1024 * 1024 * 1024 * 1024).contains(&c.max_bytes)
+        && (1..=4 * 1024 * 1024).contains(&c.max_payload_bytes)
+        && (1..=10_000).contains(&c.max_batch)
+}
+
+fn job_ok(c: &QueueConfig, job: &NewJob) -> bool {
+    let header_bytes: usize = job.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    text_ok(&job.id, TEXT_BYTES_MAX, false)
+        && job
+            .group
+            .as_deref()
+            .is_none_or(|g| text_ok(g, TEXT_BYTES_MAX, false))
+        && job.payload.len() <= c.max_payload_bytes as usize
+        && job.priority <= PRIORITY_HIGHEST
+        && job.delay_ms <= DELAY_MS_CEILING
+        && job.headers.len() <= HEADERS_COUNT_MAX
+        && header_bytes <= HEADERS_BYTES_MAX
+        && job
+            .headers
+            .iter()
+            .all(|(k, _)| text_ok(k, HEADERS_BYTES_MAX, false))
+}
+
+fn batch_ok(len: usize, c: &QueueConfig) -> Result<(), Fail> {
+    if len == 0 || len > c.max_batch as usize {
+        return Err(Fail::Invalid);
+    }
+    Ok(())
+}
+
+impl MQueue {
+    fn new(id: u64, config: QueueConfig, clock_ms: u64) -> MQueue {
+        MQueue {
+            id,
+            config,
+            clock_ms,
+            next_offset: 0,
+            jobs: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn pending(&self) -> impl Iterator<Item = (u64, &MJob)> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.status == Status::Pending)
+            .map(|(o, j)| (*o, j))
+    }
+
+    /// Pending plus dead-lettered: what counts against `max_jobs`.
+    fn held(&self) -> impl Iterator<Item = &MJob> {
+        self.jobs
+            .values()
+            .filter(|j| matches!(j.status, Status::Pending | Status::Dead))
+    }
+
+    fn is_head(&self, offset: u64, job: &MJob) -> bool {
+        match &job.group {
+            None => true,
+            Some(g) => self.groups[g].offsets.front() == Some(&offset),
+        }
+    }
+
+    fn paused(&self, job: &MJob) -> bool {
+        job.group.as_ref().is_some_and(|g| self.groups[g].paused)
+    }
+
+    /// A pending head a fetch could take now (the same-entry rule aside).
+    fn fetchable(&self, offset: u64, job: &MJob) -> bool {
+        job.status == Status::Pending
+            && job.lease.is_none()
+            && job.not_before_ms <= self.clock_ms
+            && self.is_head(offset, job)
+            && !self.paused(job)
+    }
+
+    fn state_of(&self, offset: u64) -> JobState {
+        let job = &self.jobs[&offset];
+        match job.status {
+            Status::Pending if job.lease.is_some() => JobState::Leased,
+            Status::Pending if job.not_before_ms > self.clock_ms => JobState::Delayed,
+            Status::Pending => JobState::Ready,
+            Status::Dead | Status::Purged => JobState::Dead,
+            Status::Acked { .. } => JobState::Done,
+            Status::Requeued => panic!("model: a dedup entry names requeued offset {offset}"),
+        }
+    }
+
+    /// Groups exist while they hold jobs or are paused.
+    fn tidy(&mut self) {
+        self.groups.retain(|_, g| !g.offsets.is_empty() || g.paused);
+    }
+
+    fn advance(&mut self, now: u64) -> u32 {
+        self.clock_ms = self.clock_ms.max(now);
+        let clock = self.clock_ms;
+        // (1) Due leases expire in (deadline, offset) order.
+        let mut due: Vec<(u64, u64)> = self
+            .jobs
+            .iter()
+            .filter_map(|(o, j)| {
+                j.lease
+                    .as_ref()
+                    .filter(|l| l.deadline_ms <= clock)
+                    .map(|l| (l.deadline_ms, *o))
+            })
+            .collect();
+        due.sort();
+        for &(_, offset) in &due {
+            let lease = self.job(offset).lease.take().expect("due lease");
+            self.counters.expired += 1;
+            self.fail_attempt(offset, lease.fence, AttemptOutcome::Expired, 0);
+        }
+        // (2) Delayed jobs need nothing: "delayed" is `not_before > clock`.
+        // (3) Ids past their window are forgotten.
+        let window = self.config.dedup_window_ms;
+        self.dedup
+            .retain(|_, d| d.first_ms.saturating_add(window) > clock);
+        due.len() as u32
+    }
+
+    fn job(&mut self, offset: u64) -> &mut MJob {
+        self.jobs.get_mut(&offset).expect("model job")
+    }
+
+    fn record(&mut self, offset: u64, fence: u64, outcome: AttemptOutcome) {
+        let at_ms = self.clock_ms;
+        let job = self.job(offset);
+        if job.history.len() == HISTORY_LEN_MAX {
+            job.history.remove(0);
+        }
+        let attempt = job.attempts + 1;
+        job.history.push(Attempt {
+            attempt,
+            fence,
+            at_ms,
+            outcome,
+        });
+    }
+
+    /// A failed attempt of an unleased pending job.
+    fn fail_attempt(
+        &mut self,
+        offset: u64,
+        fence: u64,
+        outcome: AttemptOutcome,
+        delay_ms: u64,
+    ) -> (bool, u64) {
+        self.record(offset, fence, outcome);
+        let max_attempts = self.config.max_attempts;
+        let clock = self.clock_ms;
+        let config = self.config.clone();
+        let job = self.job(offset);
+        job.attempts += 1;
+        if job.attempts >= max_attempts {
+            self.kill(offset, format!("max_attempts = {max_attempts} reached"));
+            return (true, 0);
+        }
+        let delay = if delay_ms > 0 {
+            delay_ms
+        } else {
+            backoff_ms(&config, id_hash(&job.id), job.attempts)
+        };
+        job.not_before_ms = clock.saturating_add(delay);
+        (false, job.not_before_ms)
+    }
+
+    fn kill(&mut self, offset: u64, reason: String) {
+        let clock = self.clock_ms;
+        let park = self.config.group_policy == GroupPolicy::Park;
+        let job = self.job(offset);
+        job.status = Status::Dead;
+        job.reason = reason.clone();
+        job.dead_ms = clock;
+        if let Some(key) = job.group.clone() {
+            let group = self.groups.get_mut(&key).expect("model group");
+            assert_eq!(group.offsets.pop_front(), Some(offset), "model: not head");
+            if park {
+                group.paused = true;
+                group.parked = Some((offset, reason));
+            }
+        }
+        self.counters.dead_lettered += 1;
+        self.tidy();
+    }
+
+    fn lost(&self, offset: u64, fence: u64) -> Fail {
+        if offset >= self.next_offset {
+            Fail::NotFound
+        } else {
+            Fail::LeaseLost { offset, fence }
+        }
+    }
+
+    fn check_lease(&self, offset: u64, fence: u64) -> Result<(), Fail> {
+        match self.jobs.get(&offset) {
+            Some(j)
+                if j.status == Status::Pending
+                    && j.lease.as_ref().is_some_and(|l| l.fence == fence) =>
+            {
+                Ok(())
+            }
+            _ => Err(self.lost(offset, fence)),
+        }
+    }
+
+    fn resolve_lease(&self, lease_ms: u64) -> Result<u64, Fail> {
+        match lease_ms {
+            ms if ms > LEASE_MS_CEILING => Err(Fail::Invalid),
+            0 => Ok(self.config.lease_ms_default),
+            ms => Ok(ms.min(self.config.lease_ms_max)),
+        }
+    }
+
+    fn enqueue(&mut self, jobs: &[NewJob], fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
+        batch_ok(jobs.len(), &self.config)?;
+        if !jobs.iter().all(|j| job_ok(&self.config, j)) {
+            return Err(Fail::Invalid);
+        }
+        let mut new_ids: Vec<&str> = Vec::new();
+        let mut new_bytes = 0u64;
+        for job in jobs {
+            if !self.dedup.contains_key(&job.id) && !new_ids.contains(&job.id.as_str()) {
+                new_ids.push(&job.id);
+                new_bytes += job.payload.len() as u64;
+            }
+        }
+        let held = self.held().count() as u64;
+        let bytes: u64 = self.held().map(|j| j.payload.len() as u64).sum();
+        if held + new_ids.len() as u64 > self.config.max_jobs {
+            return Err(Fail::Exhausted {
+                limit: "max_jobs".into(),
+                max: self.config.max_jobs,
+            });
+        }
+        if bytes + new_bytes > self.config.max_bytes {
+            return Err(Fail::Exhausted {
+                limit: "max_bytes".into(),
+                max: self.config.max_bytes,
+            });
+        }
+        let mut results = Vec::new();
+        for new in jobs {
+            if let Some(d) = self.dedup.get(&new.id) {
+                if d.group == new.group && d.payload == new.payload {
+                    self.counters.duplicates += 1;
+                    results.push(EnqueueResult::Duplicate {
+                        offset: d.offset,
+                        state: self.state_of(d.offset),
+                    });
+                } else {
+                    results.push(EnqueueResult::IdConflict { offset: d.offset });
+                }
+                continue;
+            }
+            let offset = self.next_offset;
+            self.next_offset += 1;
+            self.jobs.insert(
+                offset,
+                MJob {
+                    id: new.id.clone(),
+                    group: new.group.clone(),
+                    payload: new.payload.clone(),
+                    headers: new.headers.clone(),
+                    priority: new.priority,
+                    blob: offset,
+                    enqueued_ms: self.clock_ms,
+                    not_before_ms: self.clock_ms.saturating_add(new.delay_ms),
+                    lease: None,
+                    last_fence: 0,
+                    attempts: 0,
+                    history: Vec::new(),
+                    status: Status::Pending,
+                    reason: String::new(),
+                    dead_ms: 0,
+                },
+            );
+            if let Some(key) = &new.group {
+                let group = self.groups.entry(key.clone()).or_default();
+                group.offsets.push_back(offset);
+            }
+            self.dedup.insert(
+                new.id.clone(),
+                MDedup {
+                    offset,
+                    first_ms: self.clock_ms,
+                    group: new.group.clone(),
+                    payload: new.payload.clone(),
+                },
+            );
+            self.counters.enqueued += 1;
+            fx.push(Effect::PutBlob {
+                queue_id: self.id,
+                blob: offset,
+                data: JobBlob {
+                    id: new.id.clone(),
+                    headers: new.headers.clone(),
+                    payload: new.payload.clone(),
+                },
+            });
+            results.push(EnqueueResult::Created { offset });
+        }
+        Ok(Reply::Enqueued(results))
+    }
+
+    fn fetch(
+        &mut self,
+        index: u64,
+        consumer: &str,
+        max: u32,
+        lease_ms: u64,
+    ) -> Result<Reply, Fail> {
+        if !text_ok(consumer, TEXT_BYTES_MAX, true) || max == 0 || max > self.config.max_batch {
+            return Err(Fail::Invalid);
+        }
+        let lease_ms = self.resolve_lease(lease_ms)?;
+        // Scan every job, keep the heads a fetch may take, sort.
+        let mut picked: Vec<(Reverse<u8>, u64)> = self
+            .jobs
+            .iter()
+            .filter(|(o, j)| self.fetchable(**o, j) && j.last_fence < index)
+            .map(|(o, j)| (Reverse(j.priority), *o))
+            .collect();
+        picked.sort();
+        picked.truncate(max as usize);
+        let deadline_ms = self.clock_ms.saturating_add(lease_ms);
+        let queue_id = self.id;
+        let mut deliveries = Vec::new();
+        for (_, offset) in picked {
+            let job = self.job(offset);
+            job.lease = Some(MLease {
+                fence: index,
+                deadline_ms,
+                holder: consumer.to_string(),
+            });
+            job.last_fence = index;
+            let delivery = Delivery {
+                queue_id,
+                offset,
+                blob: job.blob,
+                group: job.group.clone(),
+                priority: job.priority,
+                attempt: job.attempts + 1,
+                fence: index,
+                deadline_ms,
+            };
+            self.counters.delivered += 1;
+            if delivery.attempt > 1 {
+                self.counters.redelivered += 1;
+            }
+            deliveries.push(delivery);
+        }
+        Ok(Reply::Fetched(deliveries))
+    }
+
+    fn ack_one(&mut self, item: AckItem, fx: &mut Vec<Effect>) -> AckResult {
+        let AckItem { offset, fence } = item;
+        if self.check_lease(offset, fence).is_ok() {
+            let queue_id = self.id;
+            let job = self.job(offset);
+            job.lease = None;
+            job.status = Status::Acked { fence };
+            let (blob, group) = (job.blob, job.group.clone());
+            if let Some(key) = group {
+                let group = self.groups.get_mut(&key).expect("model group");
+                assert_eq!(group.offsets.pop_front(), Some(offset), "model: not head");
+            }
+            self.tidy();
+            self.counters.acked += 1;
+            fx.push(Effect::DeleteBlob { queue_id, blob });
+            return AckResult::Acked;
+        }
+        if let Some(job) = self.jobs.get(&offset) {
+            let in_window = self.dedup.get(&job.id).is_some_and(|d| d.offset == offset);
+            if job.status == (Status::Acked { fence }) && in_window {
+                return AckResult::AlreadyAcked;
+            }
+        }
+        AckResult::Failed(error_of(self.lost(offset, fence)))
+    }
+
+    fn nack(&mut self, offset: u64, fence: u64, delay_ms: u64) -> Result<Reply, Fail> {
+        if delay_ms > DELAY_MS_CEILING {
+            return Err(Fail::Invalid);
+        }
+        self.check_lease(offset, fence)?;
+        self.job(offset).lease = None;
+        self.counters.nacked += 1;
+        let (dead, not_before_ms) =
+            self.fail_attempt(offset, fence, AttemptOutcome::Nacked, delay_ms);
+        Ok(Reply::Nacked {
+            dead,
+            not_before_ms,
+        })
+    }
+
+    fn extend(&mut self, offset: u64, fence: u64, lease_ms: u64) -> Result<Reply, Fail> {
+        let lease_ms = self.resolve_lease(lease_ms)?;
+        self.check_lease(offset, fence)?;
+        let deadline_ms = self.clock_ms.saturating_add(lease_ms);
+        self.job(offset)
+            .lease
+            .as_mut()
+            .expect("checked")
+            .deadline_ms = deadline_ms;
+        Ok(Reply::Extended { deadline_ms })
+    }
+
+    fn release(&mut self, offset: u64, fence: u64) -> Result<Reply, Fail> {
+        self.check_lease(offset, fence)?;
+        self.job(offset).lease = None;
+        Ok(Reply::Released)
+    }
+
+    fn dead_letter(&mut self, offset: u64, fence: u64, reason: &str) -> Result<Reply, Fail> {
+        if !text_ok(reason, REASON_BYTES_MAX, true) {
+            return Err(Fail::Invalid);
+        }
+        self.check_lease(offset, fence)?;
+        self.job(offset).lease = None;
+        self.record(offset, fence, AttemptOutcome::DeadLettered);
+        self.job(offset).attempts += 1;
+        self.kill(offset, reason.to_string());
+        Ok(Reply::DeadLettered)
+    }
+
+    fn pause(&mut self, key: &str) -> Result<Reply, Fail> {
+        if !text_ok(key, TEXT_BYTES_MAX, false) {
+            return Err(Fail::Invalid);
+        }
+        self.groups.entry(key.to_string()).or_default().paused = true;
+        Ok(Reply::GroupPaused)
+    }
+
+    fn resume(&mut self, key: &str) -> Result<Reply, Fail> {
+        if !text_ok(key, TEXT_BYTES_MAX, false) {
+            return Err(Fail::Invalid);
+        }
+        let group = self.groups.get_mut(key).ok_or(Fail::NotFound)?;
+        group.paused = false;
+        group.parked = None;
+        self.tidy();
+        Ok(Reply::GroupResumed)
+    }
+
+    fn requeue(&mut self, offset: u64) -> Result<Reply, Fail> {
+        match self.jobs.get(&offset) {
+            Some(j) if j.status == Status::Dead => {}
+            _ => return Err(Fail::NotFound),
+        }
+        let clock = self.clock_ms;
+        let new_offset = self.next_offset;
+        self.next_offset += 1;
+        let old = self.job(offset);
+        old.status = Status::Requeued;
+        let job = MJob {
+            enqueued_ms: clock,
+            not_before_ms: clock,
+            lease: None,
+            last_fence: 0,
+            attempts: 0,
+            history: Vec::new(),
+            status: Status::Pending,
+            reason: String::new(),
+            dead_ms: 0,
+            ..old.clone()
+        };
+        if let Some(key) = &job.group {
+            let group = self.groups.entry(key.clone()).or_default();
+            group.offsets.push_back(new_offset);
+        }
+        if let Some(d) = self.dedup.get_mut(&job.id) {
+            if d.offset == offset {
+                d.offset = new_offset;
+            }
+        }
+        self.jobs.insert(new_offset, job);
+        Ok(Reply::Requeued { offset: new_offset })
+    }
+
+    fn purge(&mut self, which: &PurgeSelector, fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
+        let offsets: Vec<u64> = match which {
+            PurgeSelector::All => self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.status == Status::Dead)
+                .map(|(o, _)| *o)
+                .collect(),
+            PurgeSelector::Offsets(list) => {
+                batch_ok(list.len(), &self.config)?;
+                list.clone()
+            }
+        };
+        let queue_id = self.id;
+        let mut count = 0;
+        for offset in offsets {
+            if let Some(job) = self.jobs.get_mut(&offset) {
+                if job.status == Status::Dead {
+                    job.status = Status::Purged;
+                    fx.push(Effect::DeleteBlob {
+                        queue_id,
+                        blob: job.blob,
+                    });
+                    count += 1;
+                }
+            }
+        }
+        Ok(Reply::Purged { count })
+    }
+
+    // --- What the queries should answer.
+
+    fn stats(&self) -> QueueStats {
+        let pending: Vec<(u64, &MJob)> = self.pending().collect();
+        let leased = pending.iter().filter(|(_, j)| j.lease.is_some()).count() as u64;
+        let delayed = pending
+            .iter()
+            .filter(|(_, j)| j.lease.is_none() && j.not_before_ms > self.clock_ms)
+            .count() as u64;
+        let oldest = pending
+            .iter()
+            .filter(|(o, j)| self.fetchable(*o, j))
+            .map(|(_, j)| j.enqueued_ms)
+            .min();
+        QueueStats {
+            queue_id: self.id,
+            ready: pending.len() as u64 - leased - delayed,
+            delayed,
+            leased,
+            dead: self.held().filter(|j| j.status == Status::Dead).count() as u64,
+            bytes: self.held().map(|j| j.payload.len() as u64).sum(),
+            ack_floor: pending.first().map_or(self.next_offset, |(o, _)| *o),
+            next_offset: self.next_offset,
+            oldest_ready_age_ms: oldest.map_or(0, |t| self.clock_ms - t),
+            groups: self.groups.len() as u64,
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn groups(&self, filter: &GroupFilter) -> Vec<GroupInfo> {
+        let mut out = Vec::new();
+        for (key, group) in &self.groups {
+            let head = group.offsets.front().map(|o| (*o, &self.jobs[o]));
+            let leased = head.is_some_and(|(_, j)| j.lease.is_some());
+            let shown = match filter.status {
+                GroupStatus::Any => true,
+                GroupStatus::Leased => leased,
+                GroupStatus::Paused => group.paused,
+                GroupStatus::Waiting => !leased && !group.paused,
+            };
+            if !key.starts_with(&filter.key_prefix) || !shown {
+                continue;
+            }
+            out.push(GroupInfo {
+                key: key.clone(),
+                backlog: group.offsets.len() as u64,
+                head_offset: head.map(|(o, _)| o),
+                head_age_ms: head.map_or(0, |(_, j)| self.clock_ms - j.enqueued_ms),
+                lease_holder: head.and_then(|(_, j)| j.lease.as_ref().map(|l| l.holder.clone())),
+                attempts: head.map_or(0, |(_, j)| j.attempts),
+                paused: group.paused,
+                parked_reason: group
+                    .parked
+                    .as_ref()
+                    .map(|(o, r)| format!("job at offset {o} was dead-lettered: {r}")),
+            });
+        }
+        out
+    }
+
+    fn dead_letters(&self) -> Vec<DeadLetterInfo> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.status == Status::Dead)
+            .map(|(o, j)| DeadLetterInfo {
+                queue_id: self.id,
+                offset: *o,
+                blob: j.blob,
+                group: j.group.clone(),
+                priority: j.priority,
+                attempts: j.attempts,
+                reason: j.reason.clone(),
+                history: j.history.clone(),
+                enqueued_ms: j.enqueued_ms,
+                dead_ms: j.dead_ms,
+            })
+            .collect()
+    }
+
+    /// When this queue next has something to do on its own.
+    fn next_due_ms(&self) -> Option<u64> {
+        self.pending()
+            .filter_map(|(_, j)| match &j.lease {
+                Some(l) => Some(l.deadline_ms),
+                None if j.not_before_ms > self.clock_ms => Some(j.not_before_ms),
+                None => None,
+            })
+            .min()
+    }
+}
+
+impl Model {
+    fn apply(&mut self, stamp: Stamp, cmd: &Command) -> (Result<Reply, Fail>, Vec<Effect>) {
+        self.index = stamp.index;
+        self.clock_ms = self.clock_ms.max(stamp.time_ms);
+        self.advanced = false;
+        let mut fx = Vec::new();
+        let reply = self.dispatch(stamp.index, cmd, &mut fx);
+        assert!(
+            reply.is_ok() || fx.is_empty(),
+            "model: a failure left effects"
+        );
+        (reply, fx)
+    }
+
+    /// The queue a command names, moved to cluster time.
+    fn queue(&mut self, name: &str) -> Result<&mut MQueue, Fail> {
+        let clock = self.clock_ms;
+        let queue = self.queues.get_mut(name).ok_or(Fail::NotFound)?;
+        queue.advance(clock);
+        self.advanced = true;
+        Ok(queue)
+    }
+
+    fn dispatch(&mut self, index: u64, cmd: &Command, fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
+        match cmd {
+            Command::CreateQueue { name, config } => {
+                if !queue_name_ok(name) || !config_ok(config) {
+                    return Err(Fail::Invalid);
+                }
+                // Creating an existing queue only answers; it does not move
+                // that queue's clock.
+                if let Some(q) = self.queues.get(name) {
+                    if &q.config == config {
+                        return Ok(Reply::QueueCreated {
+                            created: false,
+                            queue_id: q.id,
+                        });
+                    }
+                    return Err(Fail::AlreadyExists(name.clone()));
+                }
+                let id = self.next_queue_id;
+                self.next_queue_id += 1;
+                let queue = MQueue::new(id, config.clone(), self.clock_ms);
+                self.queues.insert(name.clone(), queue);
+                Ok(Reply::QueueCreated {
+                    created: true,
+                    queue_id: id,
+                })
+            }
+            Command::UpdateQueue { name, config } => {
+                // A bad configuration is refused before the queue is looked up.
+                if !config_ok(config) {
+                    return Err(Fail::Invalid);
+                }
+                self.queue(name)?.config = config.clone();
+                Ok(Reply::QueueUpdated)
+            }
+            Command::DeleteQueue { name } => {
+                let queue = self.queues.remove(name).ok_or(Fail::NotFound)?;
+                fx.push(Effect::DropQueue { queue_id: queue.id });
+                Ok(Reply::QueueDeleted)
+            }
+            Command::Enqueue { queue, jobs } => self.queue(queue)?.enqueue(jobs, fx),
+            Command::Fetch {
+                queue,
+                consumer,
+                max,
+                lease_ms,
+            } => self.queue(queue)?.fetch(index, consumer, *max, *lease_ms),
+            Command::Ack { queue, items } => {
+                let q = self.queue(queue)?;
+                batch_ok(items.len(), &q.config)?;
+                Ok(Reply::Acked(
+                    items.iter().map(|item| q.ack_one(*item, fx)).collect(),
+                ))
+            }
+            Command::Nack {
+                queue,
+                offset,
+                fence,
+                delay_ms,
+            } => self.queue(queue)?.nack(*offset, *fence, *delay_ms),
+            Command::Extend {
+                queue,
+                offset,
+                fence,
+                lease_ms,
+            } => self.queue(queue)?.extend(*offset, *fence, *lease_ms),
+            Command::Release {
+                queue,
+                offset,
+                fence,
+            } => self.queue(queue)?.release(*offset, *fence),
+            Command::DeadLetter {
+                queue,
+                offset,
+                fence,
+                reason,
+            } => self.queue(queue)?.dead_letter(*offset, *fence, reason),
+            Command::Tick => {
+                let clock = self.clock_ms;
+                let expired = self.queues.values_mut().map(|q| q.advance(clock)).sum();
+                Ok(Reply::Ticked { expired })
+            }
+            Command::PauseGroup { queue, group } => self.queue(queue)?.pause(group),
+            Command::ResumeGroup { queue, group } => self.queue(queue)?.resume(group),
+            Command::RequeueDeadLetter { queue, offset } => self.queue(queue)?.requeue(*offset),
+            Command::PurgeDeadLetters { queue, which } => self.queue(queue)?.purge(which, fx),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Generation.
+//
+// Most generated commands are valid and name live leases, so that runs get
+// deep (leases that expire, retries, dead letters, parked groups, requeues,
+// duplicates); each kind of bad input still shows up a few times per case.
+
+const QUEUES: [&str; 3] = ["q1", "q2", "q3"];
+/// Job ids; all valid (invalid ids come from [`Fault`]).
+const IDS: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
+/// Group keys; `g6` is never given to a job, so pausing or resuming it
+/// exercises groups without jobs.
+const GROUPS: [&str; 6] = ["g1", "g2", "g3", "g4", "g5", "g6"];
+const CONSUMERS: [&str; 4] = ["w1", "w2", "", "bad\nname"];
+const REASONS: [&str; 3] = ["poison", "", "bad\u{7}reason"];
+
+/// One way to make a job invalid.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    EmptyId,
+    ControlInId,
+    LongId,
+    EmptyGroup,
+    Payload,
+    Priority,
+    Delay,
+    HeaderKey,
+    HeaderCount,
+}
+
+impl Fault {
+    fn apply(self, job: &mut NewJob) {
+        match self {
+            Fault::EmptyId => job.id.clear(),
+            Fault::ControlInId => job.id.push('\u{1}'),
+            Fault::LongId => job.id = "x".repeat(TEXT_BYTES_MAX + 1),
+            Fault::EmptyGroup => job.group = Some(String::new()),
+            // Above every generated `max_payload_bytes`.
+            Fault::Payload => job.payload = vec![9; 9],
+            Fault::Priority => job.priority = PRIORITY_HIGHEST + 1,
+            Fault::Delay => job.delay_ms = DELAY_MS_CEILING + 1,
+            Fault::HeaderKey => job.headers = vec![(String::new(), "v".into())],
+            Fault::HeaderCount => {
+                job.headers = vec![("k".into(), "v".into()); HEADERS_COUNT_MAX + 1];
+            }
+        }
+    }
+}
+
+/// A lease a command presents.
+#[derive(Clone, Debug)]
+enum Target {
+    /// A lease of the queue that is live right now.
+    Live(Index),
+    /// One of the last few deliveries of the queue (often finished).
+    Recent(Index),
+    /// Any delivery of the queue so far.
+    Any(Index),
+    /// An arbitrary offset with a fence a little below the current index.
+    Raw { offset: u64, fence_back: u64 },
+}
+
+/// A dead letter a command names.
+#[derive(Clone, Debug)]
+enum DeadTarget {
+    Dead(Index),
+    Raw(u64),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        q: usize,
+        config: QueueConfig,
+        /// Use the queue's current configuration if it exists (an
+        /// idempotent create).
+        same: bool,
+        bad_name: bool,
+    },
+    Update {
+        q: usize,
+        config: QueueConfig,
+    },
+    Delete {
+        q: usize,
+    },
+    Enqueue {
+        q: usize,
+        jobs: Vec<NewJob>,
+        /// Makes one job of the batch invalid.
+        fault: Option<(Index, Fault)>,
+    },
+    Fetch {
+        q: usize,
+        consumer: usize,
+        max: u32,
+        lease_ms: u64,
+    },
+    Ack {
+        q: usize,
+        items: Vec<Target>,
+    },
+    Nack {
+        q: usize,
+        target: Target,
+        delay_ms: u64,
+    },
+    Extend {
+        q: usize,
+        target: Target,
+        lease_ms: u64,
+    },
+    Release {
+        q: usize,
+        target: Target,
+    },
+    DeadLetter {
+        q: usize,
+        target: Target,
+        reason: usize,
+    },
+    Tick,
+    Pause {
+        q: usize,
+        group: usize,
+        /// An empty (invalid) key instead.
+        bad: bool,
+    },
+    Resume {
+        q: usize,
+        group: usize,
+        bad: bool,
+    },
+    Requeue {
+        q: usize,
+        target: DeadTarget,
+    },
+    Purge {
+        q: usize,
+        /// `None`: purge all.
+        which: Option<Vec<DeadTarget>>,
+    },
+    /// Several commands in one log entry (one stamp), as the server
+    /// batches concurrent requests: a lease that ends in the entry must not
+    /// be granted again by it.
+    Entry(Vec<Op>),
+    /// Snapshot, restore, and carry on with the restored state.
+    Snapshot,
+}
+
+impl Op {
+    /// The same lease command on queue `q`.
+    fn on(mut self, queue: usize) -> Op {
+        match &mut self {
+            Op::Fetch { q, .. }
+            | Op::Ack { q, .. }
+            | Op::Nack { q, .. }
+            | Op::Extend { q, .. }
+            | Op::Release { q, .. }
+            | Op::DeadLetter { q, .. } => *q = queue,
+            _ => {}
+        }
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    dt_ms: u64,
+    /// Applied in the log entry of the previous step (same index).
+    same_entry: bool,
+    /// How far behind the cluster clock this leader's stamp is.
+    skew_ms: u64,
+    op: Op,
+}
+
+fn config_valid() -> impl Strategy<Value = QueueConfig> {
+    let retry = (
+        1u32..=3,
+        prop_oneof![Just(0u64), Just(60), Just(400)],
+        1u32..=3,
+        1u64..=4,
+        prop_oneof![Just(0u32), Just(25), Just(100)],
+    );
+    let limits = (
+        prop_oneof![Just(1_000u64), Just(2_500)],
+        prop_oneof![Just(3_000u64), Just(8_000)],
+        prop_oneof![Just(1_500u64), Just(6_000), Just(40_000)],
+        prop_oneof![Just(6u64), Just(20)],
+        prop_oneof![Just(12u64), Just(400)],
+        prop_oneof![Just(3u32), Just(8)],
+        prop_oneof![1 => Just(1u32), 1 => Just(2), 10 => Just(4)],
+        prop_oneof![Just(GroupPolicy::Continue), Just(GroupPolicy::Park)],
+    );
+    (retry, limits).prop_map(
+        |(
+            (max_attempts, base, factor, cap_x, jitter),
+            (lease_default, lease_max, dedup, jobs, bytes, payload, batch, policy),
+        )| QueueConfig {
+            max_attempts,
+            backoff_base_ms: base,
+            backoff_factor: factor,
+            backoff_cap_ms: base * cap_x,
+            backoff_jitter_pct: jitter,
+            lease_ms_default: lease_default,
+            lease_ms_max: lease_max,
+            dedup_window_ms: dedup,
+            max_jobs: jobs,
+            max_bytes: bytes,
+            max_payload_bytes: payload,
+            max_batch: batch,
+            group_policy: policy,
+        },
+    )
+}
+
+fn config() -> impl Strategy<Value = QueueConfig> {
+    prop_oneof![
+        12 => config_valid(),
+        1 => config_valid().prop_map(|c| QueueConfig { max_batch: 0, ..c }),
+        1 => config_valid().prop_map(|c| QueueConfig {
+            lease_ms_default: c.lease_ms_max + 1,
+            ..c
+        }),
+    ]
+}
+
+fn queue() -> impl Strategy<Value = usize> {
+    prop_oneof![12 => Just(0usize), 8 => Just(1), 1 => Just(2)]
+}
+
+/// A valid job. Usually its group and payload follow from its id, so a
+/// repeated id is mostly a duplicate and sometimes a conflict.
+fn new_job() -> impl Strategy<Value = NewJob> {
+    let group = prop_oneof![1 => Just(None), 4 => (0usize..5).prop_map(Some)];
+    let payload = prop_oneof![
+        Just(vec![]),
+        Just(vec![1u8]),
+        Just(vec![2u8, 2]),
+        Just(vec![4u8; 4]),
+    ];
+    let priority = prop_oneof![3 => Just(0u8), 2 => 0u8..=PRIORITY_HIGHEST];
+    let delay = prop_oneof![12 => Just(0u64), 2 => Just(700), 2 => Just(2_500)];
+    let headers = prop_oneof![
+        3 => Just(vec![]),
+        1 => Just(vec![("k".to_string(), "v".to_string())]),
+    ];
+    (
+        0usize..IDS.len(),
+        prop::bool::weighted(0.8),
+        group,
+        payload,
+        priority,
+        delay,
+        headers,
+    )
+        .prop_map(
+            |(id, canonical, group, payload, priority, delay_ms, headers)| {
+                let (group, payload) = if canonical {
+                    // Ids 3, 7 and 11 have no group; the others share g1..g3.
+                    let group = (id % 4 != 3).then(|| GROUPS[id % 3].to_string());
+                    (group, vec![id as u8; id % 3])
+                } else {
+                    (group.map(|g| GROUPS[g].to_string()), payload)
+                };
+                NewJob {
+                    id: IDS[id].to_string(),
+                    group,
+                    payload,
+                    headers,
+                    priority,
+                    delay_ms,
+                }
+            },
+        )
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        Just(Fault::EmptyId),
+        Just(Fault::ControlInId),
+        Just(Fault::LongId),
+        Just(Fault::EmptyGroup),
+        Just(Fault::Payload),
+        Just(Fault::Priority),
+        Just(Fault::Delay),
+        Just(Fault::HeaderKey),
+        Just(Fault::HeaderCount),
+    ]
+}
+
+/// Batch lengths: mostly within every generated `max_batch`, sometimes
+/// empty or too long.
+fn batch_len() -> impl Strategy<Value = usize> {
+    prop_oneof![1 => Just(0usize), 24 => 1usize..=3, 2 => 4usize..=5]
+}
+
+fn lease_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => Just(0u64),
+        4 => Just(400),
+        6 => Just(1_500),
+        4 => Just(5_000),
+        2 => Just(LEASE_MS_CEILING),
+        1 => Just(LEASE_MS_CEILING + 1),
+    ]
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        10 => any::<Index>().prop_map(Target::Live),
+        4 => any::<Index>().prop_map(Target::Recent),
+        2 => any::<Index>().prop_map(Target::Any),
+        1 => (0u64..24, 0u64..4)
+            .prop_map(|(offset, fence_back)| Target::Raw { offset, fence_back }),
+    ]
+}
+
+fn dead_target() -> impl Strategy<Value = DeadTarget> {
+    prop_oneof![
+        5 => any::<Index>().prop_map(DeadTarget::Dead),
+        1 => (0u64..24).prop_map(DeadTarget::Raw),
+    ]
+}
+
+fn dead_targets() -> impl Strategy<Value = Vec<DeadTarget>> {
+    batch_len().prop_flat_map(|n| prop::collection::vec(dead_target(), n))
+}
+
+fn fetch_op() -> impl Strategy<Value = Op> {
+    let consumer = prop_oneof![24 => 0usize..2, 4 => Just(2usize), 1 => Just(3usize)];
+    let fetch_max = prop_oneof![1 => Just(0u32), 30 => 1u32..=3, 2 => 4u32..=5];
+    (queue(), consumer, fetch_max, lease_ms()).prop_map(|(q, consumer, max, lease_ms)| Op::Fetch {
+        q,
+        consumer,
+        max,
+        lease_ms,
+    })
+}
+
+/// Commands that present a lease.
+fn lease_call_op() -> impl Strategy<Value = Op> {
+    let nack_delay = prop_oneof![12 => Just(0u64), 4 => Just(300), 1 => Just(DELAY_MS_CEILING + 1)];
+    let reason = prop_oneof![10 => Just(0usize), 3 => Just(1), 1 => Just(2)];
+    prop_oneof![
+        36 => (queue(), batch_len().prop_flat_map(|n| prop::collection::vec(target(), n)))
+            .prop_map(|(q, items)| Op::Ack { q, items }),
+        12 => (queue(), target(), nack_delay)
+            .prop_map(|(q, target, delay_ms)| Op::Nack { q, target, delay_ms }),
+        10 => (queue(), target(), lease_ms())
+            .prop_map(|(q, target, lease_ms)| Op::Extend { q, target, lease_ms }),
+        10 => (queue(), target()).prop_map(|(q, target)| Op::Release { q, target }),
+        8 => (queue(), target(), reason)
+            .prop_map(|(q, target, reason)| Op::DeadLetter { q, target, reason }),
+    ]
+}
+
+/// What one log entry of a busy server is made of. Half the entries
+/// fetch, end a lease and fetch again, which is where a job released in
+/// the entry that granted it must not be granted twice.
+fn entry_op() -> impl Strategy<Value = Op> {
+    let any_op = prop_oneof![1 => fetch_op(), 2 => lease_call_op()];
+    prop_oneof![
+        prop::collection::vec(any_op, 2..=4).prop_map(Op::Entry),
+        (queue(), fetch_op(), lease_call_op(), fetch_op())
+            .prop_map(|(q, a, b, c)| Op::Entry(vec![a.on(q), b.on(q), c.on(q)])),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (queue(), config(), prop::bool::weighted(0.4), prop::bool::weighted(0.05))
+            .prop_map(|(q, config, same, bad_name)| Op::Create { q, config, same, bad_name }),
+        4 => (queue(), config()).prop_map(|(q, config)| Op::Update { q, config }),
+        1 => queue().prop_map(|q| Op::Delete { q }),
+        44 => (
+            queue(),
+            batch_len().prop_flat_map(|n| prop::collection::vec(new_job(), n)),
+            prop::option::weighted(0.06, (any::<Index>(), fault())),
+        )
+            .prop_map(|(q, jobs, fault)| Op::Enqueue { q, jobs, fault }),
+        40 => fetch_op(),
+        76 => lease_call_op(),
+        12 => Just(Op::Tick),
+        6 => (queue(), 0usize..GROUPS.len(), prop::bool::weighted(0.05))
+            .prop_map(|(q, group, bad)| Op::Pause { q, group, bad }),
+        8 => (queue(), 0usize..GROUPS.len(), prop::bool::weighted(0.05))
+            .prop_map(|(q, group, bad)| Op::Resume { q, group, bad }),
+        8 => (queue(), dead_target()).prop_map(|(q, target)| Op::Requeue { q, target }),
+        6 => (queue(), prop::option::weighted(0.6, dead_targets()))
+            .prop_map(|(q, which)| Op::Purge { q, which }),
+        12 => entry_op(),
+        4 => Just(Op::Snapshot),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        // Mostly whole 100 ms, so a deadline, a delay or a dedup window
+        // often ends exactly at a stamp (the boundaries are `<=`).
+        prop_oneof![
+            6 => (0u64..8).prop_map(|k| k * 100),
+            2 => (8u64..20).prop_map(|k| k * 100),
+            2 => 0u64..2_000,
+        ],
+        prop::bool::weighted(0.3),
+        prop_oneof![12 => Just(0u64), 1 => 1u64..3_000],
+        op(),
+    )
+        .prop_map(|(dt_ms, same_entry, skew_ms, op)| Step {
+            dt_ms,
+            same_entry,
+            skew_ms,
+            op,
+        })
+}
+
+// ---------------------------------------------------------------------------
+// The run.
+
+macro_rules! same {
+    ($got:expr, $want:expr, $($ctx:tt)+) => {{
+        let (got, want) = (&$got, &$want);
+        if got != want {
+            return Err(format!(
+                "{}\n  core:  {got:?}\n  model: {want:?}",
+                format!($($ctx)+)
+            ));
+        }
+    }};
+}
+
+struct Run {
+    state: State,
+    store: MemBlobStore,
+    model: Model,
+    /// The current leader's clock; stamps may lag it by a step's skew.
+    leader_ms: u64,
+    index: u64,
+    /// Every delivery so far: (queue, offset, fence).
+    delivered: Vec<(String, u64, u64)>,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            state: State::new(),
+            store: MemBlobStore::default(),
+            model: Model::default(),
+            leader_ms: 10_000,
+            index: 1,
+            delivered: Vec::new(),
+        }
+    }
+
+    fn lease(&self, target: &Target, queue: &str) -> (u64, u64) {
+        let pool: Vec<(u64, u64)> = self
+            .delivered
+            .iter()
+            .filter(|(q, _, _)| q == queue)
+            .map(|(_, o, f)| (*o, *f))
+            .collect();
+        let live: Vec<(u64, u64)> = self.model.queues.get(queue).map_or(Vec::new(), |q| {
+            q.pending()
+                .filter_map(|(o, j)| j.lease.as_ref().map(|l| (o, l.fence)))
+                .collect()
+        });
+        match target {
+            Target::Live(i) if !live.is_empty() => live[i.index(live.len())],
+            Target::Live(i) | Target::Recent(i) if !pool.is_empty() => {
+                let n = pool.len().min(6);
+                pool[pool.len() - n + i.index(n)]
+            }
+            Target::Any(i) if !pool.is_empty() => pool[i.index(pool.len())],
+            Target::Raw { offset, fence_back } => (*offset, self.index.saturating_sub(*fence_back)),
+            _ => (0, self.index),
+        }
+    }
+
+    fn dead(&self, target: &DeadTarget, queue: &str) -> u64 {
+        let dead: Vec<u64> = self.model.queues.get(queue).map_or(Vec::new(), |q| {
+            q.dead_letters().iter().map(|d| d.offset).collect()
+        });
+        match target {
+            DeadTarget::Dead(i) if !dead.is_empty() => dead[i.index(dead.len())],
+            DeadTarget::Dead(_) => 0,
+            DeadTarget::Raw(offset) => *offset,
+        }
+    }
+
+    fn command(&self, op: &Op) -> Command {
+        match op {
+            Op::Create {
+                q,
+                config,
+                same,
+                bad_name,
+            } => {
+                let name = if *bad_name { "bad name" } else { QUEUES[*q] };
+                let config = match self.model.queues.get(name) {
+                    Some(queue) if *same => queue.config.clone(),
+                    _ => config.clone(),
+                };
+                Command::CreateQueue {
+                    name: name.to_string(),
+                    config,
+                }
+            }
+            Op::Update { q, config } => Command::UpdateQueue {
+                name: QUEUES[*q].to_string(),
+                config: config.clone(),
+            },
+            Op::Delete { q } => Command::DeleteQueue {
+                name: QUEUES[*q].to_string(),
+            },
+            Op::Enqueue { q, jobs, fault } => {
+                let mut jobs = jobs.clone();
+                if let (Some((i, fault)), false) = (fault, jobs.is_empty()) {
+                    let n = jobs.len();
+                    fault.apply(&mut jobs[i.index(n)]);
+                }
+                Command::Enqueue {
+                    queue: QUEUES[*q].to_string(),
+                    jobs,
+                }
+            }
+            Op::Fetch {
+                q,
+                consumer,
+                max,
+                lease_ms,
+            } => Command::Fetch {
+                queue: QUEUES[*q].to_string(),
+                consumer: CONSUMERS[*consumer].to_string(),
+                max: *max,
+                lease_ms: *lease_ms,
+            },
+            Op::Ack { q, items } => Command::Ack {
+                queue: QUEUES[*q].to_string(),
+                items: items
+                    .iter()
+                    .map(|t| {
+                        let (offset, fence) = self.lease(t, QUEUES[*q]);
+                        AckItem { offset, fence }
+                    })
+                    .collect(),
+            },
+            Op::Nack {
+                q,
+                target,
+                delay_ms,
+            } => {
+                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                Command::Nack {
+                    queue: QUEUES[*q].to_string(),
+                    offset,
+                    fence,
+                    delay_ms: *delay_ms,
+                }
+            }
+            Op::Extend {
+                q,
+                target,
+                lease_ms,
+            } => {
+                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                Command::Extend {
+                    queue: QUEUES[*q].to_string(),
+                    offset,
+                    fence,
+                    lease_ms: *lease_ms,
+                }
+            }
+            Op::Release { q, target } => {
+                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                Command::Release {
+                    queue: QUEUES[*q].to_string(),
+                    offset,
+                    fence,
+                }
+            }
+            Op::DeadLetter { q, target, reason } => {
+                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                Command::DeadLetter {
+                    queue: QUEUES[*q].to_string(),
+                    offset,
+                    fence,
+                    reason: REASONS[*reason].to_string(),
+                }
+            }
+            Op::Tick => Command::Tick,
+            Op::Pause { q, group, bad } => Command::PauseGroup {
+                queue: QUEUES[*q].to_string(),
+                group: if *bad { "" } else { GROUPS[*group] }.to_string(),
+            },
+            Op::Resume { q, group, bad } => Command::ResumeGroup {
+                queue: QUEUES[*q].to_string(),
+                group: if *bad { "" } else { GROUPS[*group] }.to_string(),
+            },
+            Op::Requeue { q, target } => Command::RequeueDeadLetter {
+                queue: QUEUES[*q].to_string(),
+                offset: self.dead(target, QUEUES[*q]),
+            },
+            Op::Purge { q, which } => Command::PurgeDeadLetters {
+                queue: QUEUES[*q].to_string(),
+                which: match which {
+                    None => PurgeSelector::All,
+                    Some(list) => PurgeSelector::Offsets(
+                        list.iter().map(|t| self.dead(t, QUEUES[*q])).collect(),
+                    ),
+                },
+            },
+            Op::Entry(_) | Op::Snapshot => unreachable!("not one command: {op:?}"),
+        }
+    }
+
+    fn step(&mut self, n: usize, step: &Step) -> Result<(), String> {
+        self.leader_ms += step.dt_ms;
+        if let Op::Snapshot = step.op {
+            let bytes = self.state.snapshot();
+            let restored = State::restore(&bytes).map_err(|e| format!("step {n}: restore: {e}"))?;
+            if restored != self.state {
+                return Err(format!("step {n}: the restored state differs"));
+            }
+            if restored.snapshot() != bytes {
+                return Err(format!("step {n}: the restored state encodes differently"));
+            }
+            self.state = restored;
+            return self.check(n);
+        }
+        if !step.same_entry {
+            self.index += 1;
+        }
+        let stamp = Stamp {
+            index: self.index,
+            time_ms: self.leader_ms.saturating_sub(step.skew_ms),
+        };
+        match &step.op {
+            Op::Entry(ops) => ops.iter().try_for_each(|op| self.apply(n, stamp, op)),
+            op => self.apply(n, stamp, op),
+        }
+    }
+
+    /// Applies one command to the core and the model and compares them.
+    fn apply(&mut self, n: usize, stamp: Stamp, op: &Op) -> Result<(), String> {
+        let cmd = self.command(op);
+        let before = self.state.clone();
+        let mut effects = Vec::new();
+        let got = self.state.apply(stamp, cmd.clone(), &mut effects);
+        let (want, want_effects) = self.model.apply(stamp, &cmd);
+        let ctx = format!("step {n}: {stamp:?} {cmd:?}");
+        same!(
+            got.clone().map(normalize).map_err(|e| fail_of(&e)),
+            want,
+            "{ctx}: reply"
+        );
+        same!(effects, want_effects, "{ctx}: effects");
+        if got.is_err() {
+            // Nothing changes but time: compare with a copy that only had
+            // its clock moved (a probe that fails after the queue lookup).
+            let mut probe = before;
+            if let (true, Some(queue)) = (self.model.advanced, cmd.queue()) {
+                let release = Command::Release {
+                    queue: queue.to_string(),
+                    offset: u64::MAX,
+                    fence: 0,
+                };
+                let probed = probe.apply(stamp, release, &mut Vec::new());
+                same!(
+                    probed.map_err(|e| fail_of(&e)),
+                    Err(Fail::NotFound),
+                    "{ctx}: probe"
+                );
+            }
+            if probe.queues_snapshot() != self.state.queues_snapshot() {
+                return Err(format!("{ctx}: a failed command changed the state"));
+            }
+        }
+        if let Ok(Reply::Fetched(deliveries)) = &got {
+            let queue = cmd.queue().expect("a fetch names its queue");
+            self.delivered.extend(
+                deliveries
+                    .iter()
+                    .map(|d| (queue.to_string(), d.offset, d.fence)),
+            );
+        }
+        self.store.apply_effects(&effects);
+        self.check(n).map_err(|e| format!("{e}\n  after {cmd:?}"))
+    }
+
+    /// Compares every query with the model and checks the invariants.
+    fn check(&self, n: usize) -> Result<(), String> {
+        self.state
+            .check_invariants()
+            .map_err(|e| format!("step {n}: invariant: {e}"))?;
+        self.store
+            .check_against(&self.state)
+            .map_err(|e| format!("step {n}: payload store: {e}"))?;
+        same!(
+            self.state.clock_ms(),
+            self.model.clock_ms,
+            "step {n}: clock"
+        );
+        same!(self.state.last_index(), self.model.index, "step {n}: index");
+        let due = self
+            .model
+            .queues
+            .values()
+            .filter_map(MQueue::next_due_ms)
+            .min();
+        same!(self.state.next_due_ms(), due, "step {n}: next_due_ms");
+        let queues: Vec<(String, u64, QueueConfig)> = self
+            .state
+            .list_queues()
+            .into_iter()
+            .map(|i| (i.name, i.stats.queue_id, i.config))
+            .collect();
+        let want: Vec<(String, u64, QueueConfig)> = self
+            .model
+            .queues
+            .iter()
+            .map(|(name, q)| (name.clone(), q.id, q.config.clone()))
+            .collect();
+        same!(queues, want, "step {n}: queues");
+        for name in QUEUES {
+            let Some(q) = self.model.queues.get(name) else {
+                same!(
+                    self.state.stats(name).map_err(|e| fail_of(&e)),
+                    Err::<QueueStats, _>(Fail::NotFound),
+                    "step {n}: stats of missing {name}"
+                );
+                continue;
+            };
+            let stats = self.state.stats(name).map_err(|e| e.to_string())?;
+            same!(stats, q.stats(), "step {n}: stats of {name}");
+            for job in q.held() {
+                let stored = self.store.get(q.id, job.blob);
+                let want = JobBlob {
+                    id: job.id.clone(),
+                    headers: job.headers.clone(),
+                    payload: job.payload.clone(),
+                };
+                same!(
+                    stored,
+                    Some(want),
+                    "step {n}: payload of {name} blob {}",
+                    job.blob
+                );
+            }
+            self.check_groups(n, name, q)?;
+            self.check_dead_letters(n, name, q)?;
+        }
+        Ok(())
+    }
+
+    fn check_groups(&self, n: usize, name: &str, q: &MQueue) -> Result<(), String> {
+        let statuses = [
+            GroupStatus::Any,
+            GroupStatus::Leased,
+            GroupStatus::Paused,
+            GroupStatus::Waiting,
+        ];
+        for prefix in ["", "g2"] {
+            for status in statuses {
+                let filter = GroupFilter {
+                    key_prefix: prefix.to_string(),
+                    status,
+                };
+                let page = self
+                    .state
+                    .list_groups(name, &filter, None, PAGE_LIMIT_MAX)
+                    .map_err(|e| e.to_string())?;
+                let want = q.groups(&filter);
+                same!(page.groups, want, "step {n}: groups of {name} ({filter:?})");
+                same!(page.next_after, None, "step {n}: groups of {name} paged");
+                // Pages of two, followed to the end, list the same groups.
+                let mut paged = Vec::new();
+                let mut after: Option<String> = None;
+                for _ in 0..=want.len() + 1 {
+                    let page = self
+                        .state
+                        .list_groups(name, &filter, after.as_deref(), 2)
+                        .map_err(|e| e.to_string())?;
+                    paged.extend(page.groups);
+                    after = page.next_after;
+                    if after.is_none() {
+                        break;
+                    }
+                }
+                same!(after, None, "step {n}: paging of {name} does not end");
+                same!(paged, want, "step {n}: paged groups of {name} ({filter:?})");
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dead_letters(&self, n: usize, name: &str, q: &MQueue) -> Result<(), String> {
+        let want = q.dead_letters();
+        let page = self
+            .state
+            .list_dead_letters(name, None, PAGE_LIMIT_MAX)
+            .map_err(|e| e.to_string())?;
+        same!(page.dead_letters, want, "step {n}: dead letters of {name}");
+        same!(
+            page.next_after,
+            None,
+            "step {n}: dead letters of {name} paged"
+        );
+        let mut paged = Vec::new();
+        let mut after = None;
+        for _ in 0..=want.len() + 1 {
+            let page = self
+                .state
+                .list_dead_letters(name, after, 2)
+                .map_err(|e| e.to_string())?;
+            paged.extend(page.dead_letters);
+            after = page.next_after;
+            if after.is_none() {
+                break;
+            }
+        }
+        same!(paged, want, "step {n}: paged dead letters of {name}");
+        Ok(())
+    }
+}
+
+fn run(config_1: &QueueConfig, config_2: &QueueConfig, steps: &[Step]) -> Result<(), String> {
+    let mut run = Run::new();
+    let setup = [(0, config_1), (1, config_2)].map(|(q, config)| Step {
+        dt_ms: 0,
+        same_entry: false,
+        skew_ms: 0,
+        op: Op::Create {
+            q,
+            config: config.clone(),
+            same: false,
+            bad_name: false,
+        },
+    });
+    for (n, step) in setup.iter().chain(steps).enumerate() {
+        run.step(n, step)?;
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("LOCKSTEP_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CASES_DEFAULT)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// The state machine answers every command, query and snapshot exactly
+    /// as the naive model of SPEC section 2 does.
+    #[test]
+    fn the_core_agrees_with_the_naive_model(
+        config_1 in config_valid(),
+        config_2 in config_valid(),
+        steps in prop::collection::vec(step(), 60..=120),
+    ) {
+        run(&config_1, &config_2, &steps).map_err(TestCaseError::fail)?;
+    }
+}
