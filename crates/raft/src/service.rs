@@ -1,0 +1,103 @@
+//! The server side: the `Peer` gRPC service of one node.
+
+use std::fmt;
+use std::sync::Arc;
+
+use lockstep_core::codec;
+use lockstep_store::TypeConfig;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Raft;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::{Request, Response, Status};
+
+use crate::pb::peer_server::{Peer, PeerServer};
+use crate::pb::PeerMessage;
+use crate::PEER_MESSAGE_BYTES_MAX;
+
+/// Runs a client request that another node forwarded to this one (the
+/// leader). The node decides the payload format on both sides; this crate
+/// only carries the bytes.
+#[tonic::async_trait]
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Runs one forwarded request and returns its encoded answer. An error
+    /// status is relayed to the forwarding node as is.
+    async fn forward(&self, request: Vec<u8>) -> Result<Vec<u8>, Status>;
+}
+
+/// The `Peer` gRPC service: hands Raft RPCs to the local [`Raft`] and
+/// forwarded requests to the node's [`ForwardHandler`].
+#[derive(Clone)]
+pub struct PeerService {
+    raft: Raft<TypeConfig>,
+    forward: Arc<dyn ForwardHandler>,
+}
+
+impl fmt::Debug for PeerService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerService").finish_non_exhaustive()
+    }
+}
+
+/// Builds the peer gRPC service for the node to add to its peer server,
+/// with [`PEER_MESSAGE_BYTES_MAX`] enforced in both directions.
+pub fn peer_service(
+    raft: Raft<TypeConfig>,
+    forward: Arc<dyn ForwardHandler>,
+) -> PeerServer<PeerService> {
+    PeerServer::new(PeerService { raft, forward })
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+}
+
+/// Decodes a request body. Bad bytes come from a broken or foreign peer, not
+/// from this node, so they are the caller's error and never a panic.
+fn decode_request<T: DeserializeOwned>(
+    rpc: &str,
+    request: Request<PeerMessage>,
+) -> Result<T, Status> {
+    codec::decode(&request.into_inner().data).map_err(|e| {
+        tracing::warn!(rpc, error = %e, "undecodable peer request");
+        Status::invalid_argument(format!("{rpc}: undecodable peer message: {e}"))
+    })
+}
+
+/// Encodes the whole `Result` of the local Raft call: the remote side turns
+/// an `Err` into openraft's `RemoteError`, which openraft handles (a higher
+/// vote, a stopped node), while a gRPC status would read as a network fault.
+fn encode_reply<T: Serialize>(rpc: &str, value: &T) -> Result<Response<PeerMessage>, Status> {
+    let data = codec::encode(value)
+        .map_err(|e| Status::internal(format!("{rpc}: cannot encode the reply: {e}")))?;
+    Ok(Response::new(PeerMessage { data }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request("AppendEntries", request)?;
+        encode_reply("AppendEntries", &self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let rpc: VoteRequest<lockstep_store::NodeId> = decode_request("Vote", request)?;
+        encode_reply("Vote", &self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request("InstallSnapshot", request)?;
+        encode_reply("InstallSnapshot", &self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let data = self.forward.forward(request.into_inner().data).await?;
+        Ok(Response::new(PeerMessage { data }))
+    }
+}
