@@ -5,9 +5,11 @@
 //! together; `lockstep-core` and `lockstep-store` know nothing of gRPC.
 
 pub mod batcher;
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod node;
+pub mod run;
 pub mod service;
 
 /// The generated `lockstep.v1` messages, clients and servers.

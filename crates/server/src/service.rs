@@ -580,6 +580,35 @@ fn raft_error(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Services {
+    async fn bootstrap(
+        &self,
+        request: Request<pb::BootstrapRequest>,
+    ) -> Result<Response<pb::BootstrapResponse>, Status> {
+        let members: Vec<(u64, NodeInfo)> = request
+            .into_inner()
+            .members
+            .into_iter()
+            .map(|m| {
+                (
+                    m.id,
+                    NodeInfo {
+                        peer_addr: m.peer_addr,
+                        client_addr: m.client_addr,
+                    },
+                )
+            })
+            .collect();
+        if members.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid argument `members`: must not be empty",
+            ));
+        }
+        let initialized = crate::run::bootstrap(&self.node.raft, members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::BootstrapResponse { initialized }))
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
