@@ -13,16 +13,4 @@ pub mod run;
 pub mod service;
 
 /// The generated `lockstep.v1` messages, clients and servers.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    missing_debug_implementations,
-    unused_qualifications
-)]
-pub mod pb {
-    tonic::include_proto!("lockstep.v1");
-
-    /// The encoded descriptors of `proto/`, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/lockstep_v1.bin"));
-}
+pub use lockstep_proto as pb;
