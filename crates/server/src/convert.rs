@@ -51,7 +51,16 @@ pub fn new_job(
             )
         })?;
     Ok(core::NewJob {
-        id: if job.id.is_empty() { make_id() } else { job.id },
+        id: match job.id {
+            None => make_id(),
+            Some(id) if id.is_empty() => {
+                return Err(invalid(
+                    &format!("jobs[{index}].id"),
+                    "must not be empty; leave it out to let the server make one",
+                ))
+            }
+            Some(id) => id,
+        },
         group: (!job.group.is_empty()).then_some(job.group),
         payload: job.payload,
         headers: job.headers.into_iter().map(|h| (h.key, h.value)).collect(),
@@ -239,7 +248,7 @@ mod tests {
     #[test]
     fn a_priority_beyond_nine_is_refused_before_it_reaches_the_core() {
         let job = pb::Job {
-            id: "a".into(),
+            id: Some("a".into()),
             priority: 300,
             ..Default::default()
         };

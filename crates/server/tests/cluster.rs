@@ -72,7 +72,7 @@ async fn connect(addr: &str) -> tonic::transport::Channel {
 
 fn job(id: &str, group: &str) -> pb::Job {
     pb::Job {
-        id: id.into(),
+        id: Some(id.into()),
         group: group.into(),
         payload: format!("payload-{id}").into_bytes(),
         ..Default::default()
