@@ -117,7 +117,8 @@ impl Cluster {
     /// (not yet bootstrapped). `ids_max` leaves room for nodes that join
     /// later.
     pub fn start(spec: Spec, n: u64, ids_max: u64) -> Result<Cluster> {
-        std::fs::create_dir_all(&spec.dir).map_err(|e| err(format!("{}: {e}", spec.dir.display())))?;
+        std::fs::create_dir_all(&spec.dir)
+            .map_err(|e| err(format!("{}: {e}", spec.dir.display())))?;
         let base_port = free_base_port(ids_max)?;
         let mut cluster = Cluster {
             spec,
@@ -271,8 +272,7 @@ impl Cluster {
         let pid = self
             .pid(id)
             .ok_or_else(|| err(format!("node {id} is not running")))?;
-        kill(Pid::from_raw(pid as i32), signal)
-            .map_err(|e| err(format!("{signal} node {id}: {e}")))
+        kill(Pid::from_raw(pid as i32), signal).map_err(|e| err(format!("{signal} node {id}: {e}")))
     }
 
     /// Kills node `id` and deletes its data directory.
@@ -297,7 +297,10 @@ impl Cluster {
         let members = (1..=n).map(|id| self.addr(id).member()).collect();
         let mut client = pb::cluster_client::ClusterClient::new(self.channel(1).await?);
         client
-            .bootstrap(pb::BootstrapRequest { members })
+            .bootstrap(pb::BootstrapRequest {
+                members,
+                this_node_only: false,
+            })
             .await
             .map_err(|s| err(format!("bootstrap: {s}")))?;
         Ok(())
@@ -320,7 +323,11 @@ impl Cluster {
         loop {
             let mut seen = Vec::new();
             for id in among {
-                if self.procs.get(id).is_some_and(|p| p.paused || p.child.is_none()) {
+                if self
+                    .procs
+                    .get(id)
+                    .is_some_and(|p| p.paused || p.child.is_none())
+                {
                     continue;
                 }
                 let s = tokio::time::timeout(Duration::from_millis(1_000), self.status(*id)).await;
@@ -416,9 +423,8 @@ fn free_base_port(ids_max: u64) -> Result<u16> {
         let slot = ((seed + attempt * 131) % span as u64) as u16;
         let base = BASE_PORT_MIN + slot * PORTS_PER_NODE;
         let free = (1..=ids_max).all(|id| {
-            (0..PORTS_PER_NODE).all(|k| {
-                TcpListener::bind((Ipv4Addr::new(127, 0, 0, id as u8), base + k)).is_ok()
-            })
+            (0..PORTS_PER_NODE)
+                .all(|k| TcpListener::bind((Ipv4Addr::new(127, 0, 0, id as u8), base + k)).is_ok())
         });
         if free {
             return Ok(base);

@@ -20,9 +20,11 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod guard;
 mod service;
 
 pub use client::{PeerClient, PeerNetworkFactory, CONNECT_TIMEOUT_MS};
+pub use guard::VoteGuard;
 pub use service::{peer_service, ForwardHandler, PeerService};
 
 /// The generated gRPC code of `lockstep.peer.v1`.

@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use lockstep_core::codec;
 use lockstep_store::TypeConfig;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::Raft;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::pb::peer_server::{Peer, PeerServer};
 use crate::pb::PeerMessage;
-use crate::PEER_MESSAGE_BYTES_MAX;
+use crate::{VoteGuard, PEER_MESSAGE_BYTES_MAX};
 
 /// Runs a client request that another node forwarded to this one (the
 /// leader). The node decides the payload format on both sides; this crate
@@ -30,6 +32,7 @@ pub trait ForwardHandler: Send + Sync + 'static {
 pub struct PeerService {
     raft: Raft<TypeConfig>,
     forward: Arc<dyn ForwardHandler>,
+    guard: Arc<VoteGuard>,
 }
 
 impl fmt::Debug for PeerService {
@@ -43,10 +46,15 @@ impl fmt::Debug for PeerService {
 pub fn peer_service(
     raft: Raft<TypeConfig>,
     forward: Arc<dyn ForwardHandler>,
+    guard: Arc<VoteGuard>,
 ) -> PeerServer<PeerService> {
-    PeerServer::new(PeerService { raft, forward })
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    PeerServer::new(PeerService {
+        raft,
+        forward,
+        guard,
+    })
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
 
 /// Decodes a request body. Bad bytes come from a broken or foreign peer, not
@@ -77,11 +85,23 @@ impl Peer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request("AppendEntries", request)?;
-        encode_reply("AppendEntries", &self.raft.append_entries(rpc).await)
+        let leader_commit = rpc.leader_commit.map(|l| l.index);
+        let reply = self.raft.append_entries(rpc).await;
+        if matches!(reply, Ok(AppendEntriesResponse::Success)) {
+            let last = self.raft.metrics().borrow().last_log_index;
+            self.guard.observe(last, leader_commit);
+        }
+        encode_reply("AppendEntries", &reply)
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let rpc: VoteRequest<lockstep_store::NodeId> = decode_request("Vote", request)?;
+        if !self.guard.allowed() {
+            // Read by the candidate as an unreachable voter; see `guard`.
+            return Err(Status::unavailable(
+                "this node restarted without its data and votes again once it has the committed log",
+            ));
+        }
         encode_reply("Vote", &self.raft.vote(rpc).await)
     }
 

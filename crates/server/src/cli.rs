@@ -54,7 +54,10 @@ pub fn cluster(command: ClusterCommand) -> Result<(), String> {
                     .map(|m| parse_member(m))
                     .collect::<Result<Vec<_>, _>>()?;
                 let reply = client
-                    .bootstrap(pb::BootstrapRequest { members })
+                    .bootstrap(pb::BootstrapRequest {
+                        members,
+                        this_node_only: false,
+                    })
                     .await
                     .map_err(|s| format!("bootstrap failed: {}", s.message()))?
                     .into_inner();

@@ -57,6 +57,9 @@ pub struct LimitsConfig {
     /// Longest a follower keeps retrying to forward a write during an
     /// election before it answers UNAVAILABLE.
     pub forward_retry_ms_max: u64,
+    /// Longest a join or remove may take, the new node's catch-up as a
+    /// learner included, before it answers DEADLINE_EXCEEDED.
+    pub membership_ms_max: u64,
     /// Longest long-poll a fetch may ask for.
     pub fetch_wait_ms_max: u64,
     /// Client requests served at once per node.
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             limits: LimitsConfig {
                 message_bytes_max: 16 * 1024 * 1024,
                 forward_retry_ms_max: 5_000,
+                membership_ms_max: 60_000,
                 fetch_wait_ms_max: 20_000,
                 requests_in_flight_max: 4_096,
             },

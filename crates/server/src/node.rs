@@ -26,6 +26,33 @@ use crate::config::NodeConfig;
 pub enum Request {
     Write(Command),
     Read(Read),
+    /// A membership change; only the leader can propose one.
+    Membership(MembershipChange),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add as a learner, wait for it to catch up, then promote to voter.
+    Join {
+        id: NodeId,
+        info: NodeInfo,
+    },
+    Remove {
+        id: NodeId,
+    },
+}
+
+/// A gRPC status that crosses the peer channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireStatus {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<WireStatus> for Status {
+    fn from(w: WireStatus) -> Status {
+        Status::new(tonic::Code::from_i32(w.code), w.message)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,6 +91,7 @@ pub enum Response {
         blobs: Vec<Option<JobBlob>>,
     },
     Read(Result<ReadReply, core::Error>),
+    Membership(Result<(), WireStatus>),
     /// The receiving node is not the leader.
     NotLeader {
         leader: Option<(NodeId, NodeInfo)>,
@@ -98,6 +126,8 @@ pub struct Node {
     pub state: StateHandle,
     batcher: Batcher,
     forwarder: Arc<dyn Forwarder>,
+    /// Whether this node may vote yet (see `lockstep_raft::VoteGuard`).
+    pub vote_guard: Arc<lockstep_raft::VoteGuard>,
 }
 
 impl std::fmt::Debug for Node {
@@ -118,6 +148,7 @@ impl Node {
         raft: Raft<TypeConfig>,
         state: StateHandle,
         forwarder: Arc<dyn Forwarder>,
+        vote_guard: Arc<lockstep_raft::VoteGuard>,
     ) -> Node {
         let batcher = Batcher::start(
             raft.clone(),
@@ -131,13 +162,17 @@ impl Node {
             state,
             batcher,
             forwarder,
+            vote_guard,
         }
     }
 
     /// Runs a request that arrived here, wherever the leader is.
     pub async fn execute(&self, request: Request) -> Result<Response, Status> {
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.config.limits.forward_retry_ms_max);
+        let wait_ms = match request {
+            Request::Membership(_) => self.config.limits.membership_ms_max,
+            _ => self.config.limits.forward_retry_ms_max,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut backoff = RETRY_BACKOFF_MS_MIN;
         let encoded = codec::encode(&request).map_err(|e| Status::internal(e.to_string()))?;
         let mut hint: Option<NodeInfo> = None;
@@ -247,7 +282,73 @@ impl Node {
                 }
                 Ok(Response::Read(self.read_local(read)?))
             }
+            Request::Membership(change) => Ok(self.change_membership(change).await),
         }
+    }
+
+    /// Runs a join or remove on this node, which must lead. Joins catch the
+    /// new node up as a learner first, so a slow joiner never counts toward
+    /// the quorum before it has the log.
+    async fn change_membership(&self, change: MembershipChange) -> Response {
+        use openraft::error::{ClientWriteError, RaftError};
+        fn refused(
+            e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+            what: &str,
+        ) -> Response {
+            if let Some(f) = e.forward_to_leader() {
+                return Response::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.clone()),
+                };
+            }
+            let code = match e.api_error() {
+                Some(ClientWriteError::ChangeMembershipError(_)) => tonic::Code::FailedPrecondition,
+                _ => tonic::Code::Unavailable,
+            };
+            Response::Membership(Err(WireStatus {
+                code: code as i32,
+                message: format!("{what}: {e}"),
+            }))
+        }
+        let voters = || -> std::collections::BTreeSet<NodeId> {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect()
+        };
+        match change {
+            MembershipChange::Join { id, info } => {
+                if let Err(e) = self.raft.add_learner(id, info, true).await {
+                    return refused(e, &format!("add node {id} as a learner"));
+                }
+                let mut members = voters();
+                members.insert(id);
+                if let Err(e) = self.raft.change_membership(members, false).await {
+                    return refused(e, &format!("promote node {id} to voter"));
+                }
+            }
+            MembershipChange::Remove { id } => {
+                let mut members = voters();
+                if !members.remove(&id) {
+                    return Response::Membership(Err(WireStatus {
+                        code: tonic::Code::NotFound as i32,
+                        message: format!("node {id} is not a voter"),
+                    }));
+                }
+                if members.is_empty() {
+                    return Response::Membership(Err(WireStatus {
+                        code: tonic::Code::FailedPrecondition as i32,
+                        message: "cannot remove the last voter".into(),
+                    }));
+                }
+                if let Err(e) = self.raft.change_membership(members, false).await {
+                    return refused(e, &format!("remove node {id}"));
+                }
+            }
+        }
+        Response::Membership(Ok(()))
     }
 
     /// Answers a read from this node's applied state, which may be stale on

@@ -8,7 +8,7 @@ use openraft::{Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use lockstep_raft::{peer_service, ForwardHandler, PeerNetworkFactory};
+use lockstep_raft::{peer_service, ForwardHandler, PeerNetworkFactory, VoteGuard};
 use tonic::Status;
 
 use crate::node::{Forwarder, Node};
@@ -62,8 +62,15 @@ fn tracing_init() {
 }
 
 async fn serve(config: NodeConfig) -> Result<(), RunError> {
-    let (log_store, state_machine) = lockstep_store::open(&config.data_dir).await?;
+    let (mut log_store, state_machine) = lockstep_store::open(&config.data_dir).await?;
     let state = state_machine.handle();
+    let fresh = is_fresh(&mut log_store).await?;
+    if fresh {
+        tracing::info!(
+            "no vote and no log on disk: this node votes once it has a leader's committed log"
+        );
+    }
+    let vote_guard = Arc::new(VoteGuard::new(fresh));
     let network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
     let raft = Raft::new(
         config.id,
@@ -79,6 +86,7 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         raft.clone(),
         state,
         Arc::new(network),
+        vote_guard.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -113,6 +121,7 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         .add_service(peer_service(
             raft.clone(),
             Arc::new(NodeForward(node.clone())),
+            vote_guard,
         ))
         .serve_with_shutdown(config.peer_socket(), async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -136,6 +145,21 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Raft(e.to_string()))?;
     Ok(())
+}
+
+/// A store with no vote and no log belongs to a node that never took part
+/// in a cluster, or lost its data.
+async fn is_fresh(log_store: &mut lockstep_store::LogStore) -> Result<bool, RunError> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log_store
+        .read_vote()
+        .await
+        .map_err(|e| RunError::Raft(e.to_string()))?;
+    let state = log_store
+        .get_log_state()
+        .await
+        .map_err(|e| RunError::Raft(e.to_string()))?;
+    Ok(vote.is_none() && state.last_log_id.is_none())
 }
 
 async fn shutdown_signal() {

@@ -69,6 +69,9 @@ impl Services {
     }
 }
 
+/// Deadline of passing a bootstrap on to one other member.
+const BOOTSTRAP_CALL_MS_MAX: u64 = 5_000;
+
 fn unexpected(response: node::Response) -> Status {
     match response {
         node::Response::Unavailable(message) => Status::unavailable(format!(
@@ -574,26 +577,23 @@ impl pb::admin_server::Admin for Services {
     }
 }
 
-fn raft_error(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("raft: {e}"))
-}
-
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Services {
     async fn bootstrap(
         &self,
         request: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
+        let request = request.into_inner();
+        let this_node_only = request.this_node_only;
         let members: Vec<(u64, NodeInfo)> = request
-            .into_inner()
             .members
-            .into_iter()
+            .iter()
             .map(|m| {
                 (
                     m.id,
                     NodeInfo {
-                        peer_addr: m.peer_addr,
-                        client_addr: m.client_addr,
+                        peer_addr: m.peer_addr.clone(),
+                        client_addr: m.client_addr.clone(),
                     },
                 )
             })
@@ -603,9 +603,51 @@ impl pb::cluster_server::Cluster for Services {
                 "invalid argument `members`: must not be empty",
             ));
         }
+        if !members.iter().any(|(id, _)| *id == self.node.id) {
+            return Err(Status::invalid_argument(format!(
+                "invalid argument `members`: does not include this node (id {})",
+                self.node.id
+            )));
+        }
         let initialized = crate::run::bootstrap(&self.node.raft, members)
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        if initialized {
+            // Initialized with the first membership: nothing was ever
+            // committed without this node, so it may vote (see VoteGuard).
+            self.node.vote_guard.allow();
+        }
+        if !this_node_only {
+            // Every initial member is initialized with the same membership,
+            // so none of them starts as a fresh node that may not vote.
+            let local = self.node.config.client_socket().ip();
+            let mut calls = tokio::task::JoinSet::new();
+            for m in request.members.iter().filter(|m| m.id != self.node.id) {
+                let forwarded = pb::BootstrapRequest {
+                    members: request.members.clone(),
+                    this_node_only: true,
+                };
+                let (id, addr) = (m.id, m.client_addr.clone());
+                calls.spawn(async move { (id, bootstrap_member(local, addr, forwarded).await) });
+            }
+            let mut reached = 1;
+            let mut failures = Vec::new();
+            while let Some(joined) = calls.join_next().await {
+                match joined {
+                    Ok((_, Ok(()))) => reached += 1,
+                    Ok((id, Err(e))) => failures.push(format!("node {id}: {e}")),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            let majority = request.members.len() / 2 + 1;
+            if reached < majority {
+                return Err(Status::unavailable(format!(
+                    "bootstrap reached {reached} of {} members, fewer than a majority ({}); start them and run bootstrap again",
+                    request.members.len(),
+                    failures.join("; ")
+                )));
+            }
+        }
         Ok(Response::new(pb::BootstrapResponse { initialized }))
     }
 
@@ -672,6 +714,8 @@ impl pb::cluster_server::Cluster for Services {
             applied_index: applied.map_or(0, |l| l.index),
             members,
             state_digest: format!("{digest:032x}"),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
         }))
     }
 
@@ -680,32 +724,17 @@ impl pb::cluster_server::Cluster for Services {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let r = request.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument(
+                "invalid argument `id`: must not be 0",
+            ));
+        }
         let info = NodeInfo {
             peer_addr: r.peer_addr,
             client_addr: r.client_addr,
         };
-        // Catch up as a learner first (blocking until it has the log), then
-        // become a voter, so a slow joiner never weakens the quorum.
-        self.node
-            .raft
-            .add_learner(r.id, info, true)
-            .await
-            .map_err(raft_error)?;
-        let mut voters: std::collections::BTreeSet<u64> = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        voters.insert(r.id);
-        self.node
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(raft_error)?;
+        self.membership(node::MembershipChange::Join { id: r.id, info })
+            .await?;
         Ok(Response::new(pb::JoinResponse {}))
     }
 
@@ -714,26 +743,38 @@ impl pb::cluster_server::Cluster for Services {
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let id = request.into_inner().id;
-        let mut voters: std::collections::BTreeSet<u64> = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if !voters.remove(&id) {
-            return Err(Status::not_found(format!("node {id} is not a voter")));
-        }
-        if voters.is_empty() {
-            return Err(Status::failed_precondition("cannot remove the last voter"));
-        }
-        self.node
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(raft_error)?;
+        self.membership(node::MembershipChange::Remove { id })
+            .await?;
         Ok(Response::new(pb::RemoveResponse {}))
+    }
+}
+
+/// Passes a bootstrap on to another member's client port, from this
+/// node's own address.
+async fn bootstrap_member(
+    local: std::net::IpAddr,
+    addr: String,
+    request: pb::BootstrapRequest,
+) -> Result<(), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .local_address(Some(local))
+        .connect_timeout(Duration::from_millis(BOOTSTRAP_CALL_MS_MAX))
+        .timeout(Duration::from_millis(BOOTSTRAP_CALL_MS_MAX));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    pb::cluster_client::ClusterClient::new(channel)
+        .bootstrap(request)
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_string())
+}
+
+impl Services {
+    /// A join or remove, run on the leader wherever it arrived.
+    async fn membership(&self, change: node::MembershipChange) -> Result<(), Status> {
+        match self.node.execute(node::Request::Membership(change)).await? {
+            node::Response::Membership(result) => result.map_err(Status::from),
+            other => Err(unexpected(other)),
+        }
     }
 }

@@ -98,7 +98,10 @@ async fn writes_through_followers_are_forwarded_and_one_id_makes_one_job() {
             })
             .collect();
         cluster
-            .bootstrap(pb::BootstrapRequest { members })
+            .bootstrap(pb::BootstrapRequest {
+                members,
+                this_node_only: false,
+            })
             .await
             .unwrap();
 
@@ -264,7 +267,10 @@ async fn a_full_restart_keeps_the_state_identical() {
             })
             .collect();
         pb::cluster_client::ClusterClient::new(channel.clone())
-            .bootstrap(pb::BootstrapRequest { members })
+            .bootstrap(pb::BootstrapRequest {
+                members,
+                this_node_only: false,
+            })
             .await
             .unwrap();
         let mut admin = pb::admin_client::AdminClient::new(channel.clone());

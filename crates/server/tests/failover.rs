@@ -1,0 +1,342 @@
+//! Failover, recovery and membership on three (or four) real node
+//! processes: kill -9 of the leader with leases held, retried ids after a
+//! failover, a wiped follower catching up by snapshot, and a join and a
+//! remove under load.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const Q: &str = "jobs";
+
+/// Issue tests 2 and 3: kill -9 the leader while leases are held and jobs
+/// are pending, then check leases, offsets, acks and dedup through the new
+/// leader and the followers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_keeps_leases_offsets_and_ids() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut run, leader) = start3().await;
+        let c = &run.cluster;
+        let follower = (1..=3).find(|i| *i != leader).unwrap();
+        create_queue(c, follower, Q, None).await;
+
+        // 8 groups of 5 jobs, enqueued through a follower.
+        let mut expected = Expected::default();
+        let mut offsets_by_id = BTreeMap::new();
+        let mut q = queue(c, follower).await;
+        let jobs: Vec<pb::Job> = (0..40)
+            .map(|k| job(&format!("e{k}"), &format!("g{}", k % 8)))
+            .collect();
+        for (r, j) in enqueue(&mut q, Q, jobs.clone()).await.iter().zip(&jobs) {
+            assert_eq!(r.outcome, pb::EnqueueOutcome::Created as i32);
+            expected.created(&j.group, r.offset);
+            offsets_by_id.insert(j.id.clone().unwrap(), r.offset);
+        }
+
+        // Lease the heads of 4 groups; ack 2 and hold 2.
+        let got = fetch(&mut q, Q, "w1", 4).await;
+        assert_eq!(got.len(), 4);
+        let (acked, held) = got.split_at(2);
+        let items: Vec<(u64, u64)> = acked.iter().map(|d| (d.offset, d.fence)).collect();
+        for r in ack(&mut q, Q, &items).await {
+            assert_eq!(r.code, 0);
+        }
+        for d in acked {
+            expected.acked(&d.group, d.offset);
+        }
+        let before = stats(c, leader, Q).await;
+        assert_eq!(before.leased, 2);
+        let applied = c.status(leader).await.unwrap().applied_index;
+        c.wait_applied(&[1, 2, 3], applied, Duration::from_secs(10))
+            .await
+            .unwrap();
+
+        // kill -9 the leader.
+        let killed_at = Instant::now();
+        run.cluster.kill(leader);
+        let c = &run.cluster;
+        let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+        let new_leader = c.wait_leader(&rest, ELECTION_MAX).await.unwrap();
+        eprintln!(
+            "figure: new leader {new_leader} agreed {} ms after kill -9 of leader {leader}",
+            killed_at.elapsed().as_millis()
+        );
+        let other = *rest.iter().find(|i| **i != new_leader).unwrap();
+
+        // Acked jobs stay gone, unacked jobs stay: the stats are the same.
+        let after = stats(c, other, Q).await;
+        assert_eq!(after.ready + after.delayed + after.leased, expected.count());
+        assert_eq!(after.leased, 2, "held leases survive: {after:?}");
+        assert_eq!(after.next_offset, before.next_offset);
+        // Held leases keep their holder.
+        for g in groups(c, other, Q).await {
+            let holds = held.iter().any(|d| d.group == g.key);
+            assert_eq!(g.lease_holder == "w1", holds, "group {g:?}");
+        }
+
+        // No group gets a second lease: a fetch of everything skips the
+        // two held groups and hands out the heads of the other six.
+        let mut q = queue(c, other).await;
+        let second = fetch(&mut q, Q, "w2", 100).await;
+        assert_eq!(second.len(), 6, "{second:?}");
+        for d in &second {
+            assert!(
+                held.iter().all(|h| h.group != d.group),
+                "second lease on {}",
+                d.group
+            );
+            expected.check_head(d);
+        }
+
+        // The old fence still acks through the new leader; a wrong fence
+        // fails with FAILED_PRECONDITION and changes nothing.
+        let mut lq = queue(c, new_leader).await;
+        let wrong = lq
+            .ack(pb::AckRequest {
+                queue: Q.into(),
+                items: vec![pb::AckItem {
+                    offset: held[0].offset,
+                    fence: held[0].fence + 1_000,
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(wrong[0].code, tonic::Code::FailedPrecondition as i32);
+        let mut to_ack: Vec<(u64, u64)> = held.iter().map(|d| (d.offset, d.fence)).collect();
+        to_ack.extend(second.iter().map(|d| (d.offset, d.fence)));
+        for r in ack(&mut lq, Q, &to_ack).await {
+            assert_eq!(
+                r.code, 0,
+                "ack with the fence granted before the failover: {r:?}"
+            );
+        }
+        for d in held.iter().chain(&second) {
+            expected.acked(&d.group, d.offset);
+        }
+
+        // Issue test 3: the same ids retried through another node after the
+        // failover are DUPLICATE with their original offsets.
+        let mut q = queue(c, other).await;
+        for (r, j) in enqueue(&mut q, Q, jobs.clone()).await.iter().zip(&jobs) {
+            assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
+            assert_eq!(r.offset, offsets_by_id[j.id.as_ref().unwrap()]);
+        }
+
+        // New offsets continue with no reuse.
+        let more: Vec<pb::Job> = (40..48)
+            .map(|k| job(&format!("e{k}"), &format!("g{}", k % 8)))
+            .collect();
+        for (n, (r, j)) in enqueue(&mut q, Q, more.clone())
+            .await
+            .iter()
+            .zip(&more)
+            .enumerate()
+        {
+            assert_eq!(r.outcome, pb::EnqueueOutcome::Created as i32);
+            assert_eq!(r.offset, before.next_offset + n as u64, "offsets continue");
+            expected.created(&j.group, r.offset);
+        }
+
+        // The killed node comes back; group order holds to the end; all
+        // three agree on the state.
+        run.cluster.spawn(leader).unwrap();
+        let c = &run.cluster;
+        drain(c, leader, Q, &mut expected, 50).await;
+        assert_same_state(c, &[1, 2, 3], Duration::from_secs(30)).await;
+    })
+    .await
+    .expect("test finished within its timeout");
+}
+
+/// Issue test 5: a follower whose data dir is wiped rejoins by snapshot,
+/// and a later leader kill loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_follower_catches_up_by_snapshot() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        // Snapshot and purge often, so the leader no longer has the log a
+        // wiped node would need.
+        let spec = spec(&dir)
+            .set("raft.snapshot_every_entries", 40)
+            .set("raft.logs_kept_after_snapshot", 5);
+        let (mut run, leader) = start(3, 3, spec, dir).await;
+        let c = &run.cluster;
+        create_queue(c, leader, Q, None).await;
+        let wiped = (1..=3).find(|i| *i != leader).unwrap();
+
+        let mut expected = Expected::default();
+        let mut ids = Vec::new();
+        let mut q = queue(c, leader).await;
+        // One entry per call: 120 entries, several snapshots.
+        for k in 0..120 {
+            let j = job(&format!("s{k}"), &format!("g{}", k % 10));
+            let r = enqueue(&mut q, Q, vec![j.clone()]).await;
+            expected.created(&j.group, r[0].offset);
+            ids.push(j);
+        }
+        run.cluster.wipe(wiped).unwrap();
+        let c = &run.cluster;
+        // More writes while it is gone, with leases and acks.
+        let mut q = queue(c, leader).await;
+        for k in 120..160 {
+            let j = job(&format!("s{k}"), &format!("g{}", k % 10));
+            let r = enqueue(&mut q, Q, vec![j.clone()]).await;
+            expected.created(&j.group, r[0].offset);
+            ids.push(j);
+        }
+        let got = fetch(&mut q, Q, "w", 5).await;
+        let items: Vec<(u64, u64)> = got.iter().map(|d| (d.offset, d.fence)).collect();
+        ack(&mut q, Q, &items).await;
+        for d in &got {
+            expected.acked(&d.group, d.offset);
+        }
+        let s = c.status(leader).await.unwrap();
+        assert!(
+            s.purged_index > 0,
+            "the leader purged its log head, so only a snapshot can catch a new node up: {s:?}"
+        );
+
+        run.cluster.spawn(wiped).unwrap();
+        let c = &run.cluster;
+        c.wait_applied(&[wiped], s.applied_index, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let w = c.status(wiped).await.unwrap();
+        assert!(
+            w.snapshot_index >= s.purged_index,
+            "installed a snapshot: {w:?}"
+        );
+        assert_same_state(c, &[1, 2, 3], Duration::from_secs(30)).await;
+
+        // Now kill the leader: the wiped-and-rebuilt node is part of the
+        // new majority, and nothing acked is lost.
+        run.cluster.kill(leader);
+        let c = &run.cluster;
+        let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+        c.wait_leader(&rest, ELECTION_MAX).await.unwrap();
+        let after = stats(c, wiped, Q).await;
+        assert_eq!(after.ready + after.delayed + after.leased, expected.count());
+        let mut q = queue(c, wiped).await;
+        for chunk in ids.chunks(50) {
+            for r in enqueue(&mut q, Q, chunk.to_vec()).await {
+                assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
+            }
+        }
+        drain(c, wiped, Q, &mut expected, 50).await;
+    })
+    .await
+    .expect("test finished within its timeout");
+}
+
+/// Issue test 6: a fourth node joins under load (through a follower, so
+/// the join is forwarded), then a node is removed; no acked job is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_remove_under_load_lose_nothing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut run, leader) = start3().await;
+        create_queue(&run.cluster, leader, Q, None).await;
+
+        // A producer that enqueues through nodes 1..=3 in turn, retrying an
+        // unknown outcome with the same ids, and records what was acked.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut channels = Vec::new();
+        for id in 1..=3 {
+            channels.push(run.cluster.channel(id).await.unwrap());
+        }
+        let producer = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked: Vec<pb::Job> = Vec::new();
+                let mut batch_no = 0u64;
+                while !stop.load(Ordering::Relaxed) && batch_no < 2_000 {
+                    let jobs: Vec<pb::Job> = (0..10)
+                        .map(|k| job(&format!("l{batch_no}-{k}"), &format!("g{}", k % 7)))
+                        .collect();
+                    for attempt in 0..50u64 {
+                        let channel = channels[((batch_no + attempt) % 3) as usize].clone();
+                        let mut q = pb::queue_client::QueueClient::new(channel);
+                        let r = q
+                            .enqueue(pb::EnqueueRequest {
+                                queue: Q.into(),
+                                jobs: jobs.clone(),
+                            })
+                            .await;
+                        match r {
+                            Ok(_) => {
+                                acked.extend(jobs.iter().cloned());
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                    batch_no += 1;
+                }
+                (acked, batch_no)
+            })
+        };
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Node 4 joins, asked through a follower.
+        run.cluster.spawn(4).unwrap();
+        let c = &run.cluster;
+        let follower = (1..=3).find(|i| *i != leader).unwrap();
+        let mut cluster =
+            pb::cluster_client::ClusterClient::new(c.channel(follower).await.unwrap());
+        cluster
+            .join(c.addr(4).member())
+            .await
+            .expect("join through a follower");
+        let s = c.status(leader).await.unwrap();
+        let roles: BTreeMap<u64, String> =
+            s.members.iter().map(|m| (m.id, m.role.clone())).collect();
+        assert_eq!(roles.len(), 4, "{roles:?}");
+        assert_ne!(roles[&4], "learner", "node 4 was promoted: {roles:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // Remove a follower other than node 4, asked through node 4.
+        let removed = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
+        let mut via4 = pb::cluster_client::ClusterClient::new(c.channel(4).await.unwrap());
+        via4.remove(pb::RemoveRequest { id: removed })
+            .await
+            .expect("remove through the new node");
+        run.cluster.stop(removed).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (acked, batches) = producer.await.unwrap();
+        eprintln!("producer: {batches} batches, {} jobs acked", acked.len());
+        assert!(acked.len() >= 100, "the load ran: {} jobs", acked.len());
+
+        let c = &run.cluster;
+        let members: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|i| *i != removed).collect();
+        let s = c.status(4).await.unwrap();
+        let ids: Vec<u64> = s.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, members, "membership after the remove");
+
+        // Every acked job is there exactly once.
+        let mut q = queue(c, 4).await;
+        for chunk in acked.chunks(100) {
+            for r in enqueue(&mut q, Q, chunk.to_vec()).await {
+                assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
+            }
+        }
+        let st = stats(c, 4, Q).await;
+        assert!(
+            st.ready >= acked.len() as u64 && st.ready <= batches * 10,
+            "{} acked, {} attempted, {st:?}",
+            acked.len(),
+            batches * 10
+        );
+        assert_same_state(c, &members, Duration::from_secs(30)).await;
+    })
+    .await
+    .expect("test finished within its timeout");
+}
