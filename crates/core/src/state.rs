@@ -1067,6 +1067,72 @@ impl State {
         })
     }
 
+    /// The checks of `command` that need no change of state: names, sizes,
+    /// counts, lease bounds, and that the queue exists. The leader runs it
+    /// before proposing, so hostile or malformed input never reaches the
+    /// log; `apply` repeats every check, so this only ever refuses what
+    /// `apply` would refuse against the same state.
+    pub fn precheck(&self, command: &Command) -> Result<()> {
+        let queue = |name: &str| {
+            self.queues
+                .get(name)
+                .ok_or_else(|| Error::queue_not_found(name))
+        };
+        match command {
+            Command::CreateQueue { name, config } | Command::UpdateQueue { name, config } => {
+                validate_queue_name(name)?;
+                config.validate()
+            }
+            Command::Enqueue { queue: name, jobs } => {
+                let q = queue(name)?;
+                validate_batch("jobs", jobs.len(), &q.config)?;
+                jobs.iter()
+                    .enumerate()
+                    .try_for_each(|(i, job)| validate_job(&q.config, job, i))
+            }
+            Command::Fetch {
+                queue: name,
+                consumer,
+                max,
+                lease_ms,
+            } => {
+                let q = queue(name)?;
+                check_text("consumer", consumer, CONSUMER_BYTES_MAX, true)?;
+                if *max == 0 || *max > q.config.max_batch {
+                    return Err(Error::invalid(
+                        "max",
+                        format!("{max} is outside 1..=max_batch ({})", q.config.max_batch),
+                    ));
+                }
+                q.resolve_lease(*lease_ms).map(|_| ())
+            }
+            Command::Ack { queue: name, items } => {
+                validate_batch("items", items.len(), &queue(name)?.config)
+            }
+            Command::Extend {
+                queue: name,
+                lease_ms,
+                ..
+            } => queue(name)?.resolve_lease(*lease_ms).map(|_| ()),
+            Command::DeadLetter {
+                queue: name,
+                reason,
+                ..
+            } => {
+                queue(name)?;
+                check_text("reason", reason, REASON_BYTES_MAX, true)
+            }
+            Command::Nack { queue: name, .. }
+            | Command::Release { queue: name, .. }
+            | Command::DeleteQueue { name }
+            | Command::PauseGroup { queue: name, .. }
+            | Command::ResumeGroup { queue: name, .. }
+            | Command::RequeueDeadLetter { queue: name, .. }
+            | Command::PurgeDeadLetters { queue: name, .. } => queue(name).map(|_| ()),
+            Command::Tick => Ok(()),
+        }
+    }
+
     /// The earliest cluster time at which a `Tick` would change something
     /// (a lease to expire or a delay to end), for the leader's ticker.
     pub fn next_due_ms(&self) -> Option<u64> {

@@ -1583,10 +1583,15 @@ impl Run {
     fn apply(&mut self, n: usize, stamp: Stamp, op: &Op) -> Result<(), String> {
         let cmd = self.command(op);
         let before = self.state.clone();
+        let precheck = self.state.precheck(&cmd);
         let mut effects = Vec::new();
         let got = self.state.apply(stamp, cmd.clone(), &mut effects);
         let (want, want_effects) = self.model.apply(stamp, &cmd);
         let ctx = format!("step {n}: {stamp:?} {cmd:?}");
+        // The leader's precheck only refuses what apply refuses, the same way.
+        if let Err(e) = &precheck {
+            same!(got.as_ref().err(), Some(e), "{ctx}: precheck refused");
+        }
         same!(
             got.clone().map(normalize).map_err(|e| fail_of(&e)),
             want,

@@ -253,24 +253,23 @@ impl Node {
     /// `NotLeader` otherwise. This is also what a forwarded request runs.
     pub async fn execute_local(&self, request: Request) -> Result<Response, Status> {
         match request {
-            Request::Write(command) => match self.batcher.submit(command).await {
-                Ok(reply) => {
-                    let blobs = match &reply {
-                        Ok(Reply::Fetched(deliveries)) => deliveries
-                            .iter()
-                            .map(|d| {
-                                self.state
-                                    .get_blob(d.queue_id, d.blob)
-                                    .map_err(store_status)
-                            })
-                            .collect::<Result<_, _>>()?,
-                        _ => Vec::new(),
-                    };
-                    Ok(Response::Write { reply, blobs })
+            Request::Write(command) => {
+                // Malformed or hostile input never reaches the log. Only a
+                // node that leads answers from its own state: a deposed one
+                // may not have applied what the new leader did.
+                let leading = self.raft.metrics().borrow().current_leader == Some(self.id);
+                let checked = self
+                    .state
+                    .read(|s| s.precheck(&command))
+                    .map_err(store_status)?;
+                if let (true, Err(e)) = (leading, checked) {
+                    return Ok(Response::Write {
+                        reply: Err(e),
+                        blobs: Vec::new(),
+                    });
                 }
-                Err(WriteFailure::NotLeader { leader }) => Ok(Response::NotLeader { leader }),
-                Err(WriteFailure::Unavailable(message)) => Ok(Response::Unavailable(message)),
-            },
+                self.submit_write(command).await
+            }
             Request::Read(read) => {
                 if let Err(err) = self.raft.ensure_linearizable().await {
                     return Ok(match err.forward_to_leader() {
@@ -283,6 +282,29 @@ impl Node {
                 Ok(Response::Read(self.read_local(read)?))
             }
             Request::Membership(change) => Ok(self.change_membership(change).await),
+        }
+    }
+
+    /// Proposes a write through the batcher and fills in the payloads of a
+    /// fetch's deliveries.
+    async fn submit_write(&self, command: Command) -> Result<Response, Status> {
+        match self.batcher.submit(command).await {
+            Ok(reply) => {
+                let blobs = match &reply {
+                    Ok(Reply::Fetched(deliveries)) => deliveries
+                        .iter()
+                        .map(|d| {
+                            self.state
+                                .get_blob(d.queue_id, d.blob)
+                                .map_err(store_status)
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => Vec::new(),
+                };
+                Ok(Response::Write { reply, blobs })
+            }
+            Err(WriteFailure::NotLeader { leader }) => Ok(Response::NotLeader { leader }),
+            Err(WriteFailure::Unavailable(message)) => Ok(Response::Unavailable(message)),
         }
     }
 
