@@ -382,6 +382,30 @@ fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lockstep.example.toml");
+        let loaded = NodeConfig::load(Some(&path), Vec::new(), &[]).unwrap();
+        assert_eq!(loaded, NodeConfig::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: Table = text.parse().unwrap();
+        let mut given = Vec::new();
+        leaves(&table, "", &mut given);
+        let defaults: Table = toml::Value::try_from(NodeConfig::default())
+            .unwrap()
+            .as_table()
+            .unwrap()
+            .clone();
+        let mut every = Vec::new();
+        leaves(&defaults, "", &mut every);
+        let keys = |v: &[(String, Value)]| {
+            let mut k: Vec<String> = v.iter().map(|(k, _)| k.clone()).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&given), keys(&every), "every key is in the example");
+    }
+
     use super::*;
 
     fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
