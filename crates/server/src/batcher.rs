@@ -12,7 +12,7 @@
 //! leader; the core takes the maximum across leaders.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockstep_core::{Command, Error, Reply};
 use lockstep_store::{Batch, NodeId, NodeInfo, TypeConfig};
@@ -21,6 +21,7 @@ use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::BatchConfig;
+use crate::metrics::Metrics;
 
 /// Why a write did not produce an answer from the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +69,14 @@ pub fn wall_clock_ms() -> u64 {
 impl Batcher {
     /// Starts the batching task. `queue_max` bounds the commands waiting to
     /// be batched; a full queue makes callers wait (backpressure).
-    pub fn start(raft: Raft<TypeConfig>, config: BatchConfig, queue_max: usize) -> Batcher {
+    pub fn start(
+        raft: Raft<TypeConfig>,
+        config: BatchConfig,
+        queue_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> Batcher {
         let (tx, rx) = mpsc::channel(queue_max.max(1));
-        tokio::spawn(run(raft, config, rx));
+        tokio::spawn(run(raft, config, rx, metrics));
         Batcher { tx }
     }
 
@@ -87,7 +93,12 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, config: BatchConfig, mut rx: mpsc::Receiver<Pending>) {
+async fn run(
+    raft: Raft<TypeConfig>,
+    config: BatchConfig,
+    mut rx: mpsc::Receiver<Pending>,
+    metrics: Arc<Metrics>,
+) {
     let in_flight = Arc::new(Semaphore::new(config.in_flight_max as usize));
     let linger = Duration::from_micros(config.linger_us);
     let mut last_stamp_ms = 0u64;
@@ -119,11 +130,14 @@ async fn run(raft: Raft<TypeConfig>, config: BatchConfig, mut rx: mpsc::Receiver
         last_stamp_ms = last_stamp_ms.max(wall_clock_ms());
         let time_ms = last_stamp_ms;
         let raft = raft.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let started = Instant::now();
             let result = raft.client_write(Batch { time_ms, commands }).await;
             drop(permit);
+            metrics.observe_batch(replies.len(), result.is_ok().then(|| started.elapsed()));
             match result {
                 Ok(response) => {
                     let answers = response.data.0;

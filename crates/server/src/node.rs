@@ -17,9 +17,11 @@ use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::batcher::{wall_clock_ms, Batcher, WriteFailure};
 use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 
 /// What a node executes for a client, locally or forwarded to the leader.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +76,27 @@ pub enum Read {
     },
 }
 
+impl Request {
+    /// The queue a request addresses, if any (for the request's span).
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Request::Write(command) => command.queue(),
+            Request::Read(read) => read.queue(),
+            Request::Membership(_) => None,
+        }
+    }
+}
+
+impl Read {
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Read::Queue { name } => Some(name),
+            Read::ListQueues => None,
+            Read::Groups { queue, .. } | Read::DeadLetters { queue, .. } => Some(queue),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ReadReply {
     Queue(core::QueueInfo),
@@ -124,6 +147,8 @@ pub struct Node {
     pub config: NodeConfig,
     pub raft: Raft<TypeConfig>,
     pub state: StateHandle,
+    /// This node's event metrics (RPC and commit latency, forwards).
+    pub metrics: Arc<Metrics>,
     batcher: Batcher,
     forwarder: Arc<dyn Forwarder>,
     /// Whether this node may vote yet (see `lockstep_raft::VoteGuard`).
@@ -150,16 +175,19 @@ impl Node {
         forwarder: Arc<dyn Forwarder>,
         vote_guard: Arc<lockstep_raft::VoteGuard>,
     ) -> Node {
+        let metrics = Arc::new(Metrics::new());
         let batcher = Batcher::start(
             raft.clone(),
             config.batch.clone(),
             config.limits.requests_in_flight_max as usize,
+            metrics.clone(),
         );
         Node {
             id: config.id,
             config,
             raft,
             state,
+            metrics,
             batcher,
             forwarder,
             vote_guard,
@@ -168,6 +196,7 @@ impl Node {
 
     /// Runs a request that arrived here, wherever the leader is.
     pub async fn execute(&self, request: Request) -> Result<Response, Status> {
+        record_queue(request.queue());
         let wait_ms = match request {
             Request::Membership(_) => self.config.limits.membership_ms_max,
             _ => self.config.limits.forward_retry_ms_max,
@@ -188,11 +217,12 @@ impl Node {
                         let remaining =
                             deadline.saturating_duration_since(tokio::time::Instant::now());
                         hint = Some(node.clone());
-                        match self
+                        let forwarded = self
                             .forwarder
                             .forward(id, &node, encoded.clone(), remaining)
-                            .await
-                        {
+                            .await;
+                        self.metrics.observe_forward(forwarded.is_ok());
+                        match forwarded {
                             Ok(bytes) => match codec::decode::<Response>(&bytes) {
                                 Ok(Response::NotLeader { leader }) => Err(leader),
                                 Ok(other) => return Ok(other),
@@ -279,7 +309,7 @@ impl Node {
                         None => Response::Unavailable(err.to_string()),
                     });
                 }
-                Ok(Response::Read(self.read_local(read)?))
+                Ok(Response::Read(self.read_state(read)?))
             }
             Request::Membership(change) => Ok(self.change_membership(change).await),
         }
@@ -376,6 +406,11 @@ impl Node {
     /// Answers a read from this node's applied state, which may be stale on
     /// a follower.
     pub fn read_local(&self, read: Read) -> Result<Result<ReadReply, core::Error>, Status> {
+        record_queue(read.queue());
+        self.read_state(read)
+    }
+
+    fn read_state(&self, read: Read) -> Result<Result<ReadReply, core::Error>, Status> {
         let reply = self
             .state
             .read(|s| match read {
@@ -449,10 +484,20 @@ impl Node {
     }
 }
 
+/// Names the queue on the current request's span (the `rpc` span of
+/// `metrics::RpcLayer`, or `forwarded`); a span without the field ignores it.
+fn record_queue(queue: Option<&str>) {
+    if let Some(queue) = queue {
+        tracing::Span::current().record("queue", tracing::field::display(queue));
+    }
+}
+
 /// The peer-side entry point of a forwarded request.
 pub async fn handle_forwarded(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, Status> {
     let request: Request = codec::decode(bytes)
         .map_err(|e| Status::invalid_argument(format!("forwarded request: {e}")))?;
-    let response = node.execute_local(request).await?;
+    let queue = request.queue().map(tracing::field::display);
+    let span = tracing::info_span!("forwarded", node = node.id, queue);
+    let response = node.execute_local(request).instrument(span).await?;
     codec::encode(&response).map_err(|e| Status::internal(e.to_string()))
 }

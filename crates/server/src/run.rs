@@ -23,6 +23,12 @@ pub enum RunError {
     Raft(String),
     #[error("server: {0}")]
     Server(String),
+    #[error("config key `{key}`: cannot listen on `{addr}`: {message}")]
+    Listen {
+        key: &'static str,
+        addr: String,
+        message: String,
+    },
 }
 
 pub fn raft_config(config: &NodeConfig) -> Result<Config, RunError> {
@@ -62,6 +68,19 @@ fn tracing_init() {
 }
 
 async fn serve(config: NodeConfig) -> Result<(), RunError> {
+    // Bound first, so a taken port stops start-up before anything runs.
+    let metrics_listener = if config.metrics_addr.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_addr)
+            .await
+            .map_err(|e| RunError::Listen {
+                key: "metrics_addr",
+                addr: config.metrics_addr.clone(),
+                message: e.to_string(),
+            })?;
+        Some(listener)
+    };
     let (mut log_store, state_machine) = lockstep_store::open(&config.data_dir).await?;
     let state = state_machine.handle();
     let fresh = is_fresh(&mut log_store).await?;
@@ -104,6 +123,10 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
 
     let mut stop = stop_rx.clone();
     let client_server = tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcLayer::new(
+            node.metrics.clone(),
+            config.id,
+        ))
         .add_service(
             pb::queue_server::QueueServer::new(services.clone())
                 .max_decoding_message_size(message_max)
@@ -128,7 +151,14 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         });
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);
-    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, "node started");
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            node.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, "node started");
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -139,6 +169,13 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "server task failed"),
+        }
+    }
+    if let Some(task) = metrics_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
         }
     }
     raft.shutdown()
