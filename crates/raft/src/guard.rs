@@ -20,11 +20,16 @@
 //! the same membership as the others, which lifts the guard ([`VoteGuard::allow`]).
 //! A joining node catches up as a learner first, which lifts it too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// `commit_seen` before any AppendEntries succeeded.
+const NO_COMMIT: u64 = u64::MAX;
 
 #[derive(Debug)]
 pub struct VoteGuard {
     allowed: AtomicBool,
+    /// The highest leader commit index a successful AppendEntries carried.
+    commit_seen: AtomicU64,
 }
 
 impl VoteGuard {
@@ -32,6 +37,7 @@ impl VoteGuard {
     pub fn new(fresh: bool) -> VoteGuard {
         VoteGuard {
             allowed: AtomicBool::new(!fresh),
+            commit_seen: AtomicU64::new(NO_COMMIT),
         }
     }
 
@@ -46,14 +52,34 @@ impl VoteGuard {
         }
     }
 
-    /// After a successful AppendEntries: lifts the guard once the local log
-    /// reaches the leader's commit index.
+    /// After a successful AppendEntries: remembers the leader's commit
+    /// index and lifts the guard if the local log already reaches it.
+    /// `last_log_index` comes from Raft's metrics, which may trail the
+    /// append just made; [`VoteGuard::recheck`] looks again later.
     pub fn observe(&self, last_log_index: Option<u64>, leader_commit: Option<u64>) {
         if self.allowed() {
             return;
         }
-        if let (Some(last), Some(commit)) = (last_log_index, leader_commit) {
-            if last >= commit {
+        if let Some(commit) = leader_commit {
+            let seen = self.commit_seen.load(Ordering::Acquire);
+            if seen == NO_COMMIT || commit > seen {
+                self.commit_seen.store(commit, Ordering::Release);
+            }
+        }
+        self.recheck(last_log_index);
+    }
+
+    /// Lifts the guard if the local log reaches the highest leader commit
+    /// seen. Called again when a vote request arrives, when the metrics
+    /// have long caught up with the last append.
+    pub fn recheck(&self, last_log_index: Option<u64>) {
+        if self.allowed() {
+            return;
+        }
+        let seen = self.commit_seen.load(Ordering::Acquire);
+        tracing::debug!(?last_log_index, seen, "vote guard: checking catch-up");
+        if let Some(last) = last_log_index {
+            if seen != NO_COMMIT && last >= seen {
                 self.allow();
             }
         }
@@ -76,6 +102,19 @@ mod tests {
         assert!(guard.allowed());
         guard.observe(Some(0), Some(100));
         assert!(guard.allowed(), "once lifted, stays lifted");
+    }
+
+    #[test]
+    fn a_later_recheck_lifts_the_guard_when_the_metrics_trailed_the_append() {
+        let guard = VoteGuard::new(true);
+        guard.recheck(Some(50));
+        assert!(!guard.allowed(), "no leader commit seen yet");
+        guard.observe(Some(159), Some(164));
+        assert!(!guard.allowed());
+        guard.recheck(Some(163));
+        assert!(!guard.allowed());
+        guard.recheck(Some(164));
+        assert!(guard.allowed());
     }
 
     #[test]

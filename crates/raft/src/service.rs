@@ -97,6 +97,10 @@ impl Peer for PeerService {
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let rpc: VoteRequest<lockstep_store::NodeId> = decode_request("Vote", request)?;
         if !self.guard.allowed() {
+            let last = self.raft.metrics().borrow().last_log_index;
+            self.guard.recheck(last);
+        }
+        if !self.guard.allowed() {
             // Read by the candidate as an unreachable voter; see `guard`.
             return Err(Status::unavailable(
                 "this node restarted without its data and votes again once it has the committed log",

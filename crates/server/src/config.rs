@@ -383,6 +383,7 @@ fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 #[cfg(test)]
 mod tests {
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn the_example_file_lists_every_key_with_its_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lockstep.example.toml");
         let loaded = NodeConfig::load(Some(&path), Vec::new(), &[]).unwrap();

@@ -37,7 +37,12 @@ impl Drop for Running {
 
 /// Spec for nodes in a fresh temporary directory.
 pub fn spec(dir: &tempfile::TempDir) -> Spec {
-    Spec::new(env!("CARGO_BIN_EXE_lockstep"), dir.path()).set("raft.rpc_timeout_ms", 1_000)
+    {
+        let mut s =
+            Spec::new(env!("CARGO_BIN_EXE_lockstep"), dir.path()).set("raft.rpc_timeout_ms", 1_000);
+        s.log = "info,openraft=warn,lockstep_raft=debug".into();
+        s
+    }
 }
 
 /// Starts `n` nodes from `spec`, bootstraps them, and waits for a leader.
