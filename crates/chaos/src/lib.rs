@@ -13,6 +13,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod run;
 
 pub use checker::{check, Report};
 pub use history::{Call, Op, Outcome};

@@ -164,6 +164,20 @@ impl Cluster {
             .collect()
     }
 
+    /// Ids of nodes stopped with SIGSTOP.
+    pub fn paused(&self) -> Vec<u64> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.paused && p.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Ids of every node ever started, running or not.
+    pub fn known(&self) -> Vec<u64> {
+        self.procs.keys().copied().collect()
+    }
+
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.procs.get(&id)?.child.as_ref().map(Child::id)
     }

@@ -25,6 +25,32 @@ enum Cmd {
     /// Cluster operations against a running node.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Start a fresh local cluster, run a workload under faults, heal,
+    /// drain, and check the history. Exits non-zero on any anomaly.
+    Chaos(ChaosArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ChaosArgs {
+    /// none, kill, pause, wipe, partition-leader or mixed.
+    #[arg(long, default_value = "mixed")]
+    profile: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    #[arg(long, default_value_t = 20)]
+    groups: u64,
+    /// Where node data, logs, history.jsonl and report.json go (default: a
+    /// new directory under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,6 +122,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Node(args) => run_node(args),
         Cmd::Cluster(cmd) => lockstep_server::cli::cluster(cmd.into()),
+        Cmd::Chaos(args) => run_chaos(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -120,4 +147,59 @@ fn run_node(args: NodeArgs) -> Result<(), String> {
     let config = NodeConfig::load(args.config.as_deref(), std::env::vars(), &flags)
         .map_err(|e| e.to_string())?;
     lockstep_server::run::run_node(config).map_err(|e| e.to_string())
+}
+
+fn run_chaos(args: ChaosArgs) -> Result<(), String> {
+    let profile = lockstep_chaos::run::Profile::parse(&args.profile)?;
+    if !(1..=7).contains(&args.nodes) {
+        return Err(format!("--nodes {}: expected 1 to 7", args.nodes));
+    }
+    let dir = match args.dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!(
+            "lockstep-chaos-{}-{}-{}",
+            profile.name(),
+            args.seed,
+            std::process::id()
+        )),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let options = lockstep_chaos::run::Options {
+        bin: std::env::current_exe().map_err(|e| e.to_string())?,
+        dir: dir.clone(),
+        nodes: args.nodes,
+        seed: args.seed,
+        profile,
+        duration: std::time::Duration::from_secs(args.duration_s),
+        producers: args.producers,
+        workers: args.workers,
+        groups: args.groups.max(1),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let outcomes = runtime.block_on(lockstep_chaos::run::run(&options))?;
+    let history: String = outcomes
+        .history
+        .iter()
+        .map(|op| lockstep_chaos::history::to_line(op) + "\n")
+        .collect();
+    std::fs::write(dir.join("history.jsonl"), history).map_err(|e| e.to_string())?;
+    let report = lockstep_chaos::run::report(&options, &outcomes);
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", lockstep_chaos::run::summary(&report));
+        println!("history and report in {}", dir.display());
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(format!(
+            "anomalies or a liveness failure; see {}",
+            dir.join("report.json").display()
+        ))
+    }
 }

@@ -1,0 +1,785 @@
+//! Runs a workload against a real cluster while faults are injected, then
+//! heals, drains and records every node's state digest. Produces the
+//! history the checker reads.
+//!
+//! Everything random comes from one seed: the fault schedule, and each
+//! producer's and worker's choices (node, sizes, sleeps, outcomes). Timing
+//! still varies from run to run, so a replay repeats the schedule, not the
+//! interleaving.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lockstep_harness::{Cluster, Spec};
+use lockstep_proto as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::history::{
+    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
+};
+
+/// The queue every run uses.
+pub const QUEUE: &str = "chaos";
+/// Deadline of one client call; past it the outcome is indeterminate.
+const CALL_MS_MAX: u64 = 3_000;
+/// Tries of one enqueue (same ids) before a producer gives up on it.
+const ENQUEUE_TRIES_MAX: u32 = 20;
+/// Bound on healing: a leader must be agreed within this.
+const LEADER_MS_MAX: u64 = 10_000;
+/// Bound on draining the queue after healing.
+const DRAIN_MS_MAX: u64 = 60_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    None,
+    Kill,
+    Pause,
+    Wipe,
+    PartitionLeader,
+    Mixed,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 6] = [
+        Profile::None,
+        Profile::Kill,
+        Profile::Pause,
+        Profile::Wipe,
+        Profile::PartitionLeader,
+        Profile::Mixed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::None => "none",
+            Profile::Kill => "kill",
+            Profile::Pause => "pause",
+            Profile::Wipe => "wipe",
+            Profile::PartitionLeader => "partition-leader",
+            Profile::Mixed => "mixed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Profile, String> {
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown profile `{text}`; one of {}", names.join(", "))
+            })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub nodes: u64,
+    pub seed: u64,
+    pub profile: Profile,
+    pub duration: Duration,
+    pub producers: usize,
+    pub workers: usize,
+    pub groups: u64,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcomes {
+    pub history: Vec<Op>,
+    /// Faults applied, with their start time (wall ms), for the timeline.
+    pub faults: Vec<(u64, String)>,
+    /// A liveness failure (no leader after healing, drain not finished).
+    pub liveness: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Clone, Debug, Default)]
+struct Recorder(Arc<Mutex<Vec<Op>>>);
+
+impl Recorder {
+    fn push(&self, op: Op) {
+        if let Ok(mut h) = self.0.lock() {
+            h.push(op);
+        }
+    }
+}
+
+/// How a failed call is recorded: definite errors changed nothing; anything
+/// else (timeouts, broken connections, UNAVAILABLE, which the node also
+/// uses for "outcome unknown") may have taken effect.
+fn outcome_of(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::Unauthenticated => Outcome::Fail,
+        _ => Outcome::Indeterminate,
+    }
+}
+
+fn channel_to(addr: std::net::SocketAddr) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(CALL_MS_MAX))
+        .connect_lazy())
+}
+
+/// Runs one chaos run. The cluster is always torn down and partitions are
+/// always removed, whatever happens.
+pub async fn run(options: &Options) -> Result<Outcomes, String> {
+    let spec = Spec::new(&options.bin, &options.dir);
+    let cluster = Cluster::start(spec, options.nodes, options.nodes).map_err(|e| e.0)?;
+    let ids: Vec<u64> = (1..=options.nodes).collect();
+    cluster.bootstrap(options.nodes).await.map_err(|e| e.0)?;
+    cluster
+        .wait_leader(&ids, Duration::from_millis(LEADER_MS_MAX * 2))
+        .await
+        .map_err(|e| e.0)?;
+    let channels: Vec<Channel> = ids
+        .iter()
+        .map(|id| channel_to(cluster.addr(*id).client))
+        .collect::<Result<_, _>>()?;
+    let mut admin = pb::admin_client::AdminClient::new(channels[0].clone());
+    admin
+        .create_queue(pb::CreateQueueRequest {
+            name: QUEUE.into(),
+            config: Some(pb::QueueConfig {
+                // The server must never dead-letter on its own: the checker
+                // would read that as a job finished unseen.
+                max_attempts: 1_000,
+                backoff_base_ms: 50,
+                backoff_cap_ms: 500,
+                lease_ms_default: 2_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|s| format!("create queue: {s}"))?;
+
+    let recorder = Recorder::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for p in 0..options.producers {
+        let rng = StdRng::seed_from_u64(options.seed ^ (0x5EED_0000 + p as u64));
+        tasks.push(tokio::spawn(producer(
+            p,
+            rng,
+            channels.clone(),
+            options.groups,
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+    for w in 0..options.workers {
+        let rng = StdRng::seed_from_u64(options.seed ^ (0xC0DE_0000 + w as u64));
+        tasks.push(tokio::spawn(worker(
+            w,
+            rng,
+            channels.clone(),
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let mut partitions = Partitions::new();
+    let faults = inject(options, &cluster, &mut partitions).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_millis(CALL_MS_MAX * 3), t).await;
+    }
+
+    // Heal: remove partitions, resume and restart everything.
+    partitions.heal();
+    let mut c = cluster.lock().await;
+    for id in c.paused() {
+        let _ = c.resume(id);
+    }
+    for id in ids.clone() {
+        c.spawn(id).map_err(|e| e.0)?;
+    }
+    let mut liveness = None;
+    if let Err(e) = c
+        .wait_leader(&ids, Duration::from_millis(LEADER_MS_MAX))
+        .await
+    {
+        liveness = Some(format!(
+            "no leader within {LEADER_MS_MAX} ms of healing: {e}"
+        ));
+    }
+    if liveness.is_none() {
+        let mut rng = StdRng::seed_from_u64(options.seed ^ 0xD7A1);
+        if let Err(e) = drain(&mut rng, &channels, &recorder).await {
+            liveness = Some(e);
+        }
+    }
+    record_digests(&c, &ids, &recorder).await;
+    drop(c);
+
+    let history = recorder.0.lock().map(|h| h.clone()).unwrap_or_default();
+    Ok(Outcomes {
+        history,
+        faults,
+        liveness,
+    })
+}
+
+async fn producer(
+    p: usize,
+    mut rng: StdRng,
+    channels: Vec<Channel>,
+    groups: u64,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.random_range(1..=4);
+        let jobs: Vec<pb::Job> = (0..k)
+            .map(|j| pb::Job {
+                id: Some(format!("p{p}-{n}-{j}")),
+                group: format!("g{}", rng.random_range(0..groups)),
+                payload: vec![b'x'; 64],
+                ..Default::default()
+            })
+            .collect();
+        n += 1;
+        let sent: Vec<SentJob> = jobs
+            .iter()
+            .map(|j| SentJob {
+                id: j.id.clone().unwrap_or_default(),
+                group: j.group.clone(),
+            })
+            .collect();
+        // Retry an unknown outcome with the same ids, through any node.
+        for _ in 0..ENQUEUE_TRIES_MAX {
+            let node = rng.random_range(0..channels.len());
+            let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+            let t0 = now_ms();
+            let r = q
+                .enqueue(pb::EnqueueRequest {
+                    queue: QUEUE.into(),
+                    jobs: jobs.clone(),
+                })
+                .await;
+            let (outcome, results) = match r {
+                Ok(resp) => (
+                    Outcome::Ok,
+                    resp.into_inner()
+                        .results
+                        .into_iter()
+                        .map(|r| EnqueueResult {
+                            outcome: match r.outcome {
+                                x if x == pb::EnqueueOutcome::Duplicate as i32 => {
+                                    EnqueueOutcome::Duplicate
+                                }
+                                x if x == pb::EnqueueOutcome::IdConflict as i32 => {
+                                    EnqueueOutcome::IdConflict
+                                }
+                                _ => EnqueueOutcome::Created,
+                            },
+                            id: r.id,
+                            offset: r.offset,
+                        })
+                        .collect(),
+                ),
+                Err(s) => (outcome_of(&s), Vec::new()),
+            };
+            recorder.push(Op {
+                invoke_ms: t0,
+                complete_ms: now_ms(),
+                node: node as u64 + 1,
+                process: p as u64,
+                outcome,
+                call: Call::Enqueue {
+                    queue: QUEUE.into(),
+                    jobs: sent.clone(),
+                    results,
+                },
+            });
+            if outcome == Outcome::Ok || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..50))).await;
+    }
+}
+
+async fn worker(
+    w: usize,
+    mut rng: StdRng,
+    channels: Vec<Channel>,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    let process = 1_000 + w as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let node = rng.random_range(0..channels.len());
+        let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+        let t0 = now_ms();
+        let r = q
+            .fetch(pb::FetchRequest {
+                queue: QUEUE.into(),
+                consumer: format!("w{w}"),
+                max: 2,
+                lease_ms: 2_000,
+                wait_ms: 300,
+            })
+            .await;
+        let deliveries = match r {
+            Ok(resp) => resp.into_inner().deliveries,
+            Err(s) => {
+                recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        recorder.push(fetch_op(t0, node, process, Outcome::Ok, deliveries.clone()));
+        for d in deliveries {
+            // Work: usually short, sometimes past the lease.
+            let ms = if rng.random_ratio(1, 10) {
+                2_500
+            } else {
+                rng.random_range(0..150)
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let node = rng.random_range(0..channels.len());
+            let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+            let t0 = now_ms();
+            if rng.random_ratio(1, 5) {
+                let r = q
+                    .nack(pb::NackRequest {
+                        queue: QUEUE.into(),
+                        offset: d.offset,
+                        fence: d.fence,
+                        delay_ms: 0,
+                    })
+                    .await;
+                recorder.push(Op {
+                    invoke_ms: t0,
+                    complete_ms: now_ms(),
+                    node: node as u64 + 1,
+                    process,
+                    outcome: r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok),
+                    call: Call::EndLease {
+                        queue: QUEUE.into(),
+                        offset: d.offset,
+                        fence: d.fence,
+                        kind: EndKind::Nack,
+                    },
+                });
+            } else {
+                ack_one(&mut q, t0, node, process, &[(d.offset, d.fence)], &recorder).await;
+            }
+        }
+    }
+}
+
+fn fetch_op(t0: u64, node: usize, process: u64, outcome: Outcome, ds: Vec<pb::Delivery>) -> Op {
+    Op {
+        invoke_ms: t0,
+        complete_ms: now_ms(),
+        node: node as u64 + 1,
+        process,
+        outcome,
+        call: Call::Fetch {
+            queue: QUEUE.into(),
+            consumer: String::new(),
+            deliveries: ds
+                .into_iter()
+                .map(|d| Delivery {
+                    offset: d.offset,
+                    id: d.id,
+                    group: d.group,
+                    fence: d.fence,
+                    lease_deadline_ms: d.lease_deadline_ms,
+                })
+                .collect(),
+        },
+    }
+}
+
+async fn ack_one(
+    q: &mut pb::queue_client::QueueClient<Channel>,
+    t0: u64,
+    node: usize,
+    process: u64,
+    items: &[(u64, u64)],
+    recorder: &Recorder,
+) {
+    let r = q
+        .ack(pb::AckRequest {
+            queue: QUEUE.into(),
+            items: items
+                .iter()
+                .map(|(offset, fence)| pb::AckItem {
+                    offset: *offset,
+                    fence: *fence,
+                })
+                .collect(),
+        })
+        .await;
+    let (outcome, oks): (Outcome, Vec<bool>) = match r {
+        Ok(resp) => (
+            Outcome::Ok,
+            resp.into_inner()
+                .results
+                .iter()
+                .map(|r| r.code == 0)
+                .collect(),
+        ),
+        Err(s) => (outcome_of(&s), vec![false; items.len()]),
+    };
+    recorder.push(Op {
+        invoke_ms: t0,
+        complete_ms: now_ms(),
+        node: node as u64 + 1,
+        process,
+        outcome,
+        call: Call::Ack {
+            queue: QUEUE.into(),
+            items: items
+                .iter()
+                .zip(oks)
+                .map(|((offset, fence), ok)| AckItem {
+                    offset: *offset,
+                    fence: *fence,
+                    ok,
+                })
+                .collect(),
+        },
+    });
+}
+
+/// Consumes until the queue is empty, then records `Drained`.
+async fn drain(rng: &mut StdRng, channels: &[Channel], recorder: &Recorder) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
+    let process = 9_999;
+    while Instant::now() < deadline {
+        let node = rng.random_range(0..channels.len());
+        let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+        let t0 = now_ms();
+        let r = q
+            .fetch(pb::FetchRequest {
+                queue: QUEUE.into(),
+                consumer: "drain".into(),
+                max: 100,
+                lease_ms: 30_000,
+                wait_ms: 200,
+            })
+            .await;
+        let ds = match r {
+            Ok(resp) => resp.into_inner().deliveries,
+            Err(s) => {
+                recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        recorder.push(fetch_op(t0, node, process, Outcome::Ok, ds.clone()));
+        if ds.is_empty() {
+            let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
+            let stats = admin
+                .get_queue(pb::GetQueueRequest {
+                    name: QUEUE.into(),
+                    read: None,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().queue)
+                .and_then(|q| q.stats);
+            if let Some(s) = stats {
+                if s.ready + s.delayed + s.leased == 0 {
+                    recorder.push(Op {
+                        invoke_ms: now_ms(),
+                        complete_ms: now_ms(),
+                        node: node as u64 + 1,
+                        process,
+                        outcome: Outcome::Ok,
+                        call: Call::Drained {
+                            queue: QUEUE.into(),
+                        },
+                    });
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+        let items: Vec<(u64, u64)> = ds.iter().map(|d| (d.offset, d.fence)).collect();
+        ack_one(&mut q, now_ms(), node, process, &items, recorder).await;
+    }
+    Err(format!(
+        "the drain did not empty the queue within {DRAIN_MS_MAX} ms"
+    ))
+}
+
+/// Waits until every node reports the same applied index (bounded), then
+/// records each node's digest.
+async fn record_digests(cluster: &Cluster, ids: &[u64], recorder: &Recorder) {
+    let deadline = Instant::now() + Duration::from_millis(LEADER_MS_MAX);
+    loop {
+        let mut seen = Vec::new();
+        for id in ids {
+            if let Ok(s) = cluster.status(*id).await {
+                seen.push((*id, s.applied_index, s.state_digest));
+            }
+        }
+        let settled = seen.len() == ids.len() && seen.iter().all(|s| s.1 == seen[0].1);
+        if settled || Instant::now() > deadline {
+            for (id, index, digest) in seen {
+                recorder.push(Op {
+                    invoke_ms: now_ms(),
+                    complete_ms: now_ms(),
+                    node: id,
+                    process: 0,
+                    outcome: Outcome::Ok,
+                    call: Call::Digest {
+                        applied_index: index,
+                        digest,
+                    },
+                });
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies the profile's faults on a seeded schedule: the first after
+/// about a quarter of the run (at most 10 s), then every ~5 s, each lasting
+/// 2–15 s (cut short by the end of the run).
+async fn inject(
+    options: &Options,
+    cluster: &Arc<tokio::sync::Mutex<Cluster>>,
+    partitions: &mut Partitions,
+) -> Vec<(u64, String)> {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let start = Instant::now();
+    let end = start + options.duration;
+    let first = (options.duration / 4).min(Duration::from_secs(10));
+    let mut faults = Vec::new();
+    tokio::time::sleep(first).await;
+    let ids: Vec<u64> = (1..=options.nodes).collect();
+    while Instant::now() + Duration::from_secs(2) < end {
+        let kind = match options.profile {
+            Profile::None => break,
+            Profile::Mixed => [
+                Profile::Kill,
+                Profile::Pause,
+                Profile::Wipe,
+                Profile::PartitionLeader,
+            ][rng.random_range(0..4)],
+            p => p,
+        };
+        let hold = Duration::from_millis(rng.random_range(2_000..15_000))
+            .min(end.saturating_duration_since(Instant::now()));
+        let leader = {
+            let c = cluster.lock().await;
+            c.wait_leader(&ids, Duration::from_millis(3_000)).await.ok()
+        };
+        let target = match (kind, leader) {
+            // Wipe only followers: a wiped leader is the same as kill + wipe
+            // of a follower after an election.
+            (Profile::Wipe, Some(l)) => {
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
+                others[rng.random_range(0..others.len())]
+            }
+            (_, Some(l)) if rng.random_ratio(1, 2) => l,
+            _ => ids[rng.random_range(0..ids.len())],
+        };
+        let label = format!("{} node {target} for {} ms", kind.name(), hold.as_millis());
+        faults.push((now_ms(), label));
+        {
+            let mut c = cluster.lock().await;
+            match kind {
+                Profile::Kill => c.kill(target),
+                Profile::Pause => {
+                    let _ = c.pause(target);
+                }
+                Profile::Wipe => {
+                    let _ = c.wipe(target);
+                }
+                Profile::PartitionLeader => {
+                    let ip = c.addr(target).ip;
+                    let others: Vec<Ipv4Addr> = ids
+                        .iter()
+                        .filter(|i| **i != target)
+                        .map(|i| c.addr(*i).ip)
+                        .collect();
+                    partitions.isolate(ip, &others);
+                }
+                Profile::None | Profile::Mixed => {}
+            }
+        }
+        tokio::time::sleep(hold).await;
+        {
+            let mut c = cluster.lock().await;
+            match kind {
+                Profile::Kill | Profile::Wipe => {
+                    let _ = c.spawn(target);
+                }
+                Profile::Pause => {
+                    let _ = c.resume(target);
+                }
+                Profile::PartitionLeader => partitions.heal(),
+                Profile::None | Profile::Mixed => {}
+            }
+        }
+        faults.push((now_ms(), format!("healed {}", kind.name())));
+        let gap = Duration::from_millis(rng.random_range(4_000..6_000));
+        tokio::time::sleep(gap.min(end.saturating_duration_since(Instant::now()))).await;
+    }
+    let rest = end.saturating_duration_since(Instant::now());
+    tokio::time::sleep(rest).await;
+    faults
+}
+
+/// iptables rules between node addresses, tagged with this process's id
+/// and always removed: on `heal`, and on drop (so also on a panic).
+#[derive(Debug)]
+pub struct Partitions {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partitions {
+    pub fn new() -> Partitions {
+        Partitions { rules: Vec::new() }
+    }
+
+    /// Drops traffic both ways between `ip` and each of `others`.
+    pub fn isolate(&mut self, ip: Ipv4Addr, others: &[Ipv4Addr]) {
+        for other in others {
+            for (src, dst) in [(ip, *other), (*other, ip)] {
+                let rule: Vec<String> = [
+                    "INPUT",
+                    "-s",
+                    &src.to_string(),
+                    "-d",
+                    &dst.to_string(),
+                    "-j",
+                    "DROP",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &format!("lockstep-chaos-{}", std::process::id()),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let added = std::process::Command::new("iptables")
+                    .arg("-A")
+                    .args(&rule)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if added {
+                    self.rules.push(rule);
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        for rule in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&rule)
+                .status();
+        }
+    }
+}
+
+impl Default for Partitions {
+    fn default() -> Self {
+        Partitions::new()
+    }
+}
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+/// The JSON report of one run.
+#[derive(Debug, serde::Serialize)]
+pub struct ChaosReport {
+    pub seed: u64,
+    pub profile: &'static str,
+    pub nodes: u64,
+    pub duration_s: u64,
+    pub passed: bool,
+    pub liveness: Option<String>,
+    pub checker: crate::checker::Report,
+    pub faults: Vec<(u64, String)>,
+    /// The command that runs the same seed and profile again.
+    pub replay: String,
+}
+
+pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
+    let checker = crate::checker::check(&outcomes.history);
+    ChaosReport {
+        seed: options.seed,
+        profile: options.profile.name(),
+        nodes: options.nodes,
+        duration_s: options.duration.as_secs(),
+        passed: checker.passed() && outcomes.liveness.is_none(),
+        liveness: outcomes.liveness.clone(),
+        checker,
+        faults: outcomes.faults.clone(),
+        replay: format!(
+            "lockstep chaos --profile {} --seed {} --duration-s {} --nodes {} --producers {} --workers {} --groups {}",
+            options.profile.name(),
+            options.seed,
+            options.duration.as_secs(),
+            options.nodes,
+            options.producers,
+            options.workers,
+            options.groups
+        ),
+    }
+}
+
+/// A short human summary of a report.
+pub fn summary(r: &ChaosReport) -> String {
+    let c = &r.checker.counts;
+    format!(
+        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} L={} U={} D={} R={} O={} F={} X={} faults={} liveness={}\nreplay: {}",
+        if r.passed { "PASS" } else { "FAIL" },
+        r.profile,
+        r.seed,
+        r.nodes,
+        r.duration_s,
+        r.checker.ops,
+        r.checker.enqueued_ok,
+        r.checker.delivered,
+        c.lost,
+        c.unexpected,
+        c.duplicated,
+        c.redelivered_after_ack,
+        c.out_of_order,
+        c.fencing,
+        c.diverged,
+        r.faults.len() / 2,
+        r.liveness.as_deref().unwrap_or("ok"),
+        r.replay
+    )
+}
