@@ -1,0 +1,326 @@
+//! Client configuration. Every bound is named and has a documented default;
+//! [`ClientConfig::validate`] names the key of any value it refuses.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Default for [`ClientConfig::connect_timeout`].
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default for [`ClientConfig::call_timeout`]. Longer than the 5 s a node
+/// spends by default looking for a leader during an election
+/// (`limits.forward_retry_ms_max`), so that its UNAVAILABLE answer, with the
+/// leader hint, arrives before the client gives up on it.
+pub const CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default for [`ClientConfig::membership_call_timeout`]: a join waits for
+/// the new node to catch up before promoting it. Longer than the node's own
+/// bound (`limits.membership_ms_max`, 60 s by default), so its answer
+/// arrives first.
+pub const MEMBERSHIP_CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(65);
+/// Default for [`ClientConfig::message_bytes_max`]; equal to the node's
+/// default `limits.message_bytes_max`.
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// Most endpoints a client keeps: the configured ones plus leaders it
+/// learns of. A hint beyond this is ignored (the call still succeeds
+/// through forwarding).
+pub const ENDPOINTS_MAX: usize = 64;
+/// Default for [`RetryPolicy::attempts_max`].
+pub const ATTEMPTS_MAX_DEFAULT: u32 = 10;
+/// Default for [`RetryPolicy::backoff_min`].
+pub const BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(20);
+/// Default for [`RetryPolicy::backoff_max`].
+pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(1);
+/// Default for [`RetryPolicy::retry_elapsed_max`]: about six election
+/// timeouts, long enough to ride out a failover.
+pub const RETRY_ELAPSED_MAX_DEFAULT: Duration = Duration::from_secs(30);
+/// Interval of HTTP/2 pings on idle connections, so a dead peer is noticed
+/// without a call timing out first.
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped.
+pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a call is retried after an error that another try may cure (see
+/// [`Error::is_retryable`]).
+///
+/// Try `n` (n ≥ 1) that failed is followed by a pause drawn uniformly from
+/// `[d/2, d]`, where `d = min(backoff_max, backoff_min · 2^(n-1))`, unless
+/// the error named a leader the client was not talking to, in which case
+/// the next try goes there at once. No new try starts after `attempts_max`
+/// tries or once `retry_elapsed_max` has passed since the first one, so a
+/// call takes at most `retry_elapsed_max` plus one call timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries per call, the first included; 1 disables retries. Default 10.
+    pub attempts_max: u32,
+    /// First pause. Default 20 ms.
+    pub backoff_min: Duration,
+    /// Longest pause. Default 1 s.
+    pub backoff_max: Duration,
+    /// No try starts later than this after the first. Default 30 s.
+    pub retry_elapsed_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts_max: ATTEMPTS_MAX_DEFAULT,
+            backoff_min: BACKOFF_MIN_DEFAULT,
+            backoff_max: BACKOFF_MAX_DEFAULT,
+            retry_elapsed_max: RETRY_ELAPSED_MAX_DEFAULT,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after failed try `attempt` (1-based), before jitter: the
+    /// exponential step, capped at `backoff_max`.
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        // 2^20 times any sane minimum is past any sane maximum; capping the
+        // exponent keeps the multiplication from overflowing.
+        const DOUBLINGS_MAX: u32 = 20;
+        let doublings = attempt.saturating_sub(1).min(DOUBLINGS_MAX);
+        self.backoff_min
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max)
+    }
+
+    /// The pause after failed try `attempt`, with "equal jitter": uniform in
+    /// `[ceiling/2, ceiling]`. `unit` maps a bound `n` to a uniform draw in
+    /// `0..=n`; tests pass a fixed one.
+    pub fn backoff(&self, attempt: u32, unit: impl FnOnce(u64) -> u64) -> Duration {
+        let ceiling = u64::try_from(self.backoff_ceiling(attempt).as_micros()).unwrap_or(u64::MAX);
+        let half = ceiling / 2;
+        let jitter = unit(ceiling - half).min(ceiling - half);
+        Duration::from_micros(half + jitter)
+    }
+
+    /// The pause after failed try `attempt`, with random jitter.
+    pub fn backoff_random(&self, attempt: u32) -> Duration {
+        self.backoff(attempt, |n| rand::random_range(0..=n))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.attempts_max == 0 {
+            return Err(Error::config(
+                "retry.attempts_max",
+                "must be at least 1 (1 means no retries)",
+            ));
+        }
+        if self.backoff_min.is_zero() {
+            return Err(Error::config("retry.backoff_min", "must be above zero"));
+        }
+        if self.backoff_max < self.backoff_min {
+            return Err(Error::config(
+                "retry.backoff_max",
+                format!(
+                    "{:?} is below retry.backoff_min = {:?}",
+                    self.backoff_max, self.backoff_min
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the client connects and how long it waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Client addresses of any nodes of the cluster, `host:port` (an
+    /// `http://` prefix is accepted). One is enough; more let the client
+    /// carry on while some are down. No default: at least one is required.
+    pub endpoints: Vec<String>,
+    /// Longest wait for a TCP connection to a node. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for the answer to one try of a call. A fetch adds its
+    /// long-poll wait to this. Default 10 s.
+    pub call_timeout: Duration,
+    /// Longest wait for one try of `bootstrap`, `join` or `remove`, which
+    /// wait for membership changes. Default 65 s.
+    pub membership_call_timeout: Duration,
+    /// Largest message sent or received. Default 16 MiB, as the node.
+    pub message_bytes_max: usize,
+    /// Retries. Defaults: see [`RetryPolicy`].
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    /// A configuration with the given endpoints and every other value at
+    /// its default.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> ClientConfig {
+        ClientConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            call_timeout: CALL_TIMEOUT_DEFAULT,
+            membership_call_timeout: MEMBERSHIP_CALL_TIMEOUT_DEFAULT,
+            message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::config(
+                "endpoints",
+                "give the client address of at least one node",
+            ));
+        }
+        if self.endpoints.len() > ENDPOINTS_MAX {
+            return Err(Error::config(
+                "endpoints",
+                format!(
+                    "{} given, at most ENDPOINTS_MAX = {ENDPOINTS_MAX}",
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            normalize_endpoint(endpoint)
+                .map_err(|problem| Error::config(&format!("endpoints[{i}]"), problem))?;
+        }
+        for (key, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("call_timeout", self.call_timeout),
+            ("membership_call_timeout", self.membership_call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(key, "must be above zero"));
+            }
+        }
+        if self.message_bytes_max == 0 {
+            return Err(Error::config("message_bytes_max", "must be above zero"));
+        }
+        self.retry.validate()
+    }
+}
+
+/// `host:port` from what a person wrote: trims, drops an `http://` prefix
+/// and a trailing `/`, and insists on a port. TLS is not supported yet, so
+/// `https://` is refused rather than silently spoken in plain text.
+pub(crate) fn normalize_endpoint(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with("https://") {
+        return Err(format!(
+            "`{trimmed}`: TLS is not supported by this client yet; give `host:port`"
+        ));
+    }
+    let bare = trimmed
+        .strip_prefix("http://")
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
+    if bare.is_empty() {
+        return Err("is empty; give `host:port`".to_string());
+    }
+    if bare.contains('/') || bare.contains("://") {
+        return Err(format!("`{raw}` is not `host:port`"));
+    }
+    let port = bare.rsplit_once(':').map(|(_, p)| p);
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p != 0 => Ok(bare.to_string()),
+        _ => Err(format!("`{raw}` has no port; give `host:port`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+        let p = RetryPolicy {
+            attempts_max: 10,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            retry_elapsed_max: Duration::from_secs(30),
+        };
+        let ceilings: Vec<u64> = (1..=7)
+            .map(|n| p.backoff_ceiling(n).as_millis() as u64)
+            .collect();
+        assert_eq!(ceilings, [20, 40, 80, 160, 320, 500, 500]);
+        // Far past the cap, and with no overflow.
+        assert_eq!(p.backoff_ceiling(u32::MAX), Duration::from_millis(500));
+        assert_eq!(p.backoff_ceiling(0), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_all_of_the_ceiling() {
+        let p = RetryPolicy::default();
+        for attempt in 1..=12 {
+            let ceiling = p.backoff_ceiling(attempt);
+            assert_eq!(p.backoff(attempt, |_| 0), ceiling / 2);
+            assert_eq!(p.backoff(attempt, |n| n), ceiling);
+            // A draw out of range is clamped, never exceeds the ceiling.
+            assert_eq!(p.backoff(attempt, |_| u64::MAX), ceiling);
+            for _ in 0..50 {
+                let d = p.backoff_random(attempt);
+                assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
+            }
+        }
+    }
+
+    type Change = Box<dyn Fn(&mut ClientConfig)>;
+
+    #[test]
+    fn defaults_are_valid_and_each_bad_value_names_its_key() {
+        let good = ClientConfig::new(["127.0.0.1:7100"]);
+        good.validate().expect("defaults are valid");
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.endpoints.clear()), "endpoints"),
+            (
+                Box::new(|c| c.endpoints.push("nohost".into())),
+                "endpoints[1]",
+            ),
+            (
+                Box::new(|c| c.endpoints = vec!["https://a:1".into()]),
+                "endpoints[0]",
+            ),
+            (
+                Box::new(|c| c.call_timeout = Duration::ZERO),
+                "call_timeout",
+            ),
+            (
+                Box::new(|c| c.connect_timeout = Duration::ZERO),
+                "connect_timeout",
+            ),
+            (Box::new(|c| c.message_bytes_max = 0), "message_bytes_max"),
+            (Box::new(|c| c.retry.attempts_max = 0), "retry.attempts_max"),
+            (
+                Box::new(|c| c.retry.backoff_min = Duration::ZERO),
+                "retry.backoff_min",
+            ),
+            (
+                Box::new(|c| c.retry.backoff_max = Duration::from_millis(1)),
+                "retry.backoff_max",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut c = good.clone();
+            change(&mut c);
+            match c.validate() {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints_are_normalized_to_host_and_port() {
+        assert_eq!(
+            normalize_endpoint(" 127.0.0.1:7100 "),
+            Ok("127.0.0.1:7100".into())
+        );
+        assert_eq!(normalize_endpoint("http://n1:7100/"), Ok("n1:7100".into()));
+        assert_eq!(normalize_endpoint("[::1]:7100"), Ok("[::1]:7100".into()));
+        for bad in [
+            "",
+            "n1",
+            "n1:",
+            "n1:0",
+            "n1:99999",
+            "http://n1:1/x",
+            "https://n1:1",
+        ] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

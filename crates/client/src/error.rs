@@ -1,0 +1,266 @@
+//! The client's one error type: what a node answered, or why no answer came.
+//!
+//! The distinction matters for retries. A node's answer (`Error::Status`)
+//! keeps its gRPC code, which says whether trying again can help. No answer
+//! (`Error::Transport`) means the outcome of a write is unknown: it may have
+//! been committed. Retrying is then safe only because every call the client
+//! retries is either idempotent (enqueue with ids the client chose, ack with
+//! the same fence, reads) or fails harmlessly the second time (a repeated
+//! nack or release answers "lease lost").
+
+use tonic::Code;
+
+/// The gRPC metadata key under which a node names the leader's client
+/// address when it answers UNAVAILABLE.
+pub const LEADER_METADATA_KEY: &str = "x-lockstep-leader";
+
+/// Everything a client call can fail with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A node answered with a gRPC status other than OK.
+    #[error("{endpoint} answered {code:?}: {message}")]
+    Status {
+        code: Code,
+        message: String,
+        /// The node that answered, as `host:port`.
+        endpoint: String,
+        /// The leader's client address, when the node named one
+        /// (`x-lockstep-leader`, sent with UNAVAILABLE).
+        leader: Option<String>,
+    },
+    /// No answer came: the connection could not be made, broke during the
+    /// call, or the call deadline passed. `code` is what gRPC calls it
+    /// (usually UNAVAILABLE, or DEADLINE_EXCEEDED for the deadline). The
+    /// outcome of a write is unknown.
+    #[error("no answer from {endpoint} ({code:?}): {message}")]
+    Transport {
+        code: Code,
+        message: String,
+        endpoint: String,
+    },
+    /// A configuration value is unusable; `key` names it.
+    #[error("invalid configuration `{key}`: {problem}")]
+    Config { key: String, problem: String },
+    /// A node answered OK with something the client cannot use (for
+    /// example fewer results than jobs). A bug on one side or the other.
+    #[error("malformed answer to {call}: {problem}")]
+    Protocol { call: &'static str, problem: String },
+    /// The batcher or worker this call went through has stopped.
+    #[error("closed: {0}")]
+    Closed(String),
+}
+
+impl Error {
+    /// Turns a tonic status into an error. A status that tonic made locally
+    /// from an I/O or HTTP/2 failure carries a `source`; one that a node
+    /// sent does not. That is how the two are told apart.
+    pub(crate) fn from_status(status: tonic::Status, endpoint: &str) -> Error {
+        if std::error::Error::source(&status).is_some() {
+            return Error::Transport {
+                code: status.code(),
+                message: status.message().to_string(),
+                endpoint: endpoint.to_string(),
+            };
+        }
+        let leader = status
+            .metadata()
+            .get(LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        Error::Status {
+            code: status.code(),
+            message: status.message().to_string(),
+            endpoint: endpoint.to_string(),
+            leader,
+        }
+    }
+
+    pub(crate) fn config(key: &str, problem: impl Into<String>) -> Error {
+        Error::Config {
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The gRPC code of the error. Errors that never reached a node map to
+    /// the nearest code: `Config` to INVALID_ARGUMENT, `Protocol` to
+    /// INTERNAL, `Closed` to CANCELLED.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status { code, .. } | Error::Transport { code, .. } => *code,
+            Error::Config { .. } => Code::InvalidArgument,
+            Error::Protocol { .. } => Code::Internal,
+            Error::Closed(_) => Code::Cancelled,
+        }
+    }
+
+    /// The message a person can act on.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Status { message, .. } | Error::Transport { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// True when a node refused a call on a lease (ack, nack, extend,
+    /// release, dead-letter) because the fence is no longer the job's
+    /// current one: the lease expired and the job may be with another
+    /// worker. The work must not be acked; it will be delivered again.
+    ///
+    /// On calls that present a fence, FAILED_PRECONDITION means exactly
+    /// this (SPEC 2.3).
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(
+            self,
+            Error::Status {
+                code: Code::FailedPrecondition,
+                ..
+            }
+        )
+    }
+
+    /// True when the node said the named thing does not exist (queue,
+    /// offset, dead letter, member).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Status {
+                code: Code::NotFound,
+                ..
+            }
+        )
+    }
+
+    /// True when the same call, sent again (possibly to another node), may
+    /// succeed: UNAVAILABLE (no leader, or the outcome of a write is
+    /// unknown), DEADLINE_EXCEEDED, and every failure to get an answer.
+    ///
+    /// The client retries these by itself, within its retry policy, except
+    /// DEADLINE_EXCEEDED on calls that are not idempotent (fetch, nack,
+    /// release, dead-letter and the membership and admin writes whose
+    /// repetition would answer differently). It never retries
+    /// INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION,
+    /// RESOURCE_EXHAUSTED or UNAUTHENTICATED: the answer would be the same.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Status { code, .. } => {
+                matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+            }
+            Error::Transport { .. } => true,
+            Error::Config { .. } | Error::Protocol { .. } | Error::Closed(_) => false,
+        }
+    }
+
+    /// Whether the client retries this error for a call that is, or is
+    /// not, idempotent.
+    pub(crate) fn retry_allowed(&self, idempotent: bool) -> bool {
+        self.is_retryable() && (idempotent || self.code() != Code::DeadlineExceeded)
+    }
+
+    /// The leader a node named in its answer, if any.
+    pub fn leader_hint(&self) -> Option<&str> {
+        match self {
+            Error::Status { leader, .. } => leader.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn answered(code: Code) -> Error {
+        Error::from_status(tonic::Status::new(code, "m"), "n1:1")
+    }
+
+    #[test]
+    fn answers_are_retried_only_when_another_try_can_differ() {
+        assert!(answered(Code::Unavailable).retry_allowed(false));
+        assert!(answered(Code::Unavailable).retry_allowed(true));
+        assert!(answered(Code::DeadlineExceeded).retry_allowed(true));
+        assert!(!answered(Code::DeadlineExceeded).retry_allowed(false));
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Internal,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::Aborted,
+        ] {
+            let e = answered(code);
+            assert!(!e.is_retryable(), "{code:?}");
+            assert!(!e.retry_allowed(true), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_locally_made_status_is_a_transport_error_and_retryable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(io))));
+        let e = Error::from_status(status, "n1:1");
+        assert!(
+            matches!(
+                e,
+                Error::Transport {
+                    code: Code::Unavailable,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.retry_allowed(false));
+        let deadline = Error::Transport {
+            code: Code::DeadlineExceeded,
+            message: "late".into(),
+            endpoint: "n1:1".into(),
+        };
+        assert!(deadline.is_retryable());
+        assert!(deadline.retry_allowed(true));
+        assert!(!deadline.retry_allowed(false));
+    }
+
+    #[test]
+    fn lease_lost_is_failed_precondition_from_a_node() {
+        assert!(answered(Code::FailedPrecondition).is_lease_lost());
+        assert!(!answered(Code::NotFound).is_lease_lost());
+        assert!(answered(Code::NotFound).is_not_found());
+        assert!(!Error::Closed("x".into()).is_lease_lost());
+    }
+
+    #[test]
+    fn the_leader_hint_is_read_from_metadata() {
+        let mut status = tonic::Status::unavailable("no leader answered");
+        status
+            .metadata_mut()
+            .insert(LEADER_METADATA_KEY, "127.0.0.2:7100".parse().unwrap());
+        let e = Error::from_status(status, "127.0.0.1:7100");
+        assert_eq!(e.leader_hint(), Some("127.0.0.2:7100"));
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.to_string().contains("127.0.0.1:7100"), "{e}");
+        assert_eq!(answered(Code::Unavailable).leader_hint(), None);
+    }
+
+    #[test]
+    fn errors_that_reached_no_node_have_a_code_too() {
+        assert_eq!(
+            Error::config("endpoints", "empty").code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            Error::config("endpoints", "empty").to_string(),
+            "invalid configuration `endpoints`: empty"
+        );
+        assert!(!Error::config("k", "p").is_retryable());
+    }
+}

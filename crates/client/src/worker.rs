@@ -1,0 +1,716 @@
+//! [`Worker`]: fetch jobs, run a handler on each, keep the lease alive, and
+//! finish each job exactly as the handler says.
+//!
+//! Up to `concurrency` jobs run at once. The worker fetches with a long poll
+//! only when it has a free slot, asking for as many jobs as it has free
+//! slots. While a handler runs, the worker extends the job's lease every
+//! `lease / extend_divisor`. When an extend answers "lease lost" (or no
+//! extend succeeds for a whole lease), the job may already be with another
+//! worker: the worker cancels the handler's token, drops the handler's
+//! future and moves on. It never acks, nacks or dead-letters that job, so a
+//! stale fence is never presented as if the work counted.
+//!
+//! Shutdown (the `stop` token of [`Worker::run`]) is graceful: the worker
+//! stops fetching, lets running handlers finish for up to `shutdown_grace`,
+//! then cancels the rest and releases their jobs (Release: no attempt is
+//! counted), each release bounded by `release_timeout`. A fetch already in
+//! flight when `stop` fires is awaited (it is bounded by `wait` plus the
+//! call timeout) and what it returns is released at once, so no lease is
+//! left to expire and cost its job an attempt.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockstep_proto as pb;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::batch::{AckBatcher, BatchConfig};
+use crate::client::Client;
+use crate::error::Error;
+use crate::ids::new_job_id;
+
+/// Default for [`WorkerConfig::concurrency`].
+pub const CONCURRENCY_DEFAULT: usize = 8;
+/// Largest [`WorkerConfig::concurrency`] accepted.
+pub const CONCURRENCY_MAX: usize = 4_096;
+/// Default for [`WorkerConfig::lease`].
+pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
+/// Default for [`WorkerConfig::extend_divisor`]: extend at a third of the
+/// lease, so two extends can fail before the lease ends.
+pub const EXTEND_DIVISOR_DEFAULT: u32 = 3;
+/// Shortest pause between two extends of one lease, whatever the lease.
+pub const EXTEND_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Default for [`WorkerConfig::wait`]. At most the node's
+/// `limits.fetch_wait_ms_max` (20 s by default), which clamps it anyway.
+pub const WAIT_DEFAULT: Duration = Duration::from_secs(5);
+/// An empty fetch answered faster than this did not long-poll; the worker
+/// pauses `fetch_backoff_min` before the next one instead of spinning.
+pub const EMPTY_FETCH_FAST: Duration = Duration::from_millis(5);
+/// Default for [`WorkerConfig::shutdown_grace`].
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+/// Default for [`WorkerConfig::release_timeout`].
+pub const RELEASE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Default for [`WorkerConfig::fetch_backoff_min`].
+pub const FETCH_BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(100);
+/// Default for [`WorkerConfig::fetch_backoff_max`].
+pub const FETCH_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(5);
+/// Default linger of the worker's ack batcher: acks of jobs that finish
+/// together share a call, at the cost of at most this much latency.
+pub const ACK_LINGER_DEFAULT: Duration = Duration::from_millis(1);
+/// Default batch size of the worker's ack batcher.
+pub const ACK_ITEMS_MAX_DEFAULT: usize = 128;
+
+/// What the handler decided about a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: ack it.
+    Ack,
+    /// Failed this time: nack it with no delay of its own, so the queue's
+    /// backoff decides when it (and its group) runs again. After the
+    /// queue's `max_attempts` the node dead-letters it.
+    Retry,
+    /// Can never succeed: dead-letter it now, with this reason.
+    Poison(String),
+}
+
+/// A delivered job, as a handler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub queue: String,
+    pub offset: u64,
+    pub id: String,
+    /// Empty: a group of one.
+    pub group: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub priority: u32,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// The fence of this delivery; the worker presents it.
+    pub fence: u64,
+    /// Cluster time (ms) at which the lease ends unless extended.
+    pub lease_deadline_ms: u64,
+}
+
+impl Job {
+    fn new(queue: &str, d: pb::Delivery) -> Job {
+        Job {
+            queue: queue.to_string(),
+            offset: d.offset,
+            id: d.id,
+            group: d.group,
+            payload: d.payload,
+            headers: d.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+            priority: d.priority,
+            attempt: d.attempt,
+            fence: d.fence,
+            lease_deadline_ms: d.lease_deadline_ms,
+        }
+    }
+}
+
+/// How a worker runs. Every bound is named, with a documented default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub queue: String,
+    /// The name leases are granted to (shown as the group's lease holder).
+    /// Default `worker-` and 12 random hex digits.
+    pub consumer: String,
+    /// Jobs run at once at most. Default 8, at most `CONCURRENCY_MAX`.
+    pub concurrency: usize,
+    /// Lease asked for at fetch and at each extend. Default 30 s; the node
+    /// clamps it to the queue's `lease_ms_max`, and the worker then extends
+    /// at the pace of the shorter lease.
+    pub lease: Duration,
+    /// Extend every `lease / extend_divisor` (not below
+    /// `EXTEND_INTERVAL_MIN`). Default 3, at least 2.
+    pub extend_divisor: u32,
+    /// Long-poll wait of each fetch. Default 5 s.
+    pub wait: Duration,
+    /// After `stop`, how long running handlers may take before they are
+    /// cancelled and their jobs released. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Bound on each release at shutdown. Default 5 s.
+    pub release_timeout: Duration,
+    /// First pause after a fetch failed (after the client's own retries).
+    /// Default 100 ms.
+    pub fetch_backoff_min: Duration,
+    /// Longest such pause. Default 5 s.
+    pub fetch_backoff_max: Duration,
+    /// Bounds of the ack batcher. Default: 128 items, 1 ms linger.
+    pub acks: BatchConfig,
+}
+
+impl WorkerConfig {
+    /// A configuration for `queue` with every other value at its default.
+    pub fn new(queue: &str) -> WorkerConfig {
+        WorkerConfig {
+            queue: queue.to_string(),
+            consumer: format!("worker-{}", &new_job_id()[..12]),
+            concurrency: CONCURRENCY_DEFAULT,
+            lease: LEASE_DEFAULT,
+            extend_divisor: EXTEND_DIVISOR_DEFAULT,
+            wait: WAIT_DEFAULT,
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            release_timeout: RELEASE_TIMEOUT_DEFAULT,
+            fetch_backoff_min: FETCH_BACKOFF_MIN_DEFAULT,
+            fetch_backoff_max: FETCH_BACKOFF_MAX_DEFAULT,
+            acks: BatchConfig {
+                items_max: ACK_ITEMS_MAX_DEFAULT,
+                linger: ACK_LINGER_DEFAULT,
+                ..BatchConfig::default()
+            },
+        }
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.queue.is_empty() {
+            return Err(Error::config("worker.queue", "must not be empty"));
+        }
+        if self.concurrency == 0 || self.concurrency > CONCURRENCY_MAX {
+            return Err(Error::config(
+                "worker.concurrency",
+                format!("must be in 1..={CONCURRENCY_MAX}"),
+            ));
+        }
+        if self.lease.is_zero() {
+            return Err(Error::config(
+                "worker.lease",
+                "must be above zero: the worker extends at a fraction of it",
+            ));
+        }
+        if self.extend_divisor < 2 {
+            return Err(Error::config(
+                "worker.extend_divisor",
+                "must be at least 2, so an extend lands before the lease ends",
+            ));
+        }
+        for (key, value) in [
+            ("worker.release_timeout", self.release_timeout),
+            ("worker.fetch_backoff_min", self.fetch_backoff_min),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(key, "must be above zero"));
+            }
+        }
+        if self.fetch_backoff_max < self.fetch_backoff_min {
+            return Err(Error::config(
+                "worker.fetch_backoff_max",
+                "is below worker.fetch_backoff_min",
+            ));
+        }
+        self.acks.validate("worker.acks.")
+    }
+}
+
+/// What a worker did, counted over its run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Jobs delivered to this worker.
+    pub fetched: u64,
+    /// Handlers that answered `Ack`, and whose ack succeeded.
+    pub acked: u64,
+    /// Handlers that answered `Retry`, and whose nack succeeded.
+    pub retried: u64,
+    /// Handlers that answered `Poison`, and whose dead-letter succeeded.
+    pub poisoned: u64,
+    /// Jobs dropped because their lease was lost (never acked).
+    pub lease_lost: u64,
+    /// Jobs given back at shutdown.
+    pub released: u64,
+    /// Finishing calls (ack, nack, dead-letter, release) that failed for
+    /// another reason; the lease will expire and the job run again.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    fetched: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    poisoned: AtomicU64,
+    lease_lost: AtomicU64,
+    released: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> WorkerReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerReport {
+            fetched: get(&self.fetched),
+            acked: get(&self.acked),
+            retried: get(&self.retried),
+            poisoned: get(&self.poisoned),
+            lease_lost: get(&self.lease_lost),
+            released: get(&self.released),
+            failed: get(&self.failed),
+        }
+    }
+}
+
+/// Runs a handler over the jobs of one queue. See the module docs.
+///
+/// ```no_run
+/// # async fn example(client: lockstep_client::Client) -> Result<(), lockstep_client::Error> {
+/// use lockstep_client::{Outcome, Worker, WorkerConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let worker = Worker::new(client, WorkerConfig::new("emails"), |job, cancel: CancellationToken| async move {
+///     tokio::select! {
+///         _ = cancel.cancelled() => Outcome::Retry, // lease lost or shutdown: ignored anyway
+///         _ = send_email(&job.payload) => Outcome::Ack,
+///     }
+/// })?;
+/// let stop = CancellationToken::new();
+/// let report = worker.run(stop.clone()).await?;
+/// # Ok(()) }
+/// # async fn send_email(_: &[u8]) {}
+/// ```
+pub struct Worker<H> {
+    client: Client,
+    config: WorkerConfig,
+    handler: H,
+}
+
+impl<H> std::fmt::Debug for Worker<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one job's task shares with the others.
+struct Shared<H> {
+    client: Client,
+    config: WorkerConfig,
+    handler: H,
+    acks: AckBatcher,
+    counters: Counters,
+}
+
+impl<H, Fut> Worker<H>
+where
+    H: Fn(Job, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    /// A worker for `config.queue`; checks the configuration.
+    pub fn new(client: Client, config: WorkerConfig, handler: H) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Worker {
+            client,
+            config,
+            handler,
+        })
+    }
+
+    /// Fetches and runs jobs until `stop` is cancelled, then shuts down
+    /// gracefully (see the module docs) and reports what it did.
+    ///
+    /// Fetch failures that another try may cure are logged and retried
+    /// with backoff for as long as the worker runs. A fetch that can never
+    /// succeed (INVALID_ARGUMENT, NOT_FOUND for the queue, UNAUTHENTICATED,
+    /// PERMISSION_DENIED, UNIMPLEMENTED) stops the worker: it shuts down as
+    /// for `stop` and returns that error.
+    pub async fn run(self, stop: CancellationToken) -> Result<WorkerReport, Error> {
+        let acks = AckBatcher::new(
+            self.client.clone(),
+            &self.config.queue,
+            self.config.acks.clone(),
+        )?;
+        let shared = Arc::new(Shared {
+            client: self.client,
+            config: self.config,
+            handler: self.handler,
+            acks,
+            counters: Counters::default(),
+        });
+        let abandon = CancellationToken::new();
+        let mut jobs = JoinSet::new();
+        let outcome = fetch_loop(&shared, &stop, &abandon, &mut jobs).await;
+        shut_down(&shared, &abandon, &mut jobs).await;
+        let report = shared.counters.report();
+        tracing::info!(queue = %shared.config.queue, ?report, "worker stopped");
+        outcome.map(|()| report)
+    }
+}
+
+async fn fetch_loop<H, Fut>(
+    shared: &Arc<Shared<H>>,
+    stop: &CancellationToken,
+    abandon: &CancellationToken,
+    jobs: &mut JoinSet<()>,
+) -> Result<(), Error>
+where
+    H: Fn(Job, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let config = &shared.config;
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let mut failures: u32 = 0;
+    loop {
+        while jobs.try_join_next().is_some() {}
+        // Wait for one free slot, then take every other free one.
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+            () = stop.cancelled() => return Ok(()),
+        };
+        let mut permits = vec![first];
+        while permits.len() < config.concurrency {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let max = u32::try_from(permits.len()).unwrap_or(u32::MAX);
+        let asked = Instant::now();
+        let fetched = shared
+            .client
+            .fetch(
+                &config.queue,
+                &config.consumer,
+                max,
+                config.lease,
+                config.wait,
+            )
+            .await;
+        let deliveries = match fetched {
+            Ok(d) if d.is_empty() && asked.elapsed() < EMPTY_FETCH_FAST => {
+                // Nothing, at once: the node did not wait (`wait` zero or
+                // clamped). Pause rather than spin.
+                drop(permits);
+                tokio::select! {
+                    () = tokio::time::sleep(config.fetch_backoff_min) => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+            Ok(d) => {
+                failures = 0;
+                d
+            }
+            Err(e) if fetch_error_is_final(&e) => {
+                tracing::error!(queue = %config.queue, error = %e, "fetch cannot succeed; stopping");
+                return Err(e);
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let pause = fetch_backoff(config, failures);
+                tracing::warn!(queue = %config.queue, error = %e, ?pause, "fetch failed");
+                drop(permits);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+        };
+        for delivery in deliveries {
+            Counters::add(&shared.counters.fetched);
+            let job = Job::new(&config.queue, delivery);
+            match permits.pop() {
+                Some(permit) if !stop.is_cancelled() => {
+                    let shared = shared.clone();
+                    let abandon = abandon.clone();
+                    jobs.spawn(async move {
+                        run_job(&shared, job, abandon).await;
+                        drop(permit);
+                    });
+                }
+                // Stopping, or more jobs than asked for: give it back now.
+                _ => release(shared, &job).await,
+            }
+        }
+    }
+}
+
+fn fetch_error_is_final(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Status {
+            code: Code::InvalidArgument
+                | Code::NotFound
+                | Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::Unimplemented,
+            ..
+        } | Error::Config { .. }
+    )
+}
+
+fn fetch_backoff(config: &WorkerConfig, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    let ceiling = config
+        .fetch_backoff_min
+        .saturating_mul(1u32 << doublings)
+        .min(config.fetch_backoff_max);
+    let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(ceiling_us / 2 + rand::random_range(0..=ceiling_us - ceiling_us / 2))
+}
+
+/// Waits for running jobs up to the grace, then makes the rest release
+/// their jobs, and waits for that too (bounded).
+async fn shut_down<H>(
+    shared: &Arc<Shared<H>>,
+    abandon: &CancellationToken,
+    jobs: &mut JoinSet<()>,
+) {
+    let grace = shared.config.shutdown_grace;
+    let all_done = async { while jobs.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_ok() {
+        return;
+    }
+    tracing::info!(
+        running = jobs.len(),
+        ?grace,
+        "shutdown grace over; releasing the rest"
+    );
+    abandon.cancel();
+    // Each release is bounded by release_timeout; allow one more for the
+    // tasks to end.
+    let bound = shared.config.release_timeout.saturating_mul(2);
+    let all_released = async { while jobs.join_next().await.is_some() {} };
+    if tokio::time::timeout(bound, all_released).await.is_err() {
+        tracing::warn!(
+            left = jobs.len(),
+            "jobs did not end after release; aborting them"
+        );
+        jobs.abort_all();
+        while jobs.join_next().await.is_some() {}
+    }
+}
+
+/// Why a lease ended while its handler ran.
+#[derive(Debug)]
+enum LeaseEnd {
+    /// A node said the fence is stale (or the job is gone).
+    Lost(Error),
+    /// No extend succeeded for a whole lease; the lease has ended.
+    Unconfirmed,
+}
+
+async fn run_job<H, Fut>(shared: &Shared<H>, job: Job, abandon: CancellationToken)
+where
+    H: Fn(Job, CancellationToken) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let (offset, fence, deadline_ms) = (job.offset, job.fence, job.lease_deadline_ms);
+    let token = CancellationToken::new();
+    let span_job = job.clone();
+    let handler = (shared.handler)(job, token.clone());
+    tokio::pin!(handler);
+    let keep = keep_lease(shared, offset, fence, deadline_ms);
+    tokio::pin!(keep);
+    // Order matters: a lease known to be lost wins over a finished
+    // handler, so a stale fence is never acked; a finished handler wins
+    // over shutdown, so finished work is acked rather than released.
+    let outcome = tokio::select! {
+        biased;
+        end = &mut keep => {
+            token.cancel();
+            Counters::add(&shared.counters.lease_lost);
+            let reason = match end {
+                LeaseEnd::Lost(e) => e.to_string(),
+                LeaseEnd::Unconfirmed => "no extend succeeded within a lease".to_string(),
+            };
+            tracing::warn!(queue = %shared.config.queue, offset, fence, %reason, "lease lost; job dropped without ack");
+            return;
+        }
+        outcome = &mut handler => outcome,
+        () = abandon.cancelled() => {
+            token.cancel();
+            release(shared, &span_job).await;
+            return;
+        }
+    };
+    finish(shared, offset, fence, outcome).await;
+}
+
+/// Extends the lease every `lease / extend_divisor` for as long as it is
+/// polled; returns only when the lease is gone.
+async fn keep_lease<H>(shared: &Shared<H>, offset: u64, fence: u64, deadline_ms: u64) -> LeaseEnd {
+    let config = &shared.config;
+    let mut lease = effective_lease(config.lease, deadline_ms);
+    // Measured from before the fetch answered, hence conservative.
+    let mut held_until = Instant::now() + lease;
+    loop {
+        let interval = (lease / config.extend_divisor).max(EXTEND_INTERVAL_MIN);
+        tokio::time::sleep(interval).await;
+        let sent = Instant::now();
+        let budget = held_until.saturating_duration_since(sent);
+        if budget.is_zero() {
+            return LeaseEnd::Unconfirmed;
+        }
+        match shared
+            .client
+            .extend_within(&config.queue, offset, fence, config.lease, budget)
+            .await
+        {
+            Ok(deadline_ms) => {
+                lease = effective_lease(config.lease, deadline_ms);
+                held_until = sent + lease;
+            }
+            Err(e) if e.is_lease_lost() || e.is_not_found() => return LeaseEnd::Lost(e),
+            Err(e) => {
+                tracing::warn!(queue = %config.queue, offset, fence, error = %e, "extend failed; will try again");
+            }
+        }
+    }
+}
+
+/// The lease to pace extends by: the one asked for, or less when the node
+/// granted less (clamped to the queue's `lease_ms_max`). The node's deadline
+/// is in cluster time, the leader's wall clock in ms; a local clock that
+/// runs ahead only makes the worker extend sooner.
+fn effective_lease(asked: Duration, deadline_ms: u64) -> Duration {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    match deadline_ms.checked_sub(now_ms) {
+        Some(left) if left > 0 => asked.min(Duration::from_millis(left)),
+        _ => asked,
+    }
+}
+
+async fn finish<H>(shared: &Shared<H>, offset: u64, fence: u64, outcome: Outcome) {
+    let queue = &shared.config.queue;
+    let counters = &shared.counters;
+    let (result, counter) = match &outcome {
+        Outcome::Ack => (shared.acks.submit(offset, fence).await, &counters.acked),
+        Outcome::Retry => (
+            shared
+                .client
+                .nack(queue, offset, fence, None)
+                .await
+                .map(|_| ()),
+            &counters.retried,
+        ),
+        Outcome::Poison(reason) => (
+            shared
+                .client
+                .dead_letter(queue, offset, fence, reason)
+                .await,
+            &counters.poisoned,
+        ),
+    };
+    match result {
+        Ok(()) => Counters::add(counter),
+        Err(e) if e.is_lease_lost() => {
+            Counters::add(&counters.lease_lost);
+            tracing::warn!(%queue, offset, fence, ?outcome, error = %e, "lease lost before the job was finished");
+        }
+        Err(e) => {
+            Counters::add(&counters.failed);
+            tracing::error!(%queue, offset, fence, ?outcome, error = %e, "could not finish the job; it will run again");
+        }
+    }
+}
+
+async fn release<H>(shared: &Shared<H>, job: &Job) {
+    let config = &shared.config;
+    let call = shared.client.release(&config.queue, job.offset, job.fence);
+    match tokio::time::timeout(config.release_timeout, call).await {
+        Ok(Ok(())) => Counters::add(&shared.counters.released),
+        Ok(Err(e)) => {
+            Counters::add(&shared.counters.failed);
+            tracing::warn!(queue = %config.queue, offset = job.offset, error = %e, "release failed; the lease will expire");
+        }
+        Err(_) => {
+            Counters::add(&shared.counters.failed);
+            tracing::warn!(queue = %config.queue, offset = job.offset, "release timed out; the lease will expire");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Change = Box<dyn Fn(&mut WorkerConfig)>;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        let good = WorkerConfig::new("q");
+        good.validate().expect("defaults are valid");
+        assert!(good.consumer.starts_with("worker-"));
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.queue.clear()), "worker.queue"),
+            (Box::new(|c| c.concurrency = 0), "worker.concurrency"),
+            (
+                Box::new(|c| c.concurrency = CONCURRENCY_MAX + 1),
+                "worker.concurrency",
+            ),
+            (Box::new(|c| c.lease = Duration::ZERO), "worker.lease"),
+            (Box::new(|c| c.extend_divisor = 1), "worker.extend_divisor"),
+            (
+                Box::new(|c| c.fetch_backoff_max = Duration::ZERO),
+                "worker.fetch_backoff_max",
+            ),
+            (Box::new(|c| c.acks.items_max = 0), "worker.acks.items_max"),
+        ];
+        for (change, key) in cases {
+            let mut c = good.clone();
+            change(&mut c);
+            match c.validate() {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_lease_to_pace_by_is_the_shorter_of_asked_and_granted() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let asked = Duration::from_secs(30);
+        let granted = effective_lease(asked, now_ms + 10_000);
+        assert!(granted <= Duration::from_secs(10) && granted > Duration::from_secs(9));
+        assert_eq!(effective_lease(asked, now_ms + 3_600_000), asked);
+        // A deadline in the past (a skewed clock) is not trusted.
+        assert_eq!(effective_lease(asked, 1), asked);
+    }
+
+    #[test]
+    fn fetch_backoff_grows_and_stays_bounded() {
+        let c = WorkerConfig::new("q");
+        for failures in 1..40 {
+            let d = fetch_backoff(&c, failures);
+            assert!(d <= c.fetch_backoff_max, "{failures}: {d:?}");
+            assert!(d >= c.fetch_backoff_min / 2, "{failures}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn only_errors_no_retry_can_cure_stop_the_worker() {
+        let status = |code| Error::Status {
+            code,
+            message: String::new(),
+            endpoint: String::new(),
+            leader: None,
+        };
+        assert!(fetch_error_is_final(&status(Code::NotFound)));
+        assert!(fetch_error_is_final(&status(Code::InvalidArgument)));
+        assert!(!fetch_error_is_final(&status(Code::Unavailable)));
+        assert!(!fetch_error_is_final(&status(Code::ResourceExhausted)));
+        assert!(!fetch_error_is_final(&Error::Transport {
+            code: Code::Unavailable,
+            message: String::new(),
+            endpoint: String::new(),
+        }));
+    }
+}
