@@ -334,26 +334,12 @@ async fn worker(
     let process = 1_000 + w as u64;
     while !stop.load(Ordering::Relaxed) {
         let node = rng.random_range(0..channels.len());
-        let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
-        let t0 = now_ms();
-        let r = q
-            .fetch(pb::FetchRequest {
-                queue: QUEUE.into(),
-                consumer: format!("w{w}"),
-                max: 2,
-                lease_ms: 2_000,
-                wait_ms: 300,
-            })
-            .await;
-        let deliveries = match r {
-            Ok(resp) => resp.into_inner().deliveries,
-            Err(s) => {
-                recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let request = fetch_request(&format!("w{w}"), 2, 2_000, 300);
+        let Some(deliveries) =
+            fetch_recorded(&channels[node], node, process, request, &recorder).await
+        else {
+            continue;
         };
-        recorder.push(fetch_op(t0, node, process, Outcome::Ok, deliveries.clone()));
         for d in deliveries {
             // Work: usually short, sometimes past the lease.
             let ms = if rng.random_ratio(1, 10) {
@@ -390,6 +376,41 @@ async fn worker(
             } else {
                 ack_one(&mut q, t0, node, process, &[(d.offset, d.fence)], &recorder).await;
             }
+        }
+    }
+}
+
+fn fetch_request(consumer: &str, max: u32, lease_ms: u64, wait_ms: u64) -> pb::FetchRequest {
+    pb::FetchRequest {
+        queue: QUEUE.into(),
+        consumer: consumer.into(),
+        max,
+        lease_ms,
+        wait_ms,
+    }
+}
+
+/// One fetch through `channel`, recorded. `None` after a failure (and a
+/// short pause, so a dead node is not hammered).
+async fn fetch_recorded(
+    channel: &Channel,
+    node: usize,
+    process: u64,
+    request: pb::FetchRequest,
+    recorder: &Recorder,
+) -> Option<Vec<pb::Delivery>> {
+    let mut q = pb::queue_client::QueueClient::new(channel.clone());
+    let t0 = now_ms();
+    match q.fetch(request).await {
+        Ok(resp) => {
+            let deliveries = resp.into_inner().deliveries;
+            recorder.push(fetch_op(t0, node, process, Outcome::Ok, deliveries.clone()));
+            Some(deliveries)
+        }
+        Err(s) => {
+            recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
         }
     }
 }
@@ -476,26 +497,12 @@ async fn drain(rng: &mut StdRng, channels: &[Channel], recorder: &Recorder) -> R
     let process = 9_999;
     while Instant::now() < deadline {
         let node = rng.random_range(0..channels.len());
-        let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
-        let t0 = now_ms();
-        let r = q
-            .fetch(pb::FetchRequest {
-                queue: QUEUE.into(),
-                consumer: "drain".into(),
-                max: 100,
-                lease_ms: 30_000,
-                wait_ms: 200,
-            })
-            .await;
-        let ds = match r {
-            Ok(resp) => resp.into_inner().deliveries,
-            Err(s) => {
-                recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let request = fetch_request("drain", 100, 30_000, 200);
+        let Some(ds) = fetch_recorded(&channels[node], node, process, request, recorder).await
+        else {
+            continue;
         };
-        recorder.push(fetch_op(t0, node, process, Outcome::Ok, ds.clone()));
+        let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
         if ds.is_empty() {
             let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
             let stats = admin
