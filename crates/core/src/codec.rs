@@ -7,7 +7,8 @@
 //! [`FORMAT_VERSION`].
 //!
 //! Decoding is bounded: a hostile or corrupt length prefix can never make the
-//! decoder allocate more than the limit of the call it came through.
+//! decoder allocate more than the limit of the call it came through, nor more
+//! than a small multiple of the bytes it was given (see `decode_bounded`).
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -75,20 +76,61 @@ fn decode_bounded<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, 
             limit,
         });
     }
-    // The input length bounds every allocation: bincode checks each claimed
-    // collection length against the bytes that remain before it allocates
-    // (its `claim_bytes_read` guard), with the limit below as a second wall.
-    let (value, used) = match limit {
-        l if l <= RECORD_BYTES_MAX => {
-            bincode::serde::decode_from_slice(body, config().with_limit::<RECORD_BYTES_MAX>())
-        }
-        _ => bincode::serde::decode_from_slice(body, config().with_limit::<SNAPSHOT_BYTES_MAX>()),
+    // bincode checks each claimed length against the configured limit
+    // before it allocates, but not against the bytes that remain: a string
+    // claiming 16 GiB in a 20-byte record would allocate 16 GiB before the
+    // short read is noticed (found by the `records` fuzz target). So the
+    // limit is the smallest rung of a ladder that still admits every valid
+    // record of this length, capped at the call's limit.
+    let needed = body.len().saturating_mul(CLAIM_BYTES_PER_INPUT_BYTE_MAX);
+    let (value, used) = if limit <= RECORD_BYTES_MAX {
+        decode_record_rung(body, needed)
+    } else {
+        decode_snapshot_rung(body, needed)
     }
     .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Trailing(body.len() - used));
     }
     Ok(value)
+}
+
+/// The most bytes bincode claims against its limit per input byte of a
+/// valid record: it claims a value's in-memory size before reading it, and
+/// the largest primitive, a `u128`, takes 16 bytes in memory and as little
+/// as one encoded. A string claims one byte per byte read. A valid record of
+/// `n` bytes therefore claims at most `16 n`.
+const CLAIM_BYTES_PER_INPUT_BYTE_MAX: usize = 16;
+
+type Decoded<T> = Result<(T, usize), bincode::error::DecodeError>;
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(body: &[u8]) -> Decoded<T> {
+    bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
+}
+
+/// Records: no rung above [`RECORD_BYTES_MAX`], which bounds a record's
+/// claims however long it is.
+fn decode_record_rung<T: DeserializeOwned>(body: &[u8], needed: usize) -> Decoded<T> {
+    const KIB: usize = 1024;
+    match needed {
+        n if n <= 64 * KIB => decode_limited::<T, { 64 * KIB }>(body),
+        n if n <= 1024 * KIB => decode_limited::<T, { 1024 * KIB }>(body),
+        n if n <= 16 * 1024 * KIB => decode_limited::<T, { 16 * 1024 * KIB }>(body),
+        _ => decode_limited::<T, RECORD_BYTES_MAX>(body),
+    }
+}
+
+/// Snapshots: rungs 4 to 16 times apart, so a hostile snapshot allocates at
+/// most 256 times its length (64 KiB for a short one).
+fn decode_snapshot_rung<T: DeserializeOwned>(body: &[u8], needed: usize) -> Decoded<T> {
+    const MIB: usize = 1024 * 1024;
+    match needed {
+        n if n <= RECORD_BYTES_MAX => decode_record_rung(body, n),
+        n if n <= 256 * MIB => decode_limited::<T, { 256 * MIB }>(body),
+        n if n <= 1024 * MIB => decode_limited::<T, { 1024 * MIB }>(body),
+        n if n <= 4096 * MIB => decode_limited::<T, { 4096 * MIB }>(body),
+        _ => decode_limited::<T, SNAPSHOT_BYTES_MAX>(body),
+    }
 }
 
 #[cfg(test)]

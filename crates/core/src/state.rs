@@ -979,6 +979,11 @@ impl State {
         match command {
             Command::CreateQueue { name, config } => self.create_queue(name, config),
             Command::UpdateQueue { name, config } => {
+                // The name first, then the configuration: the order of
+                // `precheck`, which the leader answers from, so a bad name
+                // gets the same error whether precheck or apply refuses it
+                // (found by the `command` fuzz target).
+                validate_queue_name(&name)?;
                 config.validate()?;
                 self.queue_mut(&name)?.config = config;
                 Ok(Reply::QueueUpdated)
