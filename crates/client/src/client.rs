@@ -54,6 +54,9 @@ struct Routes {
     nodes: Vec<Node>,
     current: usize,
     leader: Option<usize>,
+    /// Leader hints are not followed: the one node behind the channel
+    /// forwards writes itself (an embedded node's in-process channel).
+    pinned: bool,
 }
 
 /// How a read is served (`ReadOptions` in the API).
@@ -166,6 +169,35 @@ impl Client {
                     nodes,
                     current: 0,
                     leader: None,
+                    pinned: false,
+                }),
+            }),
+        })
+    }
+
+    /// A client over one ready-made channel, such as the in-process channel
+    /// of an embedded node: no socket, and no hop to the leader from here
+    /// (the node behind the channel forwards writes itself, so leader hints
+    /// are ignored). `name` labels the channel in errors and logs;
+    /// `config.endpoints` is not used. Every other setting of `config`
+    /// applies: deadlines, retries and message sizes.
+    pub fn over_channel(
+        name: &str,
+        channel: Channel,
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        config.validate_settings()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                routes: Mutex::new(Routes {
+                    nodes: vec![Node {
+                        addr: name.to_string(),
+                        channel,
+                    }],
+                    current: 0,
+                    leader: None,
+                    pinned: true,
                 }),
             }),
         })
@@ -883,6 +915,9 @@ impl Inner {
     /// The index of the node at `addr`, added (with a lazy channel) when
     /// new and there is room under `ENDPOINTS_MAX`.
     fn index_of(&self, routes: &mut Routes, addr: &str) -> Option<usize> {
+        if routes.pinned {
+            return None;
+        }
         let addr = normalize_endpoint(addr).ok()?;
         if let Some(i) = routes.nodes.iter().position(|n| n.addr == addr) {
             return Some(i);

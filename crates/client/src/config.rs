@@ -178,6 +178,12 @@ impl ClientConfig {
             normalize_endpoint(endpoint)
                 .map_err(|problem| Error::config(&format!("endpoints[{i}]"), problem))?;
         }
+        self.validate_settings()
+    }
+
+    /// Checks every value but the endpoints, for a client given its
+    /// channel ready-made ([`Client::over_channel`](crate::Client::over_channel)).
+    pub(crate) fn validate_settings(&self) -> Result<(), Error> {
         for (key, value) in [
             ("connect_timeout", self.connect_timeout),
             ("call_timeout", self.call_timeout),

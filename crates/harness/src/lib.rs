@@ -427,7 +427,7 @@ pub async fn channel(addr: SocketAddr) -> Result<Channel> {
 /// A base port whose `PORTS_PER_NODE` ports are free on every address
 /// 127.0.0.1..=`ids_max`. Tests in parallel processes pick different
 /// ones: the start point comes from the process id and the clock.
-fn free_base_port(ids_max: u64) -> Result<u16> {
+pub fn free_base_port(ids_max: u64) -> Result<u16> {
     let span = (BASE_PORT_MAX - BASE_PORT_MIN) / PORTS_PER_NODE;
     let seed = std::process::id() as u64 * 7919
         + std::time::SystemTime::now()

@@ -73,7 +73,8 @@ pub struct NodeConfig {
     pub id: u64,
     /// Where peers reach this node (Raft RPCs and forwarded writes).
     pub peer_addr: String,
-    /// Where clients reach this node.
+    /// Where clients reach this node. Empty only for an embedded node
+    /// that serves nothing but its own process.
     pub client_addr: String,
     pub data_dir: PathBuf,
     /// Prometheus metrics over HTTP; empty turns them off.
@@ -304,7 +305,11 @@ impl NodeConfig {
             ));
         }
         parse_addr("peer_addr", &self.peer_addr)?;
-        parse_addr("client_addr", &self.client_addr)?;
+        // Empty only for an embedded node, which serves its own process
+        // in-process (`run_node` refuses it for a node process).
+        if !self.client_addr.is_empty() {
+            parse_addr("client_addr", &self.client_addr)?;
+        }
         if !self.metrics_addr.is_empty() {
             parse_addr("metrics_addr", &self.metrics_addr)?;
         }

@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod embedded;
 pub mod metrics;
 pub mod node;
 pub mod run;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use lockstep_store::NodeInfo;
 use openraft::{Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 
 use crate::config::NodeConfig;
 use lockstep_raft::{peer_service, ForwardHandler, PeerNetworkFactory, VoteGuard};
@@ -51,11 +52,25 @@ pub fn raft_config(config: &NodeConfig) -> Result<Config, RunError> {
 /// Runs a node until SIGTERM or Ctrl-C.
 pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
     tracing_init();
+    if config.client_addr.is_empty() {
+        // Only an embedded node may go without a client port: it serves its
+        // own process in-process instead.
+        return Err(RunError::Listen {
+            key: "client_addr",
+            addr: String::new(),
+            message: "a node process needs a client address".into(),
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| RunError::Server(e.to_string()))?;
-    runtime.block_on(serve(config))
+    runtime.block_on(async {
+        let running = start(config, false).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await
+    })
 }
 
 fn tracing_init() {
@@ -67,20 +82,40 @@ fn tracing_init() {
         .try_init();
 }
 
-async fn serve(config: NodeConfig) -> Result<(), RunError> {
+/// Bytes buffered each way in one in-process connection.
+const IN_PROCESS_BUFFER_BYTES: usize = 256 * 1024;
+/// In-process connections waiting to be accepted.
+const IN_PROCESS_BACKLOG: usize = 64;
+
+/// A started node: Raft, its servers and its ticker, until
+/// [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    pub node: Arc<Node>,
+    /// A channel to this node's client API that stays inside the process
+    /// (an in-memory duplex per connection), when asked for at start.
+    pub in_process: Option<tonic::transport::Channel>,
+    stop_tx: watch::Sender<bool>,
+    ticker: tokio::task::JoinHandle<()>,
+    servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
+}
+
+/// Starts a node inside the current Tokio runtime: opens its store, starts
+/// Raft, binds its peer port, its client port (unless `client_addr` is
+/// empty) and its metrics port (unless `metrics_addr` is empty), and, with
+/// `in_process`, serves the client API over in-memory connections too.
+pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunError> {
     // Bound first, so a taken port stops start-up before anything runs.
-    let metrics_listener = if config.metrics_addr.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.metrics_addr)
-            .await
-            .map_err(|e| RunError::Listen {
-                key: "metrics_addr",
-                addr: config.metrics_addr.clone(),
-                message: e.to_string(),
+    let metrics_listener = bind(&config.metrics_addr, "metrics_addr").await?;
+    let client_listener = bind(&config.client_addr, "client_addr").await?;
+    let peer_listener =
+        bind(&config.peer_addr, "peer_addr")
+            .await?
+            .ok_or_else(|| RunError::Listen {
+                key: "peer_addr",
+                addr: String::new(),
+                message: "a node needs a peer address".into(),
             })?;
-        Some(listener)
-    };
     let (mut log_store, state_machine) = lockstep_store::open(&config.data_dir).await?;
     let state = state_machine.handle();
     let fresh = is_fresh(&mut log_store).await?;
@@ -108,6 +143,9 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         vote_guard.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
 
     let ticker = tokio::spawn(node.clone().run_ticker(stop_rx.clone()));
     let services = Services::new(node.clone());
@@ -120,9 +158,7 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Server(e.to_string()))?;
-
-    let mut stop = stop_rx.clone();
-    let client_server = tonic::transport::Server::builder()
+    let client_router = tonic::transport::Server::builder()
         .layer(crate::metrics::RpcLayer::new(
             node.metrics.clone(),
             config.id,
@@ -135,53 +171,134 @@ async fn serve(config: NodeConfig) -> Result<(), RunError> {
         .add_service(pb::admin_server::AdminServer::new(services.clone()))
         .add_service(pb::cluster_server::ClusterServer::new(services))
         .add_service(health)
-        .add_service(reflection)
-        .serve_with_shutdown(config.client_socket(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-    let mut stop = stop_rx.clone();
-    let peer_server = tonic::transport::Server::builder()
-        .add_service(peer_service(
-            raft.clone(),
-            Arc::new(NodeForward(node.clone())),
-            vote_guard,
-        ))
-        .serve_with_shutdown(config.peer_socket(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-    let client_task = tokio::spawn(client_server);
-    let peer_task = tokio::spawn(peer_server);
-    let metrics_task = metrics_listener.map(|listener| {
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            node.clone(),
-            stop_rx.clone(),
-        ))
-    });
-    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, "node started");
+        .add_service(reflection);
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = ticker.await;
-    for task in [client_task, peer_task] {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "server task failed"),
-        }
+    let mut servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)> = Vec::new();
+    if let Some(listener) = client_listener {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = client_router.clone();
+        let stop = stopped(stop_rx.clone());
+        servers.push((
+            "client server",
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
     }
-    if let Some(task) = metrics_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "metrics server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
-        }
+    let in_process = if in_process {
+        let (connections, accepted) =
+            tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(IN_PROCESS_BACKLOG);
+        let incoming =
+            tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
+        let router = client_router;
+        let stop = stopped(stop_rx.clone());
+        servers.push((
+            "in-process server",
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
+        Some(in_process_channel(connections, message_max))
+    } else {
+        None
+    };
+    let peer_incoming =
+        tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
+    let peer_router = tonic::transport::Server::builder().add_service(peer_service(
+        raft.clone(),
+        Arc::new(NodeForward(node.clone())),
+        vote_guard,
+    ));
+    let stop = stopped(stop_rx.clone());
+    servers.push((
+        "peer server",
+        tokio::spawn(async move {
+            peer_router
+                .serve_with_incoming_shutdown(peer_incoming, stop)
+                .await
+                .map_err(|e| e.to_string())
+        }),
+    ));
+    if let Some(listener) = metrics_listener {
+        let task = crate::metrics::serve(listener, node.clone(), stop_rx.clone());
+        servers.push((
+            "metrics server",
+            tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
+        ));
     }
-    raft.shutdown()
+    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), "node started");
+    Ok(Running {
+        node,
+        in_process,
+        stop_tx,
+        ticker,
+        servers,
+    })
+}
+
+/// Binds `addr` (the value of config key `key`); empty binds nothing.
+async fn bind(addr: &str, key: &'static str) -> Result<Option<tokio::net::TcpListener>, RunError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| RunError::Raft(e.to_string()))?;
-    Ok(())
+        .map(Some)
+        .map_err(|e| RunError::Listen {
+            key,
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// A lazy channel whose every connection is a fresh in-memory duplex handed
+/// to the in-process server: HTTP/2 framing, but no socket and no kernel.
+fn in_process_channel(
+    connections: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>,
+    message_max: usize,
+) -> tonic::transport::Channel {
+    let buffer = IN_PROCESS_BUFFER_BYTES.max(message_max.min(16 * 1024 * 1024) / 16);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let connections = connections.clone();
+        async move {
+            let (client, server) = tokio::io::duplex(buffer);
+            connections
+                .send(server)
+                .await
+                .map_err(|_| std::io::Error::other("the embedded node has shut down"))?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://in-process.lockstep")
+        .connect_with_connector_lazy(connector)
+}
+
+impl Running {
+    /// Stops the servers and the ticker, then Raft. In-flight calls end
+    /// with the servers' graceful shutdown.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        let _ = self.stop_tx.send(true);
+        let _ = self.ticker.await;
+        for (name, task) in self.servers {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "{name} ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "{name} task failed"),
+            }
+        }
+        self.node
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RunError::Raft(e.to_string()))
+    }
 }
 
 /// A store with no vote and no log belongs to a node that never took part
@@ -227,6 +344,22 @@ pub async fn bootstrap(
             _ => Err(RunError::Raft(e.to_string())),
         },
     }
+}
+
+/// Initializes this node alone with the cluster's first membership
+/// `members`; every initial member must be initialized with the same one.
+/// Harmless (false) if this node was initialized before.
+pub async fn initialize_local(
+    node: &Node,
+    members: Vec<(u64, NodeInfo)>,
+) -> Result<bool, RunError> {
+    let initialized = bootstrap(&node.raft, members).await?;
+    if initialized {
+        // Initialized with the first membership: nothing was ever committed
+        // without this node, so it may vote (see VoteGuard).
+        node.vote_guard.allow();
+    }
+    Ok(initialized)
 }
 
 /// Hands requests forwarded by other nodes to this node.

@@ -609,18 +609,13 @@ impl pb::cluster_server::Cluster for Services {
                 self.node.id
             )));
         }
-        let initialized = crate::run::bootstrap(&self.node.raft, members)
+        let initialized = crate::run::initialize_local(&self.node, members)
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        if initialized {
-            // Initialized with the first membership: nothing was ever
-            // committed without this node, so it may vote (see VoteGuard).
-            self.node.vote_guard.allow();
-        }
         if !this_node_only {
             // Every initial member is initialized with the same membership,
             // so none of them starts as a fresh node that may not vote.
-            let local = self.node.config.client_socket().ip();
+            let local = self.node.config.peer_socket().ip();
             let mut calls = tokio::task::JoinSet::new();
             for m in request.members.iter().filter(|m| m.id != self.node.id) {
                 let forwarded = pb::BootstrapRequest {
