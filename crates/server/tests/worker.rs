@@ -1,0 +1,495 @@
+//! The client's `Worker` against a real 3-node cluster (issue 4):
+//!
+//! 1. 8 workers over 100 groups keep per-group order and one-at-a-time
+//!    while the leader is killed with SIGKILL;
+//! 2. a handler that runs longer than its lease keeps it through extends;
+//! 3. a worker process stopped (SIGSTOP) past its lease loses the job to
+//!    another worker, and its late ack is refused.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lockstep_client::{
+    CancellationToken, Client, ClientConfig, Code, Outcome, Worker, WorkerConfig, WorkerReport,
+};
+
+/// The environment variable that makes `stopped_worker_process` run.
+const CHILD_VAR: &str = "LOCKSTEP_WORKER_CHILD";
+
+fn client_of(c: &Cluster, ids: &[u64]) -> Client {
+    let endpoints: Vec<String> = ids
+        .iter()
+        .map(|id| c.addr(*id).client.to_string())
+        .collect();
+    Client::connect(ClientConfig::new(endpoints)).unwrap()
+}
+
+fn jobs(groups: u64, per_group: u64) -> Vec<pb::Job> {
+    (0..per_group)
+        .flat_map(|k| (0..groups).map(move |g| job(&format!("j{g}-{k}"), &format!("g{g}"))))
+        .collect()
+}
+
+/// What the handlers saw, checked as they run.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Handlers running now, per group.
+    running: BTreeMap<String, u32>,
+    /// Two handlers of one group at once.
+    overlaps: Vec<String>,
+    /// Per group, the offsets of finished handlers in the order they
+    /// finished.
+    finished: BTreeMap<String, Vec<u64>>,
+    /// Distinct jobs finished.
+    done: std::collections::BTreeSet<u64>,
+}
+
+/// Counts a running handler of `group` until dropped (a handler whose lease
+/// was lost is dropped, not finished).
+struct Running1 {
+    seen: Arc<Mutex<Seen>>,
+    group: String,
+}
+
+impl Running1 {
+    fn enter(seen: &Arc<Mutex<Seen>>, group: &str, offset: u64) -> Running1 {
+        let mut s = seen.lock().unwrap();
+        let n = s.running.entry(group.to_string()).or_default();
+        *n += 1;
+        if *n > 1 {
+            s.overlaps
+                .push(format!("group {group}: offset {offset} ran beside another"));
+        }
+        Running1 {
+            seen: seen.clone(),
+            group: group.to_string(),
+        }
+    }
+}
+
+impl Drop for Running1 {
+    fn drop(&mut self) {
+        let mut s = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = s.running.get_mut(&self.group) {
+            *n -= 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_workers_keep_group_order_and_exclusion_while_the_leader_is_killed() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut r, leader) = start3().await;
+        let c = &mut r.cluster;
+        const GROUPS: u64 = 100;
+        const PER_GROUP: u64 = 10;
+        const TOTAL: u64 = GROUPS * PER_GROUP;
+        let client = client_of(c, &[1, 2, 3]);
+        client
+            .create_queue("w", pb::QueueConfig::default())
+            .await
+            .unwrap();
+        for chunk in jobs(GROUPS, PER_GROUP).chunks(250) {
+            client.enqueue("w", chunk.to_vec()).await.unwrap();
+        }
+
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let mut config = WorkerConfig::new("w");
+            config.consumer = format!("worker-{w}");
+            config.concurrency = 4;
+            config.lease = Duration::from_secs(15);
+            config.wait = Duration::from_secs(2);
+            config.shutdown_grace = Duration::from_secs(5);
+            let seen = seen.clone();
+            let worker = Worker::new(client.clone(), config, move |job, _cancel| {
+                let seen = seen.clone();
+                async move {
+                    let guard = Running1::enter(&seen, &job.group, job.offset);
+                    tokio::time::sleep(Duration::from_millis(5 + job.offset % 20)).await;
+                    let mut s = seen.lock().unwrap();
+                    s.finished
+                        .entry(job.group.clone())
+                        .or_default()
+                        .push(job.offset);
+                    s.done.insert(job.offset);
+                    drop(s);
+                    drop(guard);
+                    Outcome::Ack
+                }
+            })
+            .unwrap();
+            workers.push(tokio::spawn(worker.run(stop.clone())));
+        }
+
+        let done = |seen: &Arc<Mutex<Seen>>| seen.lock().unwrap().done.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done(&seen) < TOTAL / 4 {
+            assert!(Instant::now() < deadline, "workers made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = done(&seen);
+        c.kill(leader);
+        println!("killed leader {leader} after {before} of {TOTAL} jobs");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done(&seen) < TOTAL {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {TOTAL} jobs done",
+                done(&seen)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        let mut total = WorkerReport::default();
+        for w in workers {
+            let report = w.await.unwrap().unwrap();
+            total.fetched += report.fetched;
+            total.acked += report.acked;
+            total.lease_lost += report.lease_lost;
+            total.failed += report.failed;
+        }
+        println!("workers: {total:?}");
+
+        let s = seen.lock().unwrap();
+        assert!(
+            s.overlaps.is_empty(),
+            "mutual exclusion broken: {:?}",
+            s.overlaps
+        );
+        for (group, offsets) in &s.finished {
+            // Equal neighbours: a job run again after its ack's outcome was
+            // lost in the election; never an older job after a newer one.
+            assert!(
+                offsets.windows(2).all(|w| w[0] <= w[1]),
+                "group {group} finished out of order: {offsets:?}"
+            );
+        }
+        assert_eq!(s.finished.len() as u64, GROUPS);
+        drop(s);
+        let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        let new_leader = c.wait_leader(&survivors, ELECTION_MAX).await.unwrap();
+        let stats = common::stats(c, new_leader, "w").await;
+        assert_eq!(stats.next_offset, TOTAL, "{stats:?}");
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.leased, stats.dead),
+            (0, 0, 0, 0),
+            "every job acked: {stats:?}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_longer_than_its_lease_keeps_it_through_extends() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (r, _leader) = start3().await;
+        let c = &r.cluster;
+        let client = client_of(c, &[1, 2, 3]);
+        client
+            .create_queue("slow", pb::QueueConfig::default())
+            .await
+            .unwrap();
+        client
+            .enqueue("slow", vec![job("first", "g"), job("second", "g")])
+            .await
+            .unwrap();
+
+        const LEASE: Duration = Duration::from_millis(1_500);
+        const WORK: Duration = Duration::from_secs(6);
+        let mut config = WorkerConfig::new("slow");
+        config.consumer = "patient".into();
+        config.concurrency = 1;
+        config.lease = LEASE;
+        config.wait = Duration::from_millis(500);
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let log = started.clone();
+        let worker = Worker::new(
+            client.clone(),
+            config,
+            move |job, cancel: CancellationToken| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push((job.offset, job.attempt));
+                    if job.offset == 0 {
+                        tokio::select! {
+                            _ = tokio::time::sleep(WORK) => {}
+                            _ = cancel.cancelled() => return Outcome::Retry,
+                        }
+                    }
+                    Outcome::Ack
+                }
+            },
+        )
+        .unwrap();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while started.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the worker never got the job");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // While the handler runs four leases long, another consumer finds
+        // nothing to take: the group stays leased to the worker.
+        let deadline = Instant::now() + WORK - Duration::from_millis(500);
+        let mut tries = 0;
+        while Instant::now() < deadline {
+            let got = client
+                .fetch("slow", "thief", 10, LEASE, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(got.is_empty(), "another consumer got {got:?}");
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = common::stats(c, 1, "slow").await;
+            if s.ready + s.leased == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "jobs never finished: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.cancel();
+        let report = running.await.unwrap().unwrap();
+        println!("{tries} fetches by another consumer got nothing; {report:?}");
+        assert_eq!(report.lease_lost, 0, "{report:?}");
+        assert_eq!(report.acked, 2, "{report:?}");
+        assert_eq!(
+            *started.lock().unwrap(),
+            vec![(0, 1), (1, 1)],
+            "each job ran once, first attempt, in order"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The entry point of the child process of
+/// `a_stopped_worker_loses_its_lease_and_its_late_ack_is_refused`.
+#[test]
+#[ignore = "run as a child process by a_stopped_worker_loses_its_lease_and_its_late_ack_is_refused"]
+fn stopped_worker_process() {
+    let Ok(endpoints) = std::env::var(CHILD_VAR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let client = Client::connect(ClientConfig::new(endpoints.split(','))).unwrap();
+        let mut config = WorkerConfig::new("stop");
+        config.consumer = "sleeper".into();
+        config.concurrency = 1;
+        config.lease = Duration::from_secs(2);
+        config.wait = Duration::from_millis(500);
+        let (fence_tx, mut fence_rx) = tokio::sync::mpsc::channel::<(u64, u64)>(1);
+        let worker = Worker::new(
+            client.clone(),
+            config,
+            move |job, cancel: CancellationToken| {
+                let fence_tx = fence_tx.clone();
+                async move {
+                    println!("GOT {} {}", job.offset, job.fence);
+                    let _ = fence_tx.send((job.offset, job.fence)).await;
+                    // The worker drops this future when the lease is lost, after
+                    // cancelling the token: watch the token from another task.
+                    let offset = job.offset;
+                    tokio::spawn(async move {
+                        cancel.cancelled().await;
+                        println!("CANCELLED {offset}");
+                    });
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Outcome::Ack
+                }
+            },
+        )
+        .unwrap();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+        let (offset, fence) = fence_rx.recv().await.unwrap();
+        // The worker drops the job when its lease is lost; this process
+        // then tries the ack it would have sent, with the old fence.
+        let mut stdin = String::new();
+        tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut stdin))
+            .await
+            .unwrap()
+            .unwrap();
+        match client.ack_one("stop", offset, fence).await {
+            Ok(()) => println!("LATE-ACK accepted"),
+            Err(e) => println!("LATE-ACK {:?} {}", e.code(), e),
+        }
+        stop.cancel();
+        let report = running.await.unwrap().unwrap();
+        println!(
+            "REPORT acked={} lease_lost={}",
+            report.acked, report.lease_lost
+        );
+    });
+}
+
+struct ChildWorker {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl ChildWorker {
+    fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => panic!("child never printed {prefix} ({e:?}): {:?}", self.seen),
+            }
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.signal_kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildWorker {
+    fn signal_kill(&mut self) -> std::io::Result<()> {
+        // A stopped process must be continued to die promptly on SIGKILL
+        // everywhere; SIGKILL works on a stopped process on Linux anyway.
+        self.child.kill()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_worker_loses_its_lease_and_its_late_ack_is_refused() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (r, _leader) = start3().await;
+        let c = &r.cluster;
+        let client = client_of(c, &[1, 2, 3]);
+        client
+            .create_queue("stop", pb::QueueConfig::default())
+            .await
+            .unwrap();
+        client
+            .enqueue("stop", vec![job("a", "g"), job("b", "g")])
+            .await
+            .unwrap();
+
+        let endpoints: Vec<String> = (1..=3).map(|id| c.addr(id).client.to_string()).collect();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "stopped_worker_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_VAR, endpoints.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut child = ChildWorker {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let got = child.wait_for("GOT ", Duration::from_secs(30));
+        let old_fence: u64 = got.split(' ').nth(2).unwrap().parse().unwrap();
+        assert!(got.starts_with("GOT 0 "), "{got}");
+
+        // Stop the worker's process past its 2 s lease.
+        child.signal(nix::sys::signal::Signal::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let taken = loop {
+            let got = client
+                .fetch(
+                    "stop",
+                    "rescuer",
+                    1,
+                    Duration::from_secs(60),
+                    Duration::from_secs(1),
+                )
+                .await
+                .unwrap();
+            if let Some(d) = got.into_iter().next() {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "the lease never expired");
+        };
+        assert_eq!((taken.offset, taken.attempt), (0, 2), "{taken:?}");
+        assert!(taken.fence > old_fence, "{taken:?} after fence {old_fence}");
+
+        // Continue it: its next extend answers "lease lost", the worker
+        // cancels the handler and drops the job; its late ack is refused.
+        child.signal(nix::sys::signal::Signal::SIGCONT);
+        child.wait_for("CANCELLED 0", Duration::from_secs(30));
+        {
+            use std::io::Write;
+            let stdin = child.child.stdin.as_mut().unwrap();
+            stdin.write_all(b"ack\n").unwrap();
+            stdin.flush().unwrap();
+        }
+        let late = child.wait_for("LATE-ACK", Duration::from_secs(30));
+        assert!(
+            late.starts_with(&format!("LATE-ACK {:?}", Code::FailedPrecondition)),
+            "{late}"
+        );
+        let report = child.wait_for("REPORT", Duration::from_secs(30));
+        assert_eq!(report, "REPORT acked=0 lease_lost=1");
+
+        // The rescuer's ack counts, and the group moves on.
+        client.ack_one("stop", 0, taken.fence).await.unwrap();
+        let next = client
+            .fetch(
+                "stop",
+                "rescuer",
+                1,
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].offset, next[0].attempt), (1, 1));
+        let status = child.child.wait().unwrap();
+        assert!(status.success(), "child: {status}");
+    })
+    .await
+    .expect("test timed out");
+}
