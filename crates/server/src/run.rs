@@ -2,6 +2,7 @@
 //! gRPC servers, the ticker, and graceful shutdown on SIGTERM or Ctrl-C.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lockstep_store::NodeInfo;
 use openraft::{Config, Raft, SnapshotPolicy};
@@ -84,6 +85,9 @@ fn tracing_init() {
 
 /// Bytes buffered each way in one in-process connection.
 const IN_PROCESS_BUFFER_BYTES: usize = 256 * 1024;
+/// Longest a server (or the ticker) may take to finish its in-flight calls
+/// at shutdown.
+pub const SERVER_STOP_MS_MAX: u64 = 5_000;
 /// In-process connections waiting to be accepted.
 const IN_PROCESS_BACKLOG: usize = 64;
 
@@ -285,12 +289,26 @@ impl Running {
     /// with the servers' graceful shutdown.
     pub async fn shutdown(self) -> Result<(), RunError> {
         let _ = self.stop_tx.send(true);
-        let _ = self.ticker.await;
-        for (name, task) in self.servers {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "{name} ended with an error"),
-                Err(e) => tracing::warn!(error = %e, "{name} task failed"),
+        // Without a quorum, a tick or a call waits for a commit that never
+        // comes; past the bound it is cut off (its caller sees the
+        // connection end, an unknown outcome, as after a crash).
+        let bound = Duration::from_millis(SERVER_STOP_MS_MAX);
+        let mut ticker = self.ticker;
+        if tokio::time::timeout(bound, &mut ticker).await.is_err() {
+            tracing::warn!("ticker did not stop within {SERVER_STOP_MS_MAX} ms; aborted");
+            ticker.abort();
+        }
+        for (name, mut task) in self.servers {
+            match tokio::time::timeout(bound, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "{name} ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "{name} task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        "{name}: calls still running after {SERVER_STOP_MS_MAX} ms; aborted"
+                    );
+                    task.abort();
+                }
             }
         }
         self.node
