@@ -5,6 +5,8 @@
 //! together; `lockstep-core` and `lockstep-store` know nothing of gRPC.
 
 pub mod batcher;
+pub mod bench;
+pub mod bench_plot;
 pub mod cli;
 pub mod config;
 pub mod convert;

@@ -28,6 +28,12 @@ enum Cmd {
     /// Start a fresh local cluster, run a workload under faults, heal,
     /// drain, and check the history. Exits non-zero on any anomaly.
     Chaos(ChaosArgs),
+    /// Load a running cluster and measure throughput and latency
+    /// (enqueue, redup check, consume, or mixed).
+    Bench(lockstep_server::bench::BenchArgs),
+    /// Gather `lockstep bench --json` results into one file and draw them
+    /// as SVG charts.
+    BenchPlot(lockstep_server::bench_plot::PlotArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +129,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Node(args) => run_node(args),
         Cmd::Cluster(cmd) => lockstep_server::cli::cluster(cmd.into()),
         Cmd::Chaos(args) => run_chaos(args),
+        Cmd::Bench(args) => lockstep_server::bench::run(args),
+        Cmd::BenchPlot(args) => lockstep_server::bench_plot::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

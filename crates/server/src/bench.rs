@@ -1,0 +1,819 @@
+//! `lockstep bench`: load any running cluster through the real client and
+//! measure it.
+//!
+//! Phases (`--mode`):
+//! - `enqueue`: P producers, each with `--in-flight` calls outstanding, send
+//!   batches of jobs with unique ids, `--jobs` in all or for `--duration-s`,
+//!   optionally paced at `--rate` jobs/s in all. Then the redup check
+//!   re-sends `--redup-pct` of the ids, which must all come back DUPLICATE.
+//! - `consume`: W workers fetch up to `--fetch-batch` jobs and ack them,
+//!   checking on the fly that each group's deliveries come in offset order.
+//! - `both` (default): enqueue, redup check, then consume what was enqueued.
+//! - `mixed`: producers and workers at once for `--duration-s`; the
+//!   per-second timeline and the longest pause between successful enqueues
+//!   show a failover's dip when a leader is killed during the run.
+//!
+//! Latency is measured per call (one RPC) and per job: for enqueue, from
+//! when the job was due (its slot in the `--rate` schedule, or when its
+//! producer took it) to its acknowledgement, so queueing behind a slow call
+//! is counted rather than hidden; for consume, from the enqueue (the first
+//! 8 bytes of every payload carry the send time) to the ack.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use lockstep_client::{pb, Client, ClientConfig, EnqueueOutcome};
+use serde::Serialize;
+
+/// Most producers or workers one bench runs.
+pub const TASKS_MAX: usize = 4_096;
+/// Most calls one producer keeps in flight.
+pub const IN_FLIGHT_MAX: usize = 1_024;
+/// Most jobs in one enqueue call.
+pub const BATCH_MAX: usize = 10_000;
+/// Largest payload the bench sends (the node's limit may be lower).
+pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
+/// Jobs sent when neither `--jobs` nor `--duration-s` is given.
+pub const JOBS_DEFAULT: u64 = 20_000;
+/// Highest latency the histograms hold, in microseconds (10 minutes).
+const LATENCY_US_MAX: u64 = 600_000_000;
+/// Error messages kept per phase as examples.
+const ERRORS_KEPT: usize = 5;
+/// Long-poll wait of each fetch.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Lease of each fetched job: the bench acks at once.
+const FETCH_LEASE: Duration = Duration::from_secs(30);
+/// Consecutive empty fetches after which a worker decides the queue is
+/// drained (consume mode without a target count).
+const EMPTY_FETCHES_DONE: u32 = 4;
+/// Jobs per call of the redup check.
+const REDUP_BATCH: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enqueue,
+    Consume,
+    Both,
+    Mixed,
+}
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct BenchArgs {
+    /// Client addresses of any nodes (comma-separated or repeated).
+    #[arg(
+        long = "addr",
+        value_delimiter = ',',
+        env = "LOCKSTEP_ADDR",
+        default_value = "127.0.0.1:7100,127.0.0.2:7100,127.0.0.3:7100"
+    )]
+    pub addrs: Vec<String>,
+    /// The queue to load (created if missing).
+    #[arg(long, default_value = "bench")]
+    pub queue: String,
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: Mode,
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+    /// Jobs per enqueue call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Calls each producer keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Payload bytes per job (at least 8: the send time).
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// Distinct group keys; job n goes to group n mod G.
+    #[arg(long, default_value_t = 1_000)]
+    pub groups: u64,
+    /// Jobs to enqueue in all (default 20,000 unless --duration-s).
+    #[arg(long)]
+    pub jobs: Option<u64>,
+    /// Run the enqueue (or mixed) phase this long instead.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Pace enqueues at this many jobs/s in all (default: as fast as the
+    /// cluster answers).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Jobs asked for per fetch.
+    #[arg(long, default_value_t = 32)]
+    pub fetch_batch: u32,
+    /// Share of the enqueued ids sent again, which must come back DUPLICATE.
+    #[arg(long, default_value_t = 1.0)]
+    pub redup_pct: f64,
+    /// Write the results as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A name for this run in the results.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Bound on the whole run; past it the bench stops and reports.
+    #[arg(long, default_value_t = 900)]
+    pub time_limit_s: u64,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1_000.0;
+        Latency {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// One measured phase.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub jobs: u64,
+    pub seconds: f64,
+    pub jobs_per_s: f64,
+    pub per_call: Latency,
+    pub per_job: Latency,
+    /// Calls that failed after the client's retries.
+    pub errors: u64,
+    pub error_examples: Vec<String>,
+    /// Jobs completed in each second of the phase.
+    pub timeline: Vec<u64>,
+    /// Longest time without a successful call, in ms (a failover's gap).
+    pub longest_gap_ms: f64,
+    /// Enqueue only: jobs answered DUPLICATE or ID_CONFLICT (should be 0).
+    pub not_created: u64,
+    /// Consume only: deliveries that broke group order (must be 0).
+    pub order_violations: u64,
+    /// Consume only: deliveries of a job delivered before.
+    pub redeliveries: u64,
+    /// The latency CDF per job: (latency ms, fraction at or below).
+    pub cdf: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Redup {
+    pub sent: u64,
+    pub duplicate: u64,
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub label: String,
+    pub args: BenchArgs,
+    pub started_unix_s: u64,
+    pub phases: Vec<Phase>,
+    pub redup: Option<Redup>,
+    pub passed: bool,
+    pub problems: Vec<String>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's range: cannot fail.
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What the tasks of one phase share.
+#[derive(Debug)]
+struct Shared {
+    started: Instant,
+    /// Jobs completed per second since `started`.
+    timeline: Mutex<Vec<u64>>,
+    /// Micros since `started` of the last successful call.
+    last_ok_us: AtomicU64,
+    longest_gap_us: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+    error_examples: Mutex<Vec<String>>,
+    progress: indicatif::ProgressBar,
+}
+
+impl Shared {
+    fn new(progress: indicatif::ProgressBar) -> Shared {
+        Shared {
+            started: Instant::now(),
+            timeline: Mutex::new(Vec::new()),
+            last_ok_us: AtomicU64::new(0),
+            longest_gap_us: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            error_examples: Mutex::new(Vec::new()),
+            progress,
+        }
+    }
+
+    fn ok(&self, jobs: u64) {
+        let now = micros(self.started.elapsed());
+        let last = self.last_ok_us.swap(now, Ordering::Relaxed);
+        self.longest_gap_us
+            .fetch_max(now.saturating_sub(last), Ordering::Relaxed);
+        let second = (now / 1_000_000) as usize;
+        {
+            let mut t = self.timeline.lock().unwrap_or_else(PoisonError::into_inner);
+            if t.len() <= second {
+                t.resize(second + 1, 0);
+            }
+            t[second] += jobs;
+        }
+        self.done.fetch_add(jobs, Ordering::Relaxed);
+        self.progress.inc(jobs);
+    }
+
+    fn error(&self, e: &lockstep_client::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut kept = self
+            .error_examples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < ERRORS_KEPT {
+            kept.push(e.to_string());
+        }
+    }
+
+    fn phase(&self, name: &str, per_call: &Histogram<u64>, per_job: &Histogram<u64>) -> Phase {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let jobs = self.done.load(Ordering::Relaxed);
+        Phase {
+            name: name.into(),
+            jobs,
+            seconds,
+            jobs_per_s: if seconds > 0.0 {
+                jobs as f64 / seconds
+            } else {
+                0.0
+            },
+            per_call: Latency::of(per_call),
+            per_job: Latency::of(per_job),
+            errors: self.errors.load(Ordering::Relaxed),
+            error_examples: self
+                .error_examples
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            timeline: self
+                .timeline
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            longest_gap_ms: self.longest_gap_us.load(Ordering::Relaxed) as f64 / 1_000.0,
+            cdf: cdf(per_job),
+            ..Phase::default()
+        }
+    }
+}
+
+/// Points of the per-job latency CDF, for plotting.
+fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    [
+        0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0,
+    ]
+    .iter()
+    .map(|q| (h.value_at_quantile(*q) as f64 / 1_000.0, *q))
+    .collect()
+}
+
+impl BenchArgs {
+    fn validate(&self) -> Result<(), String> {
+        let bad = |flag: &str, problem: String| Err(format!("--{flag}: {problem}"));
+        if self.addrs.is_empty() {
+            return bad("addr", "give at least one node's client address".into());
+        }
+        for (flag, value, max) in [
+            ("producers", self.producers, TASKS_MAX),
+            ("workers", self.workers, TASKS_MAX),
+            ("in-flight", self.in_flight, IN_FLIGHT_MAX),
+            ("batch", self.batch, BATCH_MAX),
+        ] {
+            if value == 0 || value > max {
+                return bad(flag, format!("{value} is outside 1..={max}"));
+            }
+        }
+        if self.payload < 8 || self.payload > PAYLOAD_BYTES_MAX {
+            return bad(
+                "payload",
+                format!("{} is outside 8..={PAYLOAD_BYTES_MAX}", self.payload),
+            );
+        }
+        if self.groups == 0 {
+            return bad("groups", "must be at least 1".into());
+        }
+        if self.fetch_batch == 0 {
+            return bad("fetch-batch", "must be at least 1".into());
+        }
+        if !(0.0..=100.0).contains(&self.redup_pct) {
+            return bad("redup-pct", format!("{} is outside 0..=100", self.redup_pct));
+        }
+        if self.duration_s.is_some_and(|d| !(d > 0.0 && d < 86_400.0)) {
+            return bad("duration-s", "must be above 0 and below a day".into());
+        }
+        if self.mode == Mode::Mixed && self.duration_s.is_none() {
+            return bad("duration-s", "mixed mode runs for a duration; give one".into());
+        }
+        if self.rate == Some(0) {
+            return bad("rate", "must be at least 1 job/s".into());
+        }
+        Ok(())
+    }
+
+    fn client(&self) -> Result<Client, String> {
+        Client::connect(ClientConfig::new(self.addrs.clone())).map_err(|e| e.to_string())
+    }
+
+    fn progress(&self, len: Option<u64>, name: &str) -> indicatif::ProgressBar {
+        let quiet = self.no_progress
+            || self.json.as_deref() == Some(std::path::Path::new("-"))
+            || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = match len {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let template = if len.is_some() {
+            "{prefix:>8} [{bar:30}] {pos}/{len} jobs, {per_sec}, eta {eta}"
+        } else {
+            "{prefix:>8} {spinner} {pos} jobs, {per_sec}, {elapsed}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(name.to_string());
+        bar
+    }
+}
+
+/// Runs the bench as `args` says; prints the summary and writes the JSON.
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    args.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(args.time_limit_s);
+    let results = runtime.block_on(async {
+        tokio::time::timeout(limit, bench(args.clone()))
+            .await
+            .map_err(|_| format!("the bench did not finish within --time-limit-s {}", args.time_limit_s))?
+    })?;
+    println!("{}", summary(&results));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    if results.passed {
+        Ok(())
+    } else {
+        Err(format!("the bench found problems: {}", results.problems.join("; ")))
+    }
+}
+
+async fn bench(args: BenchArgs) -> Result<Results, String> {
+    let client = args.client()?;
+    client
+        .create_queue(&args.queue, pb::QueueConfig::default())
+        .await
+        .map_err(|e| format!("create queue `{}`: {e}", args.queue))?;
+    let started_unix_s = unix_micros() / 1_000_000;
+    // Ids unique to this run, so runs against one queue never collide.
+    let run_id = format!("b{:x}", unix_micros());
+    let mut results = Results {
+        label: args.label.clone(),
+        args: args.clone(),
+        started_unix_s,
+        phases: Vec::new(),
+        redup: None,
+        passed: true,
+        problems: Vec::new(),
+    };
+    match args.mode {
+        Mode::Enqueue | Mode::Both => {
+            let (phase, sample) = enqueue_phase(&args, &run_id, None).await?;
+            let created = phase.jobs;
+            results.phases.push(phase);
+            if args.redup_pct > 0.0 {
+                results.redup = Some(redup(&args, &client, &run_id, &sample).await);
+            }
+            if args.mode == Mode::Both {
+                results
+                    .phases
+                    .push(consume_phase(&args, Some(created), None).await?);
+            }
+        }
+        Mode::Consume => results.phases.push(consume_phase(&args, None, None).await?),
+        Mode::Mixed => {
+            let deadline = Instant::now() + duration(&args);
+            let consume_args = args.clone();
+            let consumer = tokio::spawn(async move {
+                consume_phase(&consume_args, None, Some(deadline)).await
+            });
+            let (phase, _) = enqueue_phase(&args, &run_id, Some(deadline)).await?;
+            results.phases.push(phase);
+            results
+                .phases
+                .push(consumer.await.map_err(|e| e.to_string())??);
+        }
+    }
+    for phase in &results.phases {
+        if phase.errors > 0 {
+            results.problems.push(format!(
+                "{}: {} calls failed (e.g. {:?})",
+                phase.name, phase.errors, phase.error_examples
+            ));
+        }
+        if phase.order_violations > 0 {
+            results.problems.push(format!(
+                "{}: {} deliveries broke group order",
+                phase.name, phase.order_violations
+            ));
+        }
+        if phase.not_created > 0 {
+            results.problems.push(format!(
+                "{}: {} fresh ids were not created",
+                phase.name, phase.not_created
+            ));
+        }
+    }
+    if let Some(r) = &results.redup {
+        if r.other > 0 {
+            results.problems.push(format!(
+                "redup: {} of {} resent ids did not come back DUPLICATE",
+                r.other, r.sent
+            ));
+        }
+    }
+    results.passed = results.problems.is_empty();
+    Ok(results)
+}
+
+fn duration(args: &BenchArgs) -> Duration {
+    Duration::from_secs_f64(args.duration_s.unwrap_or(0.0))
+}
+
+fn job(run_id: &str, n: u64, groups: u64, payload: usize, sent_us: u64) -> pb::Job {
+    let mut bytes = vec![b'x'; payload];
+    bytes[..8].copy_from_slice(&sent_us.to_le_bytes());
+    pb::Job {
+        id: Some(format!("{run_id}-{n}")),
+        group: format!("g{}", n % groups),
+        payload: bytes,
+        ..Default::default()
+    }
+}
+
+/// Job numbers whose ids the redup check sends again, with their send time
+/// (part of the payload, which must be identical for DUPLICATE).
+type Sample = Vec<(u64, u64)>;
+
+async fn enqueue_phase(
+    args: &BenchArgs,
+    run_id: &str,
+    deadline: Option<Instant>,
+) -> Result<(Phase, Sample), String> {
+    let total = match (args.jobs, args.duration_s) {
+        (Some(n), _) => n,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => JOBS_DEFAULT,
+    };
+    let deadline =
+        deadline.or_else(|| args.duration_s.map(|_| Instant::now() + duration(args)));
+    let name = if args.mode == Mode::Mixed {
+        "mixed-enqueue"
+    } else {
+        "enqueue"
+    };
+    let shared = Arc::new(Shared::new(
+        args.progress((total != u64::MAX).then_some(total), name),
+    ));
+    let next = Arc::new(AtomicU64::new(0));
+    let not_created = Arc::new(AtomicU64::new(0));
+    let sample_every = if args.redup_pct > 0.0 {
+        (100.0 / args.redup_pct).round().max(1.0) as u64
+    } else {
+        u64::MAX
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.producers {
+        let client = args.client()?;
+        for _ in 0..args.in_flight {
+            let (client, shared, next, not_created) = (
+                client.clone(),
+                shared.clone(),
+                next.clone(),
+                not_created.clone(),
+            );
+            let (args, run_id) = (args.clone(), run_id.to_string());
+            tasks.spawn(async move {
+                let mut per_call = histogram();
+                let mut per_job = histogram();
+                let mut sample: Sample = Vec::new();
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    let first = next.fetch_add(args.batch as u64, Ordering::Relaxed);
+                    if first >= total {
+                        break;
+                    }
+                    let last = (first + args.batch as u64).min(total);
+                    // When the first job of the batch was due.
+                    let due = match args.rate {
+                        Some(rate) => {
+                            let at = shared.started
+                                + Duration::from_secs_f64(first as f64 / rate as f64);
+                            tokio::time::sleep_until(at.into()).await;
+                            at
+                        }
+                        None => Instant::now(),
+                    };
+                    let sent_us = unix_micros();
+                    let jobs: Vec<pb::Job> = (first..last)
+                        .map(|n| job(&run_id, n, args.groups, args.payload, sent_us))
+                        .collect();
+                    let call = Instant::now();
+                    match client.enqueue(&args.queue, jobs).await {
+                        Ok(results) => {
+                            let now = Instant::now();
+                            let _ = per_call.record(micros(now - call));
+                            let _ = per_job
+                                .record_n(micros(now - due), results.len() as u64);
+                            let fresh = results
+                                .iter()
+                                .filter(|r| r.outcome == EnqueueOutcome::Created)
+                                .count() as u64;
+                            not_created
+                                .fetch_add(results.len() as u64 - fresh, Ordering::Relaxed);
+                            shared.ok(fresh);
+                            for n in first..last {
+                                if n % sample_every == 0 {
+                                    sample.push((n, sent_us));
+                                }
+                            }
+                        }
+                        Err(e) => shared.error(&e),
+                    }
+                }
+                (per_call, per_job, sample)
+            });
+        }
+    }
+    let mut per_call = histogram();
+    let mut per_job = histogram();
+    let mut sample = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (c, j, s) = joined.map_err(|e| e.to_string())?;
+        let _ = per_call.add(c);
+        let _ = per_job.add(j);
+        sample.extend(s);
+    }
+    shared.progress.finish_and_clear();
+    let mut phase = shared.phase(name, &per_call, &per_job);
+    phase.not_created = not_created.load(Ordering::Relaxed);
+    Ok((phase, sample))
+}
+
+async fn redup(args: &BenchArgs, client: &Client, run_id: &str, sample: &Sample) -> Redup {
+    let mut r = Redup::default();
+    for chunk in sample.chunks(REDUP_BATCH) {
+        let jobs: Vec<pb::Job> = chunk
+            .iter()
+            .map(|(n, sent_us)| job(run_id, *n, args.groups, args.payload, *sent_us))
+            .collect();
+        r.sent += jobs.len() as u64;
+        match client.enqueue(&args.queue, jobs).await {
+            Ok(results) => {
+                for res in results {
+                    if matches!(res.outcome, EnqueueOutcome::Duplicate { .. }) {
+                        r.duplicate += 1;
+                    } else {
+                        r.other += 1;
+                    }
+                }
+            }
+            Err(_) => r.other += chunk.len() as u64,
+        }
+    }
+    r
+}
+
+/// Per group, the highest offset delivered so far.
+type Heads = Mutex<HashMap<String, u64>>;
+
+async fn consume_phase(
+    args: &BenchArgs,
+    target: Option<u64>,
+    deadline: Option<Instant>,
+) -> Result<Phase, String> {
+    let name = if deadline.is_some() {
+        "mixed-consume"
+    } else {
+        "consume"
+    };
+    let shared = Arc::new(Shared::new(args.progress(target, name)));
+    let heads: Arc<Heads> = Arc::new(Mutex::new(HashMap::new()));
+    let violations = Arc::new(AtomicU64::new(0));
+    let redeliveries = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.workers {
+        let client = args.client()?;
+        let (shared, heads, violations, redeliveries) = (
+            shared.clone(),
+            heads.clone(),
+            violations.clone(),
+            redeliveries.clone(),
+        );
+        let args = args.clone();
+        tasks.spawn(async move {
+            let mut per_call = histogram();
+            let mut per_job = histogram();
+            let consumer = format!("bench-{w}");
+            let mut empty = 0;
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if target.is_some_and(|t| shared.done.load(Ordering::Relaxed) >= t) {
+                    break;
+                }
+                let call = Instant::now();
+                let got = match client
+                    .fetch(&args.queue, &consumer, args.fetch_batch, FETCH_LEASE, FETCH_WAIT)
+                    .await
+                {
+                    Ok(got) => got,
+                    Err(e) => {
+                        shared.error(&e);
+                        continue;
+                    }
+                };
+                if got.is_empty() {
+                    empty += 1;
+                    if target.is_none() && deadline.is_none() && empty >= EMPTY_FETCHES_DONE {
+                        break;
+                    }
+                    continue;
+                }
+                empty = 0;
+                {
+                    let mut heads = heads.lock().unwrap_or_else(PoisonError::into_inner);
+                    for d in &got {
+                        if d.attempt > 1 {
+                            redeliveries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        match heads.get(&d.group) {
+                            Some(h) if d.offset < *h || (d.offset == *h && d.attempt == 1) => {
+                                violations.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                heads.insert(d.group.clone(), d.offset);
+                            }
+                        }
+                    }
+                }
+                let items: Vec<pb::AckItem> = got
+                    .iter()
+                    .map(|d| pb::AckItem {
+                        offset: d.offset,
+                        fence: d.fence,
+                    })
+                    .collect();
+                match client.ack(&args.queue, items).await {
+                    Ok(results) => {
+                        let now_us = unix_micros();
+                        let _ = per_call.record(micros(call.elapsed()));
+                        let mut acked = 0;
+                        for (d, r) in got.iter().zip(results) {
+                            if r.is_ok() {
+                                acked += 1;
+                                let sent = d
+                                    .payload
+                                    .get(..8)
+                                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                                    .map_or(now_us, u64::from_le_bytes);
+                                let _ = per_job.record(now_us.saturating_sub(sent).max(1));
+                            }
+                        }
+                        shared.ok(acked);
+                    }
+                    Err(e) => shared.error(&e),
+                }
+            }
+            (per_call, per_job)
+        });
+    }
+    let mut per_call = histogram();
+    let mut per_job = histogram();
+    while let Some(joined) = tasks.join_next().await {
+        let (c, j) = joined.map_err(|e| e.to_string())?;
+        let _ = per_call.add(c);
+        let _ = per_job.add(j);
+    }
+    shared.progress.finish_and_clear();
+    let mut phase = shared.phase(name, &per_call, &per_job);
+    phase.order_violations = violations.load(Ordering::Relaxed);
+    phase.redeliveries = redeliveries.load(Ordering::Relaxed);
+    Ok(phase)
+}
+
+/// The human summary: one table row per phase, then the checks.
+pub fn summary(r: &Results) -> String {
+    let a = &r.args;
+    let mut out = format!(
+        "lockstep bench {}: mode {:?}, {} producers x {} in flight, batch {}, payload {} B, {} groups, {} workers, fetch batch {}{}\n",
+        r.label,
+        a.mode,
+        a.producers,
+        a.in_flight,
+        a.batch,
+        a.payload,
+        a.groups,
+        a.workers,
+        a.fetch_batch,
+        a.rate.map_or(String::new(), |r| format!(", rate {r} jobs/s")),
+    );
+    out.push_str(&format!(
+        "{:<15} {:>9} {:>7} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "phase", "jobs", "secs", "jobs/s", "call p50", "p90", "p99", "p99.9", "max", "job p50", "p90", "p99", "p99.9", "max"
+    ));
+    for p in &r.phases {
+        out.push_str(&format!(
+            "{:<15} {:>9} {:>7.1} {:>10.0} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
+            p.name, p.jobs, p.seconds, p.jobs_per_s,
+            p.per_call.p50, p.per_call.p90, p.per_call.p99, p.per_call.p999, p.per_call.max,
+            p.per_job.p50, p.per_job.p90, p.per_job.p99, p.per_job.p999, p.per_job.max,
+        ));
+    }
+    out.push_str("latencies in ms; per job: enqueue = due to acknowledged, consume = enqueued to acked\n");
+    for p in &r.phases {
+        out.push_str(&format!(
+            "{}: errors {}, longest gap between successful calls {:.0} ms{}\n",
+            p.name,
+            p.errors,
+            p.longest_gap_ms,
+            if p.name.contains("consume") {
+                format!(
+                    ", order violations {}, redeliveries {}",
+                    p.order_violations, p.redeliveries
+                )
+            } else {
+                format!(", not created {}", p.not_created)
+            }
+        ));
+    }
+    if let Some(d) = &r.redup {
+        out.push_str(&format!(
+            "redup: {} resent, {} DUPLICATE, {} other\n",
+            d.sent, d.duplicate, d.other
+        ));
+    }
+    out.push_str(if r.passed { "PASSED" } else { "FAILED" });
+    for p in &r.problems {
+        out.push_str(&format!("\n  {p}"));
+    }
+    out
+}
