@@ -254,7 +254,18 @@ impl Client {
             let (index, addr, channel) = self.inner.pick();
             let error =
                 match tokio::time::timeout(spec.timeout, send(channel, request.clone())).await {
-                    Ok(Ok(response)) => return Ok((response.into_inner(), addr)),
+                    Ok(Ok(response)) => {
+                        // A follower that answered names the leader: go
+                        // there next time and save the forwarding hop.
+                        if let Some(leader) = response
+                            .metadata()
+                            .get(crate::error::LEADER_METADATA_KEY)
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            self.inner.learn_leader(leader);
+                        }
+                        return Ok((response.into_inner(), addr));
+                    }
                     Ok(Err(status)) => Error::from_status(status, &addr),
                     Err(_) => Error::Transport {
                         code: Code::DeadlineExceeded,

@@ -342,13 +342,19 @@ impl BenchArgs {
             return bad("fetch-batch", "must be at least 1".into());
         }
         if !(0.0..=100.0).contains(&self.redup_pct) {
-            return bad("redup-pct", format!("{} is outside 0..=100", self.redup_pct));
+            return bad(
+                "redup-pct",
+                format!("{} is outside 0..=100", self.redup_pct),
+            );
         }
         if self.duration_s.is_some_and(|d| !(d > 0.0 && d < 86_400.0)) {
             return bad("duration-s", "must be above 0 and below a day".into());
         }
         if self.mode == Mode::Mixed && self.duration_s.is_none() {
-            return bad("duration-s", "mixed mode runs for a duration; give one".into());
+            return bad(
+                "duration-s",
+                "mixed mode runs for a duration; give one".into(),
+            );
         }
         if self.rate == Some(0) {
             return bad("rate", "must be at least 1 job/s".into());
@@ -395,7 +401,12 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let results = runtime.block_on(async {
         tokio::time::timeout(limit, bench(args.clone()))
             .await
-            .map_err(|_| format!("the bench did not finish within --time-limit-s {}", args.time_limit_s))?
+            .map_err(|_| {
+                format!(
+                    "the bench did not finish within --time-limit-s {}",
+                    args.time_limit_s
+                )
+            })?
     })?;
     println!("{}", summary(&results));
     if let Some(path) = &args.json {
@@ -409,7 +420,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if results.passed {
         Ok(())
     } else {
-        Err(format!("the bench found problems: {}", results.problems.join("; ")))
+        Err(format!(
+            "the bench found problems: {}",
+            results.problems.join("; ")
+        ))
     }
 }
 
@@ -449,9 +463,10 @@ async fn bench(args: BenchArgs) -> Result<Results, String> {
         Mode::Mixed => {
             let deadline = Instant::now() + duration(&args);
             let consume_args = args.clone();
-            let consumer = tokio::spawn(async move {
-                consume_phase(&consume_args, None, Some(deadline)).await
-            });
+            let consumer =
+                tokio::spawn(
+                    async move { consume_phase(&consume_args, None, Some(deadline)).await },
+                );
             let (phase, _) = enqueue_phase(&args, &run_id, Some(deadline)).await?;
             results.phases.push(phase);
             results
@@ -520,8 +535,7 @@ async fn enqueue_phase(
         (None, Some(_)) => u64::MAX,
         (None, None) => JOBS_DEFAULT,
     };
-    let deadline =
-        deadline.or_else(|| args.duration_s.map(|_| Instant::now() + duration(args)));
+    let deadline = deadline.or_else(|| args.duration_s.map(|_| Instant::now() + duration(args)));
     let name = if args.mode == Mode::Mixed {
         "mixed-enqueue"
     } else {
@@ -580,14 +594,12 @@ async fn enqueue_phase(
                         Ok(results) => {
                             let now = Instant::now();
                             let _ = per_call.record(micros(now - call));
-                            let _ = per_job
-                                .record_n(micros(now - due), results.len() as u64);
+                            let _ = per_job.record_n(micros(now - due), results.len() as u64);
                             let fresh = results
                                 .iter()
                                 .filter(|r| r.outcome == EnqueueOutcome::Created)
                                 .count() as u64;
-                            not_created
-                                .fetch_add(results.len() as u64 - fresh, Ordering::Relaxed);
+                            not_created.fetch_add(results.len() as u64 - fresh, Ordering::Relaxed);
                             shared.ok(fresh);
                             for n in first..last {
                                 if n % sample_every == 0 {
@@ -682,7 +694,13 @@ async fn consume_phase(
                 }
                 let call = Instant::now();
                 let got = match client
-                    .fetch(&args.queue, &consumer, args.fetch_batch, FETCH_LEASE, FETCH_WAIT)
+                    .fetch(
+                        &args.queue,
+                        &consumer,
+                        args.fetch_batch,
+                        FETCH_LEASE,
+                        FETCH_WAIT,
+                    )
                     .await
                 {
                     Ok(got) => got,
@@ -788,7 +806,9 @@ pub fn summary(r: &Results) -> String {
             p.per_job.p50, p.per_job.p90, p.per_job.p99, p.per_job.p999, p.per_job.max,
         ));
     }
-    out.push_str("latencies in ms; per job: enqueue = due to acknowledged, consume = enqueued to acked\n");
+    out.push_str(
+        "latencies in ms; per job: enqueue = due to acknowledged, consume = enqueued to acked\n",
+    );
     for p in &r.phases {
         out.push_str(&format!(
             "{}: errors {}, longest gap between successful calls {:.0} ms{}\n",

@@ -396,7 +396,10 @@ mod tests {
             .map(|c| c.0)
             .collect();
         assert_eq!(names, ["throughput", "latency-p99", "latency-cdf"]);
-        let names: Vec<&str> = charts(&[run("mixed", 8)]).into_iter().map(|c| c.0).collect();
+        let names: Vec<&str> = charts(&[run("mixed", 8)])
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
         assert_eq!(names, ["timeline"]);
         assert!(charts(&[]).is_empty());
     }

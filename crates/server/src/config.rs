@@ -104,7 +104,9 @@ impl Default for NodeConfig {
             batch: BatchConfig {
                 linger_us: 500,
                 commands_max: 1_024,
-                bytes_max: 4 * 1024 * 1024,
+                // At most lockstep_raft::APPEND_ENTRIES_BYTES_BUDGET, so a
+                // batch replicates within openraft's heartbeat-long timeout.
+                bytes_max: 1024 * 1024,
                 in_flight_max: 8,
             },
             limits: LimitsConfig {

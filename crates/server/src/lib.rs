@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod embedded;
+pub mod hint;
 pub mod metrics;
 pub mod node;
 pub mod run;

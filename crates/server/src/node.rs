@@ -270,6 +270,18 @@ impl Node {
         }
     }
 
+    /// The leader's client address when another node leads and has one.
+    pub fn other_leader_client_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.filter(|id| *id != self.id)?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.client_addr.clone())
+            .filter(|a| !a.is_empty())
+    }
+
     fn leader_info(&self, id: NodeId) -> Option<NodeInfo> {
         let metrics = self.raft.metrics().borrow().clone();
         metrics

@@ -167,6 +167,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             node.metrics.clone(),
             config.id,
         ))
+        .layer(crate::hint::LeaderHintLayer::new(node.clone()))
         .add_service(
             pb::queue_server::QueueServer::new(services.clone())
                 .max_decoding_message_size(message_max)
