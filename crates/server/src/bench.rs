@@ -166,7 +166,11 @@ pub struct Phase {
     pub timeline: Vec<u64>,
     /// Longest time without a successful call, in ms (a failover's gap).
     pub longest_gap_ms: f64,
-    /// Enqueue only: jobs answered DUPLICATE or ID_CONFLICT (should be 0).
+    /// Enqueue only: fresh ids answered DUPLICATE: a retry whose first
+    /// try had landed (expected around a failover; the client retries
+    /// with the same ids, so nothing is stored twice).
+    pub duplicates_on_retry: u64,
+    /// Enqueue only: fresh ids answered ID_CONFLICT (must be 0).
     pub not_created: u64,
     /// Consume only: deliveries that broke group order (must be 0).
     pub order_violations: u64,
@@ -489,7 +493,7 @@ async fn bench(args: BenchArgs) -> Result<Results, String> {
         }
         if phase.not_created > 0 {
             results.problems.push(format!(
-                "{}: {} fresh ids were not created",
+                "{}: {} fresh ids were answered ID_CONFLICT",
                 phase.name, phase.not_created
             ));
         }
@@ -546,6 +550,7 @@ async fn enqueue_phase(
     ));
     let next = Arc::new(AtomicU64::new(0));
     let not_created = Arc::new(AtomicU64::new(0));
+    let retried = Arc::new(AtomicU64::new(0));
     let sample_every = if args.redup_pct > 0.0 {
         (100.0 / args.redup_pct).round().max(1.0) as u64
     } else {
@@ -561,6 +566,7 @@ async fn enqueue_phase(
                 next.clone(),
                 not_created.clone(),
             );
+            let retried = retried.clone();
             let (args, run_id) = (args.clone(), run_id.to_string());
             tasks.spawn(async move {
                 let mut per_call = histogram();
@@ -599,8 +605,18 @@ async fn enqueue_phase(
                                 .iter()
                                 .filter(|r| r.outcome == EnqueueOutcome::Created)
                                 .count() as u64;
-                            not_created.fetch_add(results.len() as u64 - fresh, Ordering::Relaxed);
-                            shared.ok(fresh);
+                            let conflicts = results
+                                .iter()
+                                .filter(|r| r.outcome == EnqueueOutcome::IdConflict)
+                                .count() as u64;
+                            not_created.fetch_add(conflicts, Ordering::Relaxed);
+                            retried.fetch_add(
+                                results.len() as u64 - fresh - conflicts,
+                                Ordering::Relaxed,
+                            );
+                            // A retried job that had landed is stored once:
+                            // it counts as done.
+                            shared.ok(results.len() as u64 - conflicts);
                             for n in first..last {
                                 if n % sample_every == 0 {
                                     sample.push((n, sent_us));
@@ -626,6 +642,7 @@ async fn enqueue_phase(
     shared.progress.finish_and_clear();
     let mut phase = shared.phase(name, &per_call, &per_job);
     phase.not_created = not_created.load(Ordering::Relaxed);
+    phase.duplicates_on_retry = retried.load(Ordering::Relaxed);
     Ok((phase, sample))
 }
 
@@ -821,7 +838,10 @@ pub fn summary(r: &Results) -> String {
                     p.order_violations, p.redeliveries
                 )
             } else {
-                format!(", not created {}", p.not_created)
+                format!(
+                    ", id conflicts {}, duplicates on retry {}",
+                    p.not_created, p.duplicates_on_retry
+                )
             }
         ));
     }
