@@ -66,13 +66,8 @@ pub enum Mode {
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct BenchArgs {
-    /// Client addresses of any nodes (comma-separated or repeated).
-    #[arg(
-        long = "addr",
-        value_delimiter = ',',
-        env = "LOCKSTEP_ADDR",
-        default_value = "127.0.0.1:7100,127.0.0.2:7100,127.0.0.3:7100"
-    )]
+    /// Client addresses of any nodes: the global `--addr`.
+    #[arg(skip)]
     pub addrs: Vec<String>,
     /// The queue to load (created if missing).
     #[arg(long, default_value = "bench")]
@@ -112,7 +107,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1.0)]
     pub redup_pct: f64,
     /// Write the results as JSON to this file (`-` for stdout).
-    #[arg(long)]
+    #[arg(long = "json-out")]
     pub json: Option<PathBuf>,
     /// A name for this run in the results.
     #[arg(long, default_value = "")]

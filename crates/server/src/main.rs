@@ -13,6 +13,8 @@ use lockstep_server::config::NodeConfig;
     about = "A Raft-replicated job queue with ordered groups"
 )]
 struct Cli {
+    #[command(flatten)]
+    connect: lockstep_server::commands::Connect,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -34,6 +36,8 @@ enum Cmd {
     /// Gather `lockstep bench --json` results into one file and draw them
     /// as SVG charts.
     BenchPlot(lockstep_server::bench_plot::PlotArgs),
+    #[command(flatten)]
+    Client(lockstep_server::commands::Command),
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,20 +85,18 @@ struct NodeArgs {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCmd {
-    /// Form a cluster from its initial members (harmless if already formed).
+    /// Form a cluster from its initial members (harmless if already formed),
+    /// through the first --addr.
     Bootstrap {
-        /// Client address of any member.
-        #[arg(long)]
-        addr: String,
         /// ID=PEER_ADDR/CLIENT_ADDR, once per member.
         #[arg(long = "member", required = true)]
         members: Vec<String>,
     },
-    /// Members, roles, leader, term, indexes and lag.
-    Status {
-        #[arg(long)]
-        addr: String,
-    },
+    /// Members, roles, leader, term, indexes and lag, as the first --addr
+    /// sees them.
+    Status,
+    #[command(flatten)]
+    Members(lockstep_server::commands::ClusterCmd),
 }
 
 impl NodeArgs {
@@ -125,27 +127,37 @@ impl NodeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let connect = cli.connect;
+    let first = connect.addrs.first().cloned().unwrap_or_default();
     let result = match cli.command {
         Cmd::Node(args) => run_node(args),
-        Cmd::Cluster(cmd) => lockstep_server::cli::cluster(cmd.into()),
+        Cmd::Cluster(ClusterCmd::Bootstrap { members }) => {
+            lockstep_server::cli::cluster(lockstep_server::cli::ClusterCommand::Bootstrap {
+                addr: first,
+                members,
+            })
+        }
+        Cmd::Cluster(ClusterCmd::Status) => {
+            lockstep_server::cli::cluster(lockstep_server::cli::ClusterCommand::Status {
+                addr: first,
+            })
+        }
+        Cmd::Cluster(ClusterCmd::Members(cmd)) => {
+            lockstep_server::commands::run_cluster(connect, cmd)
+        }
         Cmd::Chaos(args) => run_chaos(args),
-        Cmd::Bench(args) => lockstep_server::bench::run(args),
+        Cmd::Bench(mut args) => {
+            args.addrs = connect.addrs;
+            lockstep_server::bench::run(args)
+        }
         Cmd::BenchPlot(args) => lockstep_server::bench_plot::run(args),
+        Cmd::Client(command) => lockstep_server::commands::run(connect, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("lockstep: {message}");
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-impl From<ClusterCmd> for lockstep_server::cli::ClusterCommand {
-    fn from(cmd: ClusterCmd) -> Self {
-        match cmd {
-            ClusterCmd::Bootstrap { addr, members } => Self::Bootstrap { addr, members },
-            ClusterCmd::Status { addr } => Self::Status { addr },
         }
     }
 }
