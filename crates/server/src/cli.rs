@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use crate::pb;
 
+/// `println!` that drops the write when stdout is closed (`| head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Deadline of one admin call from the command line.
 const CALL_TIMEOUT_MS: u64 = 10_000;
 
@@ -66,7 +75,7 @@ pub fn cluster(command: ClusterCommand) -> Result<(), String> {
                 } else {
                     "cluster was already formed"
                 };
-                println!("{said}");
+                outln!("{said}");
             }
             ClusterCommand::Status { .. } => {
                 let s = client
@@ -74,7 +83,7 @@ pub fn cluster(command: ClusterCommand) -> Result<(), String> {
                     .await
                     .map_err(|s| format!("status failed: {}", s.message()))?
                     .into_inner();
-                println!(
+                outln!(
                     "node {} term {} leader {} applied {} digest {}",
                     s.node_id,
                     s.term,
@@ -82,14 +91,22 @@ pub fn cluster(command: ClusterCommand) -> Result<(), String> {
                     s.applied_index,
                     s.state_digest
                 );
-                println!(
+                outln!(
                     "{:<4} {:<10} {:<22} {:<22} {:>8}",
-                    "id", "role", "peer", "client", "lag"
+                    "id",
+                    "role",
+                    "peer",
+                    "client",
+                    "lag"
                 );
                 for m in s.members {
-                    println!(
+                    outln!(
                         "{:<4} {:<10} {:<22} {:<22} {:>8}",
-                        m.id, m.role, m.peer_addr, m.client_addr, m.lag
+                        m.id,
+                        m.role,
+                        m.peer_addr,
+                        m.client_addr,
+                        m.lag
                     );
                 }
             }

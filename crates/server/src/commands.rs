@@ -304,12 +304,15 @@ struct Out {
 }
 
 impl Out {
+    /// Prints the answer. A closed stdout (`lockstep ... | head`) is not an
+    /// error worth a panic: the write is dropped.
     fn value(&self, value: &Value, human: impl FnOnce() -> String) {
-        if self.json {
-            println!("{value}");
+        let text = if self.json {
+            value.to_string()
         } else {
-            println!("{}", human());
-        }
+            human()
+        };
+        let _ = writeln!(std::io::stdout(), "{text}");
     }
 }
 
