@@ -23,6 +23,14 @@ pub enum RunError {
     Store(#[from] lockstep_store::StoreError),
     #[error("raft: {0}")]
     Raft(String),
+    /// RocksDB found damage it cannot repair without losing entries this
+    /// node may have acknowledged; see `lockstep_store::open_db`.
+    #[error(
+        "the data directory {dir} is damaged ({problem}); this node refuses to start rather than \
+         lose entries it acknowledged. Move the directory aside and start the node with an empty \
+         one: it rejoins and catches up from the leader while a majority of the cluster is up"
+    )]
+    Damaged { dir: String, problem: String },
     #[error("server: {0}")]
     Server(String),
     #[error("config key `{key}`: cannot listen on `{addr}`: {message}")]
@@ -120,7 +128,16 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
                 addr: String::new(),
                 message: "a node needs a peer address".into(),
             })?;
-    let (mut log_store, state_machine) = lockstep_store::open(&config.data_dir).await?;
+    let (mut log_store, state_machine) =
+        lockstep_store::open(&config.data_dir)
+            .await
+            .map_err(|e| match e.to_string() {
+                text if text.contains("Corruption") => RunError::Damaged {
+                    dir: config.data_dir.display().to_string(),
+                    problem: text,
+                },
+                _ => RunError::Store(e),
+            })?;
     let state = state_machine.handle();
     let fresh = is_fresh(&mut log_store).await?;
     if fresh {

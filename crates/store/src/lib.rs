@@ -69,11 +69,18 @@ fn open_db(path: &PathBuf) -> Result<DB, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // After a crash RocksDB recovers a consistent prefix of the write-ahead
-    // log: every write before the last intact one, nothing after. The
-    // durability argument of the state machine (README.md) relies on that
-    // prefix property, so it is set explicitly rather than left to a default.
-    opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    // After a crash RocksDB drops a torn last record of the write-ahead log
+    // (a write cut off mid-way, whose fsync never returned, so never
+    // acknowledged) and keeps every record before it: the prefix property
+    // the durability argument of the state machine relies on (README.md).
+    // Damage anywhere else stops the open. `PointInTime`, used before,
+    // silently dropped everything after a damaged record, acknowledged
+    // log entries included, and a node that forgot entries it acknowledged
+    // may vote a leader that lacks committed ones.
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    // Check every table file's checksums and sizes when opening, so a
+    // damaged one stops the node at start rather than at some later read.
+    opts.set_paranoid_checks(true);
     let cfs = COLUMN_FAMILIES
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
