@@ -164,6 +164,18 @@ impl Cluster {
             .collect()
     }
 
+    /// How node `id`'s process ended, if it ended on its own (a node that
+    /// refuses to start, for one).
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.procs
+            .get_mut(&id)?
+            .child
+            .as_mut()?
+            .try_wait()
+            .ok()
+            .flatten()
+    }
+
     /// Ids of nodes stopped with SIGSTOP.
     pub fn paused(&self) -> Vec<u64> {
         self.procs
