@@ -108,7 +108,7 @@ pub struct BenchArgs {
     pub redup_pct: f64,
     /// Write the results as JSON to this file (`-` for stdout).
     #[arg(long = "json-out")]
-    pub json: Option<PathBuf>,
+    pub json_out: Option<PathBuf>,
     /// A name for this run in the results.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -367,7 +367,7 @@ impl BenchArgs {
 
     fn progress(&self, len: Option<u64>, name: &str) -> indicatif::ProgressBar {
         let quiet = self.no_progress
-            || self.json.as_deref() == Some(std::path::Path::new("-"))
+            || self.json_out.as_deref() == Some(std::path::Path::new("-"))
             || !std::io::IsTerminal::is_terminal(&std::io::stderr());
         if quiet {
             return indicatif::ProgressBar::hidden();
@@ -407,10 +407,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 )
             })?
     })?;
-    println!("{}", summary(&results));
-    if let Some(path) = &args.json {
+    let to_stdout = args.json_out.as_deref() == Some(std::path::Path::new("-"));
+    if !to_stdout {
+        println!("{}", summary(&results));
+    }
+    if let Some(path) = &args.json_out {
         let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-        if path.as_os_str() == "-" {
+        if to_stdout {
             println!("{json}");
         } else {
             std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -148,6 +148,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Chaos(args) => run_chaos(args),
         Cmd::Bench(mut args) => {
             args.addrs = connect.addrs;
+            // The global --json prints the results as JSON on stdout.
+            if connect.json && args.json_out.is_none() {
+                args.json_out = Some("-".into());
+            }
             lockstep_server::bench::run(args)
         }
         Cmd::BenchPlot(args) => lockstep_server::bench_plot::run(args),
@@ -221,5 +225,68 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
             "anomalies or a liveness failure; see {}",
             dir.join("report.json").display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every subcommand parses into its arguments: an argument id shared
+    /// by a global flag and a subcommand's field only fails here, at
+    /// parse time (as `bench --json` once did).
+    #[test]
+    fn every_subcommand_parses() {
+        let lines: &[&[&str]] = &[
+            &["node", "--id", "1"],
+            &["cluster", "status"],
+            &["cluster", "bootstrap", "--member", "1=a:1/b:2"],
+            &[
+                "cluster",
+                "join",
+                "4",
+                "--peer-addr",
+                "a:1",
+                "--client-addr",
+                "b:2",
+            ],
+            &["cluster", "remove", "4"],
+            &["chaos", "--profile", "kill"],
+            &["--json", "bench", "--jobs", "10", "--json-out", "x.json"],
+            &["bench-plot", "a.json", "--out", "p"],
+            &[
+                "enqueue", "q", "--data", "x", "--group", "g", "--delay", "1s",
+            ],
+            &["fetch", "q", "--max", "2", "--wait", "500ms"],
+            &["ack", "q", "1", "2"],
+            &["nack", "q", "1", "2", "--delay", "1s"],
+            &["work", "q", "--max-jobs", "1", "--", "true"],
+            &[
+                "--addr",
+                "a:1,b:2",
+                "queue",
+                "create",
+                "q",
+                "--max-attempts",
+                "3",
+            ],
+            &["queue", "update", "q", "--lease-default", "10s"],
+            &["queue", "list"],
+            &["groups", "list", "q"],
+            &["groups", "pause", "q", "g"],
+            &["dlq", "purge", "q", "1", "2"],
+        ];
+        for line in lines {
+            let argv = std::iter::once("lockstep").chain(line.iter().copied());
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("`lockstep {}`: {e}", line.join(" "));
+            }
+        }
     }
 }
