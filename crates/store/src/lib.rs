@@ -37,7 +37,7 @@ pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_BLOBS: &str = "blobs";
 pub(crate) const CF_SM_META: &str = "sm_meta";
-const COLUMN_FAMILIES: [&str; 4] = [CF_LOGS, CF_META, CF_BLOBS, CF_SM_META];
+pub(crate) const COLUMN_FAMILIES: [&str; 4] = [CF_LOGS, CF_META, CF_BLOBS, CF_SM_META];
 
 /// The RocksDB directory inside a node's data directory.
 const DB_DIR: &str = "db";

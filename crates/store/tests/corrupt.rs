@@ -106,3 +106,49 @@ async fn a_torn_last_record_is_dropped_and_the_rest_kept() -> anyhow::Result<()>
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_table_file_is_refused() -> anyhow::Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let mut d = Driver::start(dir.path()).await?;
+        d.create_queue(common::QUEUE).await?;
+        for round in 0..4 {
+            d.workload(round).await?;
+        }
+        d.log.flush().await?;
+        drop(d);
+        let sst = files(dir.path(), "sst")?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no table file after a flush"))?;
+        let len = std::fs::metadata(&sst)?.len();
+        // Inside the data blocks, well before the footer.
+        flip(&sst, len / 3)?;
+        let refused = match open(dir.path()).await {
+            Err(e) => Some(format!("at open: {e}")),
+            // Opened: then reading the log (what a restarted node does
+            // first) must fail rather than return damaged entries.
+            Ok((mut log, _sm)) => {
+                use openraft::storage::RaftLogReader as _;
+                let last = log
+                    .get_log_state()
+                    .await?
+                    .last_log_id
+                    .map_or(0, |l| l.index);
+                log.try_get_log_entries(0..last + 1)
+                    .await
+                    .err()
+                    .map(|e| format!("at the first read: {e}"))
+            }
+        };
+        let text =
+            refused.ok_or_else(|| anyhow::anyhow!("a damaged table file was read as if whole"))?;
+        assert!(
+            text.contains("Corruption") || text.contains("checksum"),
+            "{text}"
+        );
+        eprintln!("refused {text}");
+        Ok(())
+    })
+    .await
+}
