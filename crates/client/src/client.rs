@@ -243,36 +243,42 @@ impl Client {
     ) -> Result<(Resp, String), Error>
     where
         Req: Clone,
-        F: Fn(Channel, Req) -> Fut,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let policy = &self.inner.config.retry;
+        let authorization = self.inner.authorization()?;
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let (index, addr, channel) = self.inner.pick();
-            let error =
-                match tokio::time::timeout(spec.timeout, send(channel, request.clone())).await {
-                    Ok(Ok(response)) => {
-                        // A follower that answered names the leader: go
-                        // there next time and save the forwarding hop.
-                        if let Some(leader) = response
-                            .metadata()
-                            .get(crate::error::LEADER_METADATA_KEY)
-                            .and_then(|v| v.to_str().ok())
-                        {
-                            self.inner.learn_leader(leader);
-                        }
-                        return Ok((response.into_inner(), addr));
+            let mut message = tonic::Request::new(request.clone());
+            if let Some(value) = &authorization {
+                message
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+            }
+            let error = match tokio::time::timeout(spec.timeout, send(channel, message)).await {
+                Ok(Ok(response)) => {
+                    // A follower that answered names the leader: go
+                    // there next time and save the forwarding hop.
+                    if let Some(leader) = response
+                        .metadata()
+                        .get(crate::error::LEADER_METADATA_KEY)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        self.inner.learn_leader(leader);
                     }
-                    Ok(Err(status)) => Error::from_status(status, &addr),
-                    Err(_) => Error::Transport {
-                        code: Code::DeadlineExceeded,
-                        message: format!("no answer within {:?} (call_timeout)", spec.timeout),
-                        endpoint: addr.clone(),
-                    },
-                };
+                    return Ok((response.into_inner(), addr));
+                }
+                Ok(Err(status)) => Error::from_status(status, &addr),
+                Err(_) => Error::Transport {
+                    code: Code::DeadlineExceeded,
+                    message: format!("no answer within {:?} (call_timeout)", spec.timeout),
+                    endpoint: addr.clone(),
+                },
+            };
             if !error.retry_allowed(spec.idempotent) {
                 return Err(error);
             }
@@ -867,8 +873,24 @@ fn enqueued(response: pb::EnqueueResponse, ids: Vec<String>) -> Result<Vec<Enque
 }
 
 fn lazy_channel(config: &ClientConfig, addr: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("`{addr}`: {e}"))?
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("`{addr}`: {e}"))?;
+    if let Some(tls) = &config.tls {
+        let mut settings = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some(name) = &tls.domain_name {
+            settings = settings.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(settings)
+            .map_err(|e| format!("`{addr}`: TLS: {e}"))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(config::KEEP_ALIVE_INTERVAL)
@@ -877,6 +899,17 @@ fn lazy_channel(config: &ClientConfig, addr: &str) -> Result<Channel, String> {
 }
 
 impl Inner {
+    /// The `authorization` metadata value for the configured token.
+    fn authorization(&self) -> Result<Option<tonic::metadata::AsciiMetadataValue>, Error> {
+        let Some(token) = &self.config.token else {
+            return Ok(None);
+        };
+        format!("Bearer {}", token.secret())
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::config("token", "is not valid gRPC metadata"))
+    }
+
     fn routes(&self) -> MutexGuard<'_, Routes> {
         // The lock guards plain bookkeeping that every writer leaves
         // consistent, so a panic elsewhere cannot leave it half-changed.

@@ -122,6 +122,49 @@ impl RetryPolicy {
     }
 }
 
+/// A bearer token, sent as `authorization: Bearer <token>` on every call.
+/// Its `Debug` shows no part of it, so a logged configuration leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Token {
+        Token(secret.into())
+    }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// TLS towards the nodes: the CA their certificates chain to (PEM), and
+/// optionally the name to expect in them when it is not the host of the
+/// endpoint (an IP address is checked against the certificate's IP names).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub domain_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("domain_name", &self.domain_name)
+            .finish()
+    }
+}
+
+/// Longest bearer token accepted: the node looks at no more than 1 KiB of
+/// the `authorization` value.
+pub const TOKEN_BYTES_MAX: usize = 1_000;
+
 /// Where the client connects and how long it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -141,6 +184,11 @@ pub struct ClientConfig {
     pub message_bytes_max: usize,
     /// Retries. Defaults: see [`RetryPolicy`].
     pub retry: RetryPolicy,
+    /// TLS to the nodes; `None` (the default) speaks plaintext, which a node
+    /// with TLS on refuses.
+    pub tls: Option<ClientTls>,
+    /// The bearer token for a node with `auth.mode = "token"`. Default none.
+    pub token: Option<Token>,
 }
 
 impl ClientConfig {
@@ -154,6 +202,8 @@ impl ClientConfig {
             membership_call_timeout: MEMBERSHIP_CALL_TIMEOUT_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
             retry: RetryPolicy::default(),
+            tls: None,
+            token: None,
         }
     }
 
@@ -177,6 +227,12 @@ impl ClientConfig {
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             normalize_endpoint(endpoint)
                 .map_err(|problem| Error::config(&format!("endpoints[{i}]"), problem))?;
+            if endpoint.trim().starts_with("https://") && self.tls.is_none() {
+                return Err(Error::config(
+                    "tls",
+                    format!("endpoints[{i}] is `{endpoint}`, but no CA is given for TLS"),
+                ));
+            }
         }
         self.validate_settings()
     }
@@ -196,22 +252,42 @@ impl ClientConfig {
         if self.message_bytes_max == 0 {
             return Err(Error::config("message_bytes_max", "must be above zero"));
         }
+        if let Some(token) = &self.token {
+            let secret = token.secret();
+            if secret.is_empty() || secret.len() > TOKEN_BYTES_MAX {
+                return Err(Error::config(
+                    "token",
+                    format!("must be 1 to TOKEN_BYTES_MAX = {TOKEN_BYTES_MAX} bytes"),
+                ));
+            }
+            if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::config(
+                    "token",
+                    "must be printable ASCII without spaces (it travels in gRPC metadata)",
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if !String::from_utf8_lossy(&tls.ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::config(
+                    "tls.ca_pem",
+                    "is not a PEM certificate (no `-----BEGIN CERTIFICATE-----`)",
+                ));
+            }
+        }
         self.retry.validate()
     }
 }
 
-/// `host:port` from what a person wrote: trims, drops an `http://` prefix
-/// and a trailing `/`, and insists on a port. TLS is not supported yet, so
-/// `https://` is refused rather than silently spoken in plain text.
+/// `host:port` from what a person wrote: trims, drops an `http://` or
+/// `https://` prefix and a trailing `/`, and insists on a port. Whether TLS
+/// is spoken is [`ClientConfig::tls`]'s to say, for every endpoint alike;
+/// an `https://` endpoint without it is refused by `validate`.
 pub(crate) fn normalize_endpoint(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim();
-    if trimmed.starts_with("https://") {
-        return Err(format!(
-            "`{trimmed}`: TLS is not supported by this client yet; give `host:port`"
-        ));
-    }
     let bare = trimmed
         .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
         .unwrap_or(trimmed)
         .trim_end_matches('/');
     if bare.is_empty() {
@@ -278,7 +354,21 @@ mod tests {
             ),
             (
                 Box::new(|c| c.endpoints = vec!["https://a:1".into()]),
-                "endpoints[0]",
+                "tls",
+            ),
+            (
+                Box::new(|c| c.token = Some(Token::new("has space"))),
+                "token",
+            ),
+            (Box::new(|c| c.token = Some(Token::new(""))), "token"),
+            (
+                Box::new(|c| {
+                    c.tls = Some(ClientTls {
+                        ca_pem: b"junk".to_vec(),
+                        domain_name: None,
+                    })
+                }),
+                "tls.ca_pem",
             ),
             (
                 Box::new(|c| c.call_timeout = Duration::ZERO),
@@ -316,17 +406,24 @@ mod tests {
             Ok("127.0.0.1:7100".into())
         );
         assert_eq!(normalize_endpoint("http://n1:7100/"), Ok("n1:7100".into()));
+        assert_eq!(normalize_endpoint("https://n1:7100"), Ok("n1:7100".into()));
         assert_eq!(normalize_endpoint("[::1]:7100"), Ok("[::1]:7100".into()));
-        for bad in [
-            "",
-            "n1",
-            "n1:",
-            "n1:0",
-            "n1:99999",
-            "http://n1:1/x",
-            "https://n1:1",
-        ] {
+        for bad in ["", "n1", "n1:", "n1:0", "n1:99999", "http://n1:1/x"] {
             assert!(normalize_endpoint(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod secrecy {
+    use super::*;
+
+    #[test]
+    fn a_logged_config_shows_no_token() {
+        let mut c = ClientConfig::new(["127.0.0.1:7100"]);
+        c.token = Some(Token::new("s3cret-token-value"));
+        let text = format!("{c:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("redacted"), "{text}");
     }
 }

@@ -37,7 +37,9 @@ pub struct Spec {
     pub bin: PathBuf,
     /// Parent of the nodes' data directories and log files.
     pub dir: PathBuf,
-    /// Extra `--set KEY=VALUE` pairs given to every node.
+    /// Extra `--set KEY=VALUE` pairs given to every node; `{id}` in a
+    /// value becomes the node's id (for per-node files such as
+    /// certificates).
     pub settings: Vec<(String, String)>,
     /// The `LOCKSTEP_LOG` filter of the nodes (their stderr goes to
     /// `<dir>/n<id>.log`).
@@ -135,6 +137,11 @@ impl Cluster {
         &self.spec
     }
 
+    /// The spec of nodes spawned from now on.
+    pub fn spec_mut(&mut self) -> &mut Spec {
+        &mut self.spec
+    }
+
     pub fn addr(&self, id: u64) -> NodeAddr {
         let ip = Ipv4Addr::new(127, 0, 0, id as u8);
         let port = |k: u16| SocketAddr::from((ip, self.base_port + k));
@@ -215,6 +222,7 @@ impl Cluster {
             .args(["--metrics-addr", &a.metrics.to_string()])
             .args(["--data-dir", &self.data_dir(id).display().to_string()]);
         for (k, v) in &self.spec.settings {
+            let v = v.replace("{id}", &id.to_string());
             command.args(["--set", &format!("{k}={v}")]);
         }
         let child = command

@@ -20,7 +20,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::pb::peer_client::PeerClient as GrpcPeerClient;
@@ -59,6 +59,9 @@ struct Cached {
 struct Inner {
     local_id: NodeId,
     local_ip: Option<IpAddr>,
+    /// Mutual TLS towards peers: the cluster CA and this node's identity.
+    /// `None`: plaintext.
+    tls: Option<ClientTlsConfig>,
     /// One entry per peer this node has talked to: at most the members and
     /// learners it has seen, since the key is the node id.
     channels: Mutex<HashMap<NodeId, Cached>>,
@@ -92,6 +95,21 @@ impl PeerNetworkFactory {
             inner: Arc::new(Inner {
                 local_id,
                 local_ip,
+                tls: None,
+                channels: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The same factory speaking mutual TLS to every peer: `tls` holds the
+    /// cluster CA that a peer's certificate must chain to, and the identity
+    /// this node shows. Call before the first channel is made.
+    pub fn with_tls(self, tls: ClientTlsConfig) -> PeerNetworkFactory {
+        PeerNetworkFactory {
+            inner: Arc::new(Inner {
+                local_id: self.inner.local_id,
+                local_ip: self.inner.local_ip,
+                tls: Some(tls),
                 channels: Mutex::default(),
             }),
         }
@@ -139,13 +157,23 @@ impl PeerNetworkFactory {
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
+        let bare = addr
+            .strip_prefix("http://")
+            .or_else(|| addr.strip_prefix("https://"))
+            .unwrap_or(addr);
+        let scheme = if self.inner.tls.is_some() {
+            "https"
         } else {
-            format!("http://{addr}")
+            "http"
         };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| Status::invalid_argument(format!("peer address `{addr}`: {e}")))?
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{bare}"))
+            .map_err(|e| Status::invalid_argument(format!("peer address `{addr}`: {e}")))?;
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Status::invalid_argument(format!("peer `{addr}`: TLS: {e}")))?;
+        }
+        let endpoint = endpoint
             .local_address(self.inner.local_ip)
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))

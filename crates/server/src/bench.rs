@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Client addresses of any nodes: the global `--addr`.
     #[arg(skip)]
     pub addrs: Vec<String>,
+    /// TLS and token: the global options.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub connect: Option<ClientConfig>,
     /// The queue to load (created if missing).
     #[arg(long, default_value = "bench")]
     pub queue: String,
@@ -362,7 +366,12 @@ impl BenchArgs {
     }
 
     fn client(&self) -> Result<Client, String> {
-        Client::connect(ClientConfig::new(self.addrs.clone())).map_err(|e| e.to_string())
+        let mut config = self
+            .connect
+            .clone()
+            .unwrap_or_else(|| ClientConfig::new(self.addrs.clone()));
+        config.endpoints = self.addrs.clone();
+        Client::connect(config).map_err(|e| e.to_string())
     }
 
     fn progress(&self, len: Option<u64>, name: &str) -> indicatif::ProgressBar {

@@ -3,8 +3,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::time::Duration;
-
 use crate::pb;
 
 /// `println!` that drops the write when stdout is closed (`| head`)
@@ -16,13 +14,10 @@ macro_rules! outln {
     }};
 }
 
-/// Deadline of one admin call from the command line.
-const CALL_TIMEOUT_MS: u64 = 10_000;
-
 #[derive(Debug)]
 pub enum ClusterCommand {
-    Bootstrap { addr: String, members: Vec<String> },
-    Status { addr: String },
+    Bootstrap { members: Vec<String> },
+    Status,
 }
 
 fn parse_member(text: &str) -> Result<pb::JoinRequest, String> {
@@ -38,51 +33,42 @@ fn parse_member(text: &str) -> Result<pb::JoinRequest, String> {
     })
 }
 
-pub fn cluster(command: ClusterCommand) -> Result<(), String> {
+/// Runs `command` through the node of `config`'s first endpoint (the
+/// first `--addr`): the first call of a new client goes there.
+pub fn cluster(
+    mut config: lockstep_client::ClientConfig,
+    command: ClusterCommand,
+) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let addr = match &command {
-            ClusterCommand::Bootstrap { addr, .. } | ClusterCommand::Status { addr } => {
-                addr.clone()
-            }
-        };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("address `{addr}`: {e}"))?
-            .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach a node at {addr}: {e}; is it running?"))?;
-        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        config.endpoints.truncate(1);
+        let addr = config.endpoints.first().cloned().unwrap_or_default();
+        let client = lockstep_client::Client::connect(config).map_err(|e| e.to_string())?;
         match command {
-            ClusterCommand::Bootstrap { members, .. } => {
+            ClusterCommand::Bootstrap { members } => {
                 let members = members
                     .iter()
                     .map(|m| parse_member(m))
                     .collect::<Result<Vec<_>, _>>()?;
-                let reply = client
-                    .bootstrap(pb::BootstrapRequest {
-                        members,
-                        this_node_only: false,
-                    })
+                let initialized = client
+                    .bootstrap(members)
                     .await
-                    .map_err(|s| format!("bootstrap failed: {}", s.message()))?
-                    .into_inner();
-                let said = if reply.initialized {
+                    .map_err(|e| format!("bootstrap through {addr} failed: {e}"))?;
+                let said = if initialized {
                     "cluster formed"
                 } else {
                     "cluster was already formed"
                 };
                 outln!("{said}");
             }
-            ClusterCommand::Status { .. } => {
+            ClusterCommand::Status => {
                 let s = client
-                    .status(pb::StatusRequest { read: None })
+                    .cluster_status(lockstep_client::Consistency::Stale)
                     .await
-                    .map_err(|s| format!("status failed: {}", s.message()))?
-                    .into_inner();
+                    .map_err(|e| format!("status from {addr} failed: {e}"))?;
                 outln!(
                     "node {} term {} leader {} applied {} digest {}",
                     s.node_id,

@@ -41,6 +41,40 @@ pub struct Connect {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Speak TLS to the nodes, trusting this CA certificate (PEM).
+    #[arg(long, env = "LOCKSTEP_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name to expect in the nodes' certificates, when it is not the
+    /// host of --addr.
+    #[arg(long, env = "LOCKSTEP_TLS_DOMAIN", global = true)]
+    pub tls_domain: Option<String>,
+    /// Bearer token for a cluster with auth on. Prefer the environment
+    /// variable: a flag shows in the process list.
+    #[arg(long, env = "LOCKSTEP_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Connect {
+    /// The client configuration for `addrs`, with this command line's TLS
+    /// and token.
+    pub fn config_for(&self, addrs: Vec<String>) -> Result<ClientConfig, String> {
+        let mut config = ClientConfig::new(addrs);
+        if let Some(path) = &self.ca_file {
+            let ca_pem =
+                std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            config.tls = Some(lockstep_client::ClientTls {
+                ca_pem,
+                domain_name: self.tls_domain.clone(),
+            });
+        }
+        config.token = self.token.clone().map(lockstep_client::Token::new);
+        Ok(config)
+    }
+
+    /// The client configuration for every `--addr`.
+    pub fn config(&self) -> Result<ClientConfig, String> {
+        self.config_for(self.addrs.clone())
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -212,8 +246,7 @@ pub fn run(connect: Connect, command: Command) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let client =
-            Client::connect(ClientConfig::new(connect.addrs.clone())).map_err(|e| e.to_string())?;
+        let client = Client::connect(connect.config()?).map_err(|e| e.to_string())?;
         let out = Out { json: connect.json };
         execute(&client, &out, command)
             .await
@@ -228,8 +261,7 @@ pub fn run_cluster(connect: Connect, command: ClusterCmd) -> Result<(), String> 
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let client =
-            Client::connect(ClientConfig::new(connect.addrs.clone())).map_err(|e| e.to_string())?;
+        let client = Client::connect(connect.config()?).map_err(|e| e.to_string())?;
         let out = Out { json: connect.json };
         let done = match command {
             ClusterCmd::Join {

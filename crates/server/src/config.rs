@@ -66,6 +66,41 @@ pub struct LimitsConfig {
     pub requests_in_flight_max: u64,
 }
 
+/// Transport security. All three files, or none: with them, the client API
+/// speaks TLS only, and the peer API mutual TLS only (a peer must present a
+/// certificate that chains to `ca_file`; this node checks each peer's the
+/// same way). Empty: plaintext, for loopback development.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM), served on both ports and shown
+    /// to peers as a client certificate.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// The cluster CA (PEM) that peer certificates must chain to.
+    pub ca_file: String,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+}
+
+/// Client authentication: `mode = "off"` lets every client do everything
+/// (loopback development); `mode = "token"` requires a bearer token from
+/// `tokens_file` on every call (see `crate::auth`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: String,
+    pub tokens_file: String,
+}
+
+pub const AUTH_MODE_OFF: &str = "off";
+pub const AUTH_MODE_TOKEN: &str = "token";
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -82,6 +117,8 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     pub batch: BatchConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for NodeConfig {
@@ -115,6 +152,15 @@ impl Default for NodeConfig {
                 membership_ms_max: 60_000,
                 fetch_wait_ms_max: 20_000,
                 requests_in_flight_max: 4_096,
+            },
+            tls: TlsConfig {
+                cert_file: String::new(),
+                key_file: String::new(),
+                ca_file: String::new(),
+            },
+            auth: AuthConfig {
+                mode: AUTH_MODE_OFF.into(),
+                tokens_file: String::new(),
             },
         }
     }
@@ -363,6 +409,38 @@ impl NodeConfig {
             "limits.requests_in_flight_max",
             self.limits.requests_in_flight_max,
         )?;
+        let tls = &self.tls;
+        let files = [
+            ("tls.cert_file", &tls.cert_file),
+            ("tls.key_file", &tls.key_file),
+            ("tls.ca_file", &tls.ca_file),
+        ];
+        if files.iter().any(|(_, f)| !f.is_empty()) {
+            if let Some((key, _)) = files.iter().find(|(_, f)| f.is_empty()) {
+                return Err(invalid(
+                    key,
+                    "is empty, but other tls keys are set: give tls.cert_file, tls.key_file \
+                     and tls.ca_file together, or none of them",
+                ));
+            }
+        }
+        match self.auth.mode.as_str() {
+            AUTH_MODE_OFF => {}
+            AUTH_MODE_TOKEN => {
+                if self.auth.tokens_file.is_empty() {
+                    return Err(invalid(
+                        "auth.tokens_file",
+                        "is empty, but auth.mode is \"token\": name the file of tokens",
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "auth.mode",
+                    format!("`{other}` is not a mode: use \"off\" or \"token\""),
+                ))
+            }
+        }
         Ok(())
     }
 
@@ -495,6 +573,19 @@ mod tests {
                 "`limits.message_bytes_max`",
             ),
             (None, vec![], flags(&[("no.such", "1")]), "`no.such`"),
+            (
+                None,
+                vec![],
+                flags(&[("tls.cert_file", "node.pem")]),
+                "`tls.key_file`",
+            ),
+            (None, vec![], flags(&[("auth.mode", "open")]), "`auth.mode`"),
+            (
+                None,
+                vec![],
+                flags(&[("auth.mode", "token")]),
+                "`auth.tokens_file`",
+            ),
         ];
         for (text, env, flags, names) in cases {
             let f = text.map(file);

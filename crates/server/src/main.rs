@@ -32,10 +32,19 @@ enum Cmd {
     Chaos(ChaosArgs),
     /// Load a running cluster and measure throughput and latency
     /// (enqueue, redup check, consume, or mixed).
-    Bench(lockstep_server::bench::BenchArgs),
+    Bench(Box<lockstep_server::bench::BenchArgs>),
     /// Gather `lockstep bench --json` results into one file and draw them
     /// as SVG charts.
     BenchPlot(lockstep_server::bench_plot::PlotArgs),
+    /// Write a throwaway CA and node certificates for trying TLS (ca.pem,
+    /// ca.key, node-<i>.pem, node-<i>.key).
+    DevCerts(lockstep_server::devcerts::DevCertsArgs),
+    /// Make a new random bearer token and its entry for auth.tokens_file.
+    Token {
+        /// The token's name in the file, logs and errors.
+        #[arg(long, default_value = "client")]
+        name: String,
+    },
     #[command(flatten)]
     Client(lockstep_server::commands::Command),
 }
@@ -128,42 +137,63 @@ impl NodeArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let connect = cli.connect;
-    let first = connect.addrs.first().cloned().unwrap_or_default();
     let result = match cli.command {
         Cmd::Node(args) => run_node(args),
-        Cmd::Cluster(ClusterCmd::Bootstrap { members }) => {
-            lockstep_server::cli::cluster(lockstep_server::cli::ClusterCommand::Bootstrap {
-                addr: first,
-                members,
-            })
-        }
-        Cmd::Cluster(ClusterCmd::Status) => {
-            lockstep_server::cli::cluster(lockstep_server::cli::ClusterCommand::Status {
-                addr: first,
-            })
+        Cmd::Cluster(ClusterCmd::Bootstrap { members }) => connect.config().and_then(|c| {
+            lockstep_server::cli::cluster(
+                c,
+                lockstep_server::cli::ClusterCommand::Bootstrap { members },
+            )
+        }),
+        Cmd::Cluster(ClusterCmd::Status) => connect.config().and_then(|c| {
+            lockstep_server::cli::cluster(c, lockstep_server::cli::ClusterCommand::Status)
+        }),
+        Cmd::DevCerts(args) => lockstep_server::devcerts::dev_certs(&args).map(|files| {
+            for f in files {
+                outln(&f.display().to_string());
+            }
+        }),
+        Cmd::Token { name } => {
+            let (secret, entry) = lockstep_server::devcerts::new_token(&name);
+            outln(&format!(
+                "# The token; give it to the client (LOCKSTEP_TOKEN=...). It is shown once.\n{secret}\n\n# For the node's auth.tokens_file (it holds only the SHA-256); narrow the\n# permissions to the queue patterns this client needs.\n{entry}"
+            ));
+            Ok(())
         }
         Cmd::Cluster(ClusterCmd::Members(cmd)) => {
             lockstep_server::commands::run_cluster(connect, cmd)
         }
         Cmd::Chaos(args) => run_chaos(args),
         Cmd::Bench(mut args) => {
+            args.connect = match connect.config() {
+                Ok(c) => Some(c),
+                Err(e) => return fail(e),
+            };
             args.addrs = connect.addrs;
             // The global --json prints the results as JSON on stdout.
             if connect.json && args.json_out.is_none() {
                 args.json_out = Some("-".into());
             }
-            lockstep_server::bench::run(args)
+            lockstep_server::bench::run(*args)
         }
         Cmd::BenchPlot(args) => lockstep_server::bench_plot::run(args),
         Cmd::Client(command) => lockstep_server::commands::run(connect, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("lockstep: {message}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(message) => fail(message),
     }
+}
+
+fn fail(message: String) -> std::process::ExitCode {
+    eprintln!("lockstep: {message}");
+    std::process::ExitCode::FAILURE
+}
+
+/// One line to stdout; a closed stdout is not an error worth a panic.
+fn outln(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 fn run_node(args: NodeArgs) -> Result<(), String> {
@@ -281,6 +311,9 @@ mod tests {
             &["groups", "list", "q"],
             &["groups", "pause", "q", "g"],
             &["dlq", "purge", "q", "1", "2"],
+            &["dev-certs", "--out", "c", "--host", "127.0.0.1,n2"],
+            &["token", "--name", "app"],
+            &["--ca-file", "ca.pem", "--token", "t", "queue", "list"],
         ];
         for line in lines {
             let argv = std::iter::once("lockstep").chain(line.iter().copied());

@@ -384,8 +384,53 @@ impl Node {
         };
         match change {
             MembershipChange::Join { id, info } => {
-                if let Err(e) = self.raft.add_learner(id, info, true).await {
-                    return refused(e, &format!("add node {id} as a learner"));
+                // Not openraft's blocking add_learner: it counts a learner
+                // as caught up while its lag is under
+                // `replication_lag_threshold` (5,000 entries by default),
+                // so in a young cluster it promoted a node that had
+                // received nothing, even one it could not reach at all.
+                let added = match self.raft.add_learner(id, info, false).await {
+                    Ok(added) => added.log_id,
+                    Err(e) => return refused(e, &format!("add node {id} as a learner")),
+                };
+                // Three quarters of the caller's bound: the rest is for the
+                // promotion, or for taking the learner out again.
+                let bound = Duration::from_millis(self.config.limits.membership_ms_max * 3 / 4);
+                let caught_up = self
+                    .raft
+                    .wait(Some(bound))
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id))
+                                .and_then(|matched| matched.as_ref())
+                                .is_some_and(|matched| matched.index >= added.index)
+                        },
+                        "new learner has the entry that added it",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    let removed = self
+                        .raft
+                        .change_membership(
+                            openraft::ChangeMembers::RemoveNodes([id].into_iter().collect()),
+                            false,
+                        )
+                        .await;
+                    return Response::Membership(Err(WireStatus {
+                        code: tonic::Code::DeadlineExceeded as i32,
+                        message: format!(
+                            "node {id} did not catch up as a learner within {} ms: is its peer \
+                             address reachable from the leader, and does its certificate chain \
+                             to the cluster CA? It was not made a voter{}",
+                            bound.as_millis(),
+                            match removed {
+                                Ok(_) => ", and was taken out again as a learner".to_string(),
+                                Err(e) => format!(" (taking it out as a learner failed: {e})"),
+                            }
+                        ),
+                    }));
                 }
                 let mut members = voters();
                 members.insert(id);

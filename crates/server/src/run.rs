@@ -33,6 +33,8 @@ pub enum RunError {
     Damaged { dir: String, problem: String },
     #[error("server: {0}")]
     Server(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("config key `{key}`: cannot listen on `{addr}`: {message}")]
     Listen {
         key: &'static str,
@@ -117,6 +119,31 @@ pub struct Running {
 /// empty) and its metrics port (unless `metrics_addr` is empty), and, with
 /// `in_process`, serves the client API over in-memory connections too.
 pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunError> {
+    // Read before anything binds or opens, so a bad file stops start-up
+    // with its key named and nothing half-started.
+    let tls = crate::tls::load(&config.tls)?;
+    let auth = Arc::new(crate::auth::Auth::load(&config.auth)?);
+    if tls.is_none() {
+        for (key, addr) in [
+            ("client_addr", &config.client_addr),
+            ("peer_addr", &config.peer_addr),
+        ] {
+            if crate::tls::exposed(addr) {
+                tracing::warn!(
+                    "{key} {addr} is not a loopback address and TLS is off: clients and \
+                     peers on the network can read and forge this node's traffic. Set \
+                     tls.cert_file, tls.key_file and tls.ca_file (see `lockstep dev-certs`)"
+                );
+            }
+        }
+    }
+    if !auth.is_on() && crate::tls::exposed(&config.client_addr) {
+        tracing::warn!(
+            "client_addr {} is not a loopback address and auth.mode is \"off\": anyone who \
+             reaches it may enqueue, consume and administer",
+            config.client_addr
+        );
+    }
     // Bound first, so a taken port stops start-up before anything runs.
     let metrics_listener = bind(&config.metrics_addr, "metrics_addr").await?;
     let client_listener = bind(&config.client_addr, "client_addr").await?;
@@ -146,7 +173,10 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         );
     }
     let vote_guard = Arc::new(VoteGuard::new(fresh));
-    let network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
+    let mut network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
+    if let Some(tls) = &tls {
+        network = network.with_tls(tls.peer_client.clone());
+    }
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -169,7 +199,13 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     };
 
     let ticker = tokio::spawn(node.clone().run_ticker(stop_rx.clone()));
-    let services = Services::new(node.clone());
+    // The in-process services trust their caller (the embedding process
+    // itself); the client port checks every call.
+    let local_services = Services::new(node.clone());
+    let services = local_services
+        .clone()
+        .with_auth(auth)
+        .with_client_tls(tls.as_ref().map(|t| t.peer_client.clone()));
     let message_max = config.limits.message_bytes_max as usize;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -179,21 +215,42 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Server(e.to_string()))?;
-    let client_router = tonic::transport::Server::builder()
-        .layer(crate::metrics::RpcLayer::new(
-            node.metrics.clone(),
-            config.id,
-        ))
-        .layer(crate::hint::LeaderHintLayer::new(node.clone()))
-        .add_service(
-            pb::queue_server::QueueServer::new(services.clone())
-                .max_decoding_message_size(message_max)
-                .max_encoding_message_size(message_max),
-        )
-        .add_service(pb::admin_server::AdminServer::new(services.clone()))
-        .add_service(pb::cluster_server::ClusterServer::new(services))
-        .add_service(health)
-        .add_service(reflection);
+    // The client API on a server builder `$builder`, answering with
+    // `$services` (a macro: the layered router's type is unnameable).
+    macro_rules! client_router {
+        ($builder:expr, $services:expr) => {
+            $builder
+                .layer(crate::metrics::RpcLayer::new(
+                    node.metrics.clone(),
+                    config.id,
+                ))
+                .layer(crate::hint::LeaderHintLayer::new(node.clone()))
+                .add_service(
+                    pb::queue_server::QueueServer::new($services.clone())
+                        .max_decoding_message_size(message_max)
+                        .max_encoding_message_size(message_max),
+                )
+                .add_service(
+                    pb::admin_server::AdminServer::new($services.clone())
+                        .max_decoding_message_size(message_max)
+                        .max_encoding_message_size(message_max),
+                )
+                .add_service(
+                    pb::cluster_server::ClusterServer::new($services.clone())
+                        .max_decoding_message_size(message_max)
+                        .max_encoding_message_size(message_max),
+                )
+                .add_service(health.clone())
+                .add_service(reflection.clone())
+        };
+    }
+    let mut client_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        client_builder = client_builder
+            .tls_config(tls.client_server.clone())
+            .map_err(|e| RunError::Server(format!("client TLS: {e}")))?;
+    }
+    let client_router = client_router!(client_builder, services);
 
     let mut servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)> = Vec::new();
     if let Some(listener) = client_listener {
@@ -216,7 +273,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(IN_PROCESS_BACKLOG);
         let incoming =
             tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
-        let router = client_router;
+        let router = client_router!(tonic::transport::Server::builder(), local_services);
         let stop = stopped(stop_rx.clone());
         servers.push((
             "in-process server",
@@ -233,7 +290,15 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     };
     let peer_incoming =
         tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-    let peer_router = tonic::transport::Server::builder().add_service(peer_service(
+    let mut peer_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        // Mutual: a caller without a certificate chaining to the cluster CA
+        // is refused in the handshake, before any RPC.
+        peer_builder = peer_builder
+            .tls_config(tls.peer_server.clone())
+            .map_err(|e| RunError::Server(format!("peer TLS: {e}")))?;
+    }
+    let peer_router = peer_builder.add_service(peer_service(
         raft.clone(),
         Arc::new(NodeForward(node.clone())),
         vote_guard,
@@ -255,7 +320,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
         ));
     }
-    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), "node started");
+    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
     Ok(Running {
         node,
         in_process,

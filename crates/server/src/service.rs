@@ -12,6 +12,7 @@ use lockstep_core::{self as core, AckItem, Command, JobBlob, PurgeSelector, Repl
 use lockstep_store::NodeInfo;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Caller, Permission};
 use crate::convert;
 use crate::node::{self, Node, Read, ReadReply};
 use crate::pb;
@@ -20,6 +21,11 @@ use crate::pb;
 pub struct Services {
     pub node: Arc<Node>,
     id_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// Checked first in every call, before the request becomes a command.
+    auth: Arc<Auth>,
+    /// TLS for the calls this node makes to other nodes' client ports
+    /// (passing a bootstrap on); `None`: plaintext.
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Services {
@@ -27,6 +33,21 @@ impl Services {
         Services {
             node,
             id_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            auth: Arc::new(Auth::off()),
+            client_tls: None,
+        }
+    }
+
+    /// The same services, checking callers with `auth`.
+    pub fn with_auth(self, auth: Arc<Auth>) -> Services {
+        Services { auth, ..self }
+    }
+
+    /// The same services, speaking TLS to other nodes' client ports.
+    pub fn with_client_tls(self, tls: Option<tonic::transport::ClientTlsConfig>) -> Services {
+        Services {
+            client_tls: tls,
+            ..self
         }
     }
 
@@ -91,7 +112,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Produce, &req.queue)?;
         let jobs = req
             .jobs
             .into_iter()
@@ -122,7 +145,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &req.queue)?;
         let wait_ms = req.wait_ms.min(self.node.config.limits.fetch_wait_ms_max);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.node.applied_watch();
@@ -170,7 +195,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &req.queue)?;
         let items: Vec<AckItem> = req
             .items
             .iter()
@@ -203,7 +230,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
         let command = Command::Nack {
             queue: r.queue,
             offset: r.offset,
@@ -226,7 +255,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::ExtendRequest>,
     ) -> Result<Response<pb::ExtendResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
         let command = Command::Extend {
             queue: r.queue,
             offset: r.offset,
@@ -245,7 +276,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
         match self
             .write(Command::Release {
                 queue: r.queue,
@@ -264,7 +297,9 @@ impl pb::queue_server::Queue for Services {
         &self,
         request: Request<pb::DeadLetterRequest>,
     ) -> Result<Response<pb::DeadLetterResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
         let command = Command::DeadLetter {
             queue: r.queue,
             offset: r.offset,
@@ -314,7 +349,8 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize(&metadata, Permission::Admin, &r.name)?;
         let config = convert::queue_config(r.config)?;
         match self
             .write(Command::CreateQueue {
@@ -335,7 +371,8 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::UpdateQueueRequest>,
     ) -> Result<Response<pb::UpdateQueueResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize(&metadata, Permission::Admin, &r.name)?;
         let config = convert::queue_config(r.config)?;
         match self
             .write(Command::UpdateQueue {
@@ -354,13 +391,9 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
-        match self
-            .write(Command::DeleteQueue {
-                name: request.into_inner().name,
-            })
-            .await?
-            .0
-        {
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize(&metadata, Permission::Admin, &r.name)?;
+        match self.write(Command::DeleteQueue { name: r.name }).await?.0 {
             Reply::QueueDeleted => Ok(Response::new(pb::DeleteQueueResponse {})),
             other => Err(wrong_reply(other)),
         }
@@ -370,7 +403,8 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_read(&metadata, &r.name)?;
         match self.read(Read::Queue { name: r.name }, r.read).await? {
             ReadReply::Queue(q) => Ok(Response::new(pb::GetQueueResponse {
                 queue: Some(queue_to_pb(q)),
@@ -383,12 +417,16 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        match self
-            .read(Read::ListQueues, request.into_inner().read)
-            .await?
-        {
+        let (metadata, _, r) = request.into_parts();
+        let caller: Caller<'_> = self.auth.authenticate(&metadata)?;
+        match self.read(Read::ListQueues, r.read).await? {
+            // A token lists only the queues it has some permission on.
             ReadReply::Queues(qs) => Ok(Response::new(pb::ListQueuesResponse {
-                queues: qs.into_iter().map(queue_to_pb).collect(),
+                queues: qs
+                    .into_iter()
+                    .filter(|q| caller.sees(&q.name))
+                    .map(queue_to_pb)
+                    .collect(),
             })),
             _ => Err(Status::internal("unexpected read reply")),
         }
@@ -398,7 +436,8 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_read(&metadata, &r.queue)?;
         let status = match pb::GroupStatus::try_from(r.status) {
             Ok(pb::GroupStatus::Any) => core::GroupStatus::Any,
             Ok(pb::GroupStatus::Leased) => core::GroupStatus::Leased,
@@ -446,7 +485,9 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::PauseGroupRequest>,
     ) -> Result<Response<pb::PauseGroupResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
         match self
             .write(Command::PauseGroup {
                 queue: r.queue,
@@ -464,7 +505,9 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::ResumeGroupRequest>,
     ) -> Result<Response<pb::ResumeGroupResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
         match self
             .write(Command::ResumeGroup {
                 queue: r.queue,
@@ -482,7 +525,8 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_read(&metadata, &r.queue)?;
         match self
             .read(
                 Read::DeadLetters {
@@ -537,7 +581,9 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::RequeueDeadLetterRequest>,
     ) -> Result<Response<pb::RequeueDeadLetterResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
         match self
             .write(Command::RequeueDeadLetter {
                 queue: r.queue,
@@ -557,7 +603,9 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::PurgeDeadLettersRequest>,
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
         let which = if r.offsets.is_empty() {
             PurgeSelector::All
         } else {
@@ -583,7 +631,10 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
+        self.auth.authorize_cluster(&metadata)?;
+        // Passed on with the bootstrap, so the other members check it too.
+        let authorization = metadata.get("authorization").cloned();
         let this_node_only = request.this_node_only;
         let members: Vec<(u64, NodeInfo)> = request
             .members
@@ -623,7 +674,16 @@ impl pb::cluster_server::Cluster for Services {
                     this_node_only: true,
                 };
                 let (id, addr) = (m.id, m.client_addr.clone());
-                calls.spawn(async move { (id, bootstrap_member(local, addr, forwarded).await) });
+                let mut forwarded = Request::new(forwarded);
+                if let Some(value) = &authorization {
+                    forwarded
+                        .metadata_mut()
+                        .insert("authorization", value.clone());
+                }
+                let tls = self.client_tls.clone();
+                calls.spawn(
+                    async move { (id, bootstrap_member(local, addr, tls, forwarded).await) },
+                );
             }
             let mut reached = 1;
             let mut failures = Vec::new();
@@ -648,8 +708,9 @@ impl pb::cluster_server::Cluster for Services {
 
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.auth.authenticate(request.metadata())?;
         let m = self.node.raft.metrics().borrow().clone();
         let digest = self
             .node
@@ -718,7 +779,8 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_cluster(&metadata)?;
         if r.id == 0 {
             return Err(Status::invalid_argument(
                 "invalid argument `id`: must not be 0",
@@ -737,6 +799,7 @@ impl pb::cluster_server::Cluster for Services {
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.auth.authorize_cluster(request.metadata())?;
         let id = request.into_inner().id;
         self.membership(node::MembershipChange::Remove { id })
             .await?;
@@ -749,10 +812,16 @@ impl pb::cluster_server::Cluster for Services {
 async fn bootstrap_member(
     local: std::net::IpAddr,
     addr: String,
-    request: pb::BootstrapRequest,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    request: Request<pb::BootstrapRequest>,
 ) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let endpoint = endpoint
         .local_address(Some(local))
         .connect_timeout(Duration::from_millis(BOOTSTRAP_CALL_MS_MAX))
         .timeout(Duration::from_millis(BOOTSTRAP_CALL_MS_MAX));
