@@ -242,12 +242,23 @@ impl Client {
         send: F,
     ) -> Result<(Resp, String), Error>
     where
-        Req: Clone,
+        Req: Clone + prost::Message,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let policy = &self.inner.config.retry;
         let authorization = self.inner.authorization()?;
+        // Checked here: tonic would only reset the stream mid-send, which
+        // reads as an unexplained INTERNAL.
+        let bytes = request.encoded_len();
+        let max = self.inner.config.message_bytes_max;
+        if bytes > max {
+            return Err(Error::TooLarge {
+                call: spec.name,
+                bytes,
+                max,
+            });
+        }
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {

@@ -46,6 +46,17 @@ pub enum Error {
     /// example fewer results than jobs). A bug on one side or the other.
     #[error("malformed answer to {call}: {problem}")]
     Protocol { call: &'static str, problem: String },
+    /// The request is larger than `message_bytes_max`; it was not sent
+    /// (a node would refuse it the same way, as OUT_OF_RANGE).
+    #[error(
+        "{call}: the request is {bytes} bytes, more than message_bytes_max = {max}; \
+         send fewer or smaller jobs per call"
+    )]
+    TooLarge {
+        call: &'static str,
+        bytes: usize,
+        max: usize,
+    },
     /// The batcher or worker this call went through has stopped.
     #[error("closed: {0}")]
     Closed(String),
@@ -93,6 +104,7 @@ impl Error {
             Error::Status { code, .. } | Error::Transport { code, .. } => *code,
             Error::Config { .. } => Code::InvalidArgument,
             Error::Protocol { .. } => Code::Internal,
+            Error::TooLarge { .. } => Code::OutOfRange,
             Error::Closed(_) => Code::Cancelled,
         }
     }
@@ -150,7 +162,10 @@ impl Error {
                 matches!(code, Code::Unavailable | Code::DeadlineExceeded)
             }
             Error::Transport { .. } => true,
-            Error::Config { .. } | Error::Protocol { .. } | Error::Closed(_) => false,
+            Error::Config { .. }
+            | Error::Protocol { .. }
+            | Error::TooLarge { .. }
+            | Error::Closed(_) => false,
         }
     }
 

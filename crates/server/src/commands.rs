@@ -326,6 +326,22 @@ fn explain(e: CliError, addrs: &[String]) -> String {
             Code::FailedPrecondition => format!(
                 "{e}; the lease was lost (expired, or another worker holds the job): fetch again"
             ),
+            Code::Unauthenticated => format!(
+                "{e}; this cluster requires a token: set LOCKSTEP_TOKEN (or give --token)"
+            ),
+            Code::PermissionDenied => {
+                format!("{e}; ask for a token with this permission (auth.tokens_file)")
+            }
+            // A plaintext HTTP/2 client meeting a TLS port sees its
+            // connection reset, which says nothing of TLS.
+            Code::Internal | Code::Cancelled
+                if e.to_string().contains("h2 protocol error")
+                    || e.to_string().contains("operation was canceled") =>
+            {
+                format!(
+                    "{e}; if the cluster has TLS on, give its CA with --ca-file (or LOCKSTEP_CA_FILE)"
+                )
+            }
             _ => e.to_string(),
         },
     }

@@ -156,6 +156,24 @@ async fn bad_requests_get_their_code_and_store_nothing() {
         let (code, message) = code_of(send(vec![huge]).await);
         assert_eq!(code, Code::OutOfRange, "{message}");
 
+        // The client library holds the same bound by default, and refuses
+        // an oversized call itself, before it leaves the process, without
+        // retrying it.
+        assert_eq!(
+            lockstep_client::MESSAGE_BYTES_MAX_DEFAULT as u64,
+            lockstep_server::config::NodeConfig::default()
+                .limits
+                .message_bytes_max
+        );
+        let mut small = lockstep_client::ClientConfig::new([c.addr(follower).client.to_string()]);
+        small.message_bytes_max = 64 * 1024;
+        let client = lockstep_client::Client::connect(small).unwrap();
+        let mut big_call = job("big-call", "g");
+        big_call.payload = vec![1; 100 * 1024];
+        let err = client.enqueue(Q, vec![big_call]).await.unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange, "{err}");
+        assert!(!err.is_retryable(), "{err}");
+
         // Nothing changed: same counts, same next offset, same lease.
         let after = stats(c, leader, Q).await;
         assert_eq!(after, before);
