@@ -326,9 +326,9 @@ fn explain(e: CliError, addrs: &[String]) -> String {
             Code::FailedPrecondition => format!(
                 "{e}; the lease was lost (expired, or another worker holds the job): fetch again"
             ),
-            Code::Unauthenticated => format!(
-                "{e}; this cluster requires a token: set LOCKSTEP_TOKEN (or give --token)"
-            ),
+            Code::Unauthenticated => {
+                format!("{e}; this cluster requires a token: set LOCKSTEP_TOKEN (or give --token)")
+            }
             Code::PermissionDenied => {
                 format!("{e}; ask for a token with this permission (auth.tokens_file)")
             }

@@ -78,9 +78,20 @@ pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
         .map_err(|e| RunError::Server(e.to_string()))?;
     runtime.block_on(async {
         let running = start(config, false).await?;
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        running.shutdown().await
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                running.shutdown().await
+            }
+            // A node whose Raft stopped (a damaged table block read while
+            // running) must not linger answering errors: it exits, saying
+            // why, and its supervisor or operator sees it.
+            fatal = running.fatal() => {
+                tracing::error!(error = %fatal, "Raft stopped; the node exits");
+                let _ = running.shutdown().await;
+                Err(fatal)
+            }
+        }
     })
 }
 
@@ -106,6 +117,9 @@ const IN_PROCESS_BACKLOG: usize = 64;
 #[derive(Debug)]
 pub struct Running {
     pub node: Arc<Node>,
+    /// Flushes the memtables at a graceful shutdown, so the next start
+    /// replays no write-ahead log.
+    flusher: lockstep_store::LogStore,
     /// A channel to this node's client API that stays inside the process
     /// (an in-memory duplex per connection), when asked for at start.
     pub in_process: Option<tonic::transport::Channel>,
@@ -155,16 +169,18 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
                 addr: String::new(),
                 message: "a node needs a peer address".into(),
             })?;
+    let damaged = |text: String| RunError::Damaged {
+        dir: config.data_dir.display().to_string(),
+        problem: text,
+    };
     let (mut log_store, state_machine) =
         lockstep_store::open(&config.data_dir)
             .await
             .map_err(|e| match e.to_string() {
-                text if text.contains("Corruption") => RunError::Damaged {
-                    dir: config.data_dir.display().to_string(),
-                    problem: text,
-                },
+                text if is_damage(&text) => damaged(text),
                 _ => RunError::Store(e),
             })?;
+    let flusher = log_store.clone();
     let state = state_machine.handle();
     let fresh = is_fresh(&mut log_store).await?;
     if fresh {
@@ -185,7 +201,12 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         state_machine,
     )
     .await
-    .map_err(|e| RunError::Raft(e.to_string()))?;
+    // openraft re-applies the log after the snapshot here: a damaged table
+    // block of the log is met now, before the node serves anything.
+    .map_err(|e| match e.to_string() {
+        text if is_damage(&text) => damaged(text),
+        text => RunError::Raft(text),
+    })?;
     let node = Arc::new(Node::new(
         config.clone(),
         raft.clone(),
@@ -323,6 +344,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
     Ok(Running {
         node,
+        flusher,
         in_process,
         stop_tx,
         ticker,
@@ -398,8 +420,43 @@ impl Running {
             .raft
             .shutdown()
             .await
-            .map_err(|e| RunError::Raft(e.to_string()))
+            .map_err(|e| RunError::Raft(e.to_string()))?;
+        match tokio::time::timeout(bound, self.flusher.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flush at shutdown failed"),
+            Err(_) => tracing::warn!("flush at shutdown took over {SERVER_STOP_MS_MAX} ms"),
+        }
+        Ok(())
     }
+
+    /// Waits until Raft stops by itself: a storage error (a damaged table
+    /// block met while running) or another fatal error. Returns what
+    /// stopped it. Pending forever while Raft runs.
+    pub async fn fatal(&self) -> RunError {
+        let mut metrics = self.node.raft.metrics();
+        loop {
+            let state = metrics.borrow().running_state.clone();
+            if let Err(fatal) = state {
+                let text = fatal.to_string();
+                return if is_damage(&text) {
+                    RunError::Damaged {
+                        dir: self.node.config.data_dir.display().to_string(),
+                        problem: text,
+                    }
+                } else {
+                    RunError::Raft(format!("Raft stopped: {text}"))
+                };
+            }
+            if metrics.changed().await.is_err() {
+                return RunError::Raft("Raft stopped without saying why".into());
+            }
+        }
+    }
+}
+
+/// Whether a storage error says RocksDB found damaged data.
+fn is_damage(text: &str) -> bool {
+    text.contains("Corruption")
 }
 
 /// A store with no vote and no log belongs to a node that never took part

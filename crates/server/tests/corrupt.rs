@@ -14,8 +14,45 @@ use common::*;
 const Q: &str = "jobs";
 const JOBS: u64 = 300;
 
+/// What is damaged on the stopped follower.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// kill -9 (no flush: the entries are only in the write-ahead log),
+    /// then one byte in the middle of the log file.
+    WriteAheadLog,
+    /// SIGTERM (a graceful stop flushes the memtables into table files),
+    /// then one byte in the middle of every table (SST) file. The restart
+    /// re-applies the log after the last snapshot, so it reads the log's
+    /// table blocks and meets the damage before serving.
+    TableFiles,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_damaged_log_refuses_to_start_and_rejoins_after_a_wipe() {
+    damaged_node_refuses_to_start_and_rejoins_after_a_wipe(Damage::WriteAheadLog).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_damaged_table_files_refuses_to_start_and_rejoins_after_a_wipe() {
+    damaged_node_refuses_to_start_and_rejoins_after_a_wipe(Damage::TableFiles).await;
+}
+
+fn files_with_extension(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect()
+}
+
+fn flip_middle_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+async fn damaged_node_refuses_to_start_and_rejoins_after_a_wipe(damage: Damage) {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (mut run, leader) = start3().await;
         let victim = (1..=3).find(|i| *i != leader).unwrap();
@@ -35,20 +72,25 @@ async fn a_node_with_a_damaged_log_refuses_to_start_and_rejoins_after_a_wipe() {
             .await
             .unwrap();
 
-        // kill -9 (no flush: the entries are in the write-ahead log), then
-        // damage a byte in the middle of the log file.
-        run.cluster.kill(victim);
         let db = run.cluster.data_dir(victim).join("db");
-        let wal = std::fs::read_dir(&db)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-            .expect("a write-ahead log");
-        let mut bytes = std::fs::read(&wal).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x5a;
-        std::fs::write(&wal, bytes).unwrap();
+        match damage {
+            Damage::WriteAheadLog => {
+                run.cluster.kill(victim);
+                let wal = files_with_extension(&db, "log")
+                    .into_iter()
+                    .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                    .expect("a write-ahead log");
+                flip_middle_byte(&wal);
+            }
+            Damage::TableFiles => {
+                run.cluster.stop(victim).unwrap();
+                let tables = files_with_extension(&db, "sst");
+                assert!(!tables.is_empty(), "a graceful stop leaves table files");
+                for table in &tables {
+                    flip_middle_byte(table);
+                }
+            }
+        }
 
         // It refuses to start, and says why and what to do.
         run.cluster.spawn(victim).unwrap();
