@@ -27,6 +27,8 @@ use crate::history::{
 pub const QUEUE: &str = "chaos";
 /// Deadline of one client call; past it the outcome is indeterminate.
 const CALL_MS_MAX: u64 = 3_000;
+/// One batch in this many is sent again after it succeeded.
+const RESEND_ONE_IN: u32 = 10;
 /// Tries of one enqueue (same ids) before a producer gives up on it.
 const ENQUEUE_TRIES_MAX: u32 = 20;
 /// Bound on healing: a leader must be agreed within this.
@@ -38,29 +40,54 @@ const DRAIN_MS_MAX: u64 = 60_000;
 pub enum Profile {
     None,
     Kill,
+    /// Every node killed at once (a power cut), then restarted.
+    KillAll,
     Pause,
     Wipe,
     PartitionLeader,
+    PartitionHalves,
+    PartitionOneway,
+    Membership,
     Mixed,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 6] = [
+    pub const ALL: [Profile; 10] = [
         Profile::None,
         Profile::Kill,
+        Profile::KillAll,
         Profile::Pause,
         Profile::Wipe,
         Profile::PartitionLeader,
+        Profile::PartitionHalves,
+        Profile::PartitionOneway,
+        Profile::Membership,
         Profile::Mixed,
+    ];
+
+    /// The faults `mixed` draws from.
+    const MIXED: [Profile; 8] = [
+        Profile::Kill,
+        Profile::KillAll,
+        Profile::Pause,
+        Profile::Wipe,
+        Profile::PartitionLeader,
+        Profile::PartitionHalves,
+        Profile::PartitionOneway,
+        Profile::Membership,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Profile::None => "none",
             Profile::Kill => "kill",
+            Profile::KillAll => "kill-all",
             Profile::Pause => "pause",
             Profile::Wipe => "wipe",
             Profile::PartitionLeader => "partition-leader",
+            Profile::PartitionHalves => "partition-halves",
+            Profile::PartitionOneway => "partition-oneway",
+            Profile::Membership => "membership",
             Profile::Mixed => "mixed",
         }
     }
@@ -87,6 +114,9 @@ pub struct Options {
     pub producers: usize,
     pub workers: usize,
     pub groups: u64,
+    /// A planted bug every node runs with (`LOCKSTEP_PLANTED_BUG`; needs a
+    /// binary built with the `planted-bugs` feature).
+    pub planted: Option<String>,
 }
 
 /// What a run produced.
@@ -145,7 +175,10 @@ fn channel_to(addr: std::net::SocketAddr) -> Result<Channel, String> {
 /// Runs one chaos run. The cluster is always torn down and partitions are
 /// always removed, whatever happens.
 pub async fn run(options: &Options) -> Result<Outcomes, String> {
-    let spec = Spec::new(&options.bin, &options.dir);
+    let mut spec = Spec::new(&options.bin, &options.dir);
+    if let Some(bug) = &options.planted {
+        spec.env.push(("LOCKSTEP_PLANTED_BUG".into(), bug.clone()));
+    }
     let cluster = Cluster::start(spec, options.nodes, options.nodes).map_err(|e| e.0)?;
     let ids: Vec<u64> = (1..=options.nodes).collect();
     cluster.bootstrap(options.nodes).await.map_err(|e| e.0)?;
@@ -201,7 +234,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
 
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let mut partitions = Partitions::new();
-    let faults = inject(options, &cluster, &mut partitions).await;
+    let faults = inject(options, &cluster, &channels, &mut partitions).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_millis(CALL_MS_MAX * 3), t).await;
@@ -217,13 +250,22 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
         c.spawn(id).map_err(|e| e.0)?;
     }
     let mut liveness = None;
-    if let Err(e) = c
+    match c
         .wait_leader(&ids, Duration::from_millis(LEADER_MS_MAX))
         .await
     {
-        liveness = Some(format!(
-            "no leader within {LEADER_MS_MAX} ms of healing: {e}"
-        ));
+        Err(e) => {
+            liveness = Some(format!(
+                "no leader within {LEADER_MS_MAX} ms of healing: {e}"
+            ));
+        }
+        Ok(leader) => {
+            // A membership fault that could not be undone in the run leaves
+            // a node out; the digest comparison needs every node in.
+            if let Err(e) = ensure_members(&c, leader, &ids, &channels).await {
+                liveness = Some(e);
+            }
+        }
     }
     if liveness.is_none() {
         let mut rng = StdRng::seed_from_u64(options.seed ^ 0xD7A1);
@@ -270,6 +312,11 @@ async fn producer(
             })
             .collect();
         // Retry an unknown outcome with the same ids, through any node.
+        // Now and then send a batch once more after it succeeded, as a
+        // client whose answer was lost would: the ids must come back as
+        // duplicates at their first offsets.
+        let resend = rng.random_ratio(1, RESEND_ONE_IN);
+        let mut succeeded = false;
         for _ in 0..ENQUEUE_TRIES_MAX {
             let node = rng.random_range(0..channels.len());
             let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
@@ -315,8 +362,15 @@ async fn producer(
                     results,
                 },
             });
-            if outcome == Outcome::Ok || stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if outcome == Outcome::Ok {
+                if succeeded || !resend {
+                    break;
+                }
+                succeeded = true;
+                continue;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -573,10 +627,12 @@ async fn record_digests(cluster: &Cluster, ids: &[u64], recorder: &Recorder) {
 
 /// Applies the profile's faults on a seeded schedule: the first after
 /// about a quarter of the run (at most 10 s), then every ~5 s, each lasting
-/// 2–15 s (cut short by the end of the run).
+/// 2–15 s (cut short by the end of the run). Every fault is undone before
+/// the next one starts.
 async fn inject(
     options: &Options,
     cluster: &Arc<tokio::sync::Mutex<Cluster>>,
+    channels: &[Channel],
     partitions: &mut Partitions,
 ) -> Vec<(u64, String)> {
     let mut rng = StdRng::seed_from_u64(options.seed);
@@ -589,12 +645,7 @@ async fn inject(
     while Instant::now() + Duration::from_secs(2) < end {
         let kind = match options.profile {
             Profile::None => break,
-            Profile::Mixed => [
-                Profile::Kill,
-                Profile::Pause,
-                Profile::Wipe,
-                Profile::PartitionLeader,
-            ][rng.random_range(0..4)],
+            Profile::Mixed => Profile::MIXED[rng.random_range(0..Profile::MIXED.len())],
             p => p,
         };
         let hold = Duration::from_millis(rng.random_range(2_000..15_000))
@@ -603,61 +654,235 @@ async fn inject(
             let c = cluster.lock().await;
             c.wait_leader(&ids, Duration::from_millis(3_000)).await.ok()
         };
+        let followers: Vec<u64> = ids.iter().copied().filter(|i| Some(*i) != leader).collect();
         let target = match (kind, leader) {
-            // Wipe only followers: a wiped leader is the same as kill + wipe
-            // of a follower after an election.
-            (Profile::Wipe, Some(l)) => {
-                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
-                others[rng.random_range(0..others.len())]
+            // Wipe and remove only followers: a wiped leader is the same as
+            // kill + wipe of a follower after an election, and removing the
+            // leader is a leadership transfer openraft 0.9 does not offer.
+            (Profile::Wipe | Profile::Membership, Some(_)) => {
+                followers[rng.random_range(0..followers.len())]
             }
             (_, Some(l)) if rng.random_ratio(1, 2) => l,
             _ => ids[rng.random_range(0..ids.len())],
         };
-        let label = format!("{} node {target} for {} ms", kind.name(), hold.as_millis());
-        faults.push((now_ms(), label));
-        {
+        let applied = {
             let mut c = cluster.lock().await;
-            match kind {
-                Profile::Kill => c.kill(target),
-                Profile::Pause => {
-                    let _ = c.pause(target);
-                }
-                Profile::Wipe => {
-                    let _ = c.wipe(target);
-                }
-                Profile::PartitionLeader => {
-                    let ip = c.addr(target).ip;
-                    let others: Vec<Ipv4Addr> = ids
-                        .iter()
-                        .filter(|i| **i != target)
-                        .map(|i| c.addr(*i).ip)
-                        .collect();
-                    partitions.isolate(ip, &others);
-                }
-                Profile::None | Profile::Mixed => {}
-            }
-        }
+            apply_fault(kind, target, &ids, &mut c, channels, partitions, &mut rng).await
+        };
+        faults.push((
+            now_ms(),
+            format!("{} for {} ms", applied.label(), hold.as_millis()),
+        ));
         tokio::time::sleep(hold).await;
-        {
+        let undone = {
             let mut c = cluster.lock().await;
-            match kind {
-                Profile::Kill | Profile::Wipe => {
-                    let _ = c.spawn(target);
-                }
-                Profile::Pause => {
-                    let _ = c.resume(target);
-                }
-                Profile::PartitionLeader => partitions.heal(),
-                Profile::None | Profile::Mixed => {}
-            }
-        }
-        faults.push((now_ms(), format!("healed {}", kind.name())));
+            undo_fault(&applied, &mut c, channels, partitions).await
+        };
+        faults.push((
+            now_ms(),
+            match undone {
+                Ok(()) => format!("healed {}", kind.name()),
+                Err(e) => format!("healed {} with trouble: {e}", kind.name()),
+            },
+        ));
         let gap = Duration::from_millis(rng.random_range(4_000..6_000));
         tokio::time::sleep(gap.min(end.saturating_duration_since(Instant::now()))).await;
     }
     let rest = end.saturating_duration_since(Instant::now());
     tokio::time::sleep(rest).await;
     faults
+}
+
+/// A fault in place, and what undoing it takes.
+#[derive(Debug)]
+enum Applied {
+    Killed(Vec<u64>),
+    Paused(u64),
+    Wiped(u64),
+    /// Partitioned: `label` says how.
+    Cut(String),
+    /// Removed from the membership; rejoined (empty) when undone.
+    Removed(u64),
+    /// The fault could not be applied (for example a removal refused).
+    Skipped(String),
+}
+
+impl Applied {
+    fn label(&self) -> String {
+        match self {
+            Applied::Killed(ids) if ids.len() == 1 => format!("kill node {}", ids[0]),
+            Applied::Killed(ids) => format!("kill nodes {ids:?}"),
+            Applied::Paused(id) => format!("pause node {id}"),
+            Applied::Wiped(id) => format!("wipe node {id}"),
+            Applied::Cut(how) => how.clone(),
+            Applied::Removed(id) => format!("remove node {id}"),
+            Applied::Skipped(why) => format!("skipped: {why}"),
+        }
+    }
+}
+
+/// Longest a membership call of the fault schedule may take.
+const MEMBERSHIP_CALL_MS_MAX: u64 = 30_000;
+
+async fn apply_fault(
+    kind: Profile,
+    target: u64,
+    ids: &[u64],
+    c: &mut Cluster,
+    channels: &[Channel],
+    partitions: &mut Partitions,
+    rng: &mut StdRng,
+) -> Applied {
+    let ip = |c: &Cluster, id: u64| c.addr(id).ip;
+    match kind {
+        Profile::Kill => {
+            c.kill(target);
+            Applied::Killed(vec![target])
+        }
+        Profile::KillAll => {
+            for id in ids {
+                c.kill(*id);
+            }
+            Applied::Killed(ids.to_vec())
+        }
+        Profile::Pause => {
+            let _ = c.pause(target);
+            Applied::Paused(target)
+        }
+        Profile::Wipe => {
+            let _ = c.wipe(target);
+            Applied::Wiped(target)
+        }
+        Profile::PartitionLeader => {
+            let others: Vec<Ipv4Addr> = ids
+                .iter()
+                .filter(|i| **i != target)
+                .map(|i| ip(c, *i))
+                .collect();
+            partitions.isolate(ip(c, target), &others);
+            Applied::Cut(format!("isolate node {target}"))
+        }
+        Profile::PartitionHalves => {
+            // A random split into a minority and a majority side.
+            let mut shuffled = ids.to_vec();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.random_range(0..=i));
+            }
+            let (minority, majority) = shuffled.split_at(ids.len() / 2);
+            for a in minority {
+                let others: Vec<Ipv4Addr> = majority.iter().map(|b| ip(c, *b)).collect();
+                partitions.isolate(ip(c, *a), &others);
+            }
+            Applied::Cut(format!("split {minority:?} | {majority:?}"))
+        }
+        Profile::PartitionOneway => {
+            let others: Vec<Ipv4Addr> = ids
+                .iter()
+                .filter(|i| **i != target)
+                .map(|i| ip(c, *i))
+                .collect();
+            partitions.drop_from(ip(c, target), &others);
+            Applied::Cut(format!("drop node {target}'s outgoing packets"))
+        }
+        Profile::Membership => {
+            let channel = channels[rng.random_range(0..channels.len())].clone();
+            let removed = tokio::time::timeout(
+                Duration::from_millis(MEMBERSHIP_CALL_MS_MAX),
+                pb::cluster_client::ClusterClient::new(channel)
+                    .remove(pb::RemoveRequest { id: target }),
+            )
+            .await;
+            match removed {
+                Ok(Ok(_)) => {
+                    // A removed node is stopped and forgets its data, as an
+                    // operator retiring it would; it comes back empty.
+                    let _ = c.stop(target);
+                    let _ = c.wipe(target);
+                    Applied::Removed(target)
+                }
+                Ok(Err(s)) => Applied::Skipped(format!("remove node {target}: {}", s.message())),
+                Err(_) => Applied::Skipped(format!("remove node {target}: timed out")),
+            }
+        }
+        Profile::None | Profile::Mixed => Applied::Skipped("no fault".into()),
+    }
+}
+
+async fn undo_fault(
+    applied: &Applied,
+    c: &mut Cluster,
+    channels: &[Channel],
+    partitions: &mut Partitions,
+) -> Result<(), String> {
+    match applied {
+        Applied::Killed(ids) => {
+            for id in ids {
+                c.spawn(*id).map_err(|e| e.0)?;
+            }
+            Ok(())
+        }
+        Applied::Paused(id) => c.resume(*id).map_err(|e| e.0),
+        Applied::Wiped(id) => c.spawn(*id).map_err(|e| e.0),
+        Applied::Cut(_) => {
+            partitions.heal();
+            Ok(())
+        }
+        Applied::Removed(id) => {
+            c.spawn(*id).map_err(|e| e.0)?;
+            rejoin(c, *id, channels).await
+        }
+        Applied::Skipped(_) => Ok(()),
+    }
+}
+
+/// Rejoins every node of `ids` that is not a voter (after a membership
+/// fault the run ended in the middle of).
+async fn ensure_members(
+    c: &Cluster,
+    leader: u64,
+    ids: &[u64],
+    channels: &[Channel],
+) -> Result<(), String> {
+    let status = c.status(leader).await.map_err(|e| e.0)?;
+    for id in ids {
+        if !status
+            .members
+            .iter()
+            .any(|m| m.id == *id && m.role != "learner")
+        {
+            rejoin(c, *id, channels).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Joins node `id` (running, empty) back as a voter, retrying through any
+/// node for up to `MEMBERSHIP_CALL_MS_MAX`.
+async fn rejoin(c: &Cluster, id: u64, channels: &[Channel]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_CALL_MS_MAX);
+    let member = c.addr(id).member();
+    let mut last = String::new();
+    let mut k = 0usize;
+    while Instant::now() < deadline {
+        let channel = channels[k % channels.len()].clone();
+        k += 1;
+        if channels.len() > 1 && k % channels.len() == id as usize % channels.len() {
+            // Not through the node being joined: it knows no leader yet.
+            continue;
+        }
+        let joined = tokio::time::timeout(
+            Duration::from_millis(MEMBERSHIP_CALL_MS_MAX),
+            pb::cluster_client::ClusterClient::new(channel).join(member.clone()),
+        )
+        .await;
+        match joined {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(s)) => last = s.message().to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("join of node {id} failed: {last}"))
 }
 
 /// iptables rules between node addresses, tagged with this process's id
@@ -674,8 +899,23 @@ impl Partitions {
 
     /// Drops traffic both ways between `ip` and each of `others`.
     pub fn isolate(&mut self, ip: Ipv4Addr, others: &[Ipv4Addr]) {
-        for other in others {
-            for (src, dst) in [(ip, *other), (*other, ip)] {
+        let pairs: Vec<(Ipv4Addr, Ipv4Addr)> = others
+            .iter()
+            .flat_map(|other| [(ip, *other), (*other, ip)])
+            .collect();
+        self.drop_pairs(&pairs);
+    }
+
+    /// Drops the packets `ip` sends to each of `others`; theirs still
+    /// reach it.
+    pub fn drop_from(&mut self, ip: Ipv4Addr, others: &[Ipv4Addr]) {
+        let pairs: Vec<(Ipv4Addr, Ipv4Addr)> = others.iter().map(|other| (ip, *other)).collect();
+        self.drop_pairs(&pairs);
+    }
+
+    fn drop_pairs(&mut self, pairs: &[(Ipv4Addr, Ipv4Addr)]) {
+        {
+            for &(src, dst) in pairs {
                 let rule: Vec<String> = [
                     "INPUT",
                     "-s",
@@ -761,7 +1001,11 @@ pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
             options.producers,
             options.workers,
             options.groups
-        ),
+        ) + &options
+            .planted
+            .as_ref()
+            .map(|b| format!(" --plant {b}"))
+            .unwrap_or_default(),
     }
 }
 

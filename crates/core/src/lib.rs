@@ -20,6 +20,8 @@ mod error;
 pub mod hash;
 mod invariants;
 pub mod limits;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 mod query;
 mod state;
 
@@ -29,6 +31,29 @@ pub use config::{GroupPolicy, QueueConfig};
 pub use error::{Code, Error, Result};
 pub use query::*;
 pub use state::{backoff_ms, validate_queue_name, Attempt, AttemptOutcome, Counters, State};
+
+/// Whether the planted bug named by `bug` is on; always false without the
+/// `planted-bugs` feature, so the checks compile away.
+#[cfg(feature = "planted-bugs")]
+#[inline]
+pub(crate) fn planted_skip_fence() -> bool {
+    planted::active(planted::Bug::SkipFence)
+}
+#[cfg(not(feature = "planted-bugs"))]
+#[inline]
+pub(crate) fn planted_skip_fence() -> bool {
+    false
+}
+#[cfg(feature = "planted-bugs")]
+#[inline]
+pub(crate) fn planted_ignore_dedup() -> bool {
+    planted::active(planted::Bug::IgnoreDedup)
+}
+#[cfg(not(feature = "planted-bugs"))]
+#[inline]
+pub(crate) fn planted_ignore_dedup() -> bool {
+    false
+}
 
 impl State {
     /// The deterministic encoding of the whole state, behind the codec's

@@ -434,6 +434,8 @@ impl Queue {
     fn check_lease(&self, offset: u64, fence: u64) -> Result<&Job> {
         match self.jobs.get(&offset) {
             Some(job) if job.lease.is_some_and(|l| l.fence == fence) => Ok(job),
+            // Planted bug (tests only): any live lease will do.
+            Some(job) if crate::planted_skip_fence() && job.lease.is_some() => Ok(job),
             _ => Err(self.not_leased(offset, fence)),
         }
     }
@@ -609,7 +611,8 @@ impl Queue {
         let (mut new_jobs, mut new_bytes) = (0u64, 0u64);
         for job in &jobs {
             let id_hash = hash::id_hash(&job.id);
-            if !self.dedup.contains_key(&id_hash) && seen.insert(id_hash) {
+            let known = self.dedup.contains_key(&id_hash) && !crate::planted_ignore_dedup();
+            if !known && seen.insert(id_hash) {
                 new_jobs += 1;
                 new_bytes += job.payload.len() as u64;
             }
@@ -639,7 +642,12 @@ impl Queue {
         for new in jobs {
             let id_hash = hash::id_hash(&new.id);
             let content_hash = hash::content_hash(new.group.as_deref(), &new.payload);
-            if let Some(entry) = self.dedup.get(&id_hash) {
+            let dedup = if crate::planted_ignore_dedup() {
+                None
+            } else {
+                self.dedup.get(&id_hash)
+            };
+            if let Some(entry) = dedup {
                 results.push(if entry.content_hash == content_hash {
                     self.counters.duplicates += 1;
                     EnqueueResult::Duplicate {
@@ -668,6 +676,22 @@ impl Queue {
             };
             let offset = self.push_job(job, new.group.as_deref());
             self.bytes += u64::from(payload_bytes);
+            if self.dedup.contains_key(&id_hash) {
+                // Only with the planted ignore-dedup bug: the id keeps its
+                // first offset and its one expiry slot.
+                results.push(EnqueueResult::Created { offset });
+                effects.push(Effect::PutBlob {
+                    queue_id: self.id,
+                    blob: offset,
+                    data: JobBlob {
+                        id: new.id,
+                        headers: new.headers,
+                        payload: new.payload,
+                    },
+                });
+                self.counters.enqueued += 1;
+                continue;
+            }
             self.dedup.insert(
                 id_hash,
                 DedupEntry {

@@ -41,6 +41,8 @@ pub struct Spec {
     /// value becomes the node's id (for per-node files such as
     /// certificates).
     pub settings: Vec<(String, String)>,
+    /// Extra environment variables of every node process.
+    pub env: Vec<(String, String)>,
     /// The `LOCKSTEP_LOG` filter of the nodes (their stderr goes to
     /// `<dir>/n<id>.log`).
     pub log: String,
@@ -52,6 +54,7 @@ impl Spec {
             bin: bin.into(),
             dir: dir.into(),
             settings: Vec::new(),
+            env: Vec::new(),
             log: "info,openraft=warn".into(),
         }
     }
@@ -226,6 +229,7 @@ impl Cluster {
             command.args(["--set", &format!("{k}={v}")]);
         }
         let child = command
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .env("LOCKSTEP_LOG", &self.spec.log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -23,8 +23,8 @@ pub struct PlotArgs {
     pub out: PathBuf,
 }
 
-const WIDTH: f64 = 760.0;
-const HEIGHT: f64 = 420.0;
+pub const WIDTH: f64 = 760.0;
+pub const HEIGHT: f64 = 420.0;
 const MARGIN_LEFT: f64 = 70.0;
 const MARGIN_RIGHT: f64 = 190.0;
 const MARGIN_TOP: f64 = 40.0;
@@ -206,7 +206,31 @@ pub fn chart(
     log_x: bool,
     log_y: bool,
 ) -> String {
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    chart_with_bands(title, x_label, y_label, series, &[], log_x, log_y)
+}
+
+/// A shaded span of the x axis with a label: a fault, in a chaos timeline.
+pub type Band = (f64, f64, String);
+
+/// [`chart`] with shaded `bands` behind the lines, each labelled at its top.
+pub fn chart_with_bands(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    bands: &[Band],
+    log_x: bool,
+    log_y: bool,
+) -> String {
+    let mut all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    if let Some((_, first)) = all.first().copied() {
+        // Bands widen the x range, never the y range.
+        all.extend(
+            bands
+                .iter()
+                .flat_map(|(a, b, _)| [(*a, first), (*b, first)]),
+        );
+    }
     let scale = |v: f64, log: bool| if log { v.max(1e-9).log10() } else { v };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in &all {
@@ -286,6 +310,17 @@ pub fn chart(
         MARGIN_TOP + plot_h / 2.0,
         escape(y_label)
     );
+    for (k, (from, to, label)) in bands.iter().enumerate() {
+        let (bx0, bx1) = (px(*from), px(*to).max(px(*from) + 1.0));
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{bx0:.1}" y="{MARGIN_TOP}" width="{:.1}" height="{plot_h}" fill="#f4a3a3" fill-opacity="0.35"/><text x="{:.1}" y="{}" font-size="9" fill="#933">{}</text>"##,
+            bx1 - bx0,
+            bx0 + 2.0,
+            MARGIN_TOP + 10.0 + (k % 4) as f64 * 10.0,
+            escape(label)
+        );
+    }
     for (i, (name, points)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let path: Vec<String> = points

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod batcher;
 pub mod bench;
 pub mod bench_plot;
+pub mod chaos_plot;
 pub mod cli;
 pub mod commands;
 pub mod config;

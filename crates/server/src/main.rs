@@ -51,7 +51,8 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct ChaosArgs {
-    /// none, kill, pause, wipe, partition-leader or mixed.
+    /// none, kill, kill-all, pause, wipe, partition-leader,
+    /// partition-halves, partition-oneway, membership or mixed.
     #[arg(long, default_value = "mixed")]
     profile: String,
     #[arg(long, default_value_t = 1)]
@@ -66,6 +67,15 @@ struct ChaosArgs {
     workers: usize,
     #[arg(long, default_value_t = 20)]
     groups: u64,
+    /// Run every node with this planted bug (skip-fence, ignore-dedup,
+    /// ack-before-fsync) to check that the checker notices; needs a debug
+    /// build with the `planted-bugs` feature.
+    #[arg(long)]
+    plant: Option<String>,
+    /// Append one tab-separated line with this run's counts to FILE
+    /// (`scripts/chaos` builds its table from it).
+    #[arg(long)]
+    summary: Option<PathBuf>,
     /// Where node data, logs, history.jsonl and report.json go (default: a
     /// new directory under the system temp dir).
     #[arg(long)]
@@ -228,6 +238,7 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
         producers: args.producers,
         workers: args.workers,
         groups: args.groups.max(1),
+        planted: args.plant.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -243,10 +254,52 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
     let report = lockstep_chaos::run::report(&options, &outcomes);
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
+    let picture = lockstep_server::chaos_plot::timeline(
+        &outcomes.history,
+        &outcomes.faults,
+        &format!("{} seed {}", options.profile.name(), options.seed),
+    );
+    std::fs::write(dir.join("timeline.svg"), picture).map_err(|e| e.to_string())?;
     #[allow(clippy::print_stdout)]
     {
         println!("{}", lockstep_chaos::run::summary(&report));
-        println!("history and report in {}", dir.display());
+        println!(
+            "history.jsonl, report.json and timeline.svg in {}",
+            dir.display()
+        );
+    }
+    if let Some(path) = &args.summary {
+        use std::io::Write as _;
+        let c = &report.checker.counts;
+        let line = format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            report.profile,
+            report.seed,
+            report.nodes,
+            report.duration_s,
+            if report.passed { "pass" } else { "FAIL" },
+            report.checker.ops,
+            report.checker.enqueued_ok,
+            c.lost,
+            c.unexpected,
+            c.duplicated,
+            c.redelivered_after_ack,
+            c.out_of_order,
+            c.fencing,
+            c.diverged,
+            report.faults.len() / 2,
+            report
+                .liveness
+                .as_deref()
+                .unwrap_or("ok")
+                .replace(['\t', '\n'], " "),
+        );
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| format!("--summary {}: {e}", path.display()))?;
     }
     if report.passed {
         Ok(())

@@ -63,6 +63,7 @@ pub fn raft_config(config: &NodeConfig) -> Result<Config, RunError> {
 /// Runs a node until SIGTERM or Ctrl-C.
 pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
     tracing_init();
+    plant_bug()?;
     if config.client_addr.is_empty() {
         // Only an embedded node may go without a client port: it serves its
         // own process in-process instead.
@@ -93,6 +94,43 @@ pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
             }
         }
     })
+}
+
+/// The environment variable that switches a planted bug on in a test build.
+pub const PLANTED_BUG_ENV: &str = "LOCKSTEP_PLANTED_BUG";
+
+/// Turns on the planted bug named by `LOCKSTEP_PLANTED_BUG`, if any. A
+/// build without the `planted-bugs` feature refuses to start with it set,
+/// so a test can never believe a bug is planted when it is not.
+fn plant_bug() -> Result<(), RunError> {
+    let Ok(name) = std::env::var(PLANTED_BUG_ENV) else {
+        return Ok(());
+    };
+    if name.is_empty() {
+        return Ok(());
+    }
+    #[cfg(feature = "planted-bugs")]
+    {
+        use lockstep_core::planted::{plant, Bug};
+        let bug = Bug::parse(&name).ok_or_else(|| {
+            let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+            RunError::Server(format!(
+                "{PLANTED_BUG_ENV}=`{name}` names no planted bug; one of {}",
+                names.join(", ")
+            ))
+        })?;
+        plant(bug);
+        tracing::warn!(
+            bug = name,
+            "PLANTED BUG ON: this node breaks a safety rule on purpose"
+        );
+        Ok(())
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    Err(RunError::Server(format!(
+        "{PLANTED_BUG_ENV}=`{name}`, but this build has no planted bugs (the \
+         `planted-bugs` feature, debug builds only)"
+    )))
 }
 
 fn tracing_init() {

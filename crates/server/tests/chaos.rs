@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 /// A run lasts 30 s plus start-up, healing and draining (at most 60 s).
 const RUN_MAX: Duration = Duration::from_secs(150);
 
-fn run(profile: &str, seed: u64) {
+/// Runs `lockstep chaos` and returns its exit status and report.
+fn chaos(args: &[&str]) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(["chaos", "--profile", profile, "--seed", &seed.to_string()])
-        .args(["--duration-s", "30", "--dir"])
+        .arg("chaos")
+        .args(args)
+        .arg("--dir")
         .arg(dir.path())
         .spawn()
         .unwrap();
@@ -26,11 +28,29 @@ fn run(profile: &str, seed: u64) {
         }
         if started.elapsed() > RUN_MAX {
             let _ = child.kill();
-            panic!("chaos {profile} seed {seed} ran past {RUN_MAX:?}");
+            panic!("chaos {args:?} ran past {RUN_MAX:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     let report = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
+    (status, report)
+}
+
+fn run(profile: &str, seed: u64) {
+    run_nodes(profile, seed, 3);
+}
+
+fn run_nodes(profile: &str, seed: u64, nodes: u64) {
+    let (status, report) = chaos(&[
+        "--profile",
+        profile,
+        "--seed",
+        &seed.to_string(),
+        "--duration-s",
+        "30",
+        "--nodes",
+        &nodes.to_string(),
+    ]);
     let json: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert!(
         status.success(),
@@ -77,4 +97,70 @@ fn chaos_partition_leader() {
 #[test]
 fn chaos_mixed() {
     run("mixed", 16);
+}
+
+#[test]
+fn chaos_kill_all() {
+    run("kill-all", 17);
+}
+
+#[test]
+fn chaos_partition_halves() {
+    run("partition-halves", 18);
+}
+
+#[test]
+fn chaos_partition_oneway() {
+    run("partition-oneway", 19);
+}
+
+#[test]
+fn chaos_membership() {
+    run("membership", 20);
+}
+
+#[test]
+fn chaos_mixed_five_nodes() {
+    run_nodes("mixed", 21, 5);
+}
+
+/// The checker is not vacuous: each planted bug makes the run fail with
+/// the anomaly it causes.
+#[cfg(feature = "planted-bugs")]
+mod planted {
+    use super::*;
+
+    fn caught(bug: &str, profile: &str, seed: u64, count: &str) {
+        let (status, report) = chaos(&[
+            "--profile",
+            profile,
+            "--seed",
+            &seed.to_string(),
+            "--duration-s",
+            "25",
+            "--plant",
+            bug,
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert!(!status.success(), "{bug} went unnoticed: {report}");
+        assert_eq!(json["passed"], false, "{report}");
+        let n = json["checker"]["counts"][count].as_u64().unwrap();
+        eprintln!("{bug}: {count} = {n}");
+        assert!(n > 0, "{bug} should show as {count}: {report}");
+    }
+
+    #[test]
+    fn a_skipped_fence_check_shows_as_f() {
+        caught("skip-fence", "none", 31, "fencing");
+    }
+
+    #[test]
+    fn ignored_dedup_shows_as_d() {
+        caught("ignore-dedup", "none", 32, "duplicated");
+    }
+
+    #[test]
+    fn an_ack_before_fsync_shows_as_l_after_every_node_is_killed() {
+        caught("ack-before-fsync", "kill-all", 33, "lost");
+    }
 }

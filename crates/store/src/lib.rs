@@ -60,6 +60,9 @@ pub fn open_blocking(data_dir: &Path) -> Result<(LogStore, StateMachineStore), S
     std::fs::create_dir_all(data_dir)
         .map_err(StoreError::io(format!("create {}", data_dir.display())))?;
     let db = Arc::new(open_db(&data_dir.join(DB_DIR))?);
+    if planted_ack_before_fsync() {
+        flush_wal_every_second(Arc::downgrade(&db));
+    }
     let log_store = LogStore::new(db.clone())?;
     let state_machine = StateMachineStore::open(db, data_dir.join(SNAPSHOT_DIR))?;
     Ok((log_store, state_machine))
@@ -81,6 +84,12 @@ fn open_db(path: &PathBuf) -> Result<DB, StoreError> {
     // Check every table file's checksums and sizes when opening, so a
     // damaged one stops the node at start rather than at some later read.
     opts.set_paranoid_checks(true);
+    if planted_ack_before_fsync() {
+        // Planted bug (tests only): write-ahead log records wait in
+        // RocksDB's buffer until a flush, so a kill loses the unflushed
+        // tail as an operating-system crash would lose an unsynced one.
+        opts.set_manual_wal_flush(true);
+    }
     let cfs = COLUMN_FAMILIES
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
@@ -88,6 +97,37 @@ fn open_db(path: &PathBuf) -> Result<DB, StoreError> {
         "open the database at {}",
         path.display()
     )))
+}
+
+/// Whether the planted "ack before fsync" bug is on (tests only; always
+/// false without the `planted-bugs` feature).
+pub(crate) fn planted_ack_before_fsync() -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        lockstep_core::planted::active(lockstep_core::planted::Bug::AckBeforeFsync)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        false
+    }
+}
+
+/// How often the planted bug's background thread flushes and syncs the
+/// write-ahead log.
+const PLANTED_WAL_FLUSH_MS: u64 = 1_000;
+
+/// The planted bug's "fsync every second": a thread that ends when the
+/// database is dropped.
+fn flush_wal_every_second(db: std::sync::Weak<DB>) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(PLANTED_WAL_FLUSH_MS));
+        match db.upgrade() {
+            Some(db) => {
+                let _ = db.flush_wal(true);
+            }
+            None => return,
+        }
+    });
 }
 
 /// The handle of a column family that [`open_db`] created.

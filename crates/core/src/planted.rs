@@ -1,0 +1,60 @@
+//! Planted bugs: switches that break a safety rule on purpose, so a test can
+//! show that the chaos checker notices (a checker that finds nothing in a
+//! broken build proves nothing about a correct one).
+//!
+//! Compiled only with the `planted-bugs` feature, which `scripts/test`
+//! turns on for the test build, and refused in any build without debug
+//! assertions: a release binary cannot contain them. Off unless a node is
+//! started with `LOCKSTEP_PLANTED_BUG` (see `lockstep_server::run`).
+//!
+//! The switch is a process-wide atomic: every node of a test cluster is its
+//! own process and gets the same setting, so `apply` stays a function of
+//! its inputs within a run.
+
+#[cfg(not(debug_assertions))]
+compile_error!("the planted-bugs feature is for debug builds only; never build a release with it");
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// A rule to break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Bug {
+    /// Ack, nack, extend, release and dead-letter accept any fence of a
+    /// live lease, not only the latest grant's (the checker's F).
+    SkipFence = 1,
+    /// Enqueue stores a job again under an id it already holds (D).
+    IgnoreDedup = 2,
+    /// The log store answers an append before its write is durable; the
+    /// write-ahead log is synced only about once a second (L after every
+    /// node is killed at once). Implemented in `lockstep-store`.
+    AckBeforeFsync = 3,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [Bug::SkipFence, Bug::IgnoreDedup, Bug::AckBeforeFsync];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipFence => "skip-fence",
+            Bug::IgnoreDedup => "ignore-dedup",
+            Bug::AckBeforeFsync => "ack-before-fsync",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == text)
+    }
+}
+
+static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+/// Turns `bug` on for this process.
+pub fn plant(bug: Bug) {
+    ACTIVE.store(bug as u8, Ordering::SeqCst);
+}
+
+/// Whether `bug` is on.
+pub fn active(bug: Bug) -> bool {
+    ACTIVE.load(Ordering::Relaxed) == bug as u8
+}
