@@ -46,6 +46,19 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The counts in the order of their letters: L, U, D, R, O, F, X.
+    pub fn in_order(&self) -> [u64; 7] {
+        [
+            self.lost,
+            self.unexpected,
+            self.duplicated,
+            self.redelivered_after_ack,
+            self.out_of_order,
+            self.fencing,
+            self.diverged,
+        ]
+    }
+
     pub fn total(&self) -> u64 {
         self.lost
             + self.unexpected

@@ -260,19 +260,30 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
         &format!("{} seed {}", options.profile.name(), options.seed),
     );
     std::fs::write(dir.join("timeline.svg"), picture).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("summary.txt"),
+        lockstep_chaos::run::summary_page(&report),
+    )
+    .map_err(|e| e.to_string())?;
     #[allow(clippy::print_stdout)]
     {
         println!("{}", lockstep_chaos::run::summary(&report));
         println!(
-            "history.jsonl, report.json and timeline.svg in {}",
+            "history.jsonl, report.json, summary.txt and timeline.svg in {}",
             dir.display()
         );
     }
     if let Some(path) = &args.summary {
         use std::io::Write as _;
-        let c = &report.checker.counts;
+        let counts: Vec<String> = report
+            .checker
+            .counts
+            .in_order()
+            .iter()
+            .map(u64::to_string)
+            .collect();
         let line = format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             report.profile,
             report.seed,
             report.nodes,
@@ -280,13 +291,7 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
             if report.passed { "pass" } else { "FAIL" },
             report.checker.ops,
             report.checker.enqueued_ok,
-            c.lost,
-            c.unexpected,
-            c.duplicated,
-            c.redelivered_after_ack,
-            c.out_of_order,
-            c.fencing,
-            c.diverged,
+            counts.join("\t"),
             report.faults.len() / 2,
             report
                 .liveness
