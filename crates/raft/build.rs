@@ -5,7 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Safety of set_var: build scripts are single-threaded.
     std::env::set_var("PROTOC", protoc);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest directory of THIS build, read when the script runs: with
+    // `env!` it would be the one it was compiled in, and a target directory
+    // shared between clones reuses the compiled script.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["lockstep/peer/v1/peer.proto"].map(|f| root.join(f));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
