@@ -734,6 +734,13 @@ async fn apply_fault(
     rng: &mut StdRng,
 ) -> Applied {
     let ip = |c: &Cluster, id: u64| c.addr(id).ip;
+    // Every node's address but `target`'s.
+    let others = |c: &Cluster| -> Vec<Ipv4Addr> {
+        ids.iter()
+            .filter(|i| **i != target)
+            .map(|i| ip(c, *i))
+            .collect()
+    };
     match kind {
         Profile::Kill => {
             c.kill(target);
@@ -754,12 +761,7 @@ async fn apply_fault(
             Applied::Wiped(target)
         }
         Profile::PartitionLeader => {
-            let others: Vec<Ipv4Addr> = ids
-                .iter()
-                .filter(|i| **i != target)
-                .map(|i| ip(c, *i))
-                .collect();
-            partitions.isolate(ip(c, target), &others);
+            partitions.isolate(ip(c, target), &others(c));
             Applied::Cut(format!("isolate node {target}"))
         }
         Profile::PartitionHalves => {
@@ -776,12 +778,7 @@ async fn apply_fault(
             Applied::Cut(format!("split {minority:?} | {majority:?}"))
         }
         Profile::PartitionOneway => {
-            let others: Vec<Ipv4Addr> = ids
-                .iter()
-                .filter(|i| **i != target)
-                .map(|i| ip(c, *i))
-                .collect();
-            partitions.drop_from(ip(c, target), &others);
+            partitions.drop_from(ip(c, target), &others(c));
             Applied::Cut(format!("drop node {target}'s outgoing packets"))
         }
         Profile::Membership => {
@@ -862,17 +859,21 @@ async fn rejoin(c: &Cluster, id: u64, channels: &[Channel]) -> Result<(), String
     let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_CALL_MS_MAX);
     let member = c.addr(id).member();
     let mut last = String::new();
-    let mut k = 0usize;
-    while Instant::now() < deadline {
-        let channel = channels[k % channels.len()].clone();
-        k += 1;
-        if channels.len() > 1 && k % channels.len() == id as usize % channels.len() {
-            // Not through the node being joined: it knows no leader yet.
-            continue;
+    // Not through the node being joined (channel `id - 1`): it knows no
+    // leader yet.
+    let through: Vec<&Channel> = channels
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| channels.len() == 1 || *i as u64 + 1 != id)
+        .map(|(_, channel)| channel)
+        .collect();
+    for channel in through.iter().cycle() {
+        if Instant::now() >= deadline {
+            break;
         }
         let joined = tokio::time::timeout(
             Duration::from_millis(MEMBERSHIP_CALL_MS_MAX),
-            pb::cluster_client::ClusterClient::new(channel).join(member.clone()),
+            pb::cluster_client::ClusterClient::new((*channel).clone()).join(member.clone()),
         )
         .await;
         match joined {

@@ -676,31 +676,16 @@ impl Queue {
             };
             let offset = self.push_job(job, new.group.as_deref());
             self.bytes += u64::from(payload_bytes);
-            if self.dedup.contains_key(&id_hash) {
-                // Only with the planted ignore-dedup bug: the id keeps its
-                // first offset and its one expiry slot.
-                results.push(EnqueueResult::Created { offset });
-                effects.push(Effect::PutBlob {
-                    queue_id: self.id,
-                    blob: offset,
-                    data: JobBlob {
-                        id: new.id,
-                        headers: new.headers,
-                        payload: new.payload,
-                    },
-                });
-                self.counters.enqueued += 1;
-                continue;
-            }
-            self.dedup.insert(
-                id_hash,
-                DedupEntry {
+            // Always vacant, except with the planted ignore-dedup bug: then
+            // the id keeps its first offset and its one expiry slot.
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.dedup.entry(id_hash) {
+                slot.insert(DedupEntry {
                     offset,
                     first_ms: self.clock_ms,
                     content_hash,
-                },
-            );
-            self.dedup_order.push_back((self.clock_ms, id_hash));
+                });
+                self.dedup_order.push_back((self.clock_ms, id_hash));
+            }
             self.counters.enqueued += 1;
             effects.push(Effect::PutBlob {
                 queue_id: self.id,

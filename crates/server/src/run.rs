@@ -207,17 +207,10 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
                 addr: String::new(),
                 message: "a node needs a peer address".into(),
             })?;
-    let damaged = |text: String| RunError::Damaged {
-        dir: config.data_dir.display().to_string(),
-        problem: text,
-    };
     let (mut log_store, state_machine) =
-        lockstep_store::open(&config.data_dir)
-            .await
-            .map_err(|e| match e.to_string() {
-                text if is_damage(&text) => damaged(text),
-                _ => RunError::Store(e),
-            })?;
+        lockstep_store::open(&config.data_dir).await.map_err(|e| {
+            RunError::damaged_or(&config.data_dir, e.to_string(), |_| RunError::Store(e))
+        })?;
     let flusher = log_store.clone();
     let state = state_machine.handle();
     let fresh = is_fresh(&mut log_store).await?;
@@ -241,10 +234,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     .await
     // openraft re-applies the log after the snapshot here: a damaged table
     // block of the log is met now, before the node serves anything.
-    .map_err(|e| match e.to_string() {
-        text if is_damage(&text) => damaged(text),
-        text => RunError::Raft(text),
-    })?;
+    .map_err(|e| RunError::damaged_or(&config.data_dir, e.to_string(), RunError::Raft))?;
     let node = Arc::new(Node::new(
         config.clone(),
         raft.clone(),
@@ -475,15 +465,9 @@ impl Running {
         loop {
             let state = metrics.borrow().running_state.clone();
             if let Err(fatal) = state {
-                let text = fatal.to_string();
-                return if is_damage(&text) {
-                    RunError::Damaged {
-                        dir: self.node.config.data_dir.display().to_string(),
-                        problem: text,
-                    }
-                } else {
-                    RunError::Raft(format!("Raft stopped: {text}"))
-                };
+                return RunError::damaged_or(&self.node.config.data_dir, fatal.to_string(), |t| {
+                    RunError::Raft(format!("Raft stopped: {t}"))
+                });
             }
             if metrics.changed().await.is_err() {
                 return RunError::Raft("Raft stopped without saying why".into());
@@ -492,9 +476,23 @@ impl Running {
     }
 }
 
-/// Whether a storage error says RocksDB found damaged data.
-fn is_damage(text: &str) -> bool {
-    text.contains("Corruption")
+impl RunError {
+    /// `Damaged` when `text`, a storage error, says RocksDB found damaged
+    /// data in `dir`; otherwise what `otherwise` makes of it.
+    fn damaged_or(
+        dir: &std::path::Path,
+        text: String,
+        otherwise: impl FnOnce(String) -> RunError,
+    ) -> RunError {
+        if text.contains("Corruption") {
+            RunError::Damaged {
+                dir: dir.display().to_string(),
+                problem: text,
+            }
+        } else {
+            otherwise(text)
+        }
+    }
 }
 
 /// A store with no vote and no log belongs to a node that never took part

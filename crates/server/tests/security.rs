@@ -100,6 +100,16 @@ async fn next_offset(admin: &Client, queue: &str) -> u64 {
         .next_offset
 }
 
+async fn queue_names(client: &Client) -> Vec<String> {
+    client
+        .list_queues(Consistency::Linearizable)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.name)
+        .collect()
+}
+
 fn assert_code<T: std::fmt::Debug>(
     what: &str,
     result: Result<T, lockstep_client::Error>,
@@ -268,23 +278,13 @@ async fn scenario() {
             before, after,
             "a refused call changed a queue (via node {at})"
         );
-        let names: Vec<String> = admin
-            .list_queues(Consistency::Linearizable)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|q| q.name)
-            .collect();
-        assert_eq!(names, ["billing", "orders"], "no queue was created");
+        assert_eq!(
+            queue_names(&admin).await,
+            ["billing", "orders"],
+            "no queue was created"
+        );
         // A token lists only what it may touch.
-        let seen: Vec<String> = producer
-            .list_queues(Consistency::Linearizable)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|q| q.name)
-            .collect();
-        assert_eq!(seen, ["orders"]);
+        assert_eq!(queue_names(&producer).await, ["orders"]);
 
         // The allowed paths work: produce, consume, ack.
         let stored = producer.enqueue("orders", j("ok")).await.unwrap();
