@@ -117,6 +117,9 @@ pub struct Options {
     /// A planted bug every node runs with (`LOCKSTEP_PLANTED_BUG`; needs a
     /// binary built with the `planted-bugs` feature).
     pub planted: Option<String>,
+    /// The third octet of the nodes' loopback addresses, so runs in
+    /// parallel (`scripts/chaos` lanes) never partition each other.
+    pub net: u8,
 }
 
 /// What a run produced.
@@ -176,6 +179,7 @@ fn channel_to(addr: std::net::SocketAddr) -> Result<Channel, String> {
 /// always removed, whatever happens.
 pub async fn run(options: &Options) -> Result<Outcomes, String> {
     let mut spec = Spec::new(&options.bin, &options.dir);
+    spec.net = options.net;
     if let Some(bug) = &options.planted {
         spec.env.push(("LOCKSTEP_PLANTED_BUG".into(), bug.clone()));
     }
@@ -1126,6 +1130,7 @@ mod tests {
             workers: 4,
             groups: 20,
             planted: Some("skip-fence".into()),
+            net: 0,
         };
         let outcomes = Outcomes {
             history: Vec::new(),

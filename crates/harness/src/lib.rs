@@ -1,5 +1,5 @@
 //! Real node processes for tests: each node is a `lockstep node` child
-//! process on its own loopback address (127.0.0.<id>) with its own data
+//! process on its own loopback address (127.0.<net>.<id>) with its own data
 //! directory, so a partition by address and a kill -9 behave as on separate
 //! machines.
 //!
@@ -46,6 +46,10 @@ pub struct Spec {
     /// The `LOCKSTEP_LOG` filter of the nodes (their stderr goes to
     /// `<dir>/n<id>.log`).
     pub log: String,
+    /// The third octet of the nodes' addresses (127.0.`net`.`id`). Two
+    /// clusters on one machine with different nets share no address, so
+    /// a partition by address in one cuts nothing in the other.
+    pub net: u8,
 }
 
 impl Spec {
@@ -56,6 +60,7 @@ impl Spec {
             settings: Vec::new(),
             env: Vec::new(),
             log: "info,openraft=warn".into(),
+            net: 0,
         }
     }
 
@@ -92,7 +97,7 @@ struct Proc {
     paused: bool,
 }
 
-/// A set of node processes. Node `i` listens on 127.0.0.`i`.
+/// A set of node processes. Node `i` listens on 127.0.`net`.`i`.
 #[derive(Debug)]
 pub struct Cluster {
     spec: Spec,
@@ -118,13 +123,13 @@ fn err(text: impl Into<String>) -> HarnessError {
 }
 
 impl Cluster {
-    /// Picks ports free on 127.0.0.1..=`ids_max` and starts nodes `1..=n`
+    /// Picks ports free on 127.0.`net`.1..=`ids_max` and starts nodes `1..=n`
     /// (not yet bootstrapped). `ids_max` leaves room for nodes that join
     /// later.
     pub fn start(spec: Spec, n: u64, ids_max: u64) -> Result<Cluster> {
         std::fs::create_dir_all(&spec.dir)
             .map_err(|e| err(format!("{}: {e}", spec.dir.display())))?;
-        let base_port = free_base_port(ids_max)?;
+        let base_port = free_base_port(spec.net, ids_max)?;
         let mut cluster = Cluster {
             spec,
             base_port,
@@ -146,7 +151,7 @@ impl Cluster {
     }
 
     pub fn addr(&self, id: u64) -> NodeAddr {
-        let ip = Ipv4Addr::new(127, 0, 0, id as u8);
+        let ip = Ipv4Addr::new(127, 0, self.spec.net, id as u8);
         let port = |k: u16| SocketAddr::from((ip, self.base_port + k));
         NodeAddr {
             id,
@@ -449,9 +454,9 @@ pub async fn channel(addr: SocketAddr) -> Result<Channel> {
 }
 
 /// A base port whose `PORTS_PER_NODE` ports are free on every address
-/// 127.0.0.1..=`ids_max`. Tests in parallel processes pick different
+/// 127.0.`net`.1..=`ids_max`. Tests in parallel processes pick different
 /// ones: the start point comes from the process id and the clock.
-pub fn free_base_port(ids_max: u64) -> Result<u16> {
+pub fn free_base_port(net: u8, ids_max: u64) -> Result<u16> {
     let span = (BASE_PORT_MAX - BASE_PORT_MIN) / PORTS_PER_NODE;
     let seed = std::process::id() as u64 * 7919
         + std::time::SystemTime::now()
@@ -461,12 +466,13 @@ pub fn free_base_port(ids_max: u64) -> Result<u16> {
         let slot = ((seed + attempt * 131) % span as u64) as u16;
         let base = BASE_PORT_MIN + slot * PORTS_PER_NODE;
         let free = (1..=ids_max).all(|id| {
-            (0..PORTS_PER_NODE)
-                .all(|k| TcpListener::bind((Ipv4Addr::new(127, 0, 0, id as u8), base + k)).is_ok())
+            (0..PORTS_PER_NODE).all(|k| {
+                TcpListener::bind((Ipv4Addr::new(127, 0, net, id as u8), base + k)).is_ok()
+            })
         });
         if free {
             return Ok(base);
         }
     }
-    Err(err("no free port range on 127.0.0.x"))
+    Err(err(format!("no free port range on 127.0.{net}.x")))
 }

@@ -72,6 +72,10 @@ struct ChaosArgs {
     /// build with the `planted-bugs` feature.
     #[arg(long)]
     plant: Option<String>,
+    /// Put the nodes on 127.0.NET.1.. so that runs in parallel never
+    /// share an address (a partition cuts by address).
+    #[arg(long, default_value_t = 0)]
+    net: u8,
     /// Append one tab-separated line with this run's counts to FILE
     /// (`scripts/chaos` builds its table from it).
     #[arg(long)]
@@ -239,6 +243,7 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
         workers: args.workers,
         groups: args.groups.max(1),
         planted: args.plant.clone(),
+        net: args.net,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -156,7 +156,7 @@ fn three_instances_finish_every_job_after_one_is_killed() {
         .prefix("lockstep-embedded-")
         .tempdir()
         .unwrap();
-    let base = lockstep_harness::free_base_port(3).unwrap();
+    let base = lockstep_harness::free_base_port(0, 3).unwrap();
     let deadline = Instant::now() + TEST_MAX;
     let mut instances: Vec<Instance> = (1..=3)
         .map(|id| Instance::spawn(id, dir.path(), base))
