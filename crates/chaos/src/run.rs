@@ -890,8 +890,13 @@ async fn rejoin(c: &Cluster, id: u64, channels: &[Channel]) -> Result<(), String
     Err(format!("join of node {id} failed: {last}"))
 }
 
+/// The comment every partition rule carries; the process id follows it.
+const RULE_TAG: &str = "lockstep-chaos-";
+
 /// iptables rules between node addresses, tagged with this process's id
-/// and always removed: on `heal`, and on drop (so also on a panic).
+/// and always removed: on `heal`, and on drop (so also on a panic, and on
+/// Ctrl-C or SIGTERM, where `lockstep chaos` drops the run). Only a
+/// SIGKILL can leave rules behind; the next run removes those.
 #[derive(Debug)]
 pub struct Partitions {
     rules: Vec<Vec<String>>,
@@ -899,6 +904,7 @@ pub struct Partitions {
 
 impl Partitions {
     pub fn new() -> Partitions {
+        remove_orphaned_rules();
         Partitions { rules: Vec::new() }
     }
 
@@ -932,7 +938,7 @@ impl Partitions {
                     "-m",
                     "comment",
                     "--comment",
-                    &format!("lockstep-chaos-{}", std::process::id()),
+                    &format!("{RULE_TAG}{}", std::process::id()),
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -954,6 +960,33 @@ impl Partitions {
             let _ = std::process::Command::new("iptables")
                 .arg("-D")
                 .args(&rule)
+                .status();
+        }
+    }
+}
+
+/// Removes the rules of chaos runs whose process no longer exists (killed
+/// with SIGKILL, so no drop ran). Rules of live runs, in tests running side
+/// by side, stay.
+fn remove_orphaned_rules() {
+    let Ok(listed) = std::process::Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let owner = words
+            .iter()
+            .find_map(|w| w.strip_prefix(RULE_TAG))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let orphaned =
+            owner.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if orphaned && words.first() == Some(&"-A") {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&words[1..])
                 .status();
         }
     }

@@ -684,14 +684,8 @@ async fn work(
     let signals = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return,
-                };
             tokio::select! {
-                _ = term.recv() => stop.cancel(),
-                _ = tokio::signal::ctrl_c() => stop.cancel(),
+                () = crate::run::shutdown_signal() => stop.cancel(),
                 () = stop.cancelled() => {}
             }
         })

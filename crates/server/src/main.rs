@@ -249,7 +249,19 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let outcomes = runtime.block_on(lockstep_chaos::run::run(&options))?;
+    // On Ctrl-C or SIGTERM (`scripts/chaos` runs each run under
+    // `timeout`) the run is dropped where it stands: dropping it removes
+    // its iptables rules and kills its nodes, which a default signal death
+    // would leave behind.
+    let outcomes = runtime.block_on(async {
+        tokio::select! {
+            outcome = lockstep_chaos::run::run(&options) => outcome,
+            () = lockstep_server::run::shutdown_signal() => Err(format!(
+                "stopped by a signal: partitions removed, nodes stopped, no report (node logs in {})",
+                dir.display()
+            )),
+        }
+    })?;
     let history: String = outcomes
         .history
         .iter()

@@ -510,7 +510,9 @@ async fn is_fresh(log_store: &mut lockstep_store::LogStore) -> Result<bool, RunE
     Ok(vote.is_none() && state.last_log_id.is_none())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT): how a person or a supervisor
+/// such as `timeout` asks a node, a worker or a chaos run to stop.
+pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

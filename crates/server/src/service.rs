@@ -712,15 +712,11 @@ impl pb::cluster_server::Cluster for Services {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.auth.authenticate(request.metadata())?;
         let m = self.node.raft.metrics().borrow().clone();
-        let digest = self
+        // One read: the digest must be of the state at `applied`.
+        let (applied, digest) = self
             .node
             .state
-            .digest()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let applied = self
-            .node
-            .state
-            .last_applied()
+            .applied_digest()
             .map_err(|e| Status::internal(e.to_string()))?;
         let last_index = m.last_log_index.unwrap_or(0);
         let replication: BTreeMap<u64, u64> = m

@@ -124,6 +124,96 @@ fn chaos_mixed_five_nodes() {
     run_nodes("mixed", 21, 5);
 }
 
+/// The iptables rules whose comment is `tag`.
+fn rules_tagged(tag: &str) -> usize {
+    let listed = Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|line| line.split_whitespace().any(|w| w == tag))
+        .count()
+}
+
+/// Processes whose command line mentions `dir` (the run's nodes).
+fn processes_under(dir: &std::path::Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&needle))
+        .count()
+}
+
+/// Ctrl-C in the middle of a partition: the run stops, removes its
+/// iptables rules and kills its nodes; none outlives it.
+#[test]
+fn an_interrupted_run_leaves_no_rule_and_no_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["chaos", "--profile", "partition-leader", "--seed", "41"])
+        // Its own loopback net: a partition here cuts no other cluster.
+        .args(["--duration-s", "60", "--net", "8", "--dir"])
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let tag = format!("lockstep-chaos-{}", child.id());
+    // The first fault comes at most 10 s in; allow start-up on top.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rules_tagged(&tag) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no partition rule within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(processes_under(dir.path()) > 0, "the nodes are running");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run ignored SIGINT for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "an interrupted run has no verdict");
+    assert_eq!(rules_tagged(&tag), 0, "partition rules left behind");
+    assert_eq!(processes_under(dir.path()), 0, "nodes left behind");
+}
+
+/// A run killed with SIGKILL cannot remove its rules; the next one does,
+/// and leaves alone the rules of runs still alive.
+#[test]
+fn a_new_run_removes_the_rules_of_a_killed_one() {
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = format!("lockstep-chaos-{}", gone.id());
+    gone.wait().unwrap();
+    let live = format!("lockstep-chaos-{}", std::process::id());
+    let rule = |action: &str, tag: &str| {
+        Command::new("iptables")
+            .arg(action)
+            .args(["INPUT", "-s", "127.0.9.1", "-d", "127.0.9.2", "-j", "DROP"])
+            .args(["-m", "comment", "--comment", tag])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(rule("-A", &dead) && rule("-A", &live));
+    drop(lockstep_chaos::run::Partitions::new());
+    let (dead_left, live_left) = (rules_tagged(&dead), rules_tagged(&live));
+    rule("-D", &live);
+    rule("-D", &dead);
+    assert_eq!(dead_left, 0, "the orphaned rule stayed");
+    assert_eq!(live_left, 1, "a live run's rule was removed");
+}
+
 /// The checker is not vacuous: each planted bug makes the run fail with
 /// the anomaly it causes.
 #[cfg(feature = "planted-bugs")]

@@ -92,7 +92,16 @@ impl StateHandle {
 
     /// The digest of the core state, for comparing replicas.
     pub fn digest(&self) -> Result<u128> {
-        self.read(State::digest)
+        Ok(self.applied_digest()?.1)
+    }
+
+    /// The last applied log id and the digest of the state it left, read
+    /// under one lock. Two reads would let an apply slip in between and
+    /// pair a digest with the index after it: a false divergence when
+    /// replicas are compared at one index.
+    pub fn applied_digest(&self) -> Result<(Option<LogId>, u128)> {
+        let applied = self.read_guard()?;
+        Ok((applied.last_applied, applied.core.digest()))
     }
 
     /// The stored payload of a job, if it still exists.
