@@ -27,6 +27,8 @@ pub const STOP_MS_MAX: u64 = 15_000;
 /// (32768+), so an outgoing connection never takes a node's port.
 const BASE_PORT_MIN: u16 = 10_000;
 const BASE_PORT_MAX: u16 = 32_000;
+/// The last octet of [`Cluster::client_ip`]; node ids stay far below it.
+const CLIENT_HOST: u8 = 200;
 /// Ports per node: client, peer, metrics.
 const PORTS_PER_NODE: u16 = 3;
 
@@ -160,6 +162,15 @@ impl Cluster {
             peer: port(1),
             metrics: port(2),
         }
+    }
+
+    /// The address a workload should connect from: on the cluster's net
+    /// but no node's, so a partition between nodes never cuts a client.
+    /// (Unbound, a loopback connection leaves from 127.0.0.1, which on
+    /// net 0 is node 1's address: isolating node 1 would cut the client
+    /// off from every other node too.)
+    pub fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, self.spec.net, CLIENT_HOST)
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
