@@ -19,7 +19,7 @@
 //!   ([`Error::is_lease_lost`], [`Error::is_retryable`]).
 //!
 //! Architecture invariant: this crate links the generated API
-//! (`lockstep-proto`) and nothing of the node: no `lockstep-server`,
+//! (`lockstep-proto`) and nothing of the node: no `lockstep-node`,
 //! `lockstep-store` or RocksDB.
 //!
 //! ```no_run

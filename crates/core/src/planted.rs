@@ -5,7 +5,7 @@
 //! Compiled only with the `planted-bugs` feature, which `scripts/test`
 //! turns on for the test build, and refused in any build without debug
 //! assertions: a release binary cannot contain them. Off unless a node is
-//! started with `LOCKSTEP_PLANTED_BUG` (see `lockstep_server::run`).
+//! started with `LOCKSTEP_PLANTED_BUG` (see `lockstep_node::run`).
 //!
 //! The switch is a process-wide atomic: every node of a test cluster is its
 //! own process and gets the same setting, so `apply` stays a function of

@@ -17,6 +17,40 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 
+/// The environment variable that names the `lockstep` binary under test,
+/// for a run outside Cargo's target directory.
+pub const BINARY_ENV: &str = "LOCKSTEP_BIN";
+
+/// The `lockstep` binary the black-box tests run: `$LOCKSTEP_BIN`, or the
+/// one Cargo built beside the running test executable
+/// (`<target>/<profile>/lockstep`, the test being `<target>/<profile>/deps/…`).
+///
+/// `cargo test --workspace` and `cargo nextest run --workspace` build it in
+/// the same run, because `lockstep-cli` has integration tests of its own;
+/// a run of the `lockstep-tests` package alone must build it first
+/// (`cargo build -p lockstep-cli`). Panics, saying so, when it is missing.
+pub fn lockstep_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os(BINARY_ENV) {
+        return PathBuf::from(bin);
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        let deps = exe.parent()?;
+        let profile = if deps.ends_with("deps") {
+            deps.parent()?
+        } else {
+            deps
+        };
+        Some(profile.join("lockstep"))
+    });
+    match beside {
+        Some(bin) if bin.exists() => bin,
+        other => panic!(
+            "the `lockstep` binary is not built (looked for {other:?}): run the tests with \
+             `--workspace`, or `cargo build -p lockstep-cli` first, or set {BINARY_ENV}"
+        ),
+    }
+}
+
 /// How long a node may take to accept connections after it is spawned.
 pub const NODE_START_MS_MAX: u64 = 30_000;
 /// Deadline of one RPC made by the harness itself.

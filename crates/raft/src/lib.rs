@@ -14,16 +14,27 @@
 //!   own IP; [`PeerClient`] is openraft's `RaftNetwork` for one target.
 //! - Server side: [`peer_service`] builds the gRPC service that hands the Raft
 //!   RPCs to the local `Raft` and forwarded requests to a [`ForwardHandler`].
+//! - Forwarding: [`Forwarding`] runs a client request on the leader, locally
+//!   or over the peer channel, with its deadline and retry policy.
+//! - [`VoteGuard`]: a node that lost its log does not vote until it has the
+//!   committed log again.
+//!
+//! Architecture invariant: this crate names Raft types through
+//! `lockstep-types` and never reaches RocksDB (`scripts/check-boundaries`).
 //!
 //! [`RPCError::RemoteError`]: openraft::error::RPCError::RemoteError
 
 #![forbid(unsafe_code)]
 
 mod client;
+mod forward;
 mod guard;
 mod service;
 
 pub use client::{PeerClient, PeerNetworkFactory, CONNECT_TIMEOUT_MS};
+pub use forward::{
+    wire_status, Forwarder, Forwarding, LEADER_HEADER, RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN,
+};
 pub use guard::VoteGuard;
 pub use service::{peer_service, ForwardHandler, PeerService};
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use lockstep_core::codec;
-use lockstep_store::TypeConfig;
+use lockstep_types::TypeConfig;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
@@ -95,7 +95,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let rpc: VoteRequest<lockstep_store::NodeId> = decode_request("Vote", request)?;
+        let rpc: VoteRequest<lockstep_types::NodeId> = decode_request("Vote", request)?;
         if !self.guard.allowed() {
             let last = self.raft.metrics().borrow().last_log_index;
             self.guard.recheck(last);

@@ -18,8 +18,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lockstep_core::{Command, NewJob};
-use lockstep_store::types::{Entry, LogId};
 use lockstep_store::{open, Batch, TypeConfig};
+use lockstep_types::{Entry, LogId};
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload};
 

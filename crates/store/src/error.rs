@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 
-use crate::types::{NodeId, StorageError};
+use lockstep_types::{NodeId, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

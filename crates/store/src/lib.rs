@@ -6,7 +6,7 @@
 //!
 //! | column family | keys | values |
 //! |---|---|---|
-//! | `logs` | log index, `u64` big-endian | an [`Entry`](types::Entry) |
+//! | `logs` | log index, `u64` big-endian | an [`Entry`](lockstep_types::Entry) |
 //! | `meta` | `vote`, `committed`, `last_purged` | a vote or log id |
 //! | `blobs` | queue id BE ++ blob BE | a [`JobBlob`](lockstep_core::JobBlob) |
 //! | `sm_meta` | `last_applied`, `last_membership`, `current_snapshot`, `pending_install` | log id, membership, file name |
@@ -21,7 +21,6 @@ mod error;
 mod log_store;
 pub mod snapshot;
 mod state_machine;
-pub mod types;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,9 +28,9 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, DB};
 
 pub use error::StoreError;
+pub use lockstep_types::{Batch, BatchReply, NodeId, NodeInfo, TypeConfig};
 pub use log_store::LogStore;
 pub use state_machine::{StateHandle, StateMachineStore};
-pub use types::{Batch, BatchReply, NodeId, NodeInfo, TypeConfig};
 
 pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";

@@ -17,8 +17,8 @@ use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 
 use crate::error::{blocking, Result, StoreError};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::{cf, log_key, CF_LOGS, CF_META, CF_SM_META};
+use lockstep_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";

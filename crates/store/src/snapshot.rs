@@ -23,18 +23,16 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockstep_core::codec;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, AsyncWriteExt, ReadBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Result, StoreError};
-use crate::types::SnapshotMeta;
+pub use lockstep_types::SnapshotFile;
+use lockstep_types::SnapshotMeta;
 
 const MAGIC: [u8; 8] = *b"LOCKSNAP";
 /// The layout version of the file, inside the header. The codec's version
@@ -59,93 +57,6 @@ pub(crate) const SUFFIX_BUILDING: &str = "build";
 struct Header {
     file_version: u32,
     meta: SnapshotMeta,
-}
-
-/// The snapshot data openraft streams: a file on disk and its path.
-///
-/// openraft 0.9 only needs `AsyncRead + AsyncWrite + AsyncSeek`; the path
-/// rides along so `install_snapshot` can publish a received file by renaming
-/// it instead of copying it.
-#[derive(Debug)]
-pub struct SnapshotFile {
-    path: PathBuf,
-    file: tokio::fs::File,
-}
-
-impl SnapshotFile {
-    /// Opens an existing snapshot file for reading.
-    pub async fn open(path: impl Into<PathBuf>) -> io::Result<SnapshotFile> {
-        let path = path.into();
-        let file = tokio::fs::File::open(&path).await?;
-        Ok(SnapshotFile { path, file })
-    }
-
-    /// Creates a new file to receive a snapshot into; fails if it exists.
-    pub async fn create(path: impl Into<PathBuf>) -> io::Result<SnapshotFile> {
-        let path = path.into();
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?;
-        Ok(SnapshotFile { path, file })
-    }
-
-    pub(crate) fn from_std(path: PathBuf, file: File) -> SnapshotFile {
-        SnapshotFile {
-            path,
-            file: tokio::fs::File::from_std(file),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Flushes what was written through this handle and fsyncs the file.
-    pub async fn sync(&mut self) -> io::Result<()> {
-        self.file.flush().await?;
-        self.file.sync_all().await
-    }
-}
-
-impl AsyncRead for SnapshotFile {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().file).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SnapshotFile {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().file).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().file).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
-    }
-}
-
-impl AsyncSeek for SnapshotFile {
-    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        Pin::new(&mut self.get_mut().file).start_seek(position)
-    }
-
-    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        Pin::new(&mut self.get_mut().file).poll_complete(cx)
-    }
 }
 
 /// A name no other file of this process or an earlier one has used:

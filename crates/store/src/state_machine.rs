@@ -23,10 +23,10 @@ use crate::snapshot::{
     read_snapshot, sync_dir, unique_id, unique_name, SnapshotFile, SnapshotWriter, SUFFIX_BUILDING,
     SUFFIX_RECEIVING, SUFFIX_SNAPSHOT,
 };
-use crate::types::{
+use crate::{blob_key, blob_queue_end, cf, CF_BLOBS, CF_SM_META};
+use lockstep_types::{
     BatchReply, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::{blob_key, blob_queue_end, cf, CF_BLOBS, CF_SM_META};
 
 const KEY_LAST_MEMBERSHIP: &[u8] = b"last_membership";
 /// File name of the snapshot the state machine restarts from.
@@ -796,7 +796,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
 
     use super::*;
-    use crate::types::Batch;
+    use lockstep_types::Batch;
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         RaftEntry {

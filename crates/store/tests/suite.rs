@@ -1,7 +1,7 @@
 //! openraft's storage conformance suite, run against the RocksDB store.
 
-use lockstep_store::types::StorageError;
 use lockstep_store::{open, LogStore, StateMachineStore, TypeConfig};
+use lockstep_types::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{AnyError, StorageIOError};
 use tempfile::TempDir;

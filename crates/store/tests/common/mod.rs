@@ -10,8 +10,8 @@ use std::path::Path;
 use lockstep_core::{
     AckItem, BlobStore, Command, Delivery, MemBlobStore, NewJob, QueueConfig, Reply, Stamp, State,
 };
-use lockstep_store::types::{Entry, LogId};
 use lockstep_store::{open, Batch, BatchReply, LogStore, StateMachineStore, TypeConfig};
+use lockstep_types::{Entry, LogId};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
 
@@ -215,7 +215,7 @@ pub async fn reopen(dir: &Path) -> anyhow::Result<(LogStore, StateMachineStore)>
 /// Reads the whole current snapshot of a store into memory.
 pub async fn snapshot_bytes(
     sm: &mut StateMachineStore,
-) -> anyhow::Result<(lockstep_store::types::SnapshotMeta, Vec<u8>)> {
+) -> anyhow::Result<(lockstep_types::SnapshotMeta, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut snapshot = sm
         .get_current_snapshot()

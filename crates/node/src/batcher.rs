@@ -1,0 +1,166 @@
+//! Gathers concurrent client commands into one Raft entry.
+//!
+//! openraft 0.9 fsyncs once per entry and serially, so throughput comes from
+//! putting many commands in each entry: the first command of a batch waits
+//! up to `linger_us` for company, up to `commands_max` commands or
+//! `bytes_max` bytes. Up to `in_flight_max` entries are proposed at once, so
+//! the next batch fills while the previous one commits. Every caller gets
+//! the answer to its own command.
+//!
+//! The batcher stamps each entry with cluster time: the node's wall clock,
+//! but never below the previous stamp, so cluster time is monotonic on one
+//! leader; the core takes the maximum across leaders.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lockstep_core::{Command, Error, Reply};
+use lockstep_types::{Batch, NodeId, NodeInfo, TypeConfig};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::config::BatchConfig;
+use crate::metrics::registry::Metrics;
+
+/// Why a write did not produce an answer from the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// This node is not the leader; the leader it knows, if any.
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// Raft refused or failed (shutting down, membership change in
+    /// progress, ...). The outcome is unknown: the write may have committed.
+    Unavailable(String),
+}
+
+pub type WriteResult = Result<Result<Reply, Error>, WriteFailure>;
+
+#[derive(Debug)]
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+/// A handle to submit commands; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// Bytes a command adds to an entry, roughly: what the bound is about is
+/// payloads, the rest is small.
+fn weight(command: &Command) -> u64 {
+    const COMMAND_BYTES_BASE: u64 = 64;
+    match command {
+        Command::Enqueue { jobs, .. } => jobs
+            .iter()
+            .map(|j| COMMAND_BYTES_BASE + j.payload.len() as u64 + j.id.len() as u64)
+            .sum(),
+        _ => COMMAND_BYTES_BASE,
+    }
+}
+
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Batcher {
+    /// Starts the batching task. `queue_max` bounds the commands waiting to
+    /// be batched; a full queue makes callers wait (backpressure).
+    pub fn start(
+        raft: Raft<TypeConfig>,
+        config: BatchConfig,
+        queue_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> Batcher {
+        let (tx, rx) = mpsc::channel(queue_max.max(1));
+        tokio::spawn(run(raft, config, rx, metrics));
+        Batcher { tx }
+    }
+
+    /// Proposes `command` in the next entry and waits for its answer.
+    pub async fn submit(&self, command: Command) -> WriteResult {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Pending { command, reply }).await.is_err() {
+            return Err(WriteFailure::Unavailable(
+                "the node is shutting down".into(),
+            ));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(WriteFailure::Unavailable("the write was dropped".into())))
+    }
+}
+
+async fn run(
+    raft: Raft<TypeConfig>,
+    config: BatchConfig,
+    mut rx: mpsc::Receiver<Pending>,
+    metrics: Arc<Metrics>,
+) {
+    let in_flight = Arc::new(Semaphore::new(config.in_flight_max as usize));
+    let linger = Duration::from_micros(config.linger_us);
+    let mut last_stamp_ms = 0u64;
+    // Ends when every Batcher handle is dropped.
+    while let Some(first) = rx.recv().await {
+        let mut bytes = weight(&first.command);
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while (batch.len() as u64) < config.commands_max && bytes < config.bytes_max {
+            // Take what is already queued without waiting, then linger.
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // A timeout means the linger is over.
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            let Some(p) = next else { break };
+            bytes += weight(&p.command);
+            batch.push(p);
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        last_stamp_ms = last_stamp_ms.max(wall_clock_ms());
+        let time_ms = last_stamp_ms;
+        let raft = raft.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let started = Instant::now();
+            let result = raft.client_write(Batch { time_ms, commands }).await;
+            drop(permit);
+            metrics.observe_batch(replies.len(), result.is_ok().then(|| started.elapsed()));
+            match result {
+                Ok(response) => {
+                    let answers = response.data.0;
+                    debug_assert_eq!(answers.len(), replies.len());
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(err) => {
+                    let failure = failure(err);
+                    for reply in replies {
+                        let _ = reply.send(Err(failure.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn failure(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> WriteFailure {
+    if let Some(forward) = err.forward_to_leader() {
+        let leader = forward.leader_id.zip(forward.leader_node.clone());
+        return WriteFailure::NotLeader { leader };
+    }
+    WriteFailure::Unavailable(err.to_string())
+}

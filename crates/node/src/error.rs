@@ -1,0 +1,48 @@
+//! Why a node could not start or stopped: one error type for start-up,
+//! shutdown and bootstrap, whose messages say what to do.
+
+#[derive(Debug, thiserror::Error)]
+/// Why a node could not start, or stopped.
+pub enum RunError {
+    #[error("storage: {0}")]
+    Store(#[from] lockstep_store::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    /// RocksDB found damage it cannot repair without losing entries this
+    /// node may have acknowledged; see `lockstep_store::open_db`.
+    #[error(
+        "the data directory {dir} is damaged ({problem}); this node refuses to start rather than \
+         lose entries it acknowledged. Move the directory aside and start the node with an empty \
+         one: it rejoins and catches up from the leader while a majority of the cluster is up"
+    )]
+    Damaged { dir: String, problem: String },
+    #[error("server: {0}")]
+    Server(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("config key `{key}`: cannot listen on `{addr}`: {message}")]
+    Listen {
+        key: &'static str,
+        addr: String,
+        message: String,
+    },
+}
+
+impl RunError {
+    /// `Damaged` when `text`, a storage error, says RocksDB found damaged
+    /// data in `dir`; otherwise what `otherwise` makes of it.
+    pub(crate) fn damaged_or(
+        dir: &std::path::Path,
+        text: String,
+        otherwise: impl FnOnce(String) -> RunError,
+    ) -> RunError {
+        if text.contains("Corruption") {
+            RunError::Damaged {
+                dir: dir.display().to_string(),
+                problem: text,
+            }
+        } else {
+            otherwise(text)
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The Lockstep node library: one node of a Lockstep cluster, as a
+//! `lockstep node` process runs it and as an application embeds it.
+//!
+//! - [`config`]: the node's settings (TOML, `LOCKSTEP_*`, flags).
+//! - [`run`]: start and stop a node: stores, Raft, the peer and client
+//!   servers, the ticker; [`embedded`] runs the same node in-process.
+//! - Inside (not public): `node`, the rule that any node accepts any call
+//!   (forwarding to the leader), and the batcher that gathers writes into
+//!   Raft entries; `service`, the public gRPC services `lockstep.v1.Queue`,
+//!   `Admin` and `Cluster`; `metrics`, which counts them.
+//! - [`auth`] and [`tls`] guard the services; their helpers are public for
+//!   the `lockstep token` and `lockstep dev-certs` commands.
+//!
+//! Architecture invariant: this is the only crate that wires the core, the
+//! store and Raft together, and it links no command-line crate (clap,
+//! indicatif, hdrhistogram, rcgen) and no chaos harness, so an embedding
+//! application pulls in none of them (`scripts/check-boundaries`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+mod batcher;
+mod bootstrap;
+pub mod config;
+mod convert;
+pub mod embedded;
+mod error;
+mod hint;
+mod metrics;
+mod node;
+pub mod run;
+mod service;
+mod start;
+mod ticker;
+pub mod tls;
+
+/// The generated `lockstep.v1` messages, clients and servers.
+pub use lockstep_proto as pb;

@@ -1,0 +1,354 @@
+//! One Lockstep node: Raft, the state, the batcher, and what the leader runs
+//! for a request, whichever node received it.
+//!
+//! A write or a linearizable read runs on the leader; a node that is not
+//! the leader forwards it ([`lockstep_raft::Forwarding`], up to
+//! `limits.forward_retry_ms_max`). The leader fills in payloads before
+//! answering, because it is the node that has applied the entry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_core::{self as core, codec, Command, Reply};
+use lockstep_raft::{Forwarder, Forwarding};
+use lockstep_store::StateHandle;
+use lockstep_types::forward::{MembershipChange, Read, ReadReply, Request, Response, WireStatus};
+use lockstep_types::{NodeId, NodeInfo, TypeConfig};
+use openraft::Raft;
+use tokio::sync::watch;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::batcher::{Batcher, WriteFailure};
+use crate::config::NodeConfig;
+use crate::metrics::registry::Metrics;
+
+/// One node: its Raft, its applied state and how it reaches the leader.
+pub struct Node {
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// The settings it started with.
+    pub config: NodeConfig,
+    /// Its Raft.
+    pub raft: Raft<TypeConfig>,
+    /// Its applied state.
+    pub state: StateHandle,
+    /// This node's event metrics (RPC and commit latency, forwards).
+    pub metrics: Arc<Metrics>,
+    pub(crate) batcher: Batcher,
+    forwarding: Forwarding,
+    /// Whether this node may vote yet (see `lockstep_raft::VoteGuard`).
+    pub vote_guard: Arc<lockstep_raft::VoteGuard>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_status(e: lockstep_store::StoreError) -> Status {
+    Status::internal(format!("storage: {e}"))
+}
+
+impl Node {
+    /// A node over a started Raft and its state; writes go through a new
+    /// batcher, and requests for another leader through `forwarder`.
+    pub fn new(
+        config: NodeConfig,
+        raft: Raft<TypeConfig>,
+        state: StateHandle,
+        forwarder: Arc<dyn Forwarder>,
+        vote_guard: Arc<lockstep_raft::VoteGuard>,
+    ) -> Node {
+        let metrics = Arc::new(Metrics::new());
+        let batcher = Batcher::start(
+            raft.clone(),
+            config.batch.clone(),
+            config.limits.requests_in_flight_max as usize,
+            metrics.clone(),
+        );
+        Node {
+            id: config.id,
+            forwarding: Forwarding::new(config.id, raft.clone(), forwarder),
+            config,
+            raft,
+            state,
+            metrics,
+            batcher,
+            vote_guard,
+        }
+    }
+
+    /// Runs a request that arrived here, wherever the leader is.
+    pub async fn execute(&self, request: Request) -> Result<Response, Status> {
+        record_queue(request.queue());
+        let (wait_ms, limit_key) = match request {
+            Request::Membership(_) => (
+                self.config.limits.membership_ms_max,
+                "limits.membership_ms_max",
+            ),
+            _ => (
+                self.config.limits.forward_retry_ms_max,
+                "limits.forward_retry_ms_max",
+            ),
+        };
+        self.forwarding
+            .route(
+                request,
+                Duration::from_millis(wait_ms),
+                limit_key,
+                |ok| self.metrics.observe_forward(ok),
+                |request| self.execute_local(request),
+            )
+            .await
+    }
+
+    /// The leader's client address when another node leads and has one.
+    pub fn other_leader_client_addr(&self) -> Option<String> {
+        self.forwarding.other_leader_client_addr()
+    }
+
+    /// Runs a request on this node, which must be the leader; answers
+    /// `NotLeader` otherwise. This is also what a forwarded request runs.
+    pub async fn execute_local(&self, request: Request) -> Result<Response, Status> {
+        match request {
+            Request::Write(command) => {
+                // Malformed or hostile input never reaches the log. Only a
+                // node that leads answers from its own state: a deposed one
+                // may not have applied what the new leader did.
+                let leading = self.raft.metrics().borrow().current_leader == Some(self.id);
+                let checked = self
+                    .state
+                    .read(|s| s.precheck(&command))
+                    .map_err(store_status)?;
+                if let (true, Err(e)) = (leading, checked) {
+                    return Ok(Response::Write {
+                        reply: Err(e),
+                        blobs: Vec::new(),
+                    });
+                }
+                self.submit_write(command).await
+            }
+            Request::Read(read) => {
+                if let Err(err) = self.raft.ensure_linearizable().await {
+                    return Ok(match err.forward_to_leader() {
+                        Some(f) => Response::NotLeader {
+                            leader: f.leader_id.zip(f.leader_node.clone()),
+                        },
+                        None => Response::Unavailable(err.to_string()),
+                    });
+                }
+                Ok(Response::Read(self.read_state(read)?))
+            }
+            Request::Membership(change) => Ok(self.change_membership(change).await),
+        }
+    }
+
+    /// Proposes a write through the batcher and fills in the payloads of a
+    /// fetch's deliveries.
+    async fn submit_write(&self, command: Command) -> Result<Response, Status> {
+        match self.batcher.submit(command).await {
+            Ok(reply) => {
+                let blobs = match &reply {
+                    Ok(Reply::Fetched(deliveries)) => deliveries
+                        .iter()
+                        .map(|d| {
+                            self.state
+                                .get_blob(d.queue_id, d.blob)
+                                .map_err(store_status)
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => Vec::new(),
+                };
+                Ok(Response::Write { reply, blobs })
+            }
+            Err(WriteFailure::NotLeader { leader }) => Ok(Response::NotLeader { leader }),
+            Err(WriteFailure::Unavailable(message)) => Ok(Response::Unavailable(message)),
+        }
+    }
+
+    /// Runs a join or remove on this node, which must lead. Joins catch the
+    /// new node up as a learner first, so a slow joiner never counts toward
+    /// the quorum before it has the log.
+    async fn change_membership(&self, change: MembershipChange) -> Response {
+        use openraft::error::{ClientWriteError, RaftError};
+        fn refused(
+            e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+            what: &str,
+        ) -> Response {
+            if let Some(f) = e.forward_to_leader() {
+                return Response::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.clone()),
+                };
+            }
+            let code = match e.api_error() {
+                Some(ClientWriteError::ChangeMembershipError(_)) => tonic::Code::FailedPrecondition,
+                _ => tonic::Code::Unavailable,
+            };
+            Response::Membership(Err(WireStatus {
+                code: code as i32,
+                message: format!("{what}: {e}"),
+            }))
+        }
+        let voters = || -> std::collections::BTreeSet<NodeId> {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect()
+        };
+        match change {
+            MembershipChange::Join { id, info } => {
+                // Not openraft's blocking add_learner: it counts a learner
+                // as caught up while its lag is under
+                // `replication_lag_threshold` (5,000 entries by default),
+                // so in a young cluster it promoted a node that had
+                // received nothing, even one it could not reach at all.
+                let added = match self.raft.add_learner(id, info, false).await {
+                    Ok(added) => added.log_id,
+                    Err(e) => return refused(e, &format!("add node {id} as a learner")),
+                };
+                // Three quarters of the caller's bound: the rest is for the
+                // promotion, or for taking the learner out again.
+                let bound = Duration::from_millis(self.config.limits.membership_ms_max * 3 / 4);
+                let caught_up = self
+                    .raft
+                    .wait(Some(bound))
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id))
+                                .and_then(|matched| matched.as_ref())
+                                .is_some_and(|matched| matched.index >= added.index)
+                        },
+                        "new learner has the entry that added it",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    let removed = self
+                        .raft
+                        .change_membership(
+                            openraft::ChangeMembers::RemoveNodes([id].into_iter().collect()),
+                            false,
+                        )
+                        .await;
+                    return Response::Membership(Err(WireStatus {
+                        code: tonic::Code::DeadlineExceeded as i32,
+                        message: format!(
+                            "node {id} did not catch up as a learner within {} ms: is its peer \
+                             address reachable from the leader, and does its certificate chain \
+                             to the cluster CA? It was not made a voter{}",
+                            bound.as_millis(),
+                            match removed {
+                                Ok(_) => ", and was taken out again as a learner".to_string(),
+                                Err(e) => format!(" (taking it out as a learner failed: {e})"),
+                            }
+                        ),
+                    }));
+                }
+                let mut members = voters();
+                members.insert(id);
+                if let Err(e) = self.raft.change_membership(members, false).await {
+                    return refused(e, &format!("promote node {id} to voter"));
+                }
+            }
+            MembershipChange::Remove { id } => {
+                let mut members = voters();
+                if !members.remove(&id) {
+                    return Response::Membership(Err(WireStatus {
+                        code: tonic::Code::NotFound as i32,
+                        message: format!("node {id} is not a voter"),
+                    }));
+                }
+                if members.is_empty() {
+                    return Response::Membership(Err(WireStatus {
+                        code: tonic::Code::FailedPrecondition as i32,
+                        message: "cannot remove the last voter".into(),
+                    }));
+                }
+                if let Err(e) = self.raft.change_membership(members, false).await {
+                    return refused(e, &format!("remove node {id}"));
+                }
+            }
+        }
+        Response::Membership(Ok(()))
+    }
+
+    /// Answers a read from this node's applied state, which may be stale on
+    /// a follower.
+    pub fn read_local(&self, read: Read) -> Result<Result<ReadReply, core::Error>, Status> {
+        record_queue(read.queue());
+        self.read_state(read)
+    }
+
+    fn read_state(&self, read: Read) -> Result<Result<ReadReply, core::Error>, Status> {
+        let reply = self
+            .state
+            .read(|s| match read {
+                Read::Queue { name } => s.queue_info(&name).map(ReadReply::Queue),
+                Read::ListQueues => Ok(ReadReply::Queues(s.list_queues())),
+                Read::Groups {
+                    queue,
+                    filter,
+                    after,
+                    limit,
+                } => s
+                    .list_groups(&queue, &filter, after.as_deref(), limit)
+                    .map(ReadReply::Groups),
+                Read::DeadLetters {
+                    queue,
+                    after,
+                    limit,
+                } => s
+                    .list_dead_letters(&queue, after, limit)
+                    .map(|page| ReadReply::DeadLetters(page, Vec::new())),
+            })
+            .map_err(store_status)?;
+        // Payloads are read outside the state lock.
+        Ok(match reply {
+            Ok(ReadReply::DeadLetters(page, _)) => {
+                let blobs = page
+                    .dead_letters
+                    .iter()
+                    .map(|d| {
+                        self.state
+                            .get_blob(d.queue_id, d.blob)
+                            .map_err(store_status)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(ReadReply::DeadLetters(page, blobs))
+            }
+            other => other,
+        })
+    }
+
+    /// A watch that changes whenever this node applies an entry, for long
+    /// polls.
+    pub fn applied_watch(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>> {
+        self.raft.metrics()
+    }
+}
+
+/// Names the queue on the current request's span (the `rpc` span of
+/// `metrics::RpcLayer`, or `forwarded`); a span without the field ignores it.
+fn record_queue(queue: Option<&str>) {
+    if let Some(queue) = queue {
+        tracing::Span::current().record("queue", tracing::field::display(queue));
+    }
+}
+
+/// The peer-side entry point of a forwarded request.
+pub async fn handle_forwarded(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+    let request: Request = codec::decode(bytes)
+        .map_err(|e| Status::invalid_argument(format!("forwarded request: {e}")))?;
+    let queue = request.queue().map(tracing::field::display);
+    let span = tracing::info_span!("forwarded", node = node.id, queue);
+    let response = node.execute_local(request).instrument(span).await?;
+    codec::encode(&response).map_err(|e| Status::internal(e.to_string()))
+}

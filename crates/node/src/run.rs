@@ -1,0 +1,105 @@
+//! A node process: `lockstep node` runs [`run_node`] until SIGTERM or
+//! Ctrl-C. Starting and stopping the node itself is [`start`]'s job, which
+//! an embedding application calls directly.
+
+use crate::config::NodeConfig;
+pub use crate::error::RunError;
+pub use crate::start::{start, Running, SERVER_STOP_MS_MAX};
+
+/// Runs a node until SIGTERM or Ctrl-C.
+pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
+    tracing_init();
+    plant_bug()?;
+    if config.client_addr.is_empty() {
+        // Only an embedded node may go without a client port: it serves its
+        // own process in-process instead.
+        return Err(RunError::Listen {
+            key: "client_addr",
+            addr: String::new(),
+            message: "a node process needs a client address".into(),
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Server(e.to_string()))?;
+    runtime.block_on(async {
+        let running = start(config, false).await?;
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                running.shutdown().await
+            }
+            // A node whose Raft stopped (a damaged table block read while
+            // running) must not linger answering errors: it exits, saying
+            // why, and its supervisor or operator sees it.
+            fatal = running.fatal() => {
+                tracing::error!(error = %fatal, "Raft stopped; the node exits");
+                let _ = running.shutdown().await;
+                Err(fatal)
+            }
+        }
+    })
+}
+
+/// The environment variable that switches a planted bug on in a test build.
+pub const PLANTED_BUG_ENV: &str = "LOCKSTEP_PLANTED_BUG";
+
+/// Turns on the planted bug named by `LOCKSTEP_PLANTED_BUG`, if any. A
+/// build without the `planted-bugs` feature refuses to start with it set,
+/// so a test can never believe a bug is planted when it is not.
+fn plant_bug() -> Result<(), RunError> {
+    let Ok(name) = std::env::var(PLANTED_BUG_ENV) else {
+        return Ok(());
+    };
+    if name.is_empty() {
+        return Ok(());
+    }
+    #[cfg(feature = "planted-bugs")]
+    {
+        use lockstep_core::planted::{plant, Bug};
+        let bug = Bug::parse(&name).ok_or_else(|| {
+            let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+            RunError::Server(format!(
+                "{PLANTED_BUG_ENV}=`{name}` names no planted bug; one of {}",
+                names.join(", ")
+            ))
+        })?;
+        plant(bug);
+        tracing::warn!(
+            bug = name,
+            "PLANTED BUG ON: this node breaks a safety rule on purpose"
+        );
+        Ok(())
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    Err(RunError::Server(format!(
+        "{PLANTED_BUG_ENV}=`{name}`, but this build has no planted bugs (the \
+         `planted-bugs` feature, debug builds only)"
+    )))
+}
+
+fn tracing_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT): how a person or a supervisor
+/// such as `timeout` asks a node, a worker or a chaos run to stop.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,112 @@
+//! The public gRPC services `lockstep.v1.Queue`, `Admin` and `Cluster`,
+//! one file each.
+//!
+//! Each call becomes a core [`Command`] or a [`Read`], runs through
+//! [`Node::execute`] (locally on the leader, or forwarded to it), and its
+//! answer is turned back into protobuf. Core errors keep their gRPC code.
+
+mod admin;
+mod cluster;
+mod queue;
+
+use std::sync::Arc;
+
+use lockstep_core::{Command, JobBlob, Reply};
+use lockstep_types::forward::{Read, ReadReply, Request, Response};
+use tonic::Status;
+
+use crate::auth::Auth;
+use crate::convert;
+use crate::node::Node;
+use crate::pb;
+
+/// The three public services of one node, answering from its [`Node`].
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub(crate) node: Arc<Node>,
+    id_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// Checked first in every call, before the request becomes a command.
+    auth: Arc<Auth>,
+    /// TLS for the calls this node makes to other nodes' client ports
+    /// (passing a bootstrap on); `None`: plaintext.
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Services {
+    /// The services of `node`, with no auth and plaintext to other nodes.
+    pub fn new(node: Arc<Node>) -> Services {
+        Services {
+            node,
+            id_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            auth: Arc::new(Auth::off()),
+            client_tls: None,
+        }
+    }
+
+    /// The same services, checking callers with `auth`.
+    pub fn with_auth(self, auth: Arc<Auth>) -> Services {
+        Services { auth, ..self }
+    }
+
+    /// The same services, speaking TLS to other nodes' client ports.
+    pub fn with_client_tls(self, tls: Option<tonic::transport::ClientTlsConfig>) -> Services {
+        Services {
+            client_tls: tls,
+            ..self
+        }
+    }
+
+    /// A server-made job id: node id, start time and a counter, unique
+    /// across restarts (the start time moves) and nodes.
+    pub(super) fn make_id(&self) -> String {
+        static START_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let start = *START_MS.get_or_init(crate::batcher::wall_clock_ms);
+        let n = self
+            .id_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("lockstep-{}-{start}-{n}", self.node.id)
+    }
+
+    pub(super) async fn write(
+        &self,
+        command: Command,
+    ) -> Result<(Reply, Vec<Option<JobBlob>>), Status> {
+        match self.node.execute(Request::Write(command)).await? {
+            Response::Write {
+                reply: Ok(reply),
+                blobs,
+            } => Ok((reply, blobs)),
+            Response::Write { reply: Err(e), .. } => Err(convert::status(&e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(super) async fn read(
+        &self,
+        read: Read,
+        options: Option<pb::ReadOptions>,
+    ) -> Result<ReadReply, Status> {
+        let result = if options.is_some_and(|o| o.stale) {
+            self.node.read_local(read)?
+        } else {
+            match self.node.execute(Request::Read(read)).await? {
+                Response::Read(result) => result,
+                other => return Err(unexpected(other)),
+            }
+        };
+        result.map_err(|e| convert::status(&e))
+    }
+}
+
+pub(super) fn unexpected(response: Response) -> Status {
+    match response {
+        Response::Unavailable(message) => Status::unavailable(format!(
+            "outcome unknown: {message}; retry with the same ids"
+        )),
+        other => Status::internal(format!("unexpected answer {other:?}")),
+    }
+}
+
+pub(super) fn wrong_reply(reply: Reply) -> Status {
+    Status::internal(format!("unexpected reply {reply:?}"))
+}

@@ -1,0 +1,219 @@
+//! `lockstep.v1.Queue`: enqueue, fetch, ack, nack, extend, release and
+//! dead-letter, the calls producers and workers make.
+
+use std::time::Duration;
+
+use lockstep_core::{AckItem, Command, Reply};
+use tonic::{Request, Response, Status};
+
+use super::{wrong_reply, Services};
+use crate::auth::Permission;
+use crate::convert;
+use crate::pb;
+
+#[tonic::async_trait]
+impl pb::queue_server::Queue for Services {
+    async fn enqueue(
+        &self,
+        request: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Produce, &req.queue)?;
+        let jobs = req
+            .jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, job)| convert::new_job(job, i, &mut || self.make_id()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        match self
+            .write(Command::Enqueue {
+                queue: req.queue,
+                jobs,
+            })
+            .await?
+            .0
+        {
+            Reply::Enqueued(results) => Ok(Response::new(pb::EnqueueResponse {
+                results: results
+                    .into_iter()
+                    .zip(ids)
+                    .map(|(r, id)| convert::enqueue_result(r, id))
+                    .collect(),
+            })),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &req.queue)?;
+        let wait_ms = req.wait_ms.min(self.node.config.limits.fetch_wait_ms_max);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let mut applied = self.node.applied_watch();
+        loop {
+            let command = Command::Fetch {
+                queue: req.queue.clone(),
+                consumer: req.consumer.clone(),
+                max: req.max,
+                lease_ms: req.lease_ms,
+            };
+            let (reply, blobs) = self.write(command).await?;
+            let Reply::Fetched(deliveries) = reply else {
+                return Err(wrong_reply(reply));
+            };
+            if !deliveries.is_empty() || tokio::time::Instant::now() >= deadline {
+                let deliveries = deliveries
+                    .into_iter()
+                    .zip(blobs)
+                    .filter_map(|(d, blob)| blob.map(|b| convert::delivery(d, b)))
+                    .collect();
+                return Ok(Response::new(pb::FetchResponse { deliveries }));
+            }
+            // Long poll: wait for this node to apply something new (an
+            // enqueue, an ack that frees a group, a tick), then try again.
+            // The local state says whether anything could be ready.
+            loop {
+                match tokio::time::timeout_at(deadline, applied.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                    Err(_) => break,
+                }
+                let ready = self
+                    .node
+                    .state
+                    .read(|s| s.stats(&req.queue).map(|st| st.ready))
+                    .ok();
+                if !matches!(ready, Some(Ok(0))) {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &req.queue)?;
+        let items: Vec<AckItem> = req
+            .items
+            .iter()
+            .map(|i| AckItem {
+                offset: i.offset,
+                fence: i.fence,
+            })
+            .collect();
+        let offsets: Vec<u64> = items.iter().map(|i| i.offset).collect();
+        match self
+            .write(Command::Ack {
+                queue: req.queue,
+                items,
+            })
+            .await?
+            .0
+        {
+            Reply::Acked(results) => Ok(Response::new(pb::AckResponse {
+                results: offsets
+                    .into_iter()
+                    .zip(results.iter())
+                    .map(|(o, r)| convert::ack_result(o, r))
+                    .collect(),
+            })),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn nack(
+        &self,
+        request: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
+        let command = Command::Nack {
+            queue: r.queue,
+            offset: r.offset,
+            fence: r.fence,
+            delay_ms: r.delay_ms,
+        };
+        match self.write(command).await?.0 {
+            Reply::Nacked {
+                dead,
+                not_before_ms,
+            } => Ok(Response::new(pb::NackResponse {
+                dead,
+                not_before_ms,
+            })),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn extend(
+        &self,
+        request: Request<pb::ExtendRequest>,
+    ) -> Result<Response<pb::ExtendResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
+        let command = Command::Extend {
+            queue: r.queue,
+            offset: r.offset,
+            fence: r.fence,
+            lease_ms: r.lease_ms,
+        };
+        match self.write(command).await?.0 {
+            Reply::Extended { deadline_ms } => Ok(Response::new(pb::ExtendResponse {
+                lease_deadline_ms: deadline_ms,
+            })),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
+        match self
+            .write(Command::Release {
+                queue: r.queue,
+                offset: r.offset,
+                fence: r.fence,
+            })
+            .await?
+            .0
+        {
+            Reply::Released => Ok(Response::new(pb::ReleaseResponse {})),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        request: Request<pb::DeadLetterRequest>,
+    ) -> Result<Response<pb::DeadLetterResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Consume, &r.queue)?;
+        let command = Command::DeadLetter {
+            queue: r.queue,
+            offset: r.offset,
+            fence: r.fence,
+            reason: r.reason,
+        };
+        match self.write(command).await?.0 {
+            Reply::DeadLettered => Ok(Response::new(pb::DeadLetterResponse {})),
+            other => Err(wrong_reply(other)),
+        }
+    }
+}

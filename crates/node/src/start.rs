@@ -1,0 +1,405 @@
+//! Starting and stopping a node inside a Tokio runtime: stores, Raft, the
+//! peer and client gRPC servers, the metrics server and the ticker, and a
+//! bounded graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_raft::{peer_service, ForwardHandler, PeerNetworkFactory, VoteGuard};
+use openraft::{Config, Raft, SnapshotPolicy};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::service::Routes;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+use tonic::Status;
+use tower::layer::util::{Identity, Stack};
+
+use crate::bootstrap::is_fresh;
+use crate::config::NodeConfig;
+use crate::error::RunError;
+use crate::hint::LeaderHintLayer;
+use crate::metrics::layer::RpcLayer;
+use crate::node::Node;
+use crate::pb;
+use crate::service::Services;
+
+/// openraft's configuration from the node's `raft` settings.
+pub fn raft_config(config: &NodeConfig) -> Result<Config, RunError> {
+    let r = &config.raft;
+    Config {
+        cluster_name: "lockstep".into(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        max_payload_entries: r.append_entries_max,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+        install_snapshot_timeout: r.rpc_timeout_ms.max(10_000),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| RunError::Raft(e.to_string()))
+}
+
+/// Bytes buffered each way in one in-process connection.
+const IN_PROCESS_BUFFER_BYTES: usize = 256 * 1024;
+/// Longest a server (or the ticker) may take to finish its in-flight calls
+/// at shutdown.
+pub const SERVER_STOP_MS_MAX: u64 = 5_000;
+/// In-process connections waiting to be accepted.
+const IN_PROCESS_BACKLOG: usize = 64;
+
+/// A started node: Raft, its servers and its ticker, until
+/// [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    /// The node itself.
+    pub(crate) node: Arc<Node>,
+    /// Flushes the memtables at a graceful shutdown, so the next start
+    /// replays no write-ahead log.
+    flusher: lockstep_store::LogStore,
+    /// A channel to this node's client API that stays inside the process
+    /// (an in-memory duplex per connection), when asked for at start.
+    pub in_process: Option<tonic::transport::Channel>,
+    stop_tx: watch::Sender<bool>,
+    ticker: tokio::task::JoinHandle<()>,
+    servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
+}
+
+/// Starts a node inside the current Tokio runtime: opens its store, starts
+/// Raft, binds its peer port, its client port (unless `client_addr` is
+/// empty) and its metrics port (unless `metrics_addr` is empty), and, with
+/// `in_process`, serves the client API over in-memory connections too.
+pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunError> {
+    // Read before anything binds or opens, so a bad file stops start-up
+    // with its key named and nothing half-started.
+    let tls = crate::tls::load(&config.tls)?;
+    let auth = Arc::new(crate::auth::Auth::load(&config.auth)?);
+    if tls.is_none() {
+        for (key, addr) in [
+            ("client_addr", &config.client_addr),
+            ("peer_addr", &config.peer_addr),
+        ] {
+            if crate::tls::exposed(addr) {
+                tracing::warn!(
+                    "{key} {addr} is not a loopback address and TLS is off: clients and \
+                     peers on the network can read and forge this node's traffic. Set \
+                     tls.cert_file, tls.key_file and tls.ca_file (see `lockstep dev-certs`)"
+                );
+            }
+        }
+    }
+    if !auth.is_on() && crate::tls::exposed(&config.client_addr) {
+        tracing::warn!(
+            "client_addr {} is not a loopback address and auth.mode is \"off\": anyone who \
+             reaches it may enqueue, consume and administer",
+            config.client_addr
+        );
+    }
+    // Bound first, so a taken port stops start-up before anything runs.
+    let metrics_listener = bind(&config.metrics_addr, "metrics_addr").await?;
+    let client_listener = bind(&config.client_addr, "client_addr").await?;
+    let peer_listener =
+        bind(&config.peer_addr, "peer_addr")
+            .await?
+            .ok_or_else(|| RunError::Listen {
+                key: "peer_addr",
+                addr: String::new(),
+                message: "a node needs a peer address".into(),
+            })?;
+    let (mut log_store, state_machine) =
+        lockstep_store::open(&config.data_dir).await.map_err(|e| {
+            RunError::damaged_or(&config.data_dir, e.to_string(), |_| RunError::Store(e))
+        })?;
+    let flusher = log_store.clone();
+    let state = state_machine.handle();
+    let fresh = is_fresh(&mut log_store).await?;
+    if fresh {
+        tracing::info!(
+            "no vote and no log on disk: this node votes once it has a leader's committed log"
+        );
+    }
+    let vote_guard = Arc::new(VoteGuard::new(fresh));
+    let mut network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
+    if let Some(tls) = &tls {
+        network = network.with_tls(tls.peer_client.clone());
+    }
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        network.clone(),
+        log_store,
+        state_machine,
+    )
+    .await
+    // openraft re-applies the log after the snapshot here: a damaged table
+    // block of the log is met now, before the node serves anything.
+    .map_err(|e| RunError::damaged_or(&config.data_dir, e.to_string(), RunError::Raft))?;
+    let node = Arc::new(Node::new(
+        config.clone(),
+        raft.clone(),
+        state,
+        Arc::new(network),
+        vote_guard.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop_rx.clone()));
+    // The in-process services trust their caller (the embedding process
+    // itself); the client port checks every call.
+    let local_services = Services::new(node.clone());
+    let services = local_services
+        .clone()
+        .with_auth(auth)
+        .with_client_tls(tls.as_ref().map(|t| t.peer_client.clone()));
+    let message_max = config.limits.message_bytes_max as usize;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::queue_server::QueueServer<Services>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Server(e.to_string()))?;
+    // Health and reflection answer alike on every client server.
+    let standard = Routes::new(health).add_service(reflection);
+    let mut client_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        client_builder = client_builder
+            .tls_config(tls.client_server.clone())
+            .map_err(|e| RunError::Server(format!("client TLS: {e}")))?;
+    }
+    let socket_router = client_router(
+        client_builder,
+        &node,
+        client_routes(standard.clone(), services, message_max),
+    );
+
+    let mut servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)> = Vec::new();
+    if let Some(listener) = client_listener {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = socket_router.clone();
+        let stop = stopped(stop_rx.clone());
+        servers.push((
+            "client server",
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
+    }
+    let in_process = if in_process {
+        let (connections, accepted) =
+            tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(IN_PROCESS_BACKLOG);
+        let incoming =
+            tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
+        let router = client_router(
+            tonic::transport::Server::builder(),
+            &node,
+            client_routes(standard, local_services, message_max),
+        );
+        let stop = stopped(stop_rx.clone());
+        servers.push((
+            "in-process server",
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
+        Some(in_process_channel(connections, message_max))
+    } else {
+        None
+    };
+    let peer_incoming =
+        tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
+    let mut peer_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        // Mutual: a caller without a certificate chaining to the cluster CA
+        // is refused in the handshake, before any RPC.
+        peer_builder = peer_builder
+            .tls_config(tls.peer_server.clone())
+            .map_err(|e| RunError::Server(format!("peer TLS: {e}")))?;
+    }
+    let peer_router = peer_builder.add_service(peer_service(
+        raft.clone(),
+        Arc::new(NodeForward(node.clone())),
+        vote_guard,
+    ));
+    let stop = stopped(stop_rx.clone());
+    servers.push((
+        "peer server",
+        tokio::spawn(async move {
+            peer_router
+                .serve_with_incoming_shutdown(peer_incoming, stop)
+                .await
+                .map_err(|e| e.to_string())
+        }),
+    ));
+    if let Some(listener) = metrics_listener {
+        let task = crate::metrics::http::serve(listener, node.clone(), stop_rx.clone());
+        servers.push((
+            "metrics server",
+            tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
+        ));
+    }
+    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
+    Ok(Running {
+        node,
+        flusher,
+        in_process,
+        stop_tx,
+        ticker,
+        servers,
+    })
+}
+
+/// The layers every client server puts around the client API: per-call
+/// metrics and spans, then the leader hint on every answer.
+type ClientLayers = Stack<LeaderHintLayer, Stack<RpcLayer, Identity>>;
+
+/// The client API's services answering with `services`, beside the
+/// `standard` ones (health, reflection), each bounded to `message_max` bytes
+/// per message either way.
+fn client_routes(standard: Routes, services: Services, message_max: usize) -> Routes {
+    standard
+        .add_service(
+            pb::queue_server::QueueServer::new(services.clone())
+                .max_decoding_message_size(message_max)
+                .max_encoding_message_size(message_max),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(services.clone())
+                .max_decoding_message_size(message_max)
+                .max_encoding_message_size(message_max),
+        )
+        .add_service(
+            pb::cluster_server::ClusterServer::new(services)
+                .max_decoding_message_size(message_max)
+                .max_encoding_message_size(message_max),
+        )
+}
+
+/// A client server from `builder` (plain or TLS) serving `routes` under the
+/// [`ClientLayers`].
+fn client_router(builder: Server, node: &Arc<Node>, routes: Routes) -> Router<ClientLayers> {
+    builder
+        .layer(RpcLayer::new(node.metrics.clone(), node.id))
+        .layer(LeaderHintLayer::new(node.clone()))
+        .add_routes(routes)
+}
+
+/// Binds `addr` (the value of config key `key`); empty binds nothing.
+async fn bind(addr: &str, key: &'static str) -> Result<Option<tokio::net::TcpListener>, RunError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| RunError::Listen {
+            key,
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// A lazy channel whose every connection is a fresh in-memory duplex handed
+/// to the in-process server: HTTP/2 framing, but no socket and no kernel.
+fn in_process_channel(
+    connections: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>,
+    message_max: usize,
+) -> tonic::transport::Channel {
+    let buffer = IN_PROCESS_BUFFER_BYTES.max(message_max.min(16 * 1024 * 1024) / 16);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let connections = connections.clone();
+        async move {
+            let (client, server) = tokio::io::duplex(buffer);
+            connections
+                .send(server)
+                .await
+                .map_err(|_| std::io::Error::other("the embedded node has shut down"))?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://in-process.lockstep")
+        .connect_with_connector_lazy(connector)
+}
+
+impl Running {
+    /// Stops the servers and the ticker, then Raft. In-flight calls end
+    /// with the servers' graceful shutdown.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        let _ = self.stop_tx.send(true);
+        // Without a quorum, a tick or a call waits for a commit that never
+        // comes; past the bound it is cut off (its caller sees the
+        // connection end, an unknown outcome, as after a crash).
+        let bound = Duration::from_millis(SERVER_STOP_MS_MAX);
+        let mut ticker = self.ticker;
+        if tokio::time::timeout(bound, &mut ticker).await.is_err() {
+            tracing::warn!("ticker did not stop within {SERVER_STOP_MS_MAX} ms; aborted");
+            ticker.abort();
+        }
+        for (name, mut task) in self.servers {
+            match tokio::time::timeout(bound, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "{name} ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "{name} task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        "{name}: calls still running after {SERVER_STOP_MS_MAX} ms; aborted"
+                    );
+                    task.abort();
+                }
+            }
+        }
+        self.node
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RunError::Raft(e.to_string()))?;
+        match tokio::time::timeout(bound, self.flusher.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flush at shutdown failed"),
+            Err(_) => tracing::warn!("flush at shutdown took over {SERVER_STOP_MS_MAX} ms"),
+        }
+        Ok(())
+    }
+
+    /// Waits until Raft stops by itself: a storage error (a damaged table
+    /// block met while running) or another fatal error. Returns what
+    /// stopped it. Pending forever while Raft runs.
+    pub async fn fatal(&self) -> RunError {
+        let mut metrics = self.node.raft.metrics();
+        loop {
+            let state = metrics.borrow().running_state.clone();
+            if let Err(fatal) = state {
+                return RunError::damaged_or(&self.node.config.data_dir, fatal.to_string(), |t| {
+                    RunError::Raft(format!("Raft stopped: {t}"))
+                });
+            }
+            if metrics.changed().await.is_err() {
+                return RunError::Raft("Raft stopped without saying why".into());
+            }
+        }
+    }
+}
+
+/// Hands requests forwarded by other nodes to this node.
+#[derive(Debug)]
+struct NodeForward(Arc<Node>);
+
+#[tonic::async_trait]
+impl ForwardHandler for NodeForward {
+    async fn forward(&self, request: Vec<u8>) -> Result<Vec<u8>, Status> {
+        crate::node::handle_forwarded(&self.0, &request).await
+    }
+}

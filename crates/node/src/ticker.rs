@@ -1,0 +1,42 @@
+//! The leader's ticker: proposes a `Tick` whenever a lease or a delay is
+//! due, so leases expire and delayed jobs become ready without client
+//! traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_core::Command;
+use tokio::sync::watch;
+
+use crate::batcher::wall_clock_ms;
+use crate::node::Node;
+
+/// How often the leader's ticker checks for due leases and delays. A lease
+/// expires at most this much after its deadline (plus a commit).
+const TICK_CHECK_MS: u64 = 50;
+
+/// While `node` leads, proposes a `Tick` whenever a lease or a delay is
+/// due. Ends when `stop` turns true.
+pub(crate) async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(TICK_CHECK_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
+        if !leading {
+            continue;
+        }
+        let due = node.state.read(|s| s.next_due_ms()).ok().flatten();
+        if due.is_some_and(|t| t <= wall_clock_ms()) {
+            if let Err(failure) = node.batcher.submit(Command::Tick).await {
+                tracing::debug!(?failure, "tick not applied");
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Forwarding a client request to the leader: the rule that any node
+//! accepts any call.
+//!
+//! A write or a linearizable read runs on the leader. A node that is not the
+//! leader forwards the request over the peer channel and relays the answer;
+//! while no leader is known (an election) it retries with backoff until the
+//! caller's deadline, then answers UNAVAILABLE with the leader hint it has.
+//! The request is encoded once, by [`lockstep_core::codec`], whatever the
+//! number of tries.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_core::codec;
+use lockstep_types::forward::{Request, Response, WireStatus};
+use lockstep_types::{NodeId, NodeInfo, TypeConfig};
+use openraft::Raft;
+use tonic::Status;
+
+use crate::PeerNetworkFactory;
+
+/// First and largest pause between tries to reach a leader. The pause
+/// doubles after each failed try; it stays short because an election on
+/// loopback settles within a few hundred milliseconds.
+pub const RETRY_BACKOFF_MS_MIN: u64 = 20;
+/// See [`RETRY_BACKOFF_MS_MIN`].
+pub const RETRY_BACKOFF_MS_MAX: u64 = 500;
+
+/// The metadata key of the leader's client address on an UNAVAILABLE
+/// answer, so the caller can go straight to the leader next time.
+pub const LEADER_HEADER: &str = "x-lockstep-leader";
+
+/// How a node reaches another node's peer service to forward a request.
+/// The peer network implements it; a simulated network may too.
+#[tonic::async_trait]
+pub trait Forwarder: Send + Sync + 'static {
+    /// Sends the encoded `request` to `target` (described by `node`) and
+    /// returns its encoded answer, waiting at most `timeout`.
+    async fn forward(
+        &self,
+        target: NodeId,
+        node: &NodeInfo,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Status>;
+}
+
+#[tonic::async_trait]
+impl Forwarder for PeerNetworkFactory {
+    async fn forward(
+        &self,
+        target: NodeId,
+        node: &NodeInfo,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Status> {
+        PeerNetworkFactory::forward(self, target, &node.peer_addr, request, timeout).await
+    }
+}
+
+/// A gRPC status from one that crossed the peer channel.
+pub fn wire_status(w: WireStatus) -> Status {
+    Status::new(tonic::Code::from_i32(w.code), w.message)
+}
+
+/// Routes requests of one node to the leader, wherever it is.
+#[derive(Clone)]
+pub struct Forwarding {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    forwarder: Arc<dyn Forwarder>,
+}
+
+impl std::fmt::Debug for Forwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarding")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarding {
+    /// Forwarding for node `id`, whose Raft is `raft`, over `forwarder`.
+    pub fn new(id: NodeId, raft: Raft<TypeConfig>, forwarder: Arc<dyn Forwarder>) -> Forwarding {
+        Forwarding {
+            id,
+            raft,
+            forwarder,
+        }
+    }
+
+    /// Runs `request` on the leader within `wait`: by `local` when this
+    /// node leads, else forwarded. `limit_key` names the configuration key
+    /// of `wait` in the UNAVAILABLE answer; `observe` learns whether each
+    /// forward reached the leader (for metrics).
+    pub async fn route<F, Fut>(
+        &self,
+        request: Request,
+        wait: Duration,
+        limit_key: &str,
+        observe: impl Fn(bool),
+        local: F,
+    ) -> Result<Response, Status>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: Future<Output = Result<Response, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut backoff = RETRY_BACKOFF_MS_MIN;
+        let encoded = codec::encode(&request).map_err(|e| Status::internal(e.to_string()))?;
+        let mut hint: Option<NodeInfo> = None;
+        loop {
+            let leader = self.raft.current_leader().await;
+            let attempt: Result<(), Option<(NodeId, NodeInfo)>> = match leader {
+                Some(id) if id == self.id => match local(request.clone()).await? {
+                    Response::NotLeader { leader } => Err(leader),
+                    other => return Ok(other),
+                },
+                Some(id) => match self.member(id) {
+                    Some(node) => {
+                        let remaining =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        hint = Some(node.clone());
+                        let forwarded = self
+                            .forwarder
+                            .forward(id, &node, encoded.clone(), remaining)
+                            .await;
+                        observe(forwarded.is_ok());
+                        match forwarded {
+                            Ok(bytes) => match codec::decode::<Response>(&bytes) {
+                                Ok(Response::NotLeader { leader }) => Err(leader),
+                                Ok(other) => return Ok(other),
+                                Err(e) => {
+                                    return Err(Status::internal(format!("forwarded answer: {e}")))
+                                }
+                            },
+                            // The leader may be gone; look again after a pause.
+                            Err(status) => {
+                                tracing::debug!(%status, leader = id, "forward failed");
+                                Err(None)
+                            }
+                        }
+                    }
+                    None => Err(None),
+                },
+                None => Err(None),
+            };
+            if let Err(Some((_, node))) = attempt {
+                hint = Some(node);
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(backoff) >= deadline {
+                return Err(self.unavailable(hint, wait, limit_key).await);
+            }
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MS_MAX);
+        }
+    }
+
+    /// The UNAVAILABLE answer after `wait` with no leader answering, with
+    /// the leader's address as metadata when one is known by now.
+    async fn unavailable(&self, hint: Option<NodeInfo>, wait: Duration, limit_key: &str) -> Status {
+        let hint = hint.map_or_else(
+            || "no leader known".to_string(),
+            |n| format!("last known leader at {}", n.client_addr),
+        );
+        let mut status = Status::unavailable(format!(
+            "no leader answered within {limit_key} = {} ms ({hint}); retry with the same ids",
+            wait.as_millis()
+        ));
+        if let Some(leader) = self
+            .raft
+            .current_leader()
+            .await
+            .and_then(|id| self.member(id))
+        {
+            if let Ok(value) = leader.client_addr.parse() {
+                status.metadata_mut().insert(LEADER_HEADER, value);
+            }
+        }
+        status
+    }
+
+    /// The leader's client address when another node leads and has one.
+    pub fn other_leader_client_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.filter(|id| *id != self.id)?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.client_addr.clone())
+            .filter(|a| !a.is_empty())
+    }
+
+    /// What the membership says of node `id`.
+    fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+}

@@ -1,0 +1,138 @@
+//! The wire types of a client request that a follower forwards to the
+//! leader over the peer channel, and of the leader's answer.
+//!
+//! They cross the network as [`lockstep_core::codec`] records (a version
+//! byte, then bincode), so both ends must agree on them: they live here, in
+//! the one crate both the forwarding node and the leader link.
+
+use lockstep_core::{self as core, Command, JobBlob, Reply};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, NodeInfo};
+
+/// What a node executes for a client, locally or forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// A command for the replicated state machine, proposed through Raft.
+    Write(Command),
+    /// A linearizable read of the leader's applied state.
+    Read(Read),
+    /// A membership change; only the leader can propose one.
+    Membership(MembershipChange),
+}
+
+/// A change of the voting members, run by the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add as a learner, wait for it to catch up, then promote to voter.
+    Join {
+        /// The new member's id.
+        id: NodeId,
+        /// Where its peers and clients reach it.
+        info: NodeInfo,
+    },
+    /// Take a voter out of the membership.
+    Remove {
+        /// The member to remove.
+        id: NodeId,
+    },
+}
+
+/// A gRPC status that crosses the peer channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireStatus {
+    /// The gRPC status code, as its number.
+    pub code: i32,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// A read of the applied state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Read {
+    /// One queue's configuration and stats.
+    Queue {
+        /// The queue's name.
+        name: String,
+    },
+    /// Every queue.
+    ListQueues,
+    /// One page of a queue's groups.
+    Groups {
+        /// The queue's name.
+        queue: String,
+        /// Which groups to list.
+        filter: core::GroupFilter,
+        /// The last group key of the previous page.
+        after: Option<String>,
+        /// The most groups on the page.
+        limit: u32,
+    },
+    /// One page of a queue's dead letters.
+    DeadLetters {
+        /// The queue's name.
+        queue: String,
+        /// The last offset of the previous page.
+        after: Option<u64>,
+        /// The most dead letters on the page.
+        limit: u32,
+    },
+}
+
+impl Request {
+    /// The queue a request addresses, if any (for the request's span).
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Request::Write(command) => command.queue(),
+            Request::Read(read) => read.queue(),
+            Request::Membership(_) => None,
+        }
+    }
+}
+
+impl Read {
+    /// The queue a read addresses, if any.
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Read::Queue { name } => Some(name),
+            Read::ListQueues => None,
+            Read::Groups { queue, .. } | Read::DeadLetters { queue, .. } => Some(queue),
+        }
+    }
+}
+
+/// The answer to a [`Read`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReadReply {
+    /// One queue.
+    Queue(core::QueueInfo),
+    /// Every queue.
+    Queues(Vec<core::QueueInfo>),
+    /// One page of groups.
+    Groups(core::GroupPage),
+    /// The page, and the stored job of each dead letter, in order.
+    DeadLetters(core::DeadLetterPage, Vec<Option<JobBlob>>),
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A write's answer and, for a fetch, each delivery's stored job.
+    Write {
+        /// What the state machine answered.
+        reply: Result<Reply, core::Error>,
+        /// For a fetch, each delivery's stored job, in order.
+        blobs: Vec<Option<JobBlob>>,
+    },
+    /// A read's answer.
+    Read(Result<ReadReply, core::Error>),
+    /// A membership change's outcome.
+    Membership(Result<(), WireStatus>),
+    /// The receiving node is not the leader.
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// The outcome is unknown (the leader failed mid-write); the message says why.
+    Unavailable(String),
+}

@@ -1,0 +1,256 @@
+//! The short chaos tier: each fault profile once for 30 s on three real
+//! nodes, then heal, drain and check. A failing seed is a product bug; the
+//! report in the printed directory says what the checker found and how to
+//! replay it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A run lasts 30 s plus start-up, healing and draining (at most 60 s).
+const RUN_MAX: Duration = Duration::from_secs(150);
+
+/// Runs `lockstep chaos` and returns its exit status and report.
+fn chaos(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(lockstep_harness::lockstep_binary())
+        .arg("chaos")
+        .args(args)
+        .arg("--dir")
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_MAX {
+            let _ = child.kill();
+            panic!("chaos {args:?} ran past {RUN_MAX:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let report = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
+    (status, report)
+}
+
+fn run(profile: &str, seed: u64) {
+    run_nodes(profile, seed, 3);
+}
+
+fn run_nodes(profile: &str, seed: u64, nodes: u64) {
+    let (status, report) = chaos(&[
+        "--profile",
+        profile,
+        "--seed",
+        &seed.to_string(),
+        "--duration-s",
+        "30",
+        "--nodes",
+        &nodes.to_string(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(
+        status.success(),
+        "chaos {profile} seed {seed} failed: {report}"
+    );
+    assert_eq!(json["passed"], true, "{report}");
+    assert!(
+        json["checker"]["enqueued_ok"].as_u64().unwrap() > 100,
+        "the workload ran: {report}"
+    );
+    if profile != "none" {
+        assert!(
+            !json["faults"].as_array().unwrap().is_empty(),
+            "faults were injected: {report}"
+        );
+    }
+}
+
+#[test]
+fn chaos_none() {
+    run("none", 11);
+}
+
+#[test]
+fn chaos_kill() {
+    run("kill", 12);
+}
+
+#[test]
+fn chaos_pause() {
+    run("pause", 13);
+}
+
+#[test]
+fn chaos_wipe() {
+    run("wipe", 14);
+}
+
+#[test]
+fn chaos_partition_leader() {
+    run("partition-leader", 15);
+}
+
+#[test]
+fn chaos_mixed() {
+    run("mixed", 16);
+}
+
+#[test]
+fn chaos_kill_all() {
+    run("kill-all", 17);
+}
+
+#[test]
+fn chaos_partition_halves() {
+    run("partition-halves", 18);
+}
+
+#[test]
+fn chaos_partition_oneway() {
+    run("partition-oneway", 19);
+}
+
+#[test]
+fn chaos_membership() {
+    run("membership", 20);
+}
+
+#[test]
+fn chaos_mixed_five_nodes() {
+    run_nodes("mixed", 21, 5);
+}
+
+/// The iptables rules whose comment is `tag`.
+fn rules_tagged(tag: &str) -> usize {
+    let listed = Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|line| line.split_whitespace().any(|w| w == tag))
+        .count()
+}
+
+/// Processes whose command line mentions `dir` (the run's nodes).
+fn processes_under(dir: &std::path::Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&needle))
+        .count()
+}
+
+/// Ctrl-C in the middle of a partition: the run stops, removes its
+/// iptables rules and kills its nodes; none outlives it.
+#[test]
+fn an_interrupted_run_leaves_no_rule_and_no_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(lockstep_harness::lockstep_binary())
+        .args(["chaos", "--profile", "partition-leader", "--seed", "41"])
+        // Its own loopback net: a partition here cuts no other cluster.
+        .args(["--duration-s", "60", "--net", "8", "--dir"])
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let tag = format!("lockstep-chaos-{}", child.id());
+    // The first fault comes at most 10 s in; allow start-up on top.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rules_tagged(&tag) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no partition rule within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(processes_under(dir.path()) > 0, "the nodes are running");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run ignored SIGINT for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "an interrupted run has no verdict");
+    assert_eq!(rules_tagged(&tag), 0, "partition rules left behind");
+    assert_eq!(processes_under(dir.path()), 0, "nodes left behind");
+}
+
+/// A run killed with SIGKILL cannot remove its rules; the next one does,
+/// and leaves alone the rules of runs still alive.
+#[test]
+fn a_new_run_removes_the_rules_of_a_killed_one() {
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = format!("lockstep-chaos-{}", gone.id());
+    gone.wait().unwrap();
+    let live = format!("lockstep-chaos-{}", std::process::id());
+    let rule = |action: &str, tag: &str| {
+        Command::new("iptables")
+            .arg(action)
+            .args(["INPUT", "-s", "127.0.9.1", "-d", "127.0.9.2", "-j", "DROP"])
+            .args(["-m", "comment", "--comment", tag])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(rule("-A", &dead) && rule("-A", &live));
+    drop(lockstep_chaos::run::Partitions::new());
+    let (dead_left, live_left) = (rules_tagged(&dead), rules_tagged(&live));
+    rule("-D", &live);
+    rule("-D", &dead);
+    assert_eq!(dead_left, 0, "the orphaned rule stayed");
+    assert_eq!(live_left, 1, "a live run's rule was removed");
+}
+
+/// The checker is not vacuous: each planted bug makes the run fail with
+/// the anomaly it causes.
+#[cfg(feature = "planted-bugs")]
+mod planted {
+    use super::*;
+
+    fn caught(bug: &str, profile: &str, seed: u64, count: &str) {
+        let (status, report) = chaos(&[
+            "--profile",
+            profile,
+            "--seed",
+            &seed.to_string(),
+            "--duration-s",
+            "25",
+            "--plant",
+            bug,
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert!(!status.success(), "{bug} went unnoticed: {report}");
+        assert_eq!(json["passed"], false, "{report}");
+        let n = json["checker"]["counts"][count].as_u64().unwrap();
+        eprintln!("{bug}: {count} = {n}");
+        assert!(n > 0, "{bug} should show as {count}: {report}");
+    }
+
+    #[test]
+    fn a_skipped_fence_check_shows_as_f() {
+        caught("skip-fence", "none", 31, "fencing");
+    }
+
+    #[test]
+    fn ignored_dedup_shows_as_d() {
+        caught("ignore-dedup", "none", 32, "duplicated");
+    }
+
+    #[test]
+    fn an_ack_before_fsync_shows_as_l_after_every_node_is_killed() {
+        caught("ack-before-fsync", "kill-all", 33, "lost");
+    }
+}
