@@ -1,0 +1,155 @@
+//! Runs a workload against a real cluster while faults are injected, then
+//! heals, drains and records every node's state digest. Produces the
+//! history the checker reads.
+//!
+//! Everything random comes from one seed: the fault schedule, and each
+//! producer's and worker's choices (node, sizes, sleeps, outcomes). Timing
+//! still varies from run to run, so a replay repeats the schedule, not the
+//! interleaving.
+//!
+//! This file only orchestrates a run. Each of its steps lives in its own
+//! file: `workload` (producers, workers, drain, digests), `faults` (the
+//! schedule), `partitions` (iptables rules), `membership` (repair) and
+//! `report` (the JSON report and summaries); `options` holds the types a
+//! run is given and gives back, `common` the clock and bounds they share.
+//! The files below this one never import it, nor each other in a circle.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_harness::{Cluster, Spec};
+use lockstep_proto as pb;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tonic::transport::Channel;
+
+mod common;
+mod faults;
+mod membership;
+mod options;
+mod partitions;
+mod report;
+mod workload;
+
+use common::LEADER_MS_MAX;
+use faults::inject;
+use membership::ensure_members;
+pub use options::{Options, Outcomes, Profile};
+pub use partitions::Partitions;
+pub use report::{report, summary, summary_page, ChaosReport};
+pub use workload::QUEUE;
+use workload::{channel_to, drain, producer, record_digests, worker, Recorder, CALL_MS_MAX};
+
+/// Runs one chaos run. The cluster is always torn down and partitions are
+/// always removed, whatever happens.
+pub async fn run(options: &Options) -> Result<Outcomes, String> {
+    let mut spec = Spec::new(&options.bin, &options.dir);
+    spec.net = options.net;
+    if let Some(bug) = &options.planted {
+        spec.env.push(("LOCKSTEP_PLANTED_BUG".into(), bug.clone()));
+    }
+    let cluster = Cluster::start(spec, options.nodes, options.nodes).map_err(|e| e.0)?;
+    let ids: Vec<u64> = (1..=options.nodes).collect();
+    cluster.bootstrap(options.nodes).await.map_err(|e| e.0)?;
+    cluster
+        .wait_leader(&ids, Duration::from_millis(LEADER_MS_MAX * 2))
+        .await
+        .map_err(|e| e.0)?;
+    let channels: Vec<Channel> = ids
+        .iter()
+        .map(|id| channel_to(cluster.addr(*id).client, cluster.client_ip()))
+        .collect::<Result<_, _>>()?;
+    let mut admin = pb::admin_client::AdminClient::new(channels[0].clone());
+    admin
+        .create_queue(pb::CreateQueueRequest {
+            name: QUEUE.into(),
+            config: Some(pb::QueueConfig {
+                // The server must never dead-letter on its own: the checker
+                // would read that as a job finished unseen.
+                max_attempts: 1_000,
+                backoff_base_ms: 50,
+                backoff_cap_ms: 500,
+                lease_ms_default: 2_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|s| format!("create queue: {s}"))?;
+
+    let recorder = Recorder::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for p in 0..options.producers {
+        let rng = StdRng::seed_from_u64(options.seed ^ (0x5EED_0000 + p as u64));
+        tasks.push(tokio::spawn(producer(
+            p,
+            rng,
+            channels.clone(),
+            options.groups,
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+    for w in 0..options.workers {
+        let rng = StdRng::seed_from_u64(options.seed ^ (0xC0DE_0000 + w as u64));
+        tasks.push(tokio::spawn(worker(
+            w,
+            rng,
+            channels.clone(),
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let mut partitions = Partitions::new();
+    let faults = inject(options, &cluster, &channels, &mut partitions).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_millis(CALL_MS_MAX * 3), t).await;
+    }
+
+    // Heal: remove partitions, resume and restart everything.
+    partitions.heal();
+    let mut c = cluster.lock().await;
+    for id in c.paused() {
+        let _ = c.resume(id);
+    }
+    for id in ids.clone() {
+        c.spawn(id).map_err(|e| e.0)?;
+    }
+    let mut liveness = None;
+    match c
+        .wait_leader(&ids, Duration::from_millis(LEADER_MS_MAX))
+        .await
+    {
+        Err(e) => {
+            liveness = Some(format!(
+                "no leader within {LEADER_MS_MAX} ms of healing: {e}"
+            ));
+        }
+        Ok(leader) => {
+            // A membership fault that could not be undone in the run leaves
+            // a node out; the digest comparison needs every node in.
+            if let Err(e) = ensure_members(&c, leader, &ids, &channels).await {
+                liveness = Some(e);
+            }
+        }
+    }
+    if liveness.is_none() {
+        let mut rng = StdRng::seed_from_u64(options.seed ^ 0xD7A1);
+        if let Err(e) = drain(&mut rng, &channels, &recorder).await {
+            liveness = Some(e);
+        }
+    }
+    record_digests(&c, &ids, &recorder).await;
+    drop(c);
+
+    let history = recorder.history();
+    Ok(Outcomes {
+        history,
+        faults,
+        liveness,
+    })
+}

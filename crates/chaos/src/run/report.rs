@@ -1,0 +1,191 @@
+//! Reports of a run: the JSON report with the checker's verdict and the
+//! replay command, the one-line summary, and the one-page summary.
+
+use super::options::{Options, Outcomes};
+
+/// The JSON report of one run.
+#[derive(Debug, serde::Serialize)]
+pub struct ChaosReport {
+    pub seed: u64,
+    pub profile: &'static str,
+    pub nodes: u64,
+    pub duration_s: u64,
+    pub passed: bool,
+    pub liveness: Option<String>,
+    pub checker: crate::checker::Report,
+    pub faults: Vec<(u64, String)>,
+    /// The command that runs the same seed and profile again.
+    pub replay: String,
+}
+
+pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
+    let checker = crate::checker::check(&outcomes.history);
+    ChaosReport {
+        seed: options.seed,
+        profile: options.profile.name(),
+        nodes: options.nodes,
+        duration_s: options.duration.as_secs(),
+        passed: checker.passed() && outcomes.liveness.is_none(),
+        liveness: outcomes.liveness.clone(),
+        checker,
+        faults: outcomes.faults.clone(),
+        replay: format!(
+            "lockstep chaos --profile {} --seed {} --duration-s {} --nodes {} --producers {} --workers {} --groups {}",
+            options.profile.name(),
+            options.seed,
+            options.duration.as_secs(),
+            options.nodes,
+            options.producers,
+            options.workers,
+            options.groups
+        ) + &options
+            .planted
+            .as_ref()
+            .map(|b| format!(" --plant {b}"))
+            .unwrap_or_default(),
+    }
+}
+
+/// A short human summary of a report.
+pub fn summary(r: &ChaosReport) -> String {
+    let counts: Vec<String> = CLASSES
+        .iter()
+        .zip(r.checker.counts.in_order())
+        .map(|((letter, _), n)| format!("{letter}={n}"))
+        .collect();
+    format!(
+        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} {} faults={} liveness={}\nreplay: {}",
+        if r.passed { "PASS" } else { "FAIL" },
+        r.profile,
+        r.seed,
+        r.nodes,
+        r.duration_s,
+        r.checker.ops,
+        r.checker.enqueued_ok,
+        r.checker.delivered,
+        counts.join(" "),
+        r.faults.len() / 2,
+        r.liveness.as_deref().unwrap_or("ok"),
+        r.replay
+    )
+}
+
+/// What each anomaly class means, for the one-page summary.
+const CLASSES: [(&str, &str); 7] = [
+    ("L", "acknowledged enqueue never delivered after the drain"),
+    ("U", "delivered job no producer sent"),
+    ("D", "one id stored at two offsets"),
+    ("R", "delivered again after an ack answered OK"),
+    ("O", "delivered out of group order"),
+    ("F", "overlapping live leases, or a stale fence accepted"),
+    (
+        "X",
+        "nodes with different state digests at one applied index",
+    ),
+];
+
+/// The one-page human summary of a run (`summary.txt`): the verdict, what
+/// was done, each anomaly class with its count and first examples, the
+/// faults in order, and the replay command.
+pub fn summary_page(r: &ChaosReport) -> String {
+    use std::fmt::Write as _;
+    let counts = r.checker.counts.in_order();
+    let mut page = String::new();
+    let _ = writeln!(
+        page,
+        "{}: chaos profile {} seed {}, {} nodes, {} s",
+        if r.passed { "PASS" } else { "FAIL" },
+        r.profile,
+        r.seed,
+        r.nodes,
+        r.duration_s
+    );
+    let _ = writeln!(
+        page,
+        "{} operations recorded, {} enqueues acknowledged, {} deliveries",
+        r.checker.ops, r.checker.enqueued_ok, r.checker.delivered
+    );
+    let _ = writeln!(
+        page,
+        "liveness: {}",
+        r.liveness
+            .as_deref()
+            .unwrap_or("ok (a leader after healing, the queue drained)")
+    );
+    let _ = writeln!(page, "\nanomalies:");
+    for ((letter, meaning), n) in CLASSES.iter().zip(counts) {
+        let _ = writeln!(page, "  {letter} = {n:<6} {meaning}");
+        for example in r
+            .checker
+            .examples
+            .get(*letter)
+            .into_iter()
+            .flatten()
+            .take(3)
+        {
+            let _ = writeln!(page, "      e.g. {example}");
+        }
+    }
+    if !r.checker.undrained.is_empty() {
+        let _ = writeln!(page, "  not drained: {}", r.checker.undrained.join(", "));
+    }
+    let _ = writeln!(page, "\nfaults:");
+    let t0 = r.faults.first().map_or(0, |f| f.0);
+    for (ms, what) in &r.faults {
+        let _ = writeln!(
+            page,
+            "  +{:>6.1} s  {what}",
+            ms.saturating_sub(t0) as f64 / 1e3
+        );
+    }
+    if r.faults.is_empty() {
+        let _ = writeln!(page, "  none");
+    }
+    let _ = writeln!(page, "\nreplay: {}", r.replay);
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::super::options::Profile;
+    use super::*;
+
+    #[test]
+    fn the_summary_page_lists_classes_faults_and_the_replay() {
+        let options = Options {
+            bin: PathBuf::from("lockstep"),
+            dir: PathBuf::from("/tmp/x"),
+            nodes: 3,
+            seed: 9,
+            profile: Profile::Kill,
+            duration: Duration::from_secs(30),
+            producers: 4,
+            workers: 4,
+            groups: 20,
+            planted: Some("skip-fence".into()),
+            net: 0,
+        };
+        let outcomes = Outcomes {
+            history: Vec::new(),
+            faults: vec![
+                (10_000, "kill node 2 for 2000 ms".into()),
+                (12_000, "healed kill".into()),
+            ],
+            liveness: None,
+        };
+        let page = summary_page(&report(&options, &outcomes));
+        for needle in [
+            "chaos profile kill seed 9, 3 nodes, 30 s",
+            "  L = 0 ",
+            "  X = 0 ",
+            "+   2.0 s  healed kill",
+            "replay: lockstep chaos --profile kill --seed 9",
+            "--plant skip-fence",
+        ] {
+            assert!(page.contains(needle), "`{needle}` missing from:\n{page}");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The workload: producers and workers that enqueue, fetch, ack and nack
+//! through every node while faults are injected, the drain after healing,
+//! the final digests, and the recorder that turns every call into the
+//! history the checker reads.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lockstep_harness::Cluster;
+use lockstep_proto as pb;
+use rand::rngs::StdRng;
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+
+use super::common::{now_ms, LEADER_MS_MAX};
+use crate::history::{
+    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
+};
+
+/// The queue every run uses.
+pub const QUEUE: &str = "chaos";
+/// Deadline of one client call; past it the outcome is indeterminate.
+pub(super) const CALL_MS_MAX: u64 = 3_000;
+/// One batch in this many is sent again after it succeeded.
+const RESEND_ONE_IN: u32 = 10;
+/// Tries of one enqueue (same ids) before a producer gives up on it.
+const ENQUEUE_TRIES_MAX: u32 = 20;
+/// Bound on draining the queue after healing.
+const DRAIN_MS_MAX: u64 = 60_000;
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct Recorder(Arc<Mutex<Vec<Op>>>);
+
+impl Recorder {
+    fn push(&self, op: Op) {
+        if let Ok(mut h) = self.0.lock() {
+            h.push(op);
+        }
+    }
+
+    /// Every operation recorded so far, in the order recorded.
+    pub(super) fn history(&self) -> Vec<Op> {
+        self.0.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+/// How a failed call is recorded: definite errors changed nothing; anything
+/// else (timeouts, broken connections, UNAVAILABLE, which the node also
+/// uses for "outcome unknown") may have taken effect.
+fn outcome_of(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::Unauthenticated => Outcome::Fail,
+        _ => Outcome::Indeterminate,
+    }
+}
+
+/// How often the workload pings a node connection, and how long a ping may
+/// go unanswered before the connection is dropped, in milliseconds.
+const KEEPALIVE_MS: u64 = 1_000;
+
+/// A workload channel to a node's client port, from `from`. The HTTP/2
+/// ping matters: a connection whose packets were dropped does not fail,
+/// TCP retransmits with a backoff that grows to tens of seconds, and a
+/// call timeout does not close it. Without the ping, calls to one node
+/// kept timing out for a minute after healing and the drain ran out of
+/// time (`partition-halves`, seed 4, 120 s).
+pub(super) fn channel_to(addr: std::net::SocketAddr, from: Ipv4Addr) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .local_address(Some(from.into()))
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(CALL_MS_MAX))
+        .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_MS))
+        .keep_alive_timeout(Duration::from_millis(KEEPALIVE_MS))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+pub(super) async fn producer(
+    p: usize,
+    mut rng: StdRng,
+    channels: Vec<Channel>,
+    groups: u64,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.random_range(1..=4);
+        let jobs: Vec<pb::Job> = (0..k)
+            .map(|j| pb::Job {
+                id: Some(format!("p{p}-{n}-{j}")),
+                group: format!("g{}", rng.random_range(0..groups)),
+                payload: vec![b'x'; 64],
+                ..Default::default()
+            })
+            .collect();
+        n += 1;
+        let sent: Vec<SentJob> = jobs
+            .iter()
+            .map(|j| SentJob {
+                id: j.id.clone().unwrap_or_default(),
+                group: j.group.clone(),
+            })
+            .collect();
+        // Retry an unknown outcome with the same ids, through any node.
+        // Now and then send a batch once more after it succeeded, as a
+        // client whose answer was lost would: the ids must come back as
+        // duplicates at their first offsets.
+        let resend = rng.random_ratio(1, RESEND_ONE_IN);
+        let mut succeeded = false;
+        for _ in 0..ENQUEUE_TRIES_MAX {
+            let node = rng.random_range(0..channels.len());
+            let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+            let t0 = now_ms();
+            let r = q
+                .enqueue(pb::EnqueueRequest {
+                    queue: QUEUE.into(),
+                    jobs: jobs.clone(),
+                })
+                .await;
+            let (outcome, results) = match r {
+                Ok(resp) => (
+                    Outcome::Ok,
+                    resp.into_inner()
+                        .results
+                        .into_iter()
+                        .map(|r| EnqueueResult {
+                            outcome: match r.outcome {
+                                x if x == pb::EnqueueOutcome::Duplicate as i32 => {
+                                    EnqueueOutcome::Duplicate
+                                }
+                                x if x == pb::EnqueueOutcome::IdConflict as i32 => {
+                                    EnqueueOutcome::IdConflict
+                                }
+                                _ => EnqueueOutcome::Created,
+                            },
+                            id: r.id,
+                            offset: r.offset,
+                        })
+                        .collect(),
+                ),
+                Err(s) => (outcome_of(&s), Vec::new()),
+            };
+            recorder.push(Op {
+                invoke_ms: t0,
+                complete_ms: now_ms(),
+                node: node as u64 + 1,
+                process: p as u64,
+                outcome,
+                call: Call::Enqueue {
+                    queue: QUEUE.into(),
+                    jobs: sent.clone(),
+                    results,
+                },
+            });
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if outcome == Outcome::Ok {
+                if succeeded || !resend {
+                    break;
+                }
+                succeeded = true;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..50))).await;
+    }
+}
+
+pub(super) async fn worker(
+    w: usize,
+    mut rng: StdRng,
+    channels: Vec<Channel>,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    let process = 1_000 + w as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let node = rng.random_range(0..channels.len());
+        let request = fetch_request(&format!("w{w}"), 2, 2_000, 300);
+        let Some(deliveries) =
+            fetch_recorded(&channels[node], node, process, request, &recorder).await
+        else {
+            continue;
+        };
+        for d in deliveries {
+            // Work: usually short, sometimes past the lease.
+            let ms = if rng.random_ratio(1, 10) {
+                2_500
+            } else {
+                rng.random_range(0..150)
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let node = rng.random_range(0..channels.len());
+            let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+            let t0 = now_ms();
+            if rng.random_ratio(1, 5) {
+                let r = q
+                    .nack(pb::NackRequest {
+                        queue: QUEUE.into(),
+                        offset: d.offset,
+                        fence: d.fence,
+                        delay_ms: 0,
+                    })
+                    .await;
+                recorder.push(Op {
+                    invoke_ms: t0,
+                    complete_ms: now_ms(),
+                    node: node as u64 + 1,
+                    process,
+                    outcome: r.as_ref().map_or_else(outcome_of, |_| Outcome::Ok),
+                    call: Call::EndLease {
+                        queue: QUEUE.into(),
+                        offset: d.offset,
+                        fence: d.fence,
+                        kind: EndKind::Nack,
+                    },
+                });
+            } else {
+                ack_one(&mut q, t0, node, process, &[(d.offset, d.fence)], &recorder).await;
+            }
+        }
+    }
+}
+
+fn fetch_request(consumer: &str, max: u32, lease_ms: u64, wait_ms: u64) -> pb::FetchRequest {
+    pb::FetchRequest {
+        queue: QUEUE.into(),
+        consumer: consumer.into(),
+        max,
+        lease_ms,
+        wait_ms,
+    }
+}
+
+/// One fetch through `channel`, recorded. `None` after a failure (and a
+/// short pause, so a dead node is not hammered).
+async fn fetch_recorded(
+    channel: &Channel,
+    node: usize,
+    process: u64,
+    request: pb::FetchRequest,
+    recorder: &Recorder,
+) -> Option<Vec<pb::Delivery>> {
+    let mut q = pb::queue_client::QueueClient::new(channel.clone());
+    let t0 = now_ms();
+    match q.fetch(request).await {
+        Ok(resp) => {
+            let deliveries = resp.into_inner().deliveries;
+            recorder.push(fetch_op(t0, node, process, Outcome::Ok, deliveries.clone()));
+            Some(deliveries)
+        }
+        Err(s) => {
+            recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+fn fetch_op(t0: u64, node: usize, process: u64, outcome: Outcome, ds: Vec<pb::Delivery>) -> Op {
+    Op {
+        invoke_ms: t0,
+        complete_ms: now_ms(),
+        node: node as u64 + 1,
+        process,
+        outcome,
+        call: Call::Fetch {
+            queue: QUEUE.into(),
+            consumer: String::new(),
+            deliveries: ds
+                .into_iter()
+                .map(|d| Delivery {
+                    offset: d.offset,
+                    id: d.id,
+                    group: d.group,
+                    fence: d.fence,
+                    lease_deadline_ms: d.lease_deadline_ms,
+                })
+                .collect(),
+        },
+    }
+}
+
+async fn ack_one(
+    q: &mut pb::queue_client::QueueClient<Channel>,
+    t0: u64,
+    node: usize,
+    process: u64,
+    items: &[(u64, u64)],
+    recorder: &Recorder,
+) {
+    let r = q
+        .ack(pb::AckRequest {
+            queue: QUEUE.into(),
+            items: items
+                .iter()
+                .map(|(offset, fence)| pb::AckItem {
+                    offset: *offset,
+                    fence: *fence,
+                })
+                .collect(),
+        })
+        .await;
+    let (outcome, oks): (Outcome, Vec<bool>) = match r {
+        Ok(resp) => (
+            Outcome::Ok,
+            resp.into_inner()
+                .results
+                .iter()
+                .map(|r| r.code == 0)
+                .collect(),
+        ),
+        Err(s) => (outcome_of(&s), vec![false; items.len()]),
+    };
+    recorder.push(Op {
+        invoke_ms: t0,
+        complete_ms: now_ms(),
+        node: node as u64 + 1,
+        process,
+        outcome,
+        call: Call::Ack {
+            queue: QUEUE.into(),
+            items: items
+                .iter()
+                .zip(oks)
+                .map(|((offset, fence), ok)| AckItem {
+                    offset: *offset,
+                    fence: *fence,
+                    ok,
+                })
+                .collect(),
+        },
+    });
+}
+
+/// Consumes until the queue is empty, then records `Drained`.
+pub(super) async fn drain(
+    rng: &mut StdRng,
+    channels: &[Channel],
+    recorder: &Recorder,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
+    let process = 9_999;
+    while Instant::now() < deadline {
+        let node = rng.random_range(0..channels.len());
+        let request = fetch_request("drain", 100, 30_000, 200);
+        let Some(ds) = fetch_recorded(&channels[node], node, process, request, recorder).await
+        else {
+            continue;
+        };
+        let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
+        if ds.is_empty() {
+            let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
+            let stats = admin
+                .get_queue(pb::GetQueueRequest {
+                    name: QUEUE.into(),
+                    read: None,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().queue)
+                .and_then(|q| q.stats);
+            if let Some(s) = stats {
+                if s.ready + s.delayed + s.leased == 0 {
+                    recorder.push(Op {
+                        invoke_ms: now_ms(),
+                        complete_ms: now_ms(),
+                        node: node as u64 + 1,
+                        process,
+                        outcome: Outcome::Ok,
+                        call: Call::Drained {
+                            queue: QUEUE.into(),
+                        },
+                    });
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+        let items: Vec<(u64, u64)> = ds.iter().map(|d| (d.offset, d.fence)).collect();
+        ack_one(&mut q, now_ms(), node, process, &items, recorder).await;
+    }
+    Err(format!(
+        "the drain did not empty the queue within {DRAIN_MS_MAX} ms"
+    ))
+}
+
+/// Waits until every node reports the same applied index (bounded), then
+/// records each node's digest.
+pub(super) async fn record_digests(cluster: &Cluster, ids: &[u64], recorder: &Recorder) {
+    let deadline = Instant::now() + Duration::from_millis(LEADER_MS_MAX);
+    loop {
+        let mut seen = Vec::new();
+        for id in ids {
+            if let Ok(s) = cluster.status(*id).await {
+                seen.push((*id, s.applied_index, s.state_digest));
+            }
+        }
+        let settled = seen.len() == ids.len() && seen.iter().all(|s| s.1 == seen[0].1);
+        if settled || Instant::now() > deadline {
+            for (id, index, digest) in seen {
+                recorder.push(Op {
+                    invoke_ms: now_ms(),
+                    complete_ms: now_ms(),
+                    node: id,
+                    process: 0,
+                    outcome: Outcome::Ok,
+                    call: Call::Digest {
+                        applied_index: index,
+                        digest,
+                    },
+                });
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
