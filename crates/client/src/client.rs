@@ -86,6 +86,8 @@ pub struct Enqueued {
     /// The new offset (`Created`) or the original one (`Duplicate`,
     /// `IdConflict`).
     pub offset: u64,
+    /// Whether the job was stored now, was already stored, or clashes with
+    /// another job of the same id.
     pub outcome: EnqueueOutcome,
 }
 
@@ -98,7 +100,10 @@ pub enum EnqueueOutcome {
     /// dedup window; nothing new was stored. `state` is the original job's
     /// current state. A retry of an enqueue whose first answer was lost
     /// sees this.
-    Duplicate { state: pb::JobState },
+    Duplicate {
+        /// The original job's state when the node answered.
+        state: pb::JobState,
+    },
     /// The id was accepted before with another group or payload; this job
     /// was not stored.
     IdConflict,

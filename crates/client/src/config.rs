@@ -48,15 +48,26 @@ pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the next try goes there at once. No new try starts after `attempts_max`
 /// tries or once `retry_elapsed_max` has passed since the first one, so a
 /// call takes at most `retry_elapsed_max` plus one call timeout.
+///
+/// This is the crate's one backoff: a [`Worker`] draws its pauses between
+/// failed fetches from a `RetryPolicy` too, with its own bounds
+/// ([`WorkerConfig::fetch_backoff_min`] and `fetch_backoff_max`).
+///
+/// [`Worker`]: crate::Worker
+/// [`WorkerConfig::fetch_backoff_min`]: crate::WorkerConfig::fetch_backoff_min
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Tries per call, the first included; 1 disables retries. Default 10.
+    /// Tries per call, the first included; at least 1, and 1 disables
+    /// retries. Default 10.
     pub attempts_max: u32,
-    /// First pause. Default 20 ms.
+    /// First pause: the ceiling `d` after the first failed try, doubled
+    /// after each further one. Above zero. Default 20 ms.
     pub backoff_min: Duration,
-    /// Longest pause. Default 1 s.
+    /// Longest pause: the cap on `d`. At least `backoff_min`. Default 1 s.
     pub backoff_max: Duration,
-    /// No try starts later than this after the first. Default 30 s.
+    /// No try starts this long or longer after the first; a pause that
+    /// would end that late ends the call with the last error instead.
+    /// Default 30 s.
     pub retry_elapsed_max: Duration,
 }
 
@@ -94,7 +105,9 @@ impl RetryPolicy {
         Duration::from_micros(half + jitter)
     }
 
-    /// The pause after failed try `attempt`, with random jitter.
+    /// The pause after failed try `attempt`, with the jitter drawn at
+    /// random: what a [`Client`](crate::Client) sleeps between tries, and
+    /// a [`Worker`](crate::Worker) between failed fetches.
     pub fn backoff_random(&self, attempt: u32) -> Duration {
         self.backoff(attempt, |n| rand::random_range(0..=n))
     }
@@ -106,14 +119,20 @@ impl RetryPolicy {
                 "must be at least 1 (1 means no retries)",
             ));
         }
+        self.validate_backoff("retry.backoff_min", "retry.backoff_max")
+    }
+
+    /// Checks the two pause bounds, naming them `min_key` and `max_key` in
+    /// the error: the worker keeps its fetch pauses under keys of its own.
+    pub(crate) fn validate_backoff(&self, min_key: &str, max_key: &str) -> Result<(), Error> {
         if self.backoff_min.is_zero() {
-            return Err(Error::config("retry.backoff_min", "must be above zero"));
+            return Err(Error::config(min_key, "must be above zero"));
         }
         if self.backoff_max < self.backoff_min {
             return Err(Error::config(
-                "retry.backoff_max",
+                max_key,
                 format!(
-                    "{:?} is below retry.backoff_min = {:?}",
+                    "{:?} is below {min_key} = {:?}",
                     self.backoff_max, self.backoff_min
                 ),
             ));
@@ -128,6 +147,9 @@ impl RetryPolicy {
 pub struct Token(String);
 
 impl Token {
+    /// A token holding `secret`, unchecked; [`ClientConfig::validate`]
+    /// requires 1 to [`TOKEN_BYTES_MAX`] bytes of printable ASCII without
+    /// spaces.
     pub fn new(secret: impl Into<String>) -> Token {
         Token(secret.into())
     }
@@ -148,7 +170,12 @@ impl std::fmt::Debug for Token {
 /// endpoint (an IP address is checked against the certificate's IP names).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientTls {
+    /// The certificate(s) of the CA the nodes' certificates chain to, in
+    /// PEM. Required; [`ClientConfig::validate`] checks that it holds a
+    /// certificate.
     pub ca_pem: Vec<u8>,
+    /// The name to expect in the nodes' certificates. `None` (the default)
+    /// expects the host of each endpoint.
     pub domain_name: Option<String>,
 }
 

@@ -21,7 +21,9 @@ pub enum Error {
     /// A node answered with a gRPC status other than OK.
     #[error("{endpoint} answered {code:?}: {message}")]
     Status {
+        /// The status code the node sent.
         code: Code,
+        /// The node's message, as it sent it.
         message: String,
         /// The node that answered, as `host:port`.
         endpoint: String,
@@ -35,17 +37,32 @@ pub enum Error {
     /// outcome of a write is unknown.
     #[error("no answer from {endpoint} ({code:?}): {message}")]
     Transport {
+        /// The code gRPC gave the failure.
         code: Code,
+        /// What went wrong, as the transport described it.
         message: String,
+        /// The node the call was sent to, as `host:port`.
         endpoint: String,
     },
     /// A configuration value is unusable; `key` names it.
     #[error("invalid configuration `{key}`: {problem}")]
-    Config { key: String, problem: String },
+    Config {
+        /// The key of the refused value, as `retry.backoff_min`,
+        /// `endpoints[1]` or `worker.concurrency`.
+        key: String,
+        /// What is wrong with the value, and what would be accepted.
+        problem: String,
+    },
     /// A node answered OK with something the client cannot use (for
     /// example fewer results than jobs). A bug on one side or the other.
     #[error("malformed answer to {call}: {problem}")]
-    Protocol { call: &'static str, problem: String },
+    Protocol {
+        /// The call whose answer was malformed, as `ack`, or `batch` for a
+        /// batcher.
+        call: &'static str,
+        /// What the answer got wrong.
+        problem: String,
+    },
     /// The request is larger than `message_bytes_max`; it was not sent
     /// (a node would refuse it the same way, as OUT_OF_RANGE).
     #[error(
@@ -53,11 +70,16 @@ pub enum Error {
          send fewer or smaller jobs per call"
     )]
     TooLarge {
+        /// The call that was not sent, as `enqueue`.
         call: &'static str,
+        /// The encoded size of the request, in bytes.
         bytes: usize,
+        /// The bound it exceeded, in bytes:
+        /// [`ClientConfig::message_bytes_max`](crate::ClientConfig::message_bytes_max).
         max: usize,
     },
-    /// The batcher or worker this call went through has stopped.
+    /// The batcher or worker this call went through has stopped. The text
+    /// says which one and what was lost.
     #[error("closed: {0}")]
     Closed(String),
 }

@@ -32,6 +32,7 @@ use tonic::Code;
 
 use crate::batch::{AckBatcher, BatchConfig};
 use crate::client::Client;
+use crate::config::RetryPolicy;
 use crate::error::Error;
 use crate::ids::new_job_id;
 
@@ -82,13 +83,23 @@ pub enum Outcome {
 /// A delivered job, as a handler sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
+    /// The queue the job was fetched from.
     pub queue: String,
+    /// The job's position in the queue, which identifies it in every call
+    /// on its lease.
     pub offset: u64,
+    /// The job's id: the one given at enqueue, or the one the client or the
+    /// node made for it.
     pub id: String,
+    /// The job's group; jobs of one group run one at a time, in offset order.
     /// Empty: a group of one.
     pub group: String,
+    /// The payload, as enqueued.
     pub payload: Vec<u8>,
+    /// The headers, as `(key, value)` pairs in the order enqueued.
     pub headers: Vec<(String, String)>,
+    /// The priority given at enqueue, 0 to 9; higher runs first among the
+    /// ready heads of groups.
     pub priority: u32,
     /// 1 for the first delivery.
     pub attempt: u32,
@@ -118,6 +129,8 @@ impl Job {
 /// How a worker runs. Every bound is named, with a documented default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
+    /// The queue to fetch from. No default: [`WorkerConfig::new`] takes it,
+    /// and it must not be empty.
     pub queue: String,
     /// The name leases are granted to (shown as the group's lease holder).
     /// Default `worker-` and 12 random hex digits.
@@ -138,10 +151,17 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Bound on each release at shutdown. Default 5 s.
     pub release_timeout: Duration,
-    /// First pause after a fetch failed (after the client's own retries).
-    /// Default 100 ms.
+    /// First pause after a fetch failed (after the client's own retries):
+    /// the `backoff_min` of the [`RetryPolicy`] the worker paces failed
+    /// fetches by. After the `n`-th failed fetch in a row the worker pauses
+    /// for a time uniform in `[d/2, d]`, `d = min(fetch_backoff_max,
+    /// fetch_backoff_min · 2^(n-1))`, and tries again for as long as it runs;
+    /// a fetch that succeeds resets `n`. Also the pause after an empty fetch
+    /// that did not long-poll ([`EMPTY_FETCH_FAST`]). Above zero. Default
+    /// 100 ms.
     pub fetch_backoff_min: Duration,
-    /// Longest such pause. Default 5 s.
+    /// Longest such pause: the `backoff_max` of that policy. At least
+    /// `fetch_backoff_min`. Default 5 s.
     pub fetch_backoff_max: Duration,
     /// Bounds of the ack batcher. Default: 128 items, 1 ms linger.
     pub acks: BatchConfig,
@@ -192,21 +212,27 @@ impl WorkerConfig {
                 "must be at least 2, so an extend lands before the lease ends",
             ));
         }
-        for (key, value) in [
-            ("worker.release_timeout", self.release_timeout),
-            ("worker.fetch_backoff_min", self.fetch_backoff_min),
-        ] {
-            if value.is_zero() {
-                return Err(Error::config(key, "must be above zero"));
-            }
-        }
-        if self.fetch_backoff_max < self.fetch_backoff_min {
+        if self.release_timeout.is_zero() {
             return Err(Error::config(
-                "worker.fetch_backoff_max",
-                "is below worker.fetch_backoff_min",
+                "worker.release_timeout",
+                "must be above zero",
             ));
         }
+        self.fetch_retry()
+            .validate_backoff("worker.fetch_backoff_min", "worker.fetch_backoff_max")?;
         self.acks.validate("worker.acks.")
+    }
+
+    /// The policy failed fetches are retried by: the client's backoff with
+    /// this configuration's bounds, and no limit on tries or time, since
+    /// the worker keeps fetching for as long as it runs.
+    pub(crate) fn fetch_retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts_max: u32::MAX,
+            backoff_min: self.fetch_backoff_min,
+            backoff_max: self.fetch_backoff_max,
+            retry_elapsed_max: Duration::MAX,
+        }
     }
 }
 
@@ -451,14 +477,9 @@ fn fetch_error_is_final(error: &Error) -> bool {
     )
 }
 
+/// The pause after the `failures`-th failed fetch in a row.
 fn fetch_backoff(config: &WorkerConfig, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(20);
-    let ceiling = config
-        .fetch_backoff_min
-        .saturating_mul(1u32 << doublings)
-        .min(config.fetch_backoff_max);
-    let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
-    Duration::from_micros(ceiling_us / 2 + rand::random_range(0..=ceiling_us - ceiling_us / 2))
+    config.fetch_retry().backoff_random(failures)
 }
 
 /// Waits for running jobs up to the grace, then makes the rest release
@@ -693,6 +714,20 @@ mod tests {
             assert!(d <= c.fetch_backoff_max, "{failures}: {d:?}");
             assert!(d >= c.fetch_backoff_min / 2, "{failures}: {d:?}");
         }
+    }
+
+    #[test]
+    fn fetch_pauses_follow_the_shared_policy_with_the_worker_bounds() {
+        let p = WorkerConfig::new("q").fetch_retry();
+        assert_eq!(p.backoff_min, FETCH_BACKOFF_MIN_DEFAULT);
+        assert_eq!(p.backoff_max, FETCH_BACKOFF_MAX_DEFAULT);
+        let ceilings: Vec<u64> = (1..=8)
+            .map(|n| p.backoff_ceiling(n).as_millis() as u64)
+            .collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        // The worker retries fetches for as long as it runs.
+        assert_eq!(p.attempts_max, u32::MAX);
+        assert_eq!(p.retry_elapsed_max, Duration::MAX);
     }
 
     #[test]
