@@ -47,10 +47,15 @@ pub const HEADER_BYTES_MAX: usize = 1_024;
 /// cluster calls.
 pub const ALL_QUEUES: &str = "*";
 
+/// What a token may do on the queues its patterns name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
+    /// Enqueue.
     Produce,
+    /// Fetch, ack, nack, extend, release and dead-letter.
     Consume,
+    /// Create, update and delete queues, and manage groups and dead
+    /// letters; on `*`, also the cluster calls.
     Admin,
 }
 
@@ -70,6 +75,7 @@ impl Permission {
 pub struct Pattern(String);
 
 impl Pattern {
+    /// Whether the pattern matches the whole of `name`.
     pub fn matches(&self, name: &str) -> bool {
         glob(self.0.as_bytes(), name.as_bytes())
     }
@@ -101,6 +107,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 /// may do.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
+    /// The token's name, for logs and errors; never its secret.
     pub name: String,
     digest: [u8; 32],
     produce: Vec<Pattern>,
@@ -130,6 +137,7 @@ impl Token {
         }
     }
 
+    /// Whether the token has `permission` on `queue`.
     pub fn allows(&self, permission: Permission, queue: &str) -> bool {
         self.patterns(permission).iter().any(|p| p.matches(queue))
     }
@@ -151,6 +159,7 @@ pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// `bytes` as lowercase hexadecimal, two digits a byte.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -201,7 +210,9 @@ pub struct Auth {
 /// Who made a call: nobody in particular (auth off) or a token.
 #[derive(Clone, Copy, Debug)]
 pub enum Caller<'a> {
+    /// Auth is off: every call is allowed.
     Anyone,
+    /// The configured token the call presented.
     Token(&'a Token),
 }
 
@@ -216,10 +227,12 @@ impl Caller<'_> {
 }
 
 impl Auth {
+    /// Auth off: every call is allowed (the default).
     pub fn off() -> Auth {
         Auth { tokens: None }
     }
 
+    /// Whether calls must present a token.
     pub fn is_on(&self) -> bool {
         self.tokens.is_some()
     }

@@ -22,8 +22,12 @@ use toml::{Table, Value};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftConfig {
+    /// How often the leader sends heartbeats, in ms.
     pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between these
+    /// two bounds (ms) starts an election.
     pub election_timeout_min_ms: u64,
+    /// See [`RaftConfig::election_timeout_min_ms`].
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many applied entries since the last one.
     pub snapshot_every_entries: u64,
@@ -43,12 +47,15 @@ pub struct RaftConfig {
 pub struct BatchConfig {
     /// How long the first command of a batch waits for company.
     pub linger_us: u64,
+    /// Most client commands in one entry.
     pub commands_max: u64,
+    /// Most bytes of commands in one entry.
     pub bytes_max: u64,
     /// Proposed entries awaiting commit before new requests wait.
     pub in_flight_max: u64,
 }
 
+/// The bounds a node enforces on what clients ask of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -83,6 +90,7 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
+    /// Whether TLS is configured (the three files are checked together).
     pub fn enabled(&self) -> bool {
         !self.cert_file.is_empty()
     }
@@ -94,13 +102,19 @@ impl TlsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// [`AUTH_MODE_OFF`] or [`AUTH_MODE_TOKEN`].
     pub mode: String,
+    /// The tokens file, read at start when `mode` is [`AUTH_MODE_TOKEN`].
     pub tokens_file: String,
 }
 
+/// `auth.mode`: every client may do everything.
 pub const AUTH_MODE_OFF: &str = "off";
+/// `auth.mode`: every call presents a bearer token from `auth.tokens_file`.
 pub const AUTH_MODE_TOKEN: &str = "token";
 
+/// Everything one node is configured with; see `lockstep.example.toml`
+/// for every key, its default and its bound.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -111,13 +125,19 @@ pub struct NodeConfig {
     /// Where clients reach this node. Empty only for an embedded node
     /// that serves nothing but its own process.
     pub client_addr: String,
+    /// Where the node keeps its RocksDB and snapshots.
     pub data_dir: PathBuf,
     /// Prometheus metrics over HTTP; empty turns them off.
     pub metrics_addr: String,
+    /// Raft timing and log sizes.
     pub raft: RaftConfig,
+    /// How writes are gathered into Raft entries.
     pub batch: BatchConfig,
+    /// Bounds on what clients ask.
     pub limits: LimitsConfig,
+    /// Transport security.
     pub tls: TlsConfig,
+    /// Client authentication.
     pub auth: AuthConfig,
 }
 
@@ -166,23 +186,54 @@ impl Default for NodeConfig {
     }
 }
 
+/// A configuration that cannot be used; every variant names the file or
+/// key at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The config file is not TOML.
     #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key that no setting has.
     #[error("unknown config key `{key}` (from {source_name})")]
-    UnknownKey { key: String, source_name: String },
+    UnknownKey {
+        /// The key, dotted (`raft.heartbeat_ms`).
+        key: String,
+        /// The file, the environment variable or the flag it came from.
+        source_name: String,
+    },
+    /// A value of the wrong type.
     #[error("config key `{key}` (from {source_name}): expected {expected}, found {found}")]
     WrongType {
+        /// The key, dotted.
         key: String,
+        /// Where it came from.
         source_name: String,
+        /// The type the key takes.
         expected: &'static str,
+        /// The value found.
         found: String,
     },
+    /// A value out of its bounds, or inconsistent with another.
     #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The key, dotted.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -444,10 +495,12 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// `peer_addr`, which validation has parsed.
     pub fn peer_socket(&self) -> SocketAddr {
         self.peer_addr.parse().expect("validated")
     }
 
+    /// `client_addr`, which validation has parsed.
     pub fn client_socket(&self) -> SocketAddr {
         self.client_addr.parse().expect("validated")
     }

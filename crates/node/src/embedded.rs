@@ -28,16 +28,27 @@ use crate::run::{RunError, Running};
 /// Longest [`Embedded::shutdown`] waits for the node's servers and Raft.
 pub const SHUTDOWN_MS_MAX: u64 = 30_000;
 
+/// Why an embedded node could not start or stop.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
+    /// A setting is invalid; the error names the key.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The node could not start or stop.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The in-process client could not be made.
     #[error("client: {0}")]
     Client(#[from] lockstep_client::Error),
+    /// A member given to `bootstrap` is invalid.
     #[error("bootstrap member {index}: {problem}")]
-    Member { index: usize, problem: String },
+    Member {
+        /// Its place in the list, from 0.
+        index: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Shutdown took longer than [`SHUTDOWN_MS_MAX`].
     #[error("shutdown took longer than {SHUTDOWN_MS_MAX} ms")]
     ShutdownTimeout,
 }
@@ -45,7 +56,9 @@ pub enum EmbeddedError {
 /// One initial member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
+    /// Its Raft id: unique, not 0.
     pub id: u64,
+    /// Where its peers reach it, `ip:port`.
     pub peer_addr: String,
     /// Empty when that member serves no client port.
     pub client_addr: String,
