@@ -380,8 +380,14 @@ impl Cluster {
         channel(self.addr(id).client).await
     }
 
-    /// Forms the cluster from nodes `1..=n` through node 1.
+    /// Forms the cluster from nodes `1..=n` through node 1, once every one
+    /// of them accepts connections: node 1 passes the bootstrap on to the
+    /// others, and a node still starting would refuse it (a loaded machine
+    /// made this race fail a test now and then).
     pub async fn bootstrap(&self, n: u64) -> Result<()> {
+        for id in 1..=n {
+            self.channel(id).await?;
+        }
         let members = (1..=n).map(|id| self.addr(id).member()).collect();
         let mut client = pb::cluster_client::ClusterClient::new(self.channel(1).await?);
         client

@@ -2,6 +2,7 @@
 //! peer and client gRPC servers, the metrics server and the ticker, and a
 //! bounded graceful shutdown.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use openraft::{Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::service::Routes;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic::Status;
 use tower::layer::util::{Identity, Stack};
@@ -76,7 +77,110 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     // with its key named and nothing half-started.
     let tls = crate::tls::load(&config.tls)?;
     let auth = Arc::new(crate::auth::Auth::load(&config.auth)?);
-    if tls.is_none() {
+    warn_if_exposed(&config, tls.is_some(), auth.is_on());
+    // Bound first, so a taken port stops start-up before anything runs.
+    let metrics_listener = bind(&config.metrics_addr, "metrics_addr").await?;
+    let client_listener = bind(&config.client_addr, "client_addr").await?;
+    let peer_listener =
+        bind(&config.peer_addr, "peer_addr")
+            .await?
+            .ok_or_else(|| RunError::Listen {
+                key: "peer_addr",
+                addr: String::new(),
+                message: "a node needs a peer address".into(),
+            })?;
+    let (node, flusher) = open_node(&config, tls.as_ref()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop_rx.clone()));
+    let mut servers = Servers {
+        stop: stop_rx,
+        tasks: Vec::new(),
+    };
+
+    // The in-process services trust their caller (the embedding process
+    // itself); the client port checks every call.
+    let local_services = Services::new(node.clone());
+    let services = local_services
+        .clone()
+        .with_auth(auth)
+        .with_client_tls(tls.as_ref().map(|t| t.peer_client.clone()));
+    let message_max = config.limits.message_bytes_max as usize;
+    let standard = standard_routes().await?;
+    if let Some(listener) = client_listener {
+        let mut builder = Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.client_server.clone())
+                .map_err(|e| RunError::Server(format!("client TLS: {e}")))?;
+        }
+        let router = client_router(
+            builder,
+            &node,
+            client_routes(standard.clone(), services, message_max),
+        );
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        servers.spawn("client server", |stop| async move {
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        });
+    }
+    let in_process = if in_process {
+        let (connections, accepted) =
+            tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(IN_PROCESS_BACKLOG);
+        let incoming =
+            tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
+        let router = client_router(
+            Server::builder(),
+            &node,
+            client_routes(standard, local_services, message_max),
+        );
+        servers.spawn("in-process server", |stop| async move {
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        });
+        Some(in_process_channel(connections, message_max))
+    } else {
+        None
+    };
+    let mut peer_builder = Server::builder();
+    if let Some(tls) = &tls {
+        // Mutual: a caller without a certificate chaining to the cluster CA
+        // is refused in the handshake, before any RPC.
+        peer_builder = peer_builder
+            .tls_config(tls.peer_server.clone())
+            .map_err(|e| RunError::Server(format!("peer TLS: {e}")))?;
+    }
+    let peer_router = peer_builder.add_service(peer_service(
+        node.raft.clone(),
+        Arc::new(NodeForward(node.clone())),
+        node.vote_guard.clone(),
+    ));
+    let peer_incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
+    servers.spawn("peer server", |stop| async move {
+        peer_router
+            .serve_with_incoming_shutdown(peer_incoming, stop)
+            .await
+    });
+    if let Some(listener) = metrics_listener {
+        let task = crate::metrics::http::serve(listener, node.clone(), servers.stop.clone());
+        servers.tasks.push((
+            "metrics server",
+            tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
+        ));
+    }
+    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
+    Ok(Running {
+        node,
+        flusher,
+        in_process,
+        stop_tx,
+        ticker,
+        servers: servers.tasks,
+    })
+}
+
+/// Warns when a port faces the network without TLS, or the client port
+/// without auth: allowed (a private network may be trusted), never silent.
+fn warn_if_exposed(config: &NodeConfig, tls: bool, auth: bool) {
+    if !tls {
         for (key, addr) in [
             ("client_addr", &config.client_addr),
             ("peer_addr", &config.peer_addr),
@@ -90,24 +194,21 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             }
         }
     }
-    if !auth.is_on() && crate::tls::exposed(&config.client_addr) {
+    if !auth && crate::tls::exposed(&config.client_addr) {
         tracing::warn!(
             "client_addr {} is not a loopback address and auth.mode is \"off\": anyone who \
              reaches it may enqueue, consume and administer",
             config.client_addr
         );
     }
-    // Bound first, so a taken port stops start-up before anything runs.
-    let metrics_listener = bind(&config.metrics_addr, "metrics_addr").await?;
-    let client_listener = bind(&config.client_addr, "client_addr").await?;
-    let peer_listener =
-        bind(&config.peer_addr, "peer_addr")
-            .await?
-            .ok_or_else(|| RunError::Listen {
-                key: "peer_addr",
-                addr: String::new(),
-                message: "a node needs a peer address".into(),
-            })?;
+}
+
+/// Opens the store, starts Raft on it and wraps both in a [`Node`]; also
+/// returns a handle that flushes the store at shutdown.
+async fn open_node(
+    config: &NodeConfig,
+    tls: Option<&crate::tls::NodeTls>,
+) -> Result<(Arc<Node>, lockstep_store::LogStore), RunError> {
     let (mut log_store, state_machine) =
         lockstep_store::open(&config.data_dir).await.map_err(|e| {
             RunError::damaged_or(&config.data_dir, e.to_string(), |_| RunError::Store(e))
@@ -122,12 +223,12 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     }
     let vote_guard = Arc::new(VoteGuard::new(fresh));
     let mut network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
-    if let Some(tls) = &tls {
+    if let Some(tls) = tls {
         network = network.with_tls(tls.peer_client.clone());
     }
     let raft = Raft::new(
         config.id,
-        Arc::new(raft_config(&config)?),
+        Arc::new(raft_config(config)?),
         network.clone(),
         log_store,
         state_machine,
@@ -138,25 +239,16 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     .map_err(|e| RunError::damaged_or(&config.data_dir, e.to_string(), RunError::Raft))?;
     let node = Arc::new(Node::new(
         config.clone(),
-        raft.clone(),
+        raft,
         state,
         Arc::new(network),
-        vote_guard.clone(),
+        vote_guard,
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    Ok((node, flusher))
+}
 
-    let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop_rx.clone()));
-    // The in-process services trust their caller (the embedding process
-    // itself); the client port checks every call.
-    let local_services = Services::new(node.clone());
-    let services = local_services
-        .clone()
-        .with_auth(auth)
-        .with_client_tls(tls.as_ref().map(|t| t.peer_client.clone()));
-    let message_max = config.limits.message_bytes_max as usize;
+/// Health and reflection, which every client server answers alike.
+async fn standard_routes() -> Result<Routes, RunError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::queue_server::QueueServer<Services>>()
@@ -165,102 +257,36 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Server(e.to_string()))?;
-    // Health and reflection answer alike on every client server.
-    let standard = Routes::new(health).add_service(reflection);
-    let mut client_builder = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        client_builder = client_builder
-            .tls_config(tls.client_server.clone())
-            .map_err(|e| RunError::Server(format!("client TLS: {e}")))?;
-    }
-    let socket_router = client_router(
-        client_builder,
-        &node,
-        client_routes(standard.clone(), services, message_max),
-    );
+    Ok(Routes::new(health).add_service(reflection))
+}
 
-    let mut servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)> = Vec::new();
-    if let Some(listener) = client_listener {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let router = socket_router.clone();
-        let stop = stopped(stop_rx.clone());
-        servers.push((
-            "client server",
-            tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, stop)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
-        ));
-    }
-    let in_process = if in_process {
-        let (connections, accepted) =
-            tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(IN_PROCESS_BACKLOG);
-        let incoming =
-            tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
-        let router = client_router(
-            tonic::transport::Server::builder(),
-            &node,
-            client_routes(standard, local_services, message_max),
-        );
-        let stop = stopped(stop_rx.clone());
-        servers.push((
-            "in-process server",
-            tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, stop)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
-        ));
-        Some(in_process_channel(connections, message_max))
-    } else {
-        None
-    };
-    let peer_incoming =
-        tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-    let mut peer_builder = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        // Mutual: a caller without a certificate chaining to the cluster CA
-        // is refused in the handshake, before any RPC.
-        peer_builder = peer_builder
-            .tls_config(tls.peer_server.clone())
-            .map_err(|e| RunError::Server(format!("peer TLS: {e}")))?;
-    }
-    let peer_router = peer_builder.add_service(peer_service(
-        raft.clone(),
-        Arc::new(NodeForward(node.clone())),
-        vote_guard,
-    ));
-    let stop = stopped(stop_rx.clone());
-    servers.push((
-        "peer server",
-        tokio::spawn(async move {
-            peer_router
-                .serve_with_incoming_shutdown(peer_incoming, stop)
-                .await
-                .map_err(|e| e.to_string())
-        }),
-    ));
-    if let Some(listener) = metrics_listener {
-        let task = crate::metrics::http::serve(listener, node.clone(), stop_rx.clone());
-        servers.push((
-            "metrics server",
+/// The server tasks of a node, each ending when `stop` turns true.
+struct Servers {
+    stop: watch::Receiver<bool>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
+}
+
+impl Servers {
+    /// Spawns the server `serve` makes from a future that resolves at stop.
+    fn spawn<F, Fut>(&mut self, name: &'static str, serve: F)
+    where
+        F: FnOnce(BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    {
+        let mut stop = self.stop.clone();
+        let stopped: BoxFuture<'static, ()> = Box::pin(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let task = serve(stopped);
+        self.tasks.push((
+            name,
             tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
         ));
     }
-    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
-    Ok(Running {
-        node,
-        flusher,
-        in_process,
-        stop_tx,
-        ticker,
-        servers,
-    })
 }
+
+/// A boxed future that can cross threads.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The layers every client server puts around the client API: per-call
 /// metrics and spans, then the leader hint on every answer.
