@@ -216,6 +216,16 @@ async fn wiped_follower_catches_up_by_snapshot() {
             "installed a snapshot: {w:?}"
         );
         assert_same_state(c, &[1, 2, 3], Duration::from_secs(30)).await;
+        // It votes again only once the leader confirmed a commit index it
+        // has applied (the vote guard); an operator waits for this too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.status(wiped).await.unwrap().vote_guarded {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the vote guard never lifted"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // Now kill the leader: the wiped-and-rebuilt node is part of the
         // new majority, and nothing acked is lost.

@@ -1,12 +1,32 @@
-//! Forming a cluster: initializing Raft with the first membership, and
-//! telling a node that never took part in one (or lost its data) from one
-//! that did.
+//! Forming a cluster, safely however often it is asked: probe every other
+//! member first, change nothing anywhere unless the cluster is new, then
+//! initialize every member with the same first membership.
+//!
+//! Raft cannot tell a new node from one that lost its data: both have no
+//! log and no vote. Initializing a node that lost its data would lift its
+//! vote guard and let it help elect a leader without entries it had
+//! acknowledged. So a node may be initialized only when the probe shows
+//! the cluster never formed: enough other members answer to cover every
+//! majority that could hold a committed entry without this node, and none
+//! of them (nor this node) has a log or a vote (see ARCHITECTURE.md,
+//! "vote guard"). The same rule serves `Cluster.Bootstrap` and an embedded
+//! node's `bootstrap(..)`, which may run at every start.
 
-use lockstep_types::{NodeInfo, TypeConfig};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lockstep_types::forward::{Probed, Request, Response};
+use lockstep_types::{NodeId, NodeInfo, TypeConfig};
 use openraft::Raft;
+use tonic::Status;
 
 use crate::error::RunError;
 use crate::node::Node;
+
+/// Deadline of one probe or initialize call to another member.
+pub(crate) const BOOTSTRAP_CALL_MS_MAX: u64 = 5_000;
+/// Tries of passing the initialize on to one member before giving up.
+const INITIALIZE_TRIES_MAX: u32 = 3;
 
 /// A store with no vote and no log belongs to a node that never took part
 /// in a cluster, or lost its data.
@@ -23,13 +43,127 @@ pub(crate) async fn is_fresh(log_store: &mut lockstep_store::LogStore) -> Result
     Ok(vote.is_none() && state.last_log_id.is_none())
 }
 
-/// Forms the cluster from `members` if this Raft has never been
-/// initialized; harmless otherwise.
-pub async fn bootstrap(
+/// What this node holds, for a probe.
+pub(crate) fn probe_local(node: &Node) -> Probed {
+    let m = node.raft.metrics().borrow().clone();
+    Probed {
+        last_log_index: m.last_log_index,
+        vote_term: m.vote.leader_id().term,
+        guarded: node.guard.is_up(),
+    }
+}
+
+/// How a bootstrap ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Formed {
+    /// This node initialized the cluster.
+    Now,
+    /// This node already had a log or a vote: the cluster was formed.
+    Before,
+}
+
+/// How many of `others` other members must answer a probe so that the
+/// answers cover every majority of `n` members that might hold a committed
+/// entry without this node (which may have lost its copy): more than
+/// `others - (majority - 1)`.
+fn probes_needed(n: usize, others: usize) -> usize {
+    let majority = n / 2 + 1;
+    (others + 2).saturating_sub(majority).min(others)
+}
+
+/// Forms the cluster from `members` (this node among them): probes the
+/// other members, then initializes this node and passes the initialize on.
+/// Changes nothing anywhere unless the probe shows a cluster that never
+/// formed.
+pub(crate) async fn form(node: &Node, members: &[(NodeId, NodeInfo)]) -> Result<Formed, Status> {
+    if !probe_local(node).is_empty() {
+        return Ok(Formed::Before);
+    }
+    let others: Vec<&(NodeId, NodeInfo)> =
+        members.iter().filter(|(id, _)| *id != node.id).collect();
+    let timeout = Duration::from_millis(BOOTSTRAP_CALL_MS_MAX);
+    let mut calls = tokio::task::JoinSet::new();
+    for (id, info) in others.iter().cloned().cloned() {
+        let forwarding = node.forwarding.clone();
+        calls.spawn(async move {
+            let answer = forwarding
+                .to_node(id, &info, &Request::Probe, timeout)
+                .await;
+            (id, answer)
+        });
+    }
+    let mut answered = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok((id, Ok(Response::Probe(probed)))) => answered.push((id, probed)),
+            Ok((id, Ok(other))) => failures.push(format!("node {id}: unexpected {other:?}")),
+            Ok((id, Err(status))) => failures.push(format!("node {id}: {}", status.message())),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if let Some((id, probed)) = answered.iter().find(|(_, p)| !p.is_empty()) {
+        return Err(Status::failed_precondition(format!(
+            "node {id} already has {} (the cluster is formed): this node has no data and must \
+             not form a new cluster; it rejoins by itself, and votes again once it has applied \
+             a commit index the leader confirmed (see `vote_guarded` in cluster status)",
+            match probed.last_log_index {
+                Some(last) => format!("a log up to index {last}"),
+                None => format!("a vote in term {}", probed.vote_term),
+            }
+        )));
+    }
+    let needed = probes_needed(members.len(), others.len());
+    if answered.len() < needed {
+        failures.sort();
+        return Err(Status::unavailable(format!(
+            "bootstrap reached {} of the {} other members, fewer than the {needed} needed to \
+             know the cluster is new ({}); nothing was changed. Start them and run bootstrap \
+             again",
+            answered.len(),
+            others.len(),
+            failures.join("; ")
+        )));
+    }
+    initialize_local(node, members.to_vec())
+        .await
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    // Every initial member gets the same membership, so none of them stays
+    // guarded; a member that cannot be reached now is guarded when it
+    // starts and catches up from the leader.
+    let mut calls = tokio::task::JoinSet::new();
+    for (id, info) in others.into_iter().cloned() {
+        let forwarding = node.forwarding.clone();
+        let request = Request::Initialize {
+            members: members.to_vec(),
+        };
+        calls.spawn(async move {
+            let mut last = None;
+            for _ in 0..INITIALIZE_TRIES_MAX {
+                match forwarding.to_node(id, &info, &request, timeout).await {
+                    Ok(Response::Initialized(_)) => return,
+                    Ok(other) => last = Some(format!("unexpected {other:?}")),
+                    Err(status) => last = Some(status.message().to_string()),
+                }
+            }
+            tracing::warn!(
+                node = id,
+                error = last.unwrap_or_default(),
+                "bootstrap: could not initialize this member; it will catch up from the leader"
+            );
+        });
+    }
+    while calls.join_next().await.is_some() {}
+    Ok(Formed::Now)
+}
+
+/// Initializes Raft with `members` if it has never been initialized;
+/// harmless (false) otherwise.
+async fn initialize_raft(
     raft: &Raft<TypeConfig>,
-    members: Vec<(u64, NodeInfo)>,
+    members: Vec<(NodeId, NodeInfo)>,
 ) -> Result<bool, RunError> {
-    let members: std::collections::BTreeMap<u64, NodeInfo> = members.into_iter().collect();
+    let members: BTreeMap<NodeId, NodeInfo> = members.into_iter().collect();
     match raft.initialize(members).await {
         Ok(()) => Ok(true),
         Err(e) => match e.api_error() {
@@ -40,17 +174,41 @@ pub async fn bootstrap(
 }
 
 /// Initializes this node alone with the cluster's first membership
-/// `members`; every initial member must be initialized with the same one.
-/// Harmless (false) if this node was initialized before.
-pub async fn initialize_local(
+/// `members`, as the node that probed the members asks
+/// (`Request::Initialize`). Harmless (false) if this node has a log or a
+/// vote.
+pub(crate) async fn initialize_local(
     node: &Node,
-    members: Vec<(u64, NodeInfo)>,
+    members: Vec<(NodeId, NodeInfo)>,
 ) -> Result<bool, RunError> {
-    let initialized = bootstrap(&node.raft, members).await?;
+    if !probe_local(node).is_empty() {
+        return Ok(false);
+    }
+    let initialized = initialize_raft(&node.raft, members).await?;
     if initialized {
-        // Initialized with the first membership: nothing was ever committed
-        // without this node, so it may vote (see VoteGuard).
-        node.vote_guard.allow();
+        // A node that forms the cluster holds everything ever committed,
+        // which is nothing: it may vote.
+        node.guard.lift(&node.raft).await?;
     }
     Ok(initialized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probes_needed;
+
+    #[test]
+    fn the_probe_covers_every_majority_without_this_node() {
+        // 3 members: both others (a committed entry may sit on this node
+        // and one other).
+        assert_eq!(probes_needed(3, 2), 2);
+        // 5 members: 3 of the 4 others.
+        assert_eq!(probes_needed(5, 4), 3);
+        // 1 member: nobody else to ask.
+        assert_eq!(probes_needed(1, 0), 0);
+        // 2 members: the other one.
+        assert_eq!(probes_needed(2, 1), 1);
+        // 4 members (majority 3): 2 of the 3 others.
+        assert_eq!(probes_needed(4, 3), 2);
+    }
 }

@@ -178,10 +178,13 @@ impl EmbeddedBuilder {
             }
         };
         if !members.is_empty() {
-            if let Err(e) = crate::bootstrap::initialize_local(&running.node, members).await {
-                let _ = running.shutdown().await;
-                return Err(e.into());
-            }
+            // In the background: the other members may not be up yet, and
+            // forming waits for enough of them to know the cluster is new.
+            tokio::spawn(form_until_done(
+                running.node.clone(),
+                members,
+                running.stopping(),
+            ));
         }
         Ok(Embedded { running, client })
     }
@@ -220,5 +223,42 @@ impl EmbeddedBuilder {
             });
         }
         Ok(out)
+    }
+}
+
+/// How long an embedded node waits between tries to form its cluster while
+/// too few members answer.
+const FORM_RETRY_MS: u64 = 1_000;
+
+/// Tries to form the cluster from `members` until it is formed (here or
+/// before), a member shows it formed without this node (which then
+/// rejoins by itself, under the vote guard), or the node stops. Each try
+/// is bounded by the bootstrap's own call deadlines.
+async fn form_until_done(
+    node: std::sync::Arc<crate::node::Node>,
+    members: Vec<(u64, NodeInfo)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match crate::bootstrap::form(&node, &members).await {
+            Ok(formed) => {
+                tracing::info!(?formed, "embedded bootstrap done");
+                return;
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tracing::info!(reason = status.message(), "embedded bootstrap: retrying");
+            }
+            Err(status) => {
+                tracing::warn!(
+                    reason = status.message(),
+                    "embedded bootstrap: not forming a cluster"
+                );
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(FORM_RETRY_MS)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 mod convert;
 pub mod embedded;
 mod error;
+mod guard;
 mod hint;
 mod metrics;
 mod node;

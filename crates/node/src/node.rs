@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::batcher::{Batcher, WriteFailure};
 use crate::config::NodeConfig;
+use crate::guard::Guard;
 use crate::metrics::registry::Metrics;
 
 /// One node: its Raft, its applied state and how it reaches the leader.
@@ -36,9 +37,10 @@ pub struct Node {
     /// This node's event metrics (RPC and commit latency, forwards).
     pub metrics: Arc<Metrics>,
     pub(crate) batcher: Batcher,
-    forwarding: Forwarding,
-    /// Whether this node may vote yet (see `lockstep_raft::VoteGuard`).
-    pub vote_guard: Arc<lockstep_raft::VoteGuard>,
+    pub(crate) forwarding: Forwarding,
+    /// Whether this node may vote yet, and what raising and lifting that
+    /// touch (see `lockstep_raft::VoteGuard`).
+    pub(crate) guard: Guard,
 }
 
 impl std::fmt::Debug for Node {
@@ -61,7 +63,7 @@ impl Node {
         raft: Raft<TypeConfig>,
         state: StateHandle,
         forwarder: Arc<dyn Forwarder>,
-        vote_guard: Arc<lockstep_raft::VoteGuard>,
+        guard: Guard,
     ) -> Node {
         let metrics = Arc::new(Metrics::new());
         let batcher = Batcher::start(
@@ -78,7 +80,7 @@ impl Node {
             state,
             metrics,
             batcher,
-            vote_guard,
+            guard,
         }
     }
 
@@ -132,6 +134,22 @@ impl Node {
                 }
                 self.submit_write(command).await
             }
+            Request::Read(Read::ConfirmedCommit) => {
+                // The read index: the leader proves it still leads with a
+                // round of heartbeats to a majority, so a deposed leader
+                // cannot answer (see `lockstep_raft::VoteGuard`).
+                Ok(match self.raft.get_read_log_id().await {
+                    Ok((read, _)) => {
+                        Response::Read(Ok(ReadReply::ConfirmedCommit(read.map_or(0, |l| l.index))))
+                    }
+                    Err(err) => match err.forward_to_leader() {
+                        Some(f) => Response::NotLeader {
+                            leader: f.leader_id.zip(f.leader_node.clone()),
+                        },
+                        None => Response::Unavailable(err.to_string()),
+                    },
+                })
+            }
             Request::Read(read) => {
                 if let Err(err) = self.raft.ensure_linearizable().await {
                     return Ok(match err.forward_to_leader() {
@@ -144,6 +162,12 @@ impl Node {
                 Ok(Response::Read(self.read_state(read)?))
             }
             Request::Membership(change) => Ok(self.change_membership(change).await),
+            // Answered by this node itself, wherever the leader is.
+            Request::Probe => Ok(Response::Probe(crate::bootstrap::probe_local(self))),
+            Request::Initialize { members } => crate::bootstrap::initialize_local(self, members)
+                .await
+                .map(Response::Initialized)
+                .map_err(|e| Status::failed_precondition(e.to_string())),
         }
     }
 
@@ -293,6 +317,11 @@ impl Node {
             .read(|s| match read {
                 Read::Queue { name } => s.queue_info(&name).map(ReadReply::Queue),
                 Read::ListQueues => Ok(ReadReply::Queues(s.list_queues())),
+                // Only the leader answers it, in `execute_local`: a stale
+                // local answer would defeat its purpose.
+                Read::ConfirmedCommit => Err(core::Error::FailedPrecondition {
+                    message: "the confirmed commit index is answered by the leader only".into(),
+                }),
                 Read::Groups {
                     queue,
                     filter,

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_raft::{peer_service, ForwardHandler, PeerNetworkFactory, VoteGuard};
+use lockstep_raft::{peer_service, ForwardHandler, PeerNetworkFactory};
 use openraft::{Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -19,6 +19,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::bootstrap::is_fresh;
 use crate::config::NodeConfig;
 use crate::error::RunError;
+use crate::guard::Guard;
 use crate::hint::LeaderHintLayer;
 use crate::metrics::layer::RpcLayer;
 use crate::node::Node;
@@ -65,6 +66,8 @@ pub struct Running {
     pub in_process: Option<tonic::transport::Channel>,
     stop_tx: watch::Sender<bool>,
     ticker: tokio::task::JoinHandle<()>,
+    /// Lifts the vote guard once this node holds the committed log.
+    guard: tokio::task::JoinHandle<()>,
     servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
 }
 
@@ -92,6 +95,12 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     let (node, flusher) = open_node(&config, tls.as_ref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop_rx.clone()));
+    let guard = tokio::spawn(crate::guard::run(
+        node.guard.clone(),
+        node.raft.clone(),
+        node.forwarding.clone(),
+        stop_rx.clone(),
+    ));
     let mut servers = Servers {
         stop: stop_rx,
         tasks: Vec::new(),
@@ -100,10 +109,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     // The in-process services trust their caller (the embedding process
     // itself); the client port checks every call.
     let local_services = Services::new(node.clone());
-    let services = local_services
-        .clone()
-        .with_auth(auth)
-        .with_client_tls(tls.as_ref().map(|t| t.peer_client.clone()));
+    let services = local_services.clone().with_auth(auth);
     let message_max = config.limits.message_bytes_max as usize;
     let standard = standard_routes().await?;
     if let Some(listener) = client_listener {
@@ -151,7 +157,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     let peer_router = peer_builder.add_service(peer_service(
         node.raft.clone(),
         Arc::new(NodeForward(node.clone())),
-        node.vote_guard.clone(),
+        node.guard.vote.clone(),
     ));
     let peer_incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
     servers.spawn("peer server", |stop| async move {
@@ -173,6 +179,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         in_process,
         stop_tx,
         ticker,
+        guard,
         servers: servers.tasks,
     })
 }
@@ -221,7 +228,8 @@ async fn open_node(
             "no vote and no log on disk: this node votes once it has a leader's committed log"
         );
     }
-    let vote_guard = Arc::new(VoteGuard::new(fresh));
+    // Raised, and recorded synced, before Raft starts (see `guard`).
+    let guard = Guard::open(log_store.clone(), fresh).await?;
     let mut network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
     if let Some(tls) = tls {
         network = network.with_tls(tls.peer_client.clone());
@@ -237,12 +245,15 @@ async fn open_node(
     // openraft re-applies the log after the snapshot here: a damaged table
     // block of the log is met now, before the node serves anything.
     .map_err(|e| RunError::damaged_or(&config.data_dir, e.to_string(), RunError::Raft))?;
+    // A guarded node must not campaign either: a candidate's own vote for
+    // itself is a vote too.
+    raft.runtime_config().elect(!guard.is_up());
     let node = Arc::new(Node::new(
         config.clone(),
         raft,
         state,
         Arc::new(network),
-        vote_guard,
+        guard,
     ));
     Ok((node, flusher))
 }
@@ -374,6 +385,12 @@ impl Running {
             tracing::warn!("ticker did not stop within {SERVER_STOP_MS_MAX} ms; aborted");
             ticker.abort();
         }
+        // The guard task ends at stop within one question to the leader;
+        // its work is idempotent, so cutting it off loses nothing.
+        let mut guard = self.guard;
+        if tokio::time::timeout(bound, &mut guard).await.is_err() {
+            guard.abort();
+        }
         for (name, mut task) in self.servers {
             match tokio::time::timeout(bound, &mut task).await {
                 Ok(Ok(Ok(()))) => {}
@@ -398,6 +415,11 @@ impl Running {
             Err(_) => tracing::warn!("flush at shutdown took over {SERVER_STOP_MS_MAX} ms"),
         }
         Ok(())
+    }
+
+    /// A watch that turns true when the node is asked to stop.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop_tx.subscribe()
     }
 
     /// Waits until Raft stops by itself: a storage error (a damaged table

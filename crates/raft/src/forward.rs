@@ -181,6 +181,41 @@ impl Forwarding {
         status
     }
 
+    /// Sends `request` once to the leader this node knows of, when that is
+    /// another node, waiting at most `timeout`; no retry. For questions
+    /// only the leader can answer and that the caller repeats anyway.
+    pub async fn to_leader_once(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, Status> {
+        let leader = self
+            .raft
+            .current_leader()
+            .await
+            .filter(|id| *id != self.id)
+            .ok_or_else(|| Status::unavailable("no other node is known to lead"))?;
+        let node = self
+            .member(leader)
+            .ok_or_else(|| Status::unavailable(format!("leader {leader} is not a member")))?;
+        self.to_node(leader, &node, request, timeout).await
+    }
+
+    /// Sends `request` once to node `id` at `node`, waiting at most
+    /// `timeout`, and decodes its answer.
+    pub async fn to_node(
+        &self,
+        id: NodeId,
+        node: &NodeInfo,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, Status> {
+        let encoded = codec::encode(request).map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = self.forwarder.forward(id, node, encoded, timeout).await?;
+        codec::decode::<Response>(&bytes)
+            .map_err(|e| Status::internal(format!("answer of node {id}: {e}")))
+    }
+
     /// The leader's client address when another node leads and has one.
     pub fn other_leader_client_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics();

@@ -1,88 +1,98 @@
-//! The vote guard: a node that lost its data must not vote until it has the
-//! committed log again.
+//! The vote guard: a node that lost its data must not vote, nor campaign,
+//! until it holds the committed log again.
 //!
 //! Raft's safety rests on two things a voter keeps on disk: the vote it cast
 //! in each term, and every entry it acknowledged. A node restarted with a
 //! wiped data directory has neither, yet the membership still counts it as
 //! a voter. If it voted at once it could vote twice in one term, or help a
 //! candidate that lacks entries committed with its own (forgotten)
-//! acknowledgements win — both lose acknowledged writes.
+//! acknowledgements win: both lose acknowledged writes.
 //!
-//! So a node that starts with no vote and no log ("fresh") refuses vote
-//! requests until an AppendEntries from a leader shows that its log covers
-//! that leader's commit index. From then on it holds every entry committed
-//! before the wipe, and the leader's term is saved as its vote, so it is as
-//! safe a voter as one that never lost its disk. While it waits, a cluster
-//! that needs its vote has no majority and stays unavailable (never
-//! inconsistent) until the old leader returns.
+//! The rule (after Alagappan et al., "Protocol-Aware Recovery for
+//! Consensus-Based Storage", FAST 2018, and etcd's procedure for a member
+//! that lost its disk):
 //!
-//! A fresh node that takes part in the first bootstrap is initialized with
-//! the same membership as the others, which lifts the guard ([`VoteGuard::allow`]).
-//! A joining node catches up as a learner first, which lifts it too.
+//! - A node that starts on an empty directory is guarded. The node records
+//!   that, synced, before Raft starts, and keeps it across restarts until
+//!   the guard lifts, so a restart in the middle of catching up (with part
+//!   of a log) is still guarded.
+//! - While guarded it neither votes nor campaigns (openraft's `elect` is
+//!   off).
+//! - It lifts only on a commit index that the current leader confirmed with
+//!   a majority of the membership (openraft's read index: the leader proves
+//!   it still leads by a round of heartbeats, so a stale, partitioned leader
+//!   cannot answer), once this node has applied up to it
+//!   ([`VoteGuard::confirmed`], then [`VoteGuard::applied`]). One
+//!   AppendEntries never lifts it: a deposed leader may still send one.
+//! - Forming a cluster lifts it too ([`VoteGuard::allow`]): a node
+//!   initialized with the first membership holds everything ever committed,
+//!   which is nothing.
+//!
+//! While it waits, a cluster that needs its vote has no majority and stays
+//! unavailable (never inconsistent) until a node with the log returns.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// `commit_seen` before any AppendEntries succeeded.
-const NO_COMMIT: u64 = u64::MAX;
+/// `target` before any leader confirmed a commit index.
+const NO_TARGET: u64 = u64::MAX;
 
+/// Whether this node may vote and campaign yet; see the module docs.
 #[derive(Debug)]
 pub struct VoteGuard {
     allowed: AtomicBool,
-    /// The highest leader commit index a successful AppendEntries carried.
-    commit_seen: AtomicU64,
+    /// The highest commit index a leader confirmed with a majority.
+    target: AtomicU64,
 }
 
 impl VoteGuard {
-    /// `fresh`: this node started with no vote and no log.
-    pub fn new(fresh: bool) -> VoteGuard {
+    /// `guarded`: this node started on an empty directory, or was guarded
+    /// when it stopped.
+    pub fn new(guarded: bool) -> VoteGuard {
         VoteGuard {
-            allowed: AtomicBool::new(!fresh),
-            commit_seen: AtomicU64::new(NO_COMMIT),
+            allowed: AtomicBool::new(!guarded),
+            target: AtomicU64::new(NO_TARGET),
         }
     }
 
+    /// Whether the guard is lifted.
     pub fn allowed(&self) -> bool {
         self.allowed.load(Ordering::Acquire)
     }
 
-    /// Lifts the guard for good.
+    /// Lifts the guard for good. The caller has recorded the lift on disk
+    /// first, or lifts it because the node formed the cluster.
     pub fn allow(&self) {
         if !self.allowed.swap(true, Ordering::AcqRel) {
             tracing::info!("vote guard lifted: this node has the committed log and may vote");
         }
     }
 
-    /// After a successful AppendEntries: remembers the leader's commit
-    /// index and lifts the guard if the local log already reaches it.
-    /// `last_log_index` comes from Raft's metrics, which may trail the
-    /// append just made; [`VoteGuard::recheck`] looks again later.
-    pub fn observe(&self, last_log_index: Option<u64>, leader_commit: Option<u64>) {
-        if self.allowed() {
-            return;
-        }
-        if let Some(commit) = leader_commit {
-            let seen = self.commit_seen.load(Ordering::Acquire);
-            if seen == NO_COMMIT || commit > seen {
-                self.commit_seen.store(commit, Ordering::Release);
+    /// A leader confirmed `commit_index` with a majority of the current
+    /// membership (its read index). Only the highest one counts.
+    pub fn confirmed(&self, commit_index: u64) {
+        let mut seen = self.target.load(Ordering::Acquire);
+        while seen == NO_TARGET || commit_index > seen {
+            match self.target.compare_exchange(
+                seen,
+                commit_index,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => seen = now,
             }
         }
-        self.recheck(last_log_index);
     }
 
-    /// Lifts the guard if the local log reaches the highest leader commit
-    /// seen. Called again when a vote request arrives, when the metrics
-    /// have long caught up with the last append.
-    pub fn recheck(&self, last_log_index: Option<u64>) {
+    /// Whether this node, having applied up to `applied_index`, holds every
+    /// entry a leader confirmed as committed: the guard may lift (the
+    /// caller records that, synced, then calls [`VoteGuard::allow`]).
+    pub fn may_lift(&self, applied_index: Option<u64>) -> bool {
         if self.allowed() {
-            return;
+            return false;
         }
-        let seen = self.commit_seen.load(Ordering::Acquire);
-        tracing::debug!(?last_log_index, seen, "vote guard: checking catch-up");
-        if let Some(last) = last_log_index {
-            if seen != NO_COMMIT && last >= seen {
-                self.allow();
-            }
-        }
+        let target = self.target.load(Ordering::Acquire);
+        target != NO_TARGET && applied_index.is_some_and(|a| a >= target)
     }
 }
 
@@ -91,30 +101,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fresh_node_votes_only_once_its_log_covers_the_leader_commit() {
+    fn a_guarded_node_may_lift_only_once_it_applied_a_confirmed_commit_index() {
         let guard = VoteGuard::new(true);
         assert!(!guard.allowed());
-        guard.observe(Some(10), Some(11));
-        assert!(!guard.allowed(), "one entry short");
-        guard.observe(None, Some(3));
-        assert!(!guard.allowed(), "no log at all");
-        guard.observe(Some(11), Some(11));
+        assert!(
+            !guard.may_lift(Some(1_000)),
+            "no leader confirmed anything yet"
+        );
+        guard.confirmed(11);
+        assert!(!guard.may_lift(Some(10)), "one entry short");
+        assert!(!guard.may_lift(None), "nothing applied at all");
+        assert!(guard.may_lift(Some(11)));
+        guard.confirmed(5);
+        assert!(
+            guard.may_lift(Some(11)),
+            "a lower confirmation never lowers the bar"
+        );
+        guard.confirmed(20);
+        assert!(!guard.may_lift(Some(11)), "a higher one raises it");
+        guard.allow();
         assert!(guard.allowed());
-        guard.observe(Some(0), Some(100));
-        assert!(guard.allowed(), "once lifted, stays lifted");
-    }
-
-    #[test]
-    fn a_later_recheck_lifts_the_guard_when_the_metrics_trailed_the_append() {
-        let guard = VoteGuard::new(true);
-        guard.recheck(Some(50));
-        assert!(!guard.allowed(), "no leader commit seen yet");
-        guard.observe(Some(159), Some(164));
-        assert!(!guard.allowed());
-        guard.recheck(Some(163));
-        assert!(!guard.allowed());
-        guard.recheck(Some(164));
-        assert!(guard.allowed());
+        assert!(
+            !guard.may_lift(Some(20)),
+            "once lifted, nothing left to lift"
+        );
     }
 
     #[test]

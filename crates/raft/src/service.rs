@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use lockstep_core::codec;
 use lockstep_types::TypeConfig;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
-};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Raft;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
@@ -85,21 +83,13 @@ impl Peer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request("AppendEntries", request)?;
-        let leader_commit = rpc.leader_commit.map(|l| l.index);
-        let reply = self.raft.append_entries(rpc).await;
-        if matches!(reply, Ok(AppendEntriesResponse::Success)) {
-            let last = self.raft.metrics().borrow().last_log_index;
-            self.guard.observe(last, leader_commit);
-        }
-        encode_reply("AppendEntries", &reply)
+        // No AppendEntries lifts the vote guard: a deposed leader may still
+        // send one, with an old commit index (see `guard`).
+        encode_reply("AppendEntries", &self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let rpc: VoteRequest<lockstep_types::NodeId> = decode_request("Vote", request)?;
-        if !self.guard.allowed() {
-            let last = self.raft.metrics().borrow().last_log_index;
-            self.guard.recheck(last);
-        }
         if !self.guard.allowed() {
             // Read by the candidate as an unreachable voter; see `guard`.
             return Err(Status::unavailable(

@@ -23,6 +23,10 @@ use lockstep_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// Whether the vote guard is up (see `lockstep_raft::VoteGuard`): written,
+/// synced, before Raft starts on an empty directory, and kept until the
+/// guard lifts, so a restart in the middle of catching up stays guarded.
+const KEY_GUARDED: &[u8] = b"guarded";
 /// The state machine's last applied log id, in its own column family; see
 /// [`LogStore::read_committed`] for why the log store reads it.
 pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -98,6 +102,28 @@ impl LogStore {
                 .collect::<Result<_>>()?;
             db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
                 .map_err(StoreError::rocks("flush the memtables"))
+        })
+        .await
+    }
+
+    /// Whether the vote guard was left up (false when never written).
+    pub async fn read_guarded(&self) -> Result<bool> {
+        let db = self.db.clone();
+        blocking(move || Ok(read_value::<bool>(&db, CF_META, KEY_GUARDED)?.unwrap_or(false))).await
+    }
+
+    /// Records, synced, whether the vote guard is up: it must be on disk
+    /// before Raft can act on it (raising it) or after the node acted on it
+    /// being lifted (a vote may follow at once).
+    pub async fn save_guarded(&self, guarded: bool) -> Result<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let value = codec::encode(&guarded)
+                .map_err(StoreError::codec("encode the vote guard's state"))?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_META)?, KEY_GUARDED, value);
+            db.write_opt(batch, &sync_write())
+                .map_err(StoreError::rocks("write and sync the vote guard's state"))
         })
         .await
     }

@@ -19,6 +19,34 @@ pub enum Request {
     Read(Read),
     /// A membership change; only the leader can propose one.
     Membership(MembershipChange),
+    /// What the receiving node holds, answered by that node itself (not
+    /// the leader): the first step of forming a cluster.
+    Probe,
+    /// Initialize the receiving node with the cluster's first membership,
+    /// if it has no log and no vote: the second step, sent by the node that
+    /// probed the members.
+    Initialize {
+        /// The first members: id, peer and client addresses.
+        members: Vec<(NodeId, NodeInfo)>,
+    },
+}
+
+/// What a node holds, as a probe sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probed {
+    /// The index of its last log entry, if it has any.
+    pub last_log_index: Option<u64>,
+    /// The term of its vote, 0 if it never voted.
+    pub vote_term: u64,
+    /// Whether its vote guard is up.
+    pub guarded: bool,
+}
+
+impl Probed {
+    /// Whether the node never took part in a cluster: no log, no vote.
+    pub fn is_empty(&self) -> bool {
+        self.last_log_index.is_none() && self.vote_term == 0
+    }
 }
 
 /// A change of the voting members, run by the leader.
@@ -68,6 +96,9 @@ pub enum Read {
         /// The most groups on the page.
         limit: u32,
     },
+    /// The commit index the leader confirms with a majority of the
+    /// membership (its read index), for a guarded node's catch-up.
+    ConfirmedCommit,
     /// One page of a queue's dead letters.
     DeadLetters {
         /// The queue's name.
@@ -85,7 +116,7 @@ impl Request {
         match self {
             Request::Write(command) => command.queue(),
             Request::Read(read) => read.queue(),
-            Request::Membership(_) => None,
+            Request::Membership(_) | Request::Probe | Request::Initialize { .. } => None,
         }
     }
 }
@@ -95,7 +126,7 @@ impl Read {
     pub fn queue(&self) -> Option<&str> {
         match self {
             Read::Queue { name } => Some(name),
-            Read::ListQueues => None,
+            Read::ListQueues | Read::ConfirmedCommit => None,
             Read::Groups { queue, .. } | Read::DeadLetters { queue, .. } => Some(queue),
         }
     }
@@ -110,6 +141,8 @@ pub enum ReadReply {
     Queues(Vec<core::QueueInfo>),
     /// One page of groups.
     Groups(core::GroupPage),
+    /// The leader's confirmed commit index (0: none yet).
+    ConfirmedCommit(u64),
     /// The page, and the stored job of each dead letter, in order.
     DeadLetters(core::DeadLetterPage, Vec<Option<JobBlob>>),
 }
@@ -128,6 +161,11 @@ pub enum Response {
     Read(Result<ReadReply, core::Error>),
     /// A membership change's outcome.
     Membership(Result<(), WireStatus>),
+    /// What the probed node holds.
+    Probe(Probed),
+    /// Whether an `Initialize` initialized the node (false: it already had
+    /// a log or a vote, and nothing changed).
+    Initialized(bool),
     /// The receiving node is not the leader.
     NotLeader {
         /// The leader this node knows of, if any.

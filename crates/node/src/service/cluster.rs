@@ -1,7 +1,6 @@
 //! `lockstep.v1.Cluster`: bootstrap, status, join and remove.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use lockstep_types::forward as fwd;
 use lockstep_types::NodeInfo;
@@ -18,9 +17,6 @@ impl pb::cluster_server::Cluster for Services {
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         self.auth.authorize_cluster(&metadata)?;
-        // Passed on with the bootstrap, so the other members check it too.
-        let authorization = metadata.get("authorization").cloned();
-        let this_node_only = request.this_node_only;
         let members: Vec<(u64, NodeInfo)> = request
             .members
             .iter()
@@ -45,49 +41,10 @@ impl pb::cluster_server::Cluster for Services {
                 self.node.id
             )));
         }
-        let initialized = crate::bootstrap::initialize_local(&self.node, members)
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        if !this_node_only {
-            // Every initial member is initialized with the same membership,
-            // so none of them starts as a fresh node that may not vote.
-            let local = self.node.config.peer_socket().ip();
-            let mut calls = tokio::task::JoinSet::new();
-            for m in request.members.iter().filter(|m| m.id != self.node.id) {
-                let forwarded = pb::BootstrapRequest {
-                    members: request.members.clone(),
-                    this_node_only: true,
-                };
-                let (id, addr) = (m.id, m.client_addr.clone());
-                let mut forwarded = Request::new(forwarded);
-                if let Some(value) = &authorization {
-                    forwarded
-                        .metadata_mut()
-                        .insert("authorization", value.clone());
-                }
-                let tls = self.client_tls.clone();
-                calls.spawn(
-                    async move { (id, bootstrap_member(local, addr, tls, forwarded).await) },
-                );
-            }
-            let mut reached = 1;
-            let mut failures = Vec::new();
-            while let Some(joined) = calls.join_next().await {
-                match joined {
-                    Ok((_, Ok(()))) => reached += 1,
-                    Ok((id, Err(e))) => failures.push(format!("node {id}: {e}")),
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            let majority = request.members.len() / 2 + 1;
-            if reached < majority {
-                return Err(Status::unavailable(format!(
-                    "bootstrap reached {reached} of {} members, fewer than a majority ({}); start them and run bootstrap again",
-                    request.members.len(),
-                    failures.join("; ")
-                )));
-            }
-        }
+        // Probes every member first and changes nothing anywhere unless
+        // the cluster never formed (see `crate::bootstrap`).
+        let formed = crate::bootstrap::form(&self.node, &members).await?;
+        let initialized = formed == crate::bootstrap::Formed::Now;
         Ok(Response::new(pb::BootstrapResponse { initialized }))
     }
 
@@ -153,6 +110,7 @@ impl pb::cluster_server::Cluster for Services {
             state_digest: format!("{digest:032x}"),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
+            vote_guarded: self.node.guard.is_up(),
         }))
     }
 
@@ -186,35 +144,6 @@ impl pb::cluster_server::Cluster for Services {
             .await?;
         Ok(Response::new(pb::RemoveResponse {}))
     }
-}
-
-/// Deadline of passing a bootstrap on to one other member.
-const BOOTSTRAP_CALL_MS_MAX: u64 = 5_000;
-
-/// Passes a bootstrap on to another member's client port, from this
-/// node's own address.
-async fn bootstrap_member(
-    local: std::net::IpAddr,
-    addr: String,
-    tls: Option<tonic::transport::ClientTlsConfig>,
-    request: Request<pb::BootstrapRequest>,
-) -> Result<(), String> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| e.to_string())?;
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
-    }
-    let endpoint = endpoint
-        .local_address(Some(local))
-        .connect_timeout(Duration::from_millis(BOOTSTRAP_CALL_MS_MAX))
-        .timeout(Duration::from_millis(BOOTSTRAP_CALL_MS_MAX));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    pb::cluster_client::ClusterClient::new(channel)
-        .bootstrap(request)
-        .await
-        .map(|_| ())
-        .map_err(|s| s.message().to_string())
 }
 
 impl Services {

@@ -27,9 +27,6 @@ pub struct Services {
     id_seq: Arc<std::sync::atomic::AtomicU64>,
     /// Checked first in every call, before the request becomes a command.
     auth: Arc<Auth>,
-    /// TLS for the calls this node makes to other nodes' client ports
-    /// (passing a bootstrap on); `None`: plaintext.
-    client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Services {
@@ -39,21 +36,12 @@ impl Services {
             node,
             id_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             auth: Arc::new(Auth::off()),
-            client_tls: None,
         }
     }
 
     /// The same services, checking callers with `auth`.
     pub fn with_auth(self, auth: Arc<Auth>) -> Services {
         Services { auth, ..self }
-    }
-
-    /// The same services, speaking TLS to other nodes' client ports.
-    pub fn with_client_tls(self, tls: Option<tonic::transport::ClientTlsConfig>) -> Services {
-        Services {
-            client_tls: tls,
-            ..self
-        }
     }
 
     /// A server-made job id: node id, start time and a counter, unique
