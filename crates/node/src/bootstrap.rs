@@ -12,12 +12,10 @@
 //! "vote guard"). The same rule serves `Cluster.Bootstrap` and an embedded
 //! node's `bootstrap(..)`, which may run at every start.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lockstep_types::forward::{Probed, Request, Response};
-use lockstep_types::{NodeId, NodeInfo, TypeConfig};
-use openraft::Raft;
+use lockstep_types::forward::{Request, Response};
+use lockstep_types::{NodeId, NodeInfo};
 use tonic::Status;
 
 use crate::error::RunError;
@@ -43,16 +41,6 @@ pub(crate) async fn is_fresh(log_store: &mut lockstep_store::LogStore) -> Result
     Ok(vote.is_none() && state.last_log_id.is_none())
 }
 
-/// What this node holds, for a probe.
-pub(crate) fn probe_local(node: &Node) -> Probed {
-    let m = node.raft.metrics().borrow().clone();
-    Probed {
-        last_log_index: m.last_log_index,
-        vote_term: m.vote.leader_id().term,
-        guarded: node.guard.is_up(),
-    }
-}
-
 /// How a bootstrap ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Formed {
@@ -76,7 +64,7 @@ fn probes_needed(n: usize, others: usize) -> usize {
 /// Changes nothing anywhere unless the probe shows a cluster that never
 /// formed.
 pub(crate) async fn form(node: &Node, members: &[(NodeId, NodeInfo)]) -> Result<Formed, Status> {
-    if !probe_local(node).is_empty() {
+    if !node.probe().is_empty() {
         return Ok(Formed::Before);
     }
     let others: Vec<&(NodeId, NodeInfo)> =
@@ -125,7 +113,7 @@ pub(crate) async fn form(node: &Node, members: &[(NodeId, NodeInfo)]) -> Result<
             failures.join("; ")
         )));
     }
-    initialize_local(node, members.to_vec())
+    node.initialize(members.to_vec())
         .await
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
     // Every initial member gets the same membership, so none of them stays
@@ -155,42 +143,6 @@ pub(crate) async fn form(node: &Node, members: &[(NodeId, NodeInfo)]) -> Result<
     }
     while calls.join_next().await.is_some() {}
     Ok(Formed::Now)
-}
-
-/// Initializes Raft with `members` if it has never been initialized;
-/// harmless (false) otherwise.
-async fn initialize_raft(
-    raft: &Raft<TypeConfig>,
-    members: Vec<(NodeId, NodeInfo)>,
-) -> Result<bool, RunError> {
-    let members: BTreeMap<NodeId, NodeInfo> = members.into_iter().collect();
-    match raft.initialize(members).await {
-        Ok(()) => Ok(true),
-        Err(e) => match e.api_error() {
-            Some(openraft::error::InitializeError::NotAllowed(_)) => Ok(false),
-            _ => Err(RunError::Raft(e.to_string())),
-        },
-    }
-}
-
-/// Initializes this node alone with the cluster's first membership
-/// `members`, as the node that probed the members asks
-/// (`Request::Initialize`). Harmless (false) if this node has a log or a
-/// vote.
-pub(crate) async fn initialize_local(
-    node: &Node,
-    members: Vec<(NodeId, NodeInfo)>,
-) -> Result<bool, RunError> {
-    if !probe_local(node).is_empty() {
-        return Ok(false);
-    }
-    let initialized = initialize_raft(&node.raft, members).await?;
-    if initialized {
-        // A node that forms the cluster holds everything ever committed,
-        // which is nothing: it may vote.
-        node.guard.lift(&node.raft).await?;
-    }
-    Ok(initialized)
 }
 
 #[cfg(test)]

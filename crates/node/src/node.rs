@@ -6,13 +6,16 @@
 //! `limits.forward_retry_ms_max`). The leader fills in payloads before
 //! answering, because it is the node that has applied the entry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lockstep_core::{self as core, codec, Command, Reply};
 use lockstep_raft::{Forwarder, Forwarding};
 use lockstep_store::StateHandle;
-use lockstep_types::forward::{MembershipChange, Read, ReadReply, Request, Response, WireStatus};
+use lockstep_types::forward::{
+    MembershipChange, Probed, Read, ReadReply, Request, Response, WireStatus,
+};
 use lockstep_types::{NodeId, NodeInfo, TypeConfig};
 use openraft::Raft;
 use tokio::sync::watch;
@@ -21,6 +24,7 @@ use tracing::Instrument;
 
 use crate::batcher::{Batcher, WriteFailure};
 use crate::config::NodeConfig;
+use crate::error::RunError;
 use crate::guard::Guard;
 use crate::metrics::registry::Metrics;
 
@@ -163,12 +167,50 @@ impl Node {
             }
             Request::Membership(change) => Ok(self.change_membership(change).await),
             // Answered by this node itself, wherever the leader is.
-            Request::Probe => Ok(Response::Probe(crate::bootstrap::probe_local(self))),
-            Request::Initialize { members } => crate::bootstrap::initialize_local(self, members)
+            Request::Probe => Ok(Response::Probe(self.probe())),
+            Request::Initialize { members } => self
+                .initialize(members)
                 .await
                 .map(Response::Initialized)
                 .map_err(|e| Status::failed_precondition(e.to_string())),
         }
+    }
+
+    /// What this node holds, for a bootstrap's probe.
+    pub(crate) fn probe(&self) -> Probed {
+        let m = self.raft.metrics().borrow().clone();
+        Probed {
+            last_log_index: m.last_log_index,
+            vote_term: m.vote.leader_id().term,
+            guarded: self.guard.is_up(),
+        }
+    }
+
+    /// Initializes this node alone with the cluster's first membership
+    /// `members`, as the node that probed the members asks
+    /// (`Request::Initialize`, see `crate::bootstrap`). Harmless (false) if
+    /// this node has a log or a vote.
+    pub(crate) async fn initialize(
+        &self,
+        members: Vec<(NodeId, NodeInfo)>,
+    ) -> Result<bool, RunError> {
+        if !self.probe().is_empty() {
+            return Ok(false);
+        }
+        let members: BTreeMap<NodeId, NodeInfo> = members.into_iter().collect();
+        let initialized = match self.raft.initialize(members).await {
+            Ok(()) => true,
+            Err(e) => match e.api_error() {
+                Some(openraft::error::InitializeError::NotAllowed(_)) => false,
+                _ => return Err(RunError::Raft(e.to_string())),
+            },
+        };
+        if initialized {
+            // A node that forms the cluster holds everything ever committed,
+            // which is nothing: it may vote.
+            self.guard.lift(&self.raft).await?;
+        }
+        Ok(initialized)
     }
 
     /// Proposes a write through the batcher and fills in the payloads of a
