@@ -802,6 +802,37 @@ async fn consume_phase(
     Ok(phase)
 }
 
+/// The phases a row: throughput, then the latency percentiles per call and
+/// per job. The columns of bars keep the two sets of percentiles apart, as
+/// both name theirs p50 to max.
+fn phases_table(phases: &[Phase]) -> String {
+    use comfy_table::CellAlignment::{Left, Right};
+    let mut columns = vec![
+        ("phase", Left),
+        ("jobs", Right),
+        ("secs", Right),
+        ("jobs/s", Right),
+    ];
+    for first in ["call p50", "job p50"] {
+        columns.push(("|", Left));
+        columns.extend([first, "p90", "p99", "p99.9", "max"].map(|name| (name, Right)));
+    }
+    let rows = phases.iter().map(|p| {
+        let mut row = vec![
+            p.name.clone(),
+            p.jobs.to_string(),
+            format!("{:.1}", p.seconds),
+            format!("{:.0}", p.jobs_per_s),
+        ];
+        for l in [&p.per_call, &p.per_job] {
+            row.push("|".into());
+            row.extend([l.p50, l.p90, l.p99, l.p999, l.max].map(|ms| format!("{ms:.2}")));
+        }
+        row
+    });
+    crate::table::of(&columns, rows)
+}
+
 /// The human summary: one table row per phase, then the checks.
 pub fn summary(r: &Results) -> String {
     let a = &r.args;
@@ -818,18 +849,8 @@ pub fn summary(r: &Results) -> String {
         a.fetch_batch,
         a.rate.map_or(String::new(), |r| format!(", rate {r} jobs/s")),
     );
-    out.push_str(&format!(
-        "{:<15} {:>9} {:>7} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-        "phase", "jobs", "secs", "jobs/s", "call p50", "p90", "p99", "p99.9", "max", "job p50", "p90", "p99", "p99.9", "max"
-    ));
-    for p in &r.phases {
-        out.push_str(&format!(
-            "{:<15} {:>9} {:>7.1} {:>10.0} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
-            p.name, p.jobs, p.seconds, p.jobs_per_s,
-            p.per_call.p50, p.per_call.p90, p.per_call.p99, p.per_call.p999, p.per_call.max,
-            p.per_job.p50, p.per_job.p90, p.per_job.p99, p.per_job.p999, p.per_job.max,
-        ));
-    }
+    out.push_str(&phases_table(&r.phases));
+    out.push('\n');
     out.push_str(
         "latencies in ms; per job: enqueue = due to acknowledged, consume = enqueued to acked\n",
     );
@@ -863,4 +884,37 @@ pub fn summary(r: &Results) -> String {
         out.push_str(&format!("\n  {p}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The phase table keeps its columns, the bars between the call and
+    /// the job percentiles, and the precision of each number.
+    #[test]
+    fn the_phase_table_has_throughput_then_both_latencies() {
+        let latency = |p50| Latency {
+            p50,
+            p90: 2.0,
+            p99: 3.0,
+            p999: 4.0,
+            max: 12.5,
+            ..Default::default()
+        };
+        let phase = Phase {
+            name: "enqueue".into(),
+            jobs: 10_000,
+            seconds: 2.04,
+            jobs_per_s: 4_901.96,
+            per_call: latency(1.234),
+            per_job: latency(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            phases_table(&[phase]),
+            "phase    jobs secs jobs/s | call p50  p90  p99 p99.9   max | job p50  p90  p99 p99.9   max\n\
+             enqueue 10000  2.0   4902 |     1.23 2.00 3.00  4.00 12.50 |    0.50 2.00 3.00  4.00 12.50"
+        );
+    }
 }

@@ -4,14 +4,16 @@
 mod bench;
 mod bench_plot;
 mod chaos_plot;
-mod cli;
 mod commands;
 mod devcerts;
+mod table;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use lockstep_node::config::NodeConfig;
+
+use crate::commands::outln;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,7 +35,7 @@ enum Cmd {
     Node(NodeArgs),
     /// Cluster operations against a running node.
     #[command(subcommand)]
-    Cluster(ClusterCmd),
+    Cluster(crate::commands::cluster::ClusterCmd),
     /// Start a fresh local cluster, run a workload under faults, heal,
     /// drain, and check the history. Exits non-zero on any anomaly.
     Chaos(ChaosArgs),
@@ -113,22 +115,6 @@ struct NodeArgs {
     set: Vec<String>,
 }
 
-#[derive(Subcommand, Debug)]
-enum ClusterCmd {
-    /// Form a cluster from its initial members (harmless if already formed),
-    /// through the first --addr.
-    Bootstrap {
-        /// ID=PEER_ADDR/CLIENT_ADDR, once per member.
-        #[arg(long = "member", required = true)]
-        members: Vec<String>,
-    },
-    /// Members, roles, leader, term, indexes and lag, as the first --addr
-    /// sees them.
-    Status,
-    #[command(flatten)]
-    Members(crate::commands::ClusterCmd),
-}
-
 impl NodeArgs {
     fn flags(&self) -> Result<Vec<(String, String)>, String> {
         let mut flags = Vec::new();
@@ -160,12 +146,7 @@ fn main() -> std::process::ExitCode {
     let connect = cli.connect;
     let result = match cli.command {
         Cmd::Node(args) => run_node(args),
-        Cmd::Cluster(ClusterCmd::Bootstrap { members }) => connect.config().and_then(|c| {
-            crate::cli::cluster(c, crate::cli::ClusterCommand::Bootstrap { members })
-        }),
-        Cmd::Cluster(ClusterCmd::Status) => connect
-            .config()
-            .and_then(|c| crate::cli::cluster(c, crate::cli::ClusterCommand::Status)),
+        Cmd::Cluster(cmd) => crate::commands::cluster::run(connect, cmd),
         Cmd::DevCerts(args) => crate::devcerts::dev_certs(&args).map(|files| {
             for f in files {
                 outln(&f.display().to_string());
@@ -178,7 +159,6 @@ fn main() -> std::process::ExitCode {
             ));
             Ok(())
         }
-        Cmd::Cluster(ClusterCmd::Members(cmd)) => crate::commands::run_cluster(connect, cmd),
         Cmd::Chaos(args) => run_chaos(args),
         Cmd::Bench(mut args) => {
             args.connect = match connect.config() {
@@ -204,12 +184,6 @@ fn main() -> std::process::ExitCode {
 fn fail(message: String) -> std::process::ExitCode {
     eprintln!("lockstep: {message}");
     std::process::ExitCode::FAILURE
-}
-
-/// One line to stdout; a closed stdout is not an error worth a panic.
-fn outln(text: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 fn run_node(args: NodeArgs) -> Result<(), String> {

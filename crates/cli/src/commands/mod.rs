@@ -1,0 +1,72 @@
+//! The client commands of the `lockstep` binary, which talk to a running
+//! cluster over the Rust client (`lockstep-client`): `enqueue`, `fetch`,
+//! `ack`, `nack`, `work`, `queue`, `groups`, `dlq` and `cluster`. Tables
+//! for people by default, `--json` for scripts; an error is one line that
+//! says what to do, and a non-zero exit.
+//!
+//! This file holds the command line and sends each subcommand to the file
+//! that does it; what they all share is in `common`, which imports none of
+//! them, so that no two files import each other.
+
+pub mod cluster;
+mod common;
+mod dlq;
+mod groups;
+mod jobs;
+mod queue;
+mod work;
+
+use lockstep_client::Client;
+
+pub use common::{outln, Connect};
+
+use common::{block_on, explain, CliError, Out};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Enqueue one job (--data) or one job per line (--file, or stdin).
+    Enqueue(jobs::EnqueueArgs),
+    /// Lease up to --max jobs and print them (offset, fence, payload).
+    Fetch(jobs::FetchArgs),
+    /// Finish a job: OFFSET and FENCE as fetch printed them.
+    Ack(jobs::AckArgs),
+    /// Fail an attempt; the queue's backoff (or --delay) decides when it runs again.
+    Nack(jobs::NackArgs),
+    /// Run COMMAND once per job, the payload on stdin and the job in
+    /// LOCKSTEP_* variables. Exit 0 acks; 100 dead-letters; any other
+    /// status nacks.
+    Work(work::WorkArgs),
+    /// Create, update, delete, show or list queues.
+    #[command(subcommand)]
+    Queue(queue::QueueCmd),
+    /// List, pause or resume a queue's groups.
+    #[command(subcommand)]
+    Groups(groups::GroupsCmd),
+    /// List, requeue or purge a queue's dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
+}
+
+/// Runs a client command; the error is the one line to print.
+pub fn run(connect: Connect, command: Command) -> Result<(), String> {
+    block_on(async move {
+        let client = Client::connect(connect.config()?).map_err(|e| e.to_string())?;
+        let out = Out { json: connect.json };
+        execute(&client, &out, command)
+            .await
+            .map_err(|e| explain(e, &connect.addrs))
+    })
+}
+
+async fn execute(client: &Client, out: &Out, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Enqueue(args) => jobs::enqueue(client, out, args).await,
+        Command::Fetch(args) => jobs::fetch(client, out, args).await,
+        Command::Ack(args) => jobs::ack(client, out, args).await,
+        Command::Nack(args) => jobs::nack(client, out, args).await,
+        Command::Work(args) => work::work(client, out, args).await,
+        Command::Queue(cmd) => queue::run(client, out, cmd).await,
+        Command::Groups(cmd) => groups::run(client, out, cmd).await,
+        Command::Dlq(cmd) => dlq::run(client, out, cmd).await,
+    }
+}
