@@ -87,6 +87,8 @@ pub fn payload_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Why a command failed: a client error, which `explain` turns into advice,
+/// or a mistake on the command line, whose text is already the advice.
 #[derive(Debug)]
 pub enum CliError {
     Client(lockstep_client::Error),
