@@ -7,12 +7,13 @@
 //! the next batch fills while the previous one commits. Every caller gets
 //! the answer to its own command.
 //!
-//! The batcher stamps each entry with cluster time: the node's wall clock,
-//! but never below the previous stamp, so cluster time is monotonic on one
-//! leader; the core takes the maximum across leaders.
+//! The batcher stamps each entry with cluster time from the node's
+//! [`ClusterClock`]: the leader's monotonic elapsed time from the cluster
+//! time it found applied, never its wall clock (see `crate::clock`); the
+//! core takes the maximum across leaders.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lockstep_core::{Command, Error, Reply};
 use lockstep_types::{Batch, NodeId, NodeInfo, TypeConfig};
@@ -20,6 +21,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::clock::ClusterClock;
 use crate::config::BatchConfig;
 use crate::metrics::registry::Metrics;
 
@@ -60,23 +62,19 @@ fn weight(command: &Command) -> u64 {
     }
 }
 
-pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Batcher {
     /// Starts the batching task. `queue_max` bounds the commands waiting to
-    /// be batched; a full queue makes callers wait (backpressure).
+    /// be batched; a full queue makes callers wait (backpressure). Entries
+    /// are stamped with `clock`.
     pub fn start(
         raft: Raft<TypeConfig>,
         config: BatchConfig,
         queue_max: usize,
+        clock: Arc<ClusterClock>,
         metrics: Arc<Metrics>,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(queue_max.max(1));
-        tokio::spawn(run(raft, config, rx, metrics));
+        tokio::spawn(run(raft, config, rx, clock, metrics));
         Batcher { tx }
     }
 
@@ -97,11 +95,11 @@ async fn run(
     raft: Raft<TypeConfig>,
     config: BatchConfig,
     mut rx: mpsc::Receiver<Pending>,
+    clock: Arc<ClusterClock>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(config.in_flight_max as usize));
     let linger = Duration::from_micros(config.linger_us);
-    let mut last_stamp_ms = 0u64;
     // Ends when every Batcher handle is dropped.
     while let Some(first) = rx.recv().await {
         let mut bytes = weight(&first.command);
@@ -127,8 +125,9 @@ async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        last_stamp_ms = last_stamp_ms.max(wall_clock_ms());
-        let time_ms = last_stamp_ms;
+        // Stamped once it may be proposed, so the stamp is as late as the
+        // proposal: the ticker's reading that asked for a Tick is below it.
+        let time_ms = clock.now_ms();
         let raft = raft.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {

@@ -73,6 +73,20 @@ pub struct LimitsConfig {
     pub requests_in_flight_max: u64,
 }
 
+/// Time. Cluster time runs on the leader's monotonic clock (see the
+/// node's `clock` module); the wall clock is only a hint within this bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// How far (ms) the leader's wall clock may be from cluster time and
+    /// still be followed, slowly (at most 1 % of elapsed time). Beyond it,
+    /// cluster time ignores the wall clock and the leader logs a warning
+    /// and counts `lockstep_clock_skew_exceeded`. So a step of any node's
+    /// wall clock moves no lease deadline, delay or dedup window by more
+    /// than this.
+    pub skew_ms_max: u64,
+}
+
 /// Transport security. All three files, or none: with them, the client API
 /// speaks TLS only, and the peer API mutual TLS only (a peer must present a
 /// certificate that chains to `ca_file`; this node checks each peer's the
@@ -135,6 +149,8 @@ pub struct NodeConfig {
     pub batch: BatchConfig,
     /// Bounds on what clients ask.
     pub limits: LimitsConfig,
+    /// How far the wall clock is trusted.
+    pub clock: ClockConfig,
     /// Transport security.
     pub tls: TlsConfig,
     /// Client authentication.
@@ -173,6 +189,9 @@ impl Default for NodeConfig {
                 fetch_wait_ms_max: 20_000,
                 requests_in_flight_max: 4_096,
             },
+            // Well above what NTP keeps a healthy machine to (ms), well
+            // below any lease: a wall clock off by more is a fault.
+            clock: ClockConfig { skew_ms_max: 5_000 },
             tls: TlsConfig {
                 cert_file: String::new(),
                 key_file: String::new(),
@@ -460,6 +479,7 @@ impl NodeConfig {
             "limits.requests_in_flight_max",
             self.limits.requests_in_flight_max,
         )?;
+        positive("clock.skew_ms_max", self.clock.skew_ms_max)?;
         let tls = &self.tls;
         let files = [
             ("tls.cert_file", &tls.cert_file),
@@ -633,6 +653,12 @@ mod tests {
                 "`tls.key_file`",
             ),
             (None, vec![], flags(&[("auth.mode", "open")]), "`auth.mode`"),
+            (
+                None,
+                vec![],
+                flags(&[("clock.skew_ms_max", "0")]),
+                "`clock.skew_ms_max`",
+            ),
             (
                 None,
                 vec![],

@@ -6,8 +6,11 @@
 //!   servers, the ticker; [`embedded`] runs the same node in-process.
 //! - Inside (not public): `node`, the rule that any node accepts any call
 //!   (forwarding to the leader), and the batcher that gathers writes into
-//!   Raft entries; `service`, the public gRPC services `lockstep.v1.Queue`,
-//!   `Admin` and `Cluster`; `metrics`, which counts them.
+//!   Raft entries; `clock`, the leader's cluster clock (monotonic, the
+//!   wall clock only a bounded hint) that the batcher stamps with and the
+//!   ticker reads, behind a `Clock` trait a simulator can implement;
+//!   `service`, the public gRPC services `lockstep.v1.Queue`, `Admin` and
+//!   `Cluster`; `metrics`, which counts them.
 //! - [`auth`] and [`tls`] guard the services; their helpers are public for
 //!   the `lockstep token` and `lockstep dev-certs` commands.
 //!
@@ -22,6 +25,7 @@
 pub mod auth;
 mod batcher;
 mod bootstrap;
+mod clock;
 pub mod config;
 mod convert;
 pub mod embedded;

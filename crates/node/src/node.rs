@@ -23,6 +23,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::batcher::{Batcher, WriteFailure};
+use crate::clock::{ClusterClock, SystemClock};
 use crate::config::NodeConfig;
 use crate::error::RunError;
 use crate::guard::Guard;
@@ -41,6 +42,9 @@ pub struct Node {
     /// This node's event metrics (RPC and commit latency, forwards).
     pub metrics: Arc<Metrics>,
     pub(crate) batcher: Batcher,
+    /// Cluster time as this node would stamp it as leader; the batcher
+    /// stamps with it and the ticker compares due times to it.
+    pub(crate) clock: Arc<ClusterClock>,
     pub(crate) forwarding: Forwarding,
     /// Whether this node may vote yet, and what raising and lifting that
     /// touch (see `lockstep_raft::VoteGuard`).
@@ -70,10 +74,18 @@ impl Node {
         guard: Guard,
     ) -> Node {
         let metrics = Arc::new(Metrics::new());
+        let clock = Arc::new(ClusterClock::new(
+            Arc::new(SystemClock::new()),
+            &raft,
+            state.clone(),
+            config.clock.skew_ms_max,
+            metrics.clone(),
+        ));
         let batcher = Batcher::start(
             raft.clone(),
             config.batch.clone(),
             config.limits.requests_in_flight_max as usize,
+            clock.clone(),
             metrics.clone(),
         );
         Node {
@@ -84,6 +96,7 @@ impl Node {
             state,
             metrics,
             batcher,
+            clock,
             guard,
         }
     }

@@ -1,6 +1,8 @@
 //! The leader's ticker: proposes a `Tick` whenever a lease or a delay is
 //! due, so leases expire and delayed jobs become ready without client
-//! traffic.
+//! traffic. "Due" is by the leader's cluster clock, the one the batcher
+//! stamps with, never by the wall clock: a wall clock stepped ahead would
+//! expire leases early, one stepped back would hold delayed jobs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,6 @@ use std::time::Duration;
 use lockstep_core::Command;
 use tokio::sync::watch;
 
-use crate::batcher::wall_clock_ms;
 use crate::node::Node;
 
 /// How often the leader's ticker checks for due leases and delays. A lease
@@ -33,7 +34,7 @@ pub(crate) async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let due = node.state.read(|s| s.next_due_ms()).ok().flatten();
-        if due.is_some_and(|t| t <= wall_clock_ms()) {
+        if due.is_some_and(|t| t <= node.clock.now_ms()) {
             if let Err(failure) = node.batcher.submit(Command::Tick).await {
                 tracing::debug!(?failure, "tick not applied");
             }

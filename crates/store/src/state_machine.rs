@@ -104,6 +104,16 @@ impl StateHandle {
         Ok((applied.last_applied, applied.core.digest()))
     }
 
+    /// The last applied log id and the cluster time the core had reached
+    /// with it, read under one lock. A new leader's cluster clock starts
+    /// from this time once the log id is of its own term (every entry of
+    /// earlier leaders is then applied), so it never stamps below a time
+    /// an earlier leader stamped.
+    pub fn applied_clock(&self) -> Result<(Option<LogId>, u64)> {
+        let applied = self.read_guard()?;
+        Ok((applied.last_applied, applied.core.clock_ms()))
+    }
+
     /// The stored payload of a job, if it still exists.
     pub fn get_blob(&self, queue_id: QueueId, blob: u64) -> Result<Option<JobBlob>> {
         let key = blob_key(queue_id, blob);

@@ -45,6 +45,7 @@ pub struct Metrics {
     batch_commands: Histogram,
     forwards: Counter,
     forward_failures: Counter,
+    clock_skew_exceeded: Counter,
 }
 
 impl Default for Metrics {
@@ -61,6 +62,7 @@ impl Metrics {
         let batch_commands = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
         let forwards = Counter::default();
         let forward_failures = Counter::default();
+        let clock_skew_exceeded = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "lockstep_rpc_duration_seconds",
@@ -87,6 +89,11 @@ impl Metrics {
             "Forward tries that failed (leader unreachable or gone); the request is retried until limits.forward_retry_ms_max",
             forward_failures.clone(),
         );
+        registry.register(
+            "lockstep_clock_skew_exceeded",
+            "Times this node, as leader, found its wall clock further than clock.skew_ms_max from cluster time (once per excursion); cluster time keeps to the leader's monotonic clock, so check the node's time sync",
+            clock_skew_exceeded.clone(),
+        );
         Metrics {
             registry,
             rpc_seconds,
@@ -94,6 +101,7 @@ impl Metrics {
             batch_commands,
             forwards,
             forward_failures,
+            clock_skew_exceeded,
         }
     }
 
@@ -112,6 +120,12 @@ impl Metrics {
         if !ok {
             self.forward_failures.inc();
         }
+    }
+
+    /// The leader's wall clock went further from cluster time than
+    /// `clock.skew_ms_max`.
+    pub fn observe_clock_skew_exceeded(&self) {
+        self.clock_skew_exceeded.inc();
     }
 
     pub(crate) fn observe_rpc(&self, method: &str, code: &'static str, elapsed: Duration) {

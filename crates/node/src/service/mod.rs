@@ -48,7 +48,7 @@ impl Services {
     /// across restarts (the start time moves) and nodes.
     pub(super) fn make_id(&self) -> String {
         static START_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let start = *START_MS.get_or_init(crate::batcher::wall_clock_ms);
+        let start = *START_MS.get_or_init(crate::clock::wall_clock_ms);
         let n = self
             .id_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
