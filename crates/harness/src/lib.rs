@@ -77,7 +77,9 @@ pub struct Spec {
     /// value becomes the node's id (for per-node files such as
     /// certificates).
     pub settings: Vec<(String, String)>,
-    /// Extra environment variables of every node process.
+    /// Extra environment variables of every node process; `{id}` in a
+    /// value becomes the node's id (for per-node files such as the clock
+    /// offset file of `tests/clock.rs`).
     pub env: Vec<(String, String)>,
     /// The `LOCKSTEP_LOG` filter of the nodes (their stderr goes to
     /// `<dir>/n<id>.log`).
@@ -278,8 +280,10 @@ impl Cluster {
             let v = v.replace("{id}", &id.to_string());
             command.args(["--set", &format!("{k}={v}")]);
         }
+        for (k, v) in &self.spec.env {
+            command.env(k, v.replace("{id}", &id.to_string()));
+        }
         let child = command
-            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .env("LOCKSTEP_LOG", &self.spec.log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
