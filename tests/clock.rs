@@ -58,28 +58,9 @@ async fn fetch_wait(q: &mut Queue, consumer: &str, wait_ms: u64) -> Vec<pb::Deli
     .deliveries
 }
 
-/// `GET /metrics` of node `id` over plain HTTP/1.0: the body.
+/// `GET /metrics` of node `id`: the body.
 async fn scrape(c: &Cluster, id: u64) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(c.addr(id).metrics)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: lockstep\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
-}
-
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
+    scrape_metrics(c.addr(id).metrics).await.1
 }
 
 /// The leader's wall clock jumps ten minutes ahead while a 60 s lease is
@@ -152,7 +133,7 @@ async fn a_wall_clock_step_moves_no_lease_and_freezes_no_delay() {
             ));
         }
         let metrics = scrape(c, leader).await;
-        let skew = series(&metrics, "lockstep_clock_skew_exceeded_total");
+        let skew = metric_value(&metrics, "lockstep_clock_skew_exceeded_total");
         if !skew.is_some_and(|n| n > 0.0) {
             failures.push(format!(
                 "the leader's lockstep_clock_skew_exceeded_total is {skew:?} after a \

@@ -6,12 +6,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{metric_value, scrape_metrics};
 use lockstep_node::pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A payload that must never show up in the node's log.
@@ -63,26 +65,6 @@ async fn connect(addr: &str) -> tonic::transport::Channel {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// `GET /metrics` over plain HTTP/1.0: the status line, headers and body.
-async fn scrape(addr: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: lockstep\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.to_string(), body.to_string())
-}
-
-/// The value of one series (`name{labels}` exactly as exposed).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +137,7 @@ async fn a_scrape_shows_raft_the_queues_and_each_rpc() {
             .await
             .unwrap();
 
-        let (head, text) = scrape(&metrics).await;
+        let (head, text) = scrape_metrics(metrics.as_str()).await;
         assert!(head.starts_with("HTTP/1.0 200"), "{head}");
         assert!(
             head.to_ascii_lowercase()
@@ -163,7 +145,7 @@ async fn a_scrape_shows_raft_the_queues_and_each_rpc() {
             "{head}"
         );
         let get = |series: &str| {
-            value(&text, series).unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
+            metric_value(&text, series).unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
         };
 
         // Raft, as the node sees itself.

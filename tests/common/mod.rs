@@ -253,3 +253,29 @@ pub async fn assert_same_state(c: &Cluster, ids: &[u64], within: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `GET /metrics` at `addr` over plain HTTP/1.0: the status line and
+/// headers, then the body.
+pub async fn scrape_metrics(addr: impl tokio::net::ToSocketAddrs) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: lockstep\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// The value of one series (`name{labels}` exactly as exposed), if the
+/// exposition has it; a value that is not a number fails the test.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("`{series}` has `{v}`, not a number: {e}"))
+        })
+}

@@ -191,7 +191,8 @@ impl Node {
 
     /// What this node holds, for a bootstrap's probe.
     pub(crate) fn probe(&self) -> Probed {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         Probed {
             last_log_index: m.last_log_index,
             vote_term: m.vote.leader_id().term,
