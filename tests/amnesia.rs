@@ -81,6 +81,7 @@ async fn a_rerun_bootstrap_never_elects_a_leader_without_acknowledged_jobs() {
             let request = pb::EnqueueRequest {
                 queue: Q.into(),
                 jobs: jobs.clone(),
+                session: None,
             };
             if let Ok(Ok(answer)) = tokio::time::timeout(CALL_MAX, q.enqueue(request)).await {
                 let created = answer

@@ -51,6 +51,7 @@ async fn fetch_wait(q: &mut Queue, consumer: &str, wait_ms: u64) -> Vec<pb::Deli
         max: 10,
         lease_ms: LEASE_MS,
         wait_ms,
+        session: None,
     })
     .await
     .unwrap()

@@ -80,6 +80,7 @@ async fn writes_through_followers_are_forwarded_and_one_id_makes_one_job() {
                 offset: 1,
                 fence: 1,
                 delay_ms: 0,
+                session: None,
             })
             .await
             .unwrap_err();

@@ -105,6 +105,7 @@ async fn leader_kill_keeps_leases_offsets_and_ids() {
                     offset: held[0].offset,
                     fence: held[0].fence + 1_000,
                 }],
+                session: None,
             })
             .await
             .unwrap()
@@ -278,6 +279,7 @@ async fn join_and_remove_under_load_lose_nothing() {
                             .enqueue(pb::EnqueueRequest {
                                 queue: Q.into(),
                                 jobs: jobs.clone(),
+                                session: None,
                             })
                             .await;
                         match r {

@@ -45,6 +45,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 q.enqueue(pb::EnqueueRequest {
                     queue: Q.into(),
                     jobs,
+                    session: None,
                 })
                 .await
             }
@@ -79,6 +80,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
             q.enqueue(pb::EnqueueRequest {
                 queue: "nope".into(),
                 jobs: vec![job("n", "g")],
+                session: None,
             })
             .await,
         );
@@ -101,6 +103,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 max: 1,
                 lease_ms: 13 * 3_600_000,
                 wait_ms: 0,
+                session: None,
             })
             .await,
         );
@@ -112,6 +115,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 offset: d[0].offset,
                 fence: d[0].fence,
                 lease_ms: 13 * 3_600_000,
+                session: None,
             })
             .await,
         );
@@ -124,6 +128,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 max: 0,
                 lease_ms: 0,
                 wait_ms: 0,
+                session: None,
             })
             .await,
         );
@@ -143,6 +148,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 offset: d[0].offset,
                 fence: d[0].fence + 1,
                 delay_ms: 0,
+                session: None,
             })
             .await,
         );

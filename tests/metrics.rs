@@ -133,6 +133,7 @@ async fn a_scrape_shows_raft_the_queues_and_each_rpc() {
                     payload: PAYLOAD.to_vec(),
                     ..Default::default()
                 }],
+                session: None,
             })
             .await
             .unwrap();

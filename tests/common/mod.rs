@@ -92,6 +92,7 @@ pub async fn enqueue(q: &mut Queue, queue: &str, jobs: Vec<pb::Job>) -> Vec<pb::
     q.enqueue(pb::EnqueueRequest {
         queue: queue.into(),
         jobs,
+        session: None,
     })
     .await
     .unwrap()
@@ -106,6 +107,7 @@ pub async fn fetch(q: &mut Queue, queue: &str, consumer: &str, max: u32) -> Vec<
         max,
         lease_ms: 60_000,
         wait_ms: 0,
+        session: None,
     })
     .await
     .unwrap()
@@ -123,6 +125,7 @@ pub async fn ack(q: &mut Queue, queue: &str, items: &[(u64, u64)]) -> Vec<pb::Ac
                 fence: *fence,
             })
             .collect(),
+        session: None,
     })
     .await
     .unwrap()

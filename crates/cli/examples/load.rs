@@ -109,6 +109,7 @@ async fn load(args: Args) {
                 q.enqueue(pb::EnqueueRequest {
                     queue: queue.clone(),
                     jobs: vec![job],
+                    session: None,
                 })
                 .await
                 .unwrap();
@@ -153,6 +154,7 @@ async fn load(args: Args) {
                         max,
                         lease_ms: 30_000,
                         wait_ms: 200,
+                        session: None,
                     })
                     .await
                     .unwrap()
@@ -172,6 +174,7 @@ async fn load(args: Args) {
                     .ack(pb::AckRequest {
                         queue: queue.clone(),
                         items,
+                        session: None,
                     })
                     .await
                     .unwrap()

@@ -25,6 +25,7 @@ use tonic::Code;
 use crate::config::{self, normalize_endpoint, ClientConfig, ENDPOINTS_MAX};
 use crate::error::Error;
 use crate::ids::fill_missing_ids;
+use crate::session::Session;
 
 /// A handle to a Lockstep cluster; cheap to clone, and safe to share
 /// between tasks. Clones share connections and what was learned about the
@@ -38,6 +39,8 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     routes: Mutex<Routes>,
+    /// The session every state-changing Queue call runs under.
+    session: Session,
 }
 
 #[derive(Debug)]
@@ -117,6 +120,9 @@ struct CallSpec {
     /// Sending it twice has the effect of sending it once, so it may be
     /// retried after DEADLINE_EXCEEDED too.
     idempotent: bool,
+    /// Sent under the client's session: applied at most once, so retried
+    /// after ABORTED and DEADLINE_EXCEEDED too.
+    sequenced: bool,
     timeout: Duration,
     retry_elapsed_max: Duration,
 }
@@ -176,6 +182,7 @@ impl Client {
                     leader: None,
                     pinned: false,
                 }),
+                session: Session::default(),
             }),
         })
     }
@@ -204,6 +211,7 @@ impl Client {
                     leader: None,
                     pinned: true,
                 }),
+                session: Session::default(),
             }),
         })
     }
@@ -234,6 +242,7 @@ impl Client {
         CallSpec {
             name,
             idempotent,
+            sequenced: false,
             timeout: self.inner.config.call_timeout,
             retry_elapsed_max: self.inner.config.retry.retry_elapsed_max,
         }
@@ -245,6 +254,101 @@ impl Client {
         spec: CallSpec,
         request: Req,
         send: F,
+    ) -> Result<(Resp, String), Error>
+    where
+        Req: Clone + prost::Message,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call_tracked(spec, request, send, &mut false).await
+    }
+
+    /// Runs a state-changing Queue call at most once: under the client's
+    /// session, numbered once, every retry with the same number (see
+    /// `crate::session`). `place` puts the request's place in the session
+    /// into it. A session the cluster no longer holds is replaced once, and
+    /// the request resent under the new one, only if no try so far may have
+    /// applied it; otherwise the outcome stays unknown and the error says
+    /// so (ABORTED).
+    async fn sequenced<Req, Resp, F, Fut>(
+        &self,
+        mut spec: CallSpec,
+        mut request: Req,
+        place: impl Fn(&mut Req, pb::Session),
+        send: F,
+    ) -> Result<(Resp, String), Error>
+    where
+        Req: Clone + prost::Message,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut + Clone,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        spec.sequenced = true;
+        let mut reopened = false;
+        loop {
+            let id = self.session_id().await?;
+            let ticket = self.inner.session.ticket();
+            place(&mut request, ticket.in_session(id));
+            let mut uncertain = false;
+            let result = self
+                .call_tracked(spec, request.clone(), send.clone(), &mut uncertain)
+                .await;
+            match result {
+                Err(Error::SessionUnknown { message, endpoint }) => {
+                    self.forget_session(id).await;
+                    if uncertain || reopened {
+                        return Err(Error::Status {
+                            code: Code::Aborted,
+                            message: format!(
+                                "{}: outcome unknown, it may have applied: an earlier try got no \
+                                 answer, and the session it ran under is gone ({message})",
+                                spec.name
+                            ),
+                            endpoint,
+                            leader: None,
+                        });
+                    }
+                    reopened = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The client's session id, opening the session on first use.
+    async fn session_id(&self) -> Result<u64, Error> {
+        let mut id = self.inner.session.id.lock().await;
+        if let Some(id) = *id {
+            return Ok(id);
+        }
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .call(
+                self.spec("open_session", true),
+                pb::OpenSessionRequest {},
+                move |ch, req| async move { queue_api(ch, bytes_max).open_session(req).await },
+            )
+            .await?;
+        *id = Some(response.session);
+        Ok(response.session)
+    }
+
+    /// Drops session `id` after the cluster said it is gone, unless another
+    /// call already replaced it.
+    async fn forget_session(&self, id: u64) {
+        let mut current = self.inner.session.id.lock().await;
+        if *current == Some(id) {
+            *current = None;
+        }
+    }
+
+    /// [`Client::call`] that sets `uncertain` once a try may have applied
+    /// the request (an ABORTED answer, or no answer).
+    async fn call_tracked<Req, Resp, F, Fut>(
+        &self,
+        spec: CallSpec,
+        request: Req,
+        send: F,
+        uncertain: &mut bool,
     ) -> Result<(Resp, String), Error>
     where
         Req: Clone + prost::Message,
@@ -295,7 +399,8 @@ impl Client {
                     endpoint: addr.clone(),
                 },
             };
-            if !error.retry_allowed(spec.idempotent) {
+            *uncertain |= error.may_have_applied();
+            if !error.retry_allowed(spec.idempotent, spec.sequenced) {
                 return Err(error);
             }
             if attempt >= policy.attempts_max {
@@ -352,12 +457,14 @@ impl Client {
         let request = pb::EnqueueRequest {
             queue: queue.to_string(),
             jobs,
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, _) = self
-            .call(
+            .sequenced(
                 self.spec("enqueue", true),
                 request,
+                |r, s| r.session = Some(s),
                 move |ch, req| async move { queue_api(ch, bytes_max).enqueue(req).await },
             )
             .await?;
@@ -368,8 +475,9 @@ impl Client {
     /// (zero: the queue's default; clamped to its `lease_ms_max`). When
     /// nothing is ready the node waits up to `wait` for work (long poll).
     ///
-    /// Not idempotent: a try whose answer was lost may have granted leases,
-    /// which then expire after `lease` and count as a failed attempt.
+    /// At most once: the call runs under the client's session, so a retry
+    /// after a lost answer gets the leases the first try granted (those
+    /// still held), never a second set.
     pub async fn fetch(
         &self,
         queue: &str,
@@ -384,14 +492,18 @@ impl Client {
             max,
             lease_ms: millis(lease),
             wait_ms: millis(wait),
+            session: None,
         };
         let mut spec = self.spec("fetch", false);
         spec.timeout = spec.timeout.saturating_add(wait);
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, _) = self
-            .call(spec, request, move |ch, req| async move {
-                queue_api(ch, bytes_max).fetch(req).await
-            })
+            .sequenced(
+                spec,
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move { queue_api(ch, bytes_max).fetch(req).await },
+            )
             .await?;
         Ok(response.deliveries)
     }
@@ -409,12 +521,16 @@ impl Client {
         let request = pb::AckRequest {
             queue: queue.to_string(),
             items,
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, endpoint) = self
-            .call(self.spec("ack", true), request, move |ch, req| async move {
-                queue_api(ch, bytes_max).ack(req).await
-            })
+            .sequenced(
+                self.spec("ack", true),
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move { queue_api(ch, bytes_max).ack(req).await },
+            )
             .await?;
         if response.results.len() != count {
             return Err(Error::Protocol {
@@ -464,12 +580,14 @@ impl Client {
             offset,
             fence,
             delay_ms: delay.map_or(0, millis),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         Ok(self
-            .call(
+            .sequenced(
                 self.spec("nack", false),
                 request,
+                |r, s| r.session = Some(s),
                 move |ch, req| async move { queue_api(ch, bytes_max).nack(req).await },
             )
             .await?
@@ -518,12 +636,16 @@ impl Client {
             offset,
             fence,
             lease_ms: millis(lease),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, _) = self
-            .call(spec, request, move |ch, req| async move {
-                queue_api(ch, bytes_max).extend(req).await
-            })
+            .sequenced(
+                spec,
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move { queue_api(ch, bytes_max).extend(req).await },
+            )
             .await?;
         Ok(response.lease_deadline_ms)
     }
@@ -534,11 +656,13 @@ impl Client {
             queue: queue.to_string(),
             offset,
             fence,
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
-        self.call(
+        self.sequenced(
             self.spec("release", false),
             request,
+            |r, s| r.session = Some(s),
             move |ch, req| async move { queue_api(ch, bytes_max).release(req).await },
         )
         .await?;
@@ -558,11 +682,13 @@ impl Client {
             offset,
             fence,
             reason: reason.to_string(),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
-        self.call(
+        self.sequenced(
             self.spec("dead_letter", false),
             request,
+            |r, s| r.session = Some(s),
             move |ch, req| async move { queue_api(ch, bytes_max).dead_letter(req).await },
         )
         .await?;

@@ -82,13 +82,38 @@ pub enum Error {
     /// says which one and what was lost.
     #[error("closed: {0}")]
     Closed(String),
+    /// The cluster no longer holds the client's session (it expired or was
+    /// evicted), and nothing applied. The client opens a new session and
+    /// resends by itself; a caller sees this only if the new session was
+    /// refused too.
+    #[error("{endpoint}: session unknown: {message}")]
+    SessionUnknown {
+        /// The node's message.
+        message: String,
+        /// The node that answered, as `host:port`.
+        endpoint: String,
+    },
 }
+
+/// The metadata key under which a node names an error whose code alone does
+/// not say what to do.
+pub(crate) const ERROR_METADATA_KEY: &str = "x-lockstep-error";
 
 impl Error {
     /// Turns a tonic status into an error. A status that tonic made locally
     /// from an I/O or HTTP/2 failure carries a `source`; one that a node
     /// sent does not. That is how the two are told apart.
     pub(crate) fn from_status(status: tonic::Status, endpoint: &str) -> Error {
+        if status
+            .metadata()
+            .get(ERROR_METADATA_KEY)
+            .is_some_and(|v| v == "session-unknown")
+        {
+            return Error::SessionUnknown {
+                message: status.message().to_string(),
+                endpoint: endpoint.to_string(),
+            };
+        }
         if std::error::Error::source(&status).is_some() {
             return Error::Transport {
                 code: status.code(),
@@ -124,6 +149,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Status { code, .. } | Error::Transport { code, .. } => *code,
+            Error::SessionUnknown { .. } => Code::FailedPrecondition,
             Error::Config { .. } => Code::InvalidArgument,
             Error::Protocol { .. } => Code::Internal,
             Error::TooLarge { .. } => Code::OutOfRange,
@@ -134,7 +160,9 @@ impl Error {
     /// The message a person can act on.
     pub fn message(&self) -> String {
         match self {
-            Error::Status { message, .. } | Error::Transport { message, .. } => message.clone(),
+            Error::Status { message, .. }
+            | Error::Transport { message, .. }
+            | Error::SessionUnknown { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -187,14 +215,33 @@ impl Error {
             Error::Config { .. }
             | Error::Protocol { .. }
             | Error::TooLarge { .. }
-            | Error::Closed(_) => false,
+            | Error::Closed(_)
+            | Error::SessionUnknown { .. } => false,
         }
     }
 
     /// Whether the client retries this error for a call that is, or is
     /// not, idempotent.
-    pub(crate) fn retry_allowed(&self, idempotent: bool) -> bool {
+    ///
+    /// A sequenced call (one under the client's session, applied at most
+    /// once) is retried after ABORTED and DEADLINE_EXCEEDED too: the
+    /// cluster answers a repeat with the first result.
+    pub(crate) fn retry_allowed(&self, idempotent: bool, sequenced: bool) -> bool {
+        if sequenced {
+            return self.is_retryable() || self.may_have_applied();
+        }
         self.is_retryable() && (idempotent || self.code() != Code::DeadlineExceeded)
+    }
+
+    /// True when the call may have taken effect although it failed: a
+    /// node answered ABORTED (it reached Raft and no answer came), or no
+    /// answer came at all.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            Error::Status { code, .. } => matches!(code, Code::Aborted | Code::DeadlineExceeded),
+            Error::Transport { .. } => true,
+            _ => false,
+        }
     }
 
     /// The leader a node named in its answer, if any.
@@ -217,11 +264,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sequenced_call_is_retried_when_it_may_have_applied() {
+        assert!(answered(Code::Aborted).retry_allowed(false, true));
+        assert!(answered(Code::DeadlineExceeded).retry_allowed(false, true));
+        assert!(answered(Code::Unavailable).retry_allowed(false, true));
+        assert!(!answered(Code::Aborted).retry_allowed(true, false));
+        assert!(!answered(Code::FailedPrecondition).retry_allowed(false, true));
+        let unknown = Error::from_status(
+            {
+                let mut s = tonic::Status::failed_precondition("session 3 is unknown");
+                s.metadata_mut().insert(
+                    ERROR_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static("session-unknown"),
+                );
+                s
+            },
+            "n1:1",
+        );
+        assert!(matches!(unknown, Error::SessionUnknown { .. }));
+        assert!(!unknown.is_lease_lost());
+        assert!(!unknown.retry_allowed(true, true));
+    }
+
+    #[test]
     fn answers_are_retried_only_when_another_try_can_differ() {
-        assert!(answered(Code::Unavailable).retry_allowed(false));
-        assert!(answered(Code::Unavailable).retry_allowed(true));
-        assert!(answered(Code::DeadlineExceeded).retry_allowed(true));
-        assert!(!answered(Code::DeadlineExceeded).retry_allowed(false));
+        assert!(answered(Code::Unavailable).retry_allowed(false, false));
+        assert!(answered(Code::Unavailable).retry_allowed(true, false));
+        assert!(answered(Code::DeadlineExceeded).retry_allowed(true, false));
+        assert!(!answered(Code::DeadlineExceeded).retry_allowed(false, false));
         for code in [
             Code::InvalidArgument,
             Code::NotFound,
@@ -237,7 +307,7 @@ mod tests {
         ] {
             let e = answered(code);
             assert!(!e.is_retryable(), "{code:?}");
-            assert!(!e.retry_allowed(true), "{code:?}");
+            assert!(!e.retry_allowed(true, false), "{code:?}");
         }
     }
 
@@ -256,15 +326,15 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(e.retry_allowed(false));
+        assert!(e.retry_allowed(false, false));
         let deadline = Error::Transport {
             code: Code::DeadlineExceeded,
             message: "late".into(),
             endpoint: "n1:1".into(),
         };
         assert!(deadline.is_retryable());
-        assert!(deadline.retry_allowed(true));
-        assert!(!deadline.retry_allowed(false));
+        assert!(deadline.retry_allowed(true, false));
+        assert!(!deadline.retry_allowed(false, false));
     }
 
     #[test]

@@ -56,6 +56,7 @@ mod client;
 mod config;
 mod error;
 mod ids;
+mod session;
 mod worker;
 
 /// The generated `lockstep.v1` messages, for requests and answers that the

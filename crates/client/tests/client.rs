@@ -204,7 +204,7 @@ async fn answers_another_try_cannot_change_are_never_retried() {
 }
 
 #[tokio::test]
-async fn a_late_answer_is_retried_only_for_idempotent_calls() {
+async fn a_late_answer_is_retried_under_the_same_session_number() {
     bounded(async {
         let node = FakeNode::start().await;
         let mut config = ClientConfig::new([node.addr.as_str()]);
@@ -219,23 +219,34 @@ async fn a_late_answer_is_retried_only_for_idempotent_calls() {
         client.ack_one("q", 3, 7).await.unwrap();
         assert_eq!(node.fake.count("ack"), 2);
 
-        // A nack is not: a second one would count another attempt or
-        // answer "lease lost". The caller hears the deadline.
+        // A nack is not idempotent, but it runs under the client's
+        // session: the retry carries the same session and number, so the
+        // cluster answers it with the first result instead of applying it
+        // again (the fake only records what was sent).
         node.fake
             .script("nack", Scripted::Delay(Duration::from_secs(2)));
-        let err = client.nack("q", 3, 7, None).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Transport {
-                    code: Code::DeadlineExceeded,
-                    ..
-                }
-            ),
-            "{err:?}"
+        client.nack("q", 3, 7, None).await.unwrap();
+        let places: Vec<Option<pb::Session>> = node
+            .fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Nack(r) => Some(r.session),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(places.len(), 2, "{places:?}");
+        assert!(places[0].is_some(), "a nack must be sent under a session");
+        assert_eq!(places[0], places[1], "the retry must reuse the number");
+        let ack_seq = node.fake.calls().into_iter().find_map(|c| match c {
+            Call::Ack(r) => r.session.map(|s| s.seq),
+            _ => None,
+        });
+        assert_ne!(
+            ack_seq,
+            places[0].map(|s| s.seq),
+            "each call gets its own number"
         );
-        assert!(err.is_retryable());
-        assert_eq!(node.fake.count("nack"), 1);
     })
     .await;
 }

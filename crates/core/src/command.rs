@@ -122,6 +122,14 @@ pub enum Command {
         queue: String,
         which: PurgeSelector,
     },
+    /// Opens a client session for at-most-once requests (see `session.rs`).
+    OpenSession,
+    /// `command` as request `sequence` of a client session: applied at
+    /// most once, its first result kept for retries.
+    Sequenced {
+        sequence: crate::session::Sequence,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -142,7 +150,8 @@ impl Command {
             | Command::ResumeGroup { queue, .. }
             | Command::RequeueDeadLetter { queue, .. }
             | Command::PurgeDeadLetters { queue, .. } => Some(queue),
-            Command::Tick => None,
+            Command::Sequenced { command, .. } => command.queue(),
+            Command::Tick | Command::OpenSession => None,
         }
     }
 }
@@ -228,6 +237,9 @@ pub enum Reply {
     },
     Purged {
         count: u64,
+    },
+    SessionOpened {
+        session: u64,
     },
 }
 

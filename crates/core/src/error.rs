@@ -13,6 +13,8 @@ pub enum Code {
     AlreadyExists,
     FailedPrecondition,
     ResourceExhausted,
+    /// The request may have applied; its outcome is not known.
+    Aborted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -41,6 +43,14 @@ pub enum Error {
         max: u64,
         message: String,
     },
+    /// The request names a session the cluster does not hold (never
+    /// opened, expired or evicted). Nothing changed: open a new session.
+    #[error("session {session} is unknown (expired or evicted); open a new session")]
+    SessionUnknown { session: u64 },
+    /// The request's first result is no longer cached (its number fell
+    /// below the session's floor): it may have applied.
+    #[error("outcome unknown: the reply to request {seq} of session {session} is no longer kept; it may have applied")]
+    ReplyForgotten { session: u64, seq: u64 },
 }
 
 impl Error {
@@ -49,7 +59,10 @@ impl Error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::LeaseLost { .. } | Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::LeaseLost { .. }
+            | Error::FailedPrecondition { .. }
+            | Error::SessionUnknown { .. } => Code::FailedPrecondition,
+            Error::ReplyForgotten { .. } => Code::Aborted,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
         }
     }

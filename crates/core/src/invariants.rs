@@ -227,7 +227,7 @@ impl State {
             );
             queue.check_invariants(self.last_index)?;
         }
-        Ok(())
+        self.sessions.check()
     }
 
     /// Every payload the state references, as (queue id, blob key).

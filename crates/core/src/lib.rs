@@ -23,6 +23,7 @@ pub mod limits;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 mod query;
+mod session;
 mod state;
 
 pub use blob::{BlobStore, MemBlobStore};
@@ -30,6 +31,7 @@ pub use command::*;
 pub use config::{GroupPolicy, QueueConfig};
 pub use error::{Code, Error, Result};
 pub use query::*;
+pub use session::Sequence;
 pub use state::{backoff_ms, validate_queue_name, Attempt, AttemptOutcome, Counters, State};
 
 /// Whether the planted bug named by `bug` is on; always false without the

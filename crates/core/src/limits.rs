@@ -59,3 +59,16 @@ pub const BACKOFF_FACTOR_DEFAULT: u32 = 2;
 pub const BACKOFF_FACTOR_LIMIT: u32 = 16;
 pub const BACKOFF_CAP_MS_DEFAULT: u64 = 5 * 60_000;
 pub const BACKOFF_JITTER_PCT_DEFAULT: u32 = 20;
+
+/// Client sessions open at once (see `session.rs`); opening one more evicts
+/// the longest-idle session.
+pub const SESSIONS_COUNT_MAX: usize = 10_000;
+/// Cluster time after which an unused session expires: 1 hour, far longer
+/// than any client's retry loop.
+pub const SESSION_IDLE_MS: u64 = 3_600_000;
+/// Replies one session keeps: more requests than this in flight at once and
+/// the oldest reply is forgotten (its retry answers "may have applied").
+pub const SESSION_REPLIES_MAX: usize = 1_024;
+/// Items (one per reply plus one per result in it) the reply cache holds in
+/// all sessions together; past it the longest-idle session is evicted.
+pub const REPLY_WEIGHT_MAX: u64 = 2_000_000;

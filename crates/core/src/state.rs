@@ -20,6 +20,7 @@ use crate::config::{GroupPolicy, QueueConfig};
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::limits::*;
+use crate::session::{self, Lookup, Sessions};
 
 /// The group reference of a job that has no group key (a group of one).
 pub(crate) const NO_GROUP: u64 = u64::MAX;
@@ -154,6 +155,7 @@ pub struct State {
     pub(crate) last_index: u64,
     pub(crate) next_queue_id: QueueId,
     pub(crate) queues: BTreeMap<String, Queue>,
+    pub(crate) sessions: Sessions,
 }
 
 fn ready_key(job: &Job, offset: u64) -> (u8, u64) {
@@ -1041,7 +1043,27 @@ impl State {
             Command::Tick => {
                 let clock = self.clock_ms;
                 let expired = self.queues.values_mut().map(|q| q.advance(clock)).sum();
+                self.sessions.expire(clock);
                 Ok(Reply::Ticked { expired })
+            }
+            Command::OpenSession => Ok(Reply::SessionOpened {
+                session: self.sessions.open(self.clock_ms),
+            }),
+            Command::Sequenced { sequence, command } => {
+                if !session::sequenceable(&command) {
+                    return Err(Error::invalid(
+                        "command",
+                        "only a plain state-changing command can be sequenced",
+                    ));
+                }
+                match self.sessions.lookup(sequence, self.clock_ms)? {
+                    Lookup::Replay(result) => result.map(|r| self.replay(&command, r)),
+                    Lookup::New => {
+                        let result = self.dispatch(stamp, *command, effects);
+                        self.sessions.record(sequence, &result);
+                        result
+                    }
+                }
             }
             Command::PauseGroup { queue, group } => self.queue_mut(&queue)?.pause(group),
             Command::ResumeGroup { queue, group } => self.queue_mut(&queue)?.resume(group),
@@ -1143,8 +1165,48 @@ impl State {
             | Command::ResumeGroup { queue: name, .. }
             | Command::RequeueDeadLetter { queue: name, .. }
             | Command::PurgeDeadLetters { queue: name, .. } => queue(name).map(|_| ()),
-            Command::Tick => Ok(()),
+            Command::Tick | Command::OpenSession => Ok(()),
+            Command::Sequenced { sequence, command } => {
+                if !session::sequenceable(command) {
+                    return Err(Error::invalid(
+                        "command",
+                        "only a plain state-changing command can be sequenced",
+                    ));
+                }
+                // A request answered before gets its first answer from
+                // apply, whatever the state says of it now.
+                if self.sessions.peek(*sequence)? {
+                    return Ok(());
+                }
+                self.precheck(command)
+            }
         }
+    }
+
+    /// A cached reply as a retry gets it. A fetch's deliveries are narrowed
+    /// to the leases still held under the fence they were granted with, so
+    /// a late retry never hands out a lease that expired or was re-granted
+    /// meanwhile.
+    fn replay(&self, command: &Command, reply: Reply) -> Reply {
+        match (command, reply) {
+            (Command::Fetch { queue, .. }, Reply::Fetched(deliveries)) => {
+                let held = |d: &Delivery| {
+                    self.queues
+                        .get(queue)
+                        .filter(|q| q.id == d.queue_id)
+                        .and_then(|q| q.jobs.get(&d.offset))
+                        .and_then(|j| j.lease)
+                        .is_some_and(|l| l.fence == d.fence)
+                };
+                Reply::Fetched(deliveries.into_iter().filter(held).collect())
+            }
+            (_, reply) => reply,
+        }
+    }
+
+    /// Client sessions open now.
+    pub fn sessions_count(&self) -> usize {
+        self.sessions.count()
     }
 
     /// The earliest cluster time at which a `Tick` would change something

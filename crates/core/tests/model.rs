@@ -158,6 +158,11 @@ fn fail_of(error: &Error) -> Fail {
             limit: limit.clone(),
             max: *max,
         },
+        // The generated histories carry no sessions (the reply cache has
+        // its own tests beside the state).
+        Error::SessionUnknown { .. } | Error::ReplyForgotten { .. } => {
+            unreachable!("the model sends no session commands: {error}")
+        }
     }
 }
 
@@ -847,6 +852,9 @@ impl Model {
 
     fn dispatch(&mut self, index: u64, cmd: &Command, fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
         match cmd {
+            Command::OpenSession | Command::Sequenced { .. } => {
+                unreachable!("the model sends no session commands")
+            }
             Command::CreateQueue { name, config } => {
                 if !queue_name_ok(name) || !config_ok(config) {
                     return Err(Fail::Invalid);

@@ -28,11 +28,16 @@ use crate::metrics::registry::Metrics;
 /// Why a write did not produce an answer from the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteFailure {
-    /// This node is not the leader; the leader it knows, if any.
+    /// This node was not the leader when the batch was to be proposed, so
+    /// nothing was proposed; the leader it knows, if any.
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
-    /// Raft refused or failed (shutting down, membership change in
-    /// progress, ...). The outcome is unknown: the write may have committed.
-    Unavailable(String),
+    /// Nothing was proposed: the node is shutting down.
+    Refused(String),
+    /// Proposed, and no answer: the leader stepped down or failed after
+    /// taking the entry, which a new leader may still commit. openraft
+    /// answers `ForwardToLeader` both before and after appending, so that
+    /// answer, once proposed, is this one too.
+    Unknown(String),
 }
 
 pub type WriteResult = Result<Result<Reply, Error>, WriteFailure>;
@@ -82,12 +87,13 @@ impl Batcher {
     pub async fn submit(&self, command: Command) -> WriteResult {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Pending { command, reply }).await.is_err() {
-            return Err(WriteFailure::Unavailable(
-                "the node is shutting down".into(),
-            ));
+            return Err(WriteFailure::Refused("the node is shutting down".into()));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(WriteFailure::Unavailable("the write was dropped".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(WriteFailure::Unknown(
+                "the write was dropped by the batcher".into(),
+            ))
+        })
     }
 }
 
@@ -125,6 +131,35 @@ async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        // A caller that gave up (its write deadline passed while the batch
+        // waited) is not proposed for: nobody would learn its outcome.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        // Proposing while another node leads is refused by openraft with
+        // the same error as an entry lost after it was appended; checked
+        // here, the refusal is certain and the caller may retry anywhere.
+        let leading = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_leader != Some(m.id)).then(|| {
+                m.current_leader.and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| (id, n.clone()))
+                })
+            })
+        };
+        if let Some(leader) = leading {
+            for p in batch {
+                let _ = p.reply.send(Err(WriteFailure::NotLeader {
+                    leader: leader.clone(),
+                }));
+            }
+            continue;
+        }
         // Stamped once it may be proposed, so the stamp is as late as the
         // proposal: the ticker's reading that asked for a Tick is below it.
         let time_ms = clock.now_ms();
@@ -157,9 +192,5 @@ async fn run(
 }
 
 fn failure(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> WriteFailure {
-    if let Some(forward) = err.forward_to_leader() {
-        let leader = forward.leader_id.zip(forward.leader_node.clone());
-        return WriteFailure::NotLeader { leader };
-    }
-    WriteFailure::Unavailable(err.to_string())
+    WriteFailure::Unknown(err.to_string())
 }

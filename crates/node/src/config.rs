@@ -69,8 +69,15 @@ pub struct LimitsConfig {
     pub membership_ms_max: u64,
     /// Longest long-poll a fetch may ask for.
     pub fetch_wait_ms_max: u64,
-    /// Client requests served at once per node.
+    /// Client requests served at once per node, and forwarded requests
+    /// served at once for other nodes (a separate count); one more is shed
+    /// with RESOURCE_EXHAUSTED naming this key, so memory stays bounded by
+    /// it times `message_bytes_max` however long a partition lasts.
     pub requests_in_flight_max: u64,
+    /// Longest the leader waits for a proposed write to commit and apply.
+    /// Past it the caller learns the write may have applied (ABORTED), as a
+    /// leader cut off from its quorum cannot say.
+    pub write_ms_max: u64,
 }
 
 /// Time. Cluster time runs on the leader's monotonic clock (see the
@@ -188,6 +195,7 @@ impl Default for NodeConfig {
                 membership_ms_max: 60_000,
                 fetch_wait_ms_max: 20_000,
                 requests_in_flight_max: 4_096,
+                write_ms_max: 10_000,
             },
             // Well above what NTP keeps a healthy machine to (ms), well
             // below any lease: a wall clock off by more is a fault.
@@ -479,6 +487,7 @@ impl NodeConfig {
             "limits.requests_in_flight_max",
             self.limits.requests_in_flight_max,
         )?;
+        positive("limits.write_ms_max", self.limits.write_ms_max)?;
         positive("clock.skew_ms_max", self.clock.skew_ms_max)?;
         let tls = &self.tls;
         let files = [

@@ -18,11 +18,25 @@ pub fn code(code: core::Code) -> Code {
         core::Code::AlreadyExists => Code::AlreadyExists,
         core::Code::FailedPrecondition => Code::FailedPrecondition,
         core::Code::ResourceExhausted => Code::ResourceExhausted,
+        core::Code::Aborted => Code::Aborted,
     }
 }
 
+/// The metadata key that names the error of a status when its code alone
+/// does not say what the client should do.
+pub const ERROR_HEADER: &str = "x-lockstep-error";
+/// [`ERROR_HEADER`]'s value for an unknown session: open a new one.
+pub const SESSION_UNKNOWN: &str = "session-unknown";
+
 pub fn status(error: &core::Error) -> Status {
-    Status::new(code(error.code()), error.to_string())
+    let mut status = Status::new(code(error.code()), error.to_string());
+    if let core::Error::SessionUnknown { .. } = error {
+        status.metadata_mut().insert(
+            ERROR_HEADER,
+            tonic::metadata::MetadataValue::from_static(SESSION_UNKNOWN),
+        );
+    }
+    status
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {

@@ -18,7 +18,7 @@ use lockstep_types::forward::{
 };
 use lockstep_types::{NodeId, NodeInfo, TypeConfig};
 use openraft::Raft;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tracing::Instrument;
 
@@ -49,6 +49,11 @@ pub struct Node {
     /// Whether this node may vote yet, and what raising and lifting that
     /// touch (see `lockstep_raft::VoteGuard`).
     pub(crate) guard: Guard,
+    /// Client requests served at once (`limits.requests_in_flight_max`).
+    client_slots: Arc<Semaphore>,
+    /// Requests forwarded by other nodes served at once (the same bound,
+    /// counted apart so one side cannot starve the other).
+    forward_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Node {
@@ -81,6 +86,7 @@ impl Node {
             config.clock.skew_ms_max,
             metrics.clone(),
         ));
+        let slots = config.limits.requests_in_flight_max as usize;
         let batcher = Batcher::start(
             raft.clone(),
             config.batch.clone(),
@@ -98,12 +104,28 @@ impl Node {
             batcher,
             clock,
             guard,
+            client_slots: Arc::new(Semaphore::new(slots)),
+            forward_slots: Arc::new(Semaphore::new(slots)),
         }
+    }
+
+    /// A slot for one request, or RESOURCE_EXHAUSTED naming the bound:
+    /// shed at once rather than queued, so callers and their payloads
+    /// never pile up behind a leader without quorum.
+    fn slot(&self, slots: &Arc<Semaphore>, whose: &str) -> Result<OwnedSemaphorePermit, Status> {
+        slots.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.observe_shed();
+            Status::resource_exhausted(format!(
+                "limits.requests_in_flight_max = {} {whose} requests are in flight on node {}; retry later",
+                self.config.limits.requests_in_flight_max, self.id
+            ))
+        })
     }
 
     /// Runs a request that arrived here, wherever the leader is.
     pub async fn execute(&self, request: Request) -> Result<Response, Status> {
         record_queue(request.queue());
+        let _slot = self.slot(&self.client_slots, "client")?;
         let (wait_ms, limit_key) = match request {
             Request::Membership(_) => (
                 self.config.limits.membership_ms_max,
@@ -136,18 +158,23 @@ impl Node {
         match request {
             Request::Write(command) => {
                 // Malformed or hostile input never reaches the log. Only a
-                // node that leads answers from its own state: a deposed one
-                // may not have applied what the new leader did.
-                let leading = self.raft.metrics().borrow().current_leader == Some(self.id);
-                let checked = self
-                    .state
-                    .read(|s| s.precheck(&command))
-                    .map_err(store_status)?;
-                if let (true, Err(e)) = (leading, checked) {
-                    return Ok(Response::Write {
-                        reply: Err(e),
-                        blobs: Vec::new(),
-                    });
+                // leader that has applied the first entry of its own term
+                // answers from its state: a deposed leader, or a new one
+                // that has not yet applied its predecessor's entries, may
+                // lack what the cluster committed, and would refuse a
+                // valid request (NOT_FOUND for a queue just created). Any
+                // other node proposes, and apply decides.
+                if self.settled_leader() {
+                    let checked = self
+                        .state
+                        .read(|s| s.precheck(&command))
+                        .map_err(store_status)?;
+                    if let Err(e) = checked {
+                        return Ok(Response::Write {
+                            reply: Err(e),
+                            blobs: Vec::new(),
+                        });
+                    }
                 }
                 self.submit_write(command).await
             }
@@ -187,6 +214,16 @@ impl Node {
                 .map(Response::Initialized)
                 .map_err(|e| Status::failed_precondition(e.to_string())),
         }
+    }
+
+    /// Whether this node leads and has applied the first entry of its own
+    /// term, so its state holds everything committed before it led.
+    fn settled_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(self.id)
+            && m.last_applied
+                .is_some_and(|applied| applied.leader_id.term == m.current_term)
     }
 
     /// What this node holds, for a bootstrap's probe.
@@ -230,7 +267,19 @@ impl Node {
     /// Proposes a write through the batcher and fills in the payloads of a
     /// fetch's deliveries.
     async fn submit_write(&self, command: Command) -> Result<Response, Status> {
-        match self.batcher.submit(command).await {
+        let limit_ms = self.config.limits.write_ms_max;
+        let submitted = tokio::time::timeout(
+            Duration::from_millis(limit_ms),
+            self.batcher.submit(command),
+        )
+        .await;
+        let Ok(submitted) = submitted else {
+            return Ok(Response::MayHaveApplied(format!(
+                "no commit within limits.write_ms_max = {limit_ms} ms on leader {}",
+                self.id
+            )));
+        };
+        match submitted {
             Ok(reply) => {
                 let blobs = match &reply {
                     Ok(Reply::Fetched(deliveries)) => deliveries
@@ -246,7 +295,8 @@ impl Node {
                 Ok(Response::Write { reply, blobs })
             }
             Err(WriteFailure::NotLeader { leader }) => Ok(Response::NotLeader { leader }),
-            Err(WriteFailure::Unavailable(message)) => Ok(Response::Unavailable(message)),
+            Err(WriteFailure::Refused(message)) => Ok(Response::Unavailable(message)),
+            Err(WriteFailure::Unknown(message)) => Ok(Response::MayHaveApplied(message)),
         }
     }
 
@@ -434,6 +484,7 @@ pub async fn handle_forwarded(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, Stat
         .map_err(|e| Status::invalid_argument(format!("forwarded request: {e}")))?;
     let queue = request.queue().map(tracing::field::display);
     let span = tracing::info_span!("forwarded", node = node.id, queue);
+    let _slot = node.slot(&node.forward_slots, "forwarded")?;
     let response = node.execute_local(request).instrument(span).await?;
     codec::encode(&response).map_err(|e| Status::internal(e.to_string()))
 }

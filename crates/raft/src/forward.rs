@@ -59,6 +59,24 @@ impl Forwarder for PeerNetworkFactory {
     }
 }
 
+/// Whether a failed forward certainly never reached the leader: the
+/// connection could not be made. Any other failure (a reset, a deadline, an
+/// error status relayed from the leader) may come after the leader applied
+/// the request. The test reads the error chain's text, since tonic does not
+/// type connect errors; a miss only makes an answer "may have applied"
+/// where "unavailable" was true, never the reverse.
+fn never_sent(status: &Status) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(status);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("tcp connect error") || text.contains("error trying to connect") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// A gRPC status from one that crossed the peer channel.
 pub fn wire_status(w: WireStatus) -> Status {
     Status::new(tonic::Code::from_i32(w.code), w.message)
@@ -109,14 +127,15 @@ impl Forwarding {
         let deadline = tokio::time::Instant::now() + wait;
         let mut backoff = RETRY_BACKOFF_MS_MIN;
         let encoded = codec::encode(&request).map_err(|e| Status::internal(e.to_string()))?;
+        let retry_safe = request.retry_safe();
         let mut hint: Option<NodeInfo> = None;
+        // Why an earlier try may have applied the request: then the final
+        // answer is "may have applied", never UNAVAILABLE.
+        let mut unknown: Option<String> = None;
         loop {
             let leader = self.raft.current_leader().await;
-            let attempt: Result<(), Option<(NodeId, NodeInfo)>> = match leader {
-                Some(id) if id == self.id => match local(request.clone()).await? {
-                    Response::NotLeader { leader } => Err(leader),
-                    other => return Ok(other),
-                },
+            let answer = match leader {
+                Some(id) if id == self.id => Some(local(request.clone()).await?),
                 Some(id) => match self.member(id) {
                     Some(node) => {
                         let remaining =
@@ -129,27 +148,53 @@ impl Forwarding {
                         observe(forwarded.is_ok());
                         match forwarded {
                             Ok(bytes) => match codec::decode::<Response>(&bytes) {
-                                Ok(Response::NotLeader { leader }) => Err(leader),
-                                Ok(other) => return Ok(other),
+                                Ok(answer) => Some(answer),
                                 Err(e) => {
                                     return Err(Status::internal(format!("forwarded answer: {e}")))
                                 }
                             },
-                            // The leader may be gone; look again after a pause.
+                            // Never sent: the leader may be gone; look again
+                            // after a pause.
+                            Err(status) if never_sent(&status) => {
+                                tracing::debug!(%status, leader = id, "forward not sent");
+                                None
+                            }
+                            // Sent, and no answer: the leader may have
+                            // applied it before the channel broke.
                             Err(status) => {
                                 tracing::debug!(%status, leader = id, "forward failed");
-                                Err(None)
+                                Some(Response::MayHaveApplied(format!(
+                                    "the forward to leader {id} failed after sending: {status}"
+                                )))
                             }
                         }
                     }
-                    None => Err(None),
+                    None => None,
                 },
-                None => Err(None),
+                None => None,
             };
-            if let Err(Some((_, node))) = attempt {
-                hint = Some(node);
+            match answer {
+                None => {}
+                Some(Response::NotLeader { leader }) => {
+                    if let Some((_, node)) = leader {
+                        hint = Some(node);
+                    }
+                }
+                Some(Response::MayHaveApplied(why)) => {
+                    if !retry_safe {
+                        return Ok(Response::MayHaveApplied(why));
+                    }
+                    unknown = Some(why);
+                }
+                Some(other) => return Ok(other),
             }
             if tokio::time::Instant::now() + Duration::from_millis(backoff) >= deadline {
+                if let Some(why) = unknown {
+                    return Ok(Response::MayHaveApplied(format!(
+                        "no answer within {limit_key} = {} ms; last: {why}",
+                        wait.as_millis()
+                    )));
+                }
                 return Err(self.unavailable(hint, wait, limit_key).await);
             }
             tokio::time::sleep(Duration::from_millis(backoff)).await;

@@ -121,6 +121,26 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Whether sending this request again after an unknown outcome can
+    /// never apply it twice: reads and membership changes; a sequenced
+    /// write (the reply cache answers a repeat); an enqueue, whose ids are
+    /// fixed before the first send (a repeat is answered `DUPLICATE`); and
+    /// opening a session (a repeat opens one more, which expires unused).
+    pub fn retry_safe(&self) -> bool {
+        match self {
+            Request::Write(command) => matches!(
+                command,
+                Command::Sequenced { .. } | Command::Enqueue { .. } | Command::OpenSession
+            ),
+            Request::Read(_)
+            | Request::Membership(_)
+            | Request::Probe
+            | Request::Initialize { .. } => true,
+        }
+    }
+}
+
 impl Read {
     /// The queue a read addresses, if any.
     pub fn queue(&self) -> Option<&str> {
@@ -171,6 +191,12 @@ pub enum Response {
         /// The leader this node knows of, if any.
         leader: Option<(NodeId, NodeInfo)>,
     },
-    /// The outcome is unknown (the leader failed mid-write); the message says why.
+    /// The request certainly did not apply (no leader took it); the
+    /// message says why. Safe to retry as is.
     Unavailable(String),
+    /// The request may have applied: it reached Raft, and no answer came
+    /// (the leader stepped down or crashed mid-write, a deadline passed, a
+    /// forward broke after sending). Only a sequenced request learns its
+    /// outcome by retrying (see `lockstep_core::Sequence`).
+    MayHaveApplied(String),
 }

@@ -127,6 +127,7 @@ pub(super) async fn producer(
                 .enqueue(pb::EnqueueRequest {
                     queue: QUEUE.into(),
                     jobs: jobs.clone(),
+                    session: None,
                 })
                 .await;
             let (outcome, results) = match r {
@@ -214,6 +215,7 @@ pub(super) async fn worker(
                         offset: d.offset,
                         fence: d.fence,
                         delay_ms: 0,
+                        session: None,
                     })
                     .await;
                 recorder.push(Op {
@@ -243,6 +245,7 @@ fn fetch_request(consumer: &str, max: u32, lease_ms: u64, wait_ms: u64) -> pb::F
         max,
         lease_ms,
         wait_ms,
+        session: None,
     }
 }
 
@@ -313,6 +316,7 @@ async fn ack_one(
                     fence: *fence,
                 })
                 .collect(),
+            session: None,
         })
         .await;
     let (outcome, oks): (Outcome, Vec<bool>) = match r {

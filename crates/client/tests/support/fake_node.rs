@@ -13,6 +13,7 @@
 //! - fetch: the deliveries the test queued, else an empty answer after the
 //!   long-poll wait (capped at `FETCH_WAIT_CAP`);
 //! - ack: OK, or the code the test set for that offset;
+//! - open-session: the next session number (no reply cache is kept);
 //! - nack, extend, release, dead-letter, join, remove, bootstrap: OK;
 //! - status: what the test set, else an empty status.
 //!
@@ -110,6 +111,9 @@ struct State {
     ids: BTreeMap<String, u64>,
     next_offset: u64,
     server_ids_made: u64,
+    /// Sessions opened so far; each open answers the next number. The fake
+    /// keeps no reply cache: it answers every try afresh.
+    sessions_opened: u64,
 }
 
 /// The fake's shared state; the gRPC services and the test both hold it.
@@ -275,6 +279,17 @@ fn answer<T>(after: Option<Status>, value: T) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for Fake {
+    async fn open_session(
+        &self,
+        _request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let mut state = self.lock();
+        state.sessions_opened += 1;
+        Ok(Response::new(pb::OpenSessionResponse {
+            session: state.sessions_opened,
+        }))
+    }
+
     async fn enqueue(
         &self,
         request: Request<pb::EnqueueRequest>,

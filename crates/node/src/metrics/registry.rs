@@ -46,6 +46,7 @@ pub struct Metrics {
     forwards: Counter,
     forward_failures: Counter,
     clock_skew_exceeded: Counter,
+    requests_shed: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,7 @@ impl Metrics {
         let forwards = Counter::default();
         let forward_failures = Counter::default();
         let clock_skew_exceeded = Counter::default();
+        let requests_shed = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "lockstep_rpc_duration_seconds",
@@ -94,6 +96,11 @@ impl Metrics {
             "Times this node, as leader, found its wall clock further than clock.skew_ms_max from cluster time (once per excursion); cluster time keeps to the leader's monotonic clock, so check the node's time sync",
             clock_skew_exceeded.clone(),
         );
+        registry.register(
+            "lockstep_requests_shed",
+            "Requests refused with RESOURCE_EXHAUSTED because limits.requests_in_flight_max client (or forwarded) requests were in flight on this node",
+            requests_shed.clone(),
+        );
         Metrics {
             registry,
             rpc_seconds,
@@ -102,6 +109,7 @@ impl Metrics {
             forwards,
             forward_failures,
             clock_skew_exceeded,
+            requests_shed,
         }
     }
 
@@ -126,6 +134,11 @@ impl Metrics {
     /// `clock.skew_ms_max`.
     pub fn observe_clock_skew_exceeded(&self) {
         self.clock_skew_exceeded.inc();
+    }
+
+    /// A request was shed at `limits.requests_in_flight_max`.
+    pub fn observe_shed(&self) {
+        self.requests_shed.inc();
     }
 
     pub(crate) fn observe_rpc(&self, method: &str, code: &'static str, elapsed: Duration) {

@@ -55,10 +55,33 @@ impl Services {
         format!("lockstep-{}-{start}-{n}", self.node.id)
     }
 
+    /// Runs a write without a session: a repeat after ABORTED may apply it
+    /// twice, so only the operator's admin calls use it.
     pub(super) async fn write(
         &self,
         command: Command,
     ) -> Result<(Reply, Vec<Option<JobBlob>>), Status> {
+        self.write_in(None, command).await
+    }
+
+    /// Runs a write as request `session` of a client session when the
+    /// client sent one: applied at most once, however often it is retried.
+    pub(super) async fn write_in(
+        &self,
+        session: Option<pb::Session>,
+        command: Command,
+    ) -> Result<(Reply, Vec<Option<JobBlob>>), Status> {
+        let command = match session {
+            Some(s) => Command::Sequenced {
+                sequence: lockstep_core::Sequence {
+                    session: s.id,
+                    seq: s.seq,
+                    floor: s.floor,
+                },
+                command: Box::new(command),
+            },
+            None => command,
+        };
         match self.node.execute(Request::Write(command)).await? {
             Response::Write {
                 reply: Ok(reply),
@@ -88,8 +111,12 @@ impl Services {
 
 pub(super) fn unexpected(response: Response) -> Status {
     match response {
-        Response::Unavailable(message) => Status::unavailable(format!(
-            "outcome unknown: {message}; retry with the same ids"
+        Response::Unavailable(message) => {
+            Status::unavailable(format!("not applied: {message}; retry"))
+        }
+        Response::MayHaveApplied(message) => Status::aborted(format!(
+            "outcome unknown, the request may have applied: {message}; retry with the same \
+             session and seq to learn it"
         )),
         other => Status::internal(format!("unexpected answer {other:?}")),
     }

@@ -13,6 +13,22 @@ use crate::pb;
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for Services {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        // Any caller that may write may open a session: it is bookkeeping
+        // for its own retries, bounded by the session count.
+        let (metadata, _, _) = request.into_parts();
+        self.auth.authenticate(&metadata)?;
+        match self.write(Command::OpenSession).await?.0 {
+            Reply::SessionOpened { session } => {
+                Ok(Response::new(pb::OpenSessionResponse { session }))
+            }
+            other => Err(wrong_reply(other)),
+        }
+    }
+
     async fn enqueue(
         &self,
         request: Request<pb::EnqueueRequest>,
@@ -28,10 +44,13 @@ impl pb::queue_server::Queue for Services {
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         match self
-            .write(Command::Enqueue {
-                queue: req.queue,
-                jobs,
-            })
+            .write_in(
+                req.session,
+                Command::Enqueue {
+                    queue: req.queue,
+                    jobs,
+                },
+            )
             .await?
             .0
         {
@@ -63,7 +82,9 @@ impl pb::queue_server::Queue for Services {
                 max: req.max,
                 lease_ms: req.lease_ms,
             };
-            let (reply, blobs) = self.write(command).await?;
+            // Every try of the long poll runs under the one seq: an empty
+            // fetch is not kept by the reply cache, so the next try applies.
+            let (reply, blobs) = self.write_in(req.session, command).await?;
             let Reply::Fetched(deliveries) = reply else {
                 return Err(wrong_reply(reply));
             };
@@ -113,10 +134,13 @@ impl pb::queue_server::Queue for Services {
             .collect();
         let offsets: Vec<u64> = items.iter().map(|i| i.offset).collect();
         match self
-            .write(Command::Ack {
-                queue: req.queue,
-                items,
-            })
+            .write_in(
+                req.session,
+                Command::Ack {
+                    queue: req.queue,
+                    items,
+                },
+            )
             .await?
             .0
         {
@@ -144,7 +168,7 @@ impl pb::queue_server::Queue for Services {
             fence: r.fence,
             delay_ms: r.delay_ms,
         };
-        match self.write(command).await?.0 {
+        match self.write_in(r.session, command).await?.0 {
             Reply::Nacked {
                 dead,
                 not_before_ms,
@@ -169,7 +193,7 @@ impl pb::queue_server::Queue for Services {
             fence: r.fence,
             lease_ms: r.lease_ms,
         };
-        match self.write(command).await?.0 {
+        match self.write_in(r.session, command).await?.0 {
             Reply::Extended { deadline_ms } => Ok(Response::new(pb::ExtendResponse {
                 lease_deadline_ms: deadline_ms,
             })),
@@ -185,11 +209,14 @@ impl pb::queue_server::Queue for Services {
         self.auth
             .authorize(&metadata, Permission::Consume, &r.queue)?;
         match self
-            .write(Command::Release {
-                queue: r.queue,
-                offset: r.offset,
-                fence: r.fence,
-            })
+            .write_in(
+                r.session,
+                Command::Release {
+                    queue: r.queue,
+                    offset: r.offset,
+                    fence: r.fence,
+                },
+            )
             .await?
             .0
         {
@@ -211,7 +238,7 @@ impl pb::queue_server::Queue for Services {
             fence: r.fence,
             reason: r.reason,
         };
-        match self.write(command).await?.0 {
+        match self.write_in(r.session, command).await?.0 {
             Reply::DeadLettered => Ok(Response::new(pb::DeadLetterResponse {})),
             other => Err(wrong_reply(other)),
         }

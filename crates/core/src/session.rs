@@ -1,0 +1,375 @@
+//! At-most-once application of client requests: client sessions and the
+//! replicated reply cache (Raft dissertation, section 6.3).
+//!
+//! A client opens a session once (`Command::OpenSession`, a Raft entry, so
+//! every replica knows it) and numbers its state-changing requests 1, 2, 3...
+//! Each request travels as `Command::Sequenced` with its session, its
+//! sequence number, and the client's floor: the lowest number it still waits
+//! for. The first time a (session, seq) is applied its result is kept; a
+//! retry of the same pair, whatever path it took and however many times
+//! forwarding re-sent it, gets that first result and changes nothing. So a
+//! retry after an unknown outcome (a leader died mid-write, a deadline
+//! passed) is always safe.
+//!
+//! Everything is bounded, and a bound that forgets is never silent:
+//! - a reply below the client's floor is dropped (the client has its answer);
+//! - a session keeps at most [`SESSION_REPLIES_MAX`] replies; the oldest goes
+//!   first and raises the floor, so a late retry of it is answered "may
+//!   have applied" (`Error::ReplyForgotten`), never applied twice;
+//! - at most [`SESSIONS_COUNT_MAX`] sessions and [`REPLY_WEIGHT_MAX`] cached
+//!   items in all; past either, the longest-idle session goes whole;
+//! - a session idle for [`SESSION_IDLE_MS`] of cluster time expires at the
+//!   next tick.
+//!
+//! A request on a session that is gone is refused (`Error::SessionUnknown`)
+//! before it changes anything, so the client may open a new session and
+//! resend it if that was its first send, and must report "may have applied"
+//! if it was a retry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Reply};
+use crate::error::{Error, Result};
+use crate::limits::{REPLY_WEIGHT_MAX, SESSIONS_COUNT_MAX, SESSION_IDLE_MS, SESSION_REPLIES_MAX};
+
+/// Where a request sits in its client's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequence {
+    /// From `Reply::SessionOpened`.
+    pub session: u64,
+    /// 1, 2, 3... per request; a retry reuses its number.
+    pub seq: u64,
+    /// The lowest number the client still waits for: every reply below it
+    /// may be forgotten.
+    pub floor: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Cached {
+    result: Result<Reply>,
+    weight: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    /// Numbers below it are answered `ReplyForgotten`.
+    floor: u64,
+    last_ms: u64,
+    replies: BTreeMap<u64, Cached>,
+}
+
+/// What the cache knows of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Never applied: apply it, then [`Sessions::record`] the result.
+    New,
+    /// Applied before: this is its first result.
+    Replay(Result<Reply>),
+}
+
+/// Every open session of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Sessions {
+    next_id: u64,
+    by_id: BTreeMap<u64, Session>,
+    /// (last use in cluster ms, id): the idle order for expiry and eviction.
+    idle: BTreeSet<(u64, u64)>,
+    /// Items of every cached reply together (see [`weight`]).
+    weight: u64,
+}
+
+/// How much a reply costs the cache: one, plus one per result it carries.
+fn weight(result: &Result<Reply>) -> u64 {
+    1 + match result {
+        Ok(Reply::Enqueued(r)) => r.len() as u64,
+        Ok(Reply::Fetched(d)) => d.len() as u64,
+        Ok(Reply::Acked(r)) => r.len() as u64,
+        _ => 0,
+    }
+}
+
+impl Sessions {
+    /// Opens a session at cluster time `now_ms`; its id is never reused.
+    pub(crate) fn open(&mut self, now_ms: u64) -> u64 {
+        while self.by_id.len() >= SESSIONS_COUNT_MAX {
+            self.evict_idlest(None);
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.by_id.insert(
+            id,
+            Session {
+                floor: 0,
+                last_ms: now_ms,
+                replies: BTreeMap::new(),
+            },
+        );
+        self.idle.insert((now_ms, id));
+        id
+    }
+
+    /// What a precheck may say without changing anything: refuses an
+    /// unknown session, and is `true` when the request was answered before
+    /// (or forgotten), so the inner command's checks no longer apply.
+    pub(crate) fn peek(&self, sequence: Sequence) -> Result<bool> {
+        let session = self
+            .by_id
+            .get(&sequence.session)
+            .ok_or(Error::SessionUnknown {
+                session: sequence.session,
+            })?;
+        Ok(sequence.seq < session.floor.max(sequence.floor)
+            || session.replies.contains_key(&sequence.seq))
+    }
+
+    /// Looks `sequence` up at cluster time `now_ms`, first dropping the
+    /// replies below the client's floor.
+    pub(crate) fn lookup(&mut self, sequence: Sequence, now_ms: u64) -> Result<Lookup> {
+        let Sequence {
+            session: id,
+            seq,
+            floor,
+        } = sequence;
+        let session = self
+            .by_id
+            .get_mut(&id)
+            .ok_or(Error::SessionUnknown { session: id })?;
+        if seq == 0 {
+            return Err(Error::InvalidArgument {
+                field: "session.seq".into(),
+                message: "sequence numbers start at 1".into(),
+            });
+        }
+        self.idle.remove(&(session.last_ms, id));
+        session.last_ms = session.last_ms.max(now_ms);
+        self.idle.insert((session.last_ms, id));
+        if floor > session.floor {
+            session.floor = floor;
+            let kept = session.replies.split_off(&floor);
+            let dropped = std::mem::replace(&mut session.replies, kept);
+            self.weight -= dropped.values().map(|c| c.weight).sum::<u64>();
+        }
+        if let Some(cached) = session.replies.get(&seq) {
+            return Ok(Lookup::Replay(cached.result.clone()));
+        }
+        if seq < session.floor {
+            return Err(Error::ReplyForgotten { session: id, seq });
+        }
+        Ok(Lookup::New)
+    }
+
+    /// Keeps the first result of `sequence`, which [`Sessions::lookup`]
+    /// found `New`. An empty fetch is not kept: it changed nothing, so
+    /// applying it again is harmless, and a long poll repeats it under one
+    /// number until work arrives.
+    pub(crate) fn record(&mut self, sequence: Sequence, result: &Result<Reply>) {
+        if matches!(result, Ok(Reply::Fetched(d)) if d.is_empty()) {
+            return;
+        }
+        let Some(session) = self.by_id.get_mut(&sequence.session) else {
+            return;
+        };
+        let cached = Cached {
+            result: result.clone(),
+            weight: weight(result),
+        };
+        self.weight += cached.weight;
+        if let Some(old) = session.replies.insert(sequence.seq, cached) {
+            self.weight -= old.weight;
+        }
+        while session.replies.len() > SESSION_REPLIES_MAX {
+            let Some((seq, old)) = session.replies.pop_first() else {
+                break;
+            };
+            self.weight -= old.weight;
+            session.floor = session.floor.max(seq + 1);
+        }
+        while self.weight > REPLY_WEIGHT_MAX {
+            if !self.evict_idlest(Some(sequence.session)) {
+                break;
+            }
+        }
+    }
+
+    /// Expires every session idle since before `now_ms - SESSION_IDLE_MS`.
+    pub(crate) fn expire(&mut self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(SESSION_IDLE_MS);
+        while let Some(&(last_ms, id)) = self.idle.first() {
+            if last_ms >= cutoff {
+                break;
+            }
+            self.remove(id);
+        }
+    }
+
+    /// Removes the longest-idle session other than `keep`; false if none.
+    fn evict_idlest(&mut self, keep: Option<u64>) -> bool {
+        let victim = self
+            .idle
+            .iter()
+            .map(|&(_, id)| id)
+            .find(|id| Some(*id) != keep);
+        match victim {
+            Some(id) => {
+                self.remove(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(session) = self.by_id.remove(&id) {
+            self.idle.remove(&(session.last_ms, id));
+            self.weight -= session.replies.values().map(|c| c.weight).sum::<u64>();
+        }
+    }
+
+    /// Open sessions, for Status and metrics.
+    pub(crate) fn count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// The checks `State::check_invariants` runs: the idle index and the
+    /// weight agree with the sessions.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        if self.idle.len() != self.by_id.len() {
+            return Err(format!(
+                "sessions: {} in the idle index, {} open",
+                self.idle.len(),
+                self.by_id.len()
+            ));
+        }
+        let mut weight = 0;
+        for (id, s) in &self.by_id {
+            if !self.idle.contains(&(s.last_ms, *id)) {
+                return Err(format!("session {id} is missing from the idle index"));
+            }
+            if *id > self.next_id {
+                return Err(format!(
+                    "session {id} is above the next id {}",
+                    self.next_id
+                ));
+            }
+            weight += s.replies.values().map(|c| c.weight).sum::<u64>();
+        }
+        if weight != self.weight {
+            return Err(format!(
+                "sessions: cached weight {} but replies weigh {weight}",
+                self.weight
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `command` may be sequenced: a plain state-changing command, not
+/// a session command and not a tick (which only the leader proposes).
+pub(crate) fn sequenceable(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::OpenSession | Command::Sequenced { .. } | Command::Tick
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(session: u64, seq: u64, floor: u64) -> Sequence {
+        Sequence {
+            session,
+            seq,
+            floor,
+        }
+    }
+
+    #[test]
+    fn a_retry_gets_the_first_result() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        assert_eq!(s.lookup(seq(id, 1, 1), 0), Ok(Lookup::New));
+        s.record(seq(id, 1, 1), &Ok(Reply::Released));
+        assert_eq!(
+            s.lookup(seq(id, 1, 1), 5),
+            Ok(Lookup::Replay(Ok(Reply::Released)))
+        );
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn a_reply_below_the_floor_is_forgotten_loudly() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        s.lookup(seq(id, 1, 1), 0).unwrap();
+        s.record(seq(id, 1, 1), &Ok(Reply::Released));
+        assert_eq!(s.lookup(seq(id, 2, 2), 0), Ok(Lookup::New));
+        assert_eq!(
+            s.lookup(seq(id, 1, 2), 0),
+            Err(Error::ReplyForgotten {
+                session: id,
+                seq: 1
+            })
+        );
+        assert_eq!(s.weight, 0);
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_session_changes_nothing() {
+        let mut s = Sessions::default();
+        let before = s.clone();
+        assert_eq!(
+            s.lookup(seq(7, 1, 1), 0),
+            Err(Error::SessionUnknown { session: 7 })
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn the_oldest_reply_goes_first_and_raises_the_floor() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        for n in 1..=(SESSION_REPLIES_MAX as u64 + 1) {
+            assert_eq!(s.lookup(seq(id, n, 1), 0), Ok(Lookup::New));
+            s.record(seq(id, n, 1), &Ok(Reply::Released));
+        }
+        assert_eq!(
+            s.lookup(seq(id, 1, 1), 0),
+            Err(Error::ReplyForgotten {
+                session: id,
+                seq: 1
+            })
+        );
+        assert!(matches!(s.lookup(seq(id, 2, 1), 0), Ok(Lookup::Replay(_))));
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_the_count_is_bounded() {
+        let mut s = Sessions::default();
+        let old = s.open(0);
+        let young = s.open(SESSION_IDLE_MS);
+        s.expire(SESSION_IDLE_MS + 1);
+        assert_eq!(s.count(), 1);
+        assert!(s.peek(seq(old, 1, 1)).is_err());
+        assert!(s.peek(seq(young, 1, 1)).is_ok());
+        for _ in 0..SESSIONS_COUNT_MAX {
+            s.open(SESSION_IDLE_MS + 2);
+        }
+        assert_eq!(s.count(), SESSIONS_COUNT_MAX);
+        assert!(s.peek(seq(young, 1, 1)).is_err(), "the idlest went first");
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn an_empty_fetch_is_not_kept() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        s.lookup(seq(id, 1, 1), 0).unwrap();
+        s.record(seq(id, 1, 1), &Ok(Reply::Fetched(Vec::new())));
+        assert_eq!(s.lookup(seq(id, 1, 1), 0), Ok(Lookup::New));
+    }
+}

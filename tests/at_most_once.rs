@@ -1,0 +1,190 @@
+//! Each state-changing request applies at most once, and no write waits
+//! without bound (issue 15, items 3 and 4). Real processes; every wait is
+//! bounded.
+//!
+//! A retry after an unknown outcome resends the same request: these tests
+//! send it twice on purpose, through different nodes, as a client whose
+//! first answer was lost would.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const Q: &str = "once";
+
+async fn open_session(c: &Cluster, id: u64) -> u64 {
+    queue(c, id)
+        .await
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+}
+
+fn place(id: u64, seq: u64) -> Option<pb::Session> {
+    Some(pb::Session { id, seq, floor: 1 })
+}
+
+fn fetch_in(session: Option<pb::Session>, max: u32) -> pb::FetchRequest {
+    pb::FetchRequest {
+        queue: Q.into(),
+        consumer: "w".into(),
+        max,
+        lease_ms: 60_000,
+        wait_ms: 0,
+        session,
+    }
+}
+
+/// The issue's hole: a retried fetch left leases nobody holds and burned
+/// attempts, and a retried nack answered "lease lost" although it applied.
+/// Under a session the repeat, through another node, gets the first answer
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_under_a_session_applies_once() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (run, leader) = start3().await;
+        let c = &run.cluster;
+        let follower = (1..=3).find(|i| *i != leader).unwrap();
+        create_queue(c, leader, Q, None).await;
+        let mut q = queue(c, leader).await;
+        enqueue(&mut q, Q, vec![job("a", "ga"), job("b", "gb")]).await;
+        let session = open_session(c, follower).await;
+
+        let mut first = queue(c, follower).await;
+        let mut again = queue(c, leader).await;
+        let one = first
+            .fetch(fetch_in(place(session, 1), 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        let two = again
+            .fetch(fetch_in(place(session, 1), 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(one.len(), 1, "{one:?}");
+        let key = |d: &Vec<pb::Delivery>| d.iter().map(|d| (d.offset, d.fence)).collect::<Vec<_>>();
+        assert_eq!(key(&one), key(&two), "the repeat must get the first leases");
+        let s = stats(c, leader, Q).await;
+        assert_eq!(s.leased, 1, "one fetch, one lease: {s:?}");
+        assert_eq!(s.ready, 1, "the other group's job stays ready: {s:?}");
+
+        let d = &one[0];
+        let nack = |node_q: &mut Queue| {
+            let mut node_q = node_q.clone();
+            let request = pb::NackRequest {
+                queue: Q.into(),
+                offset: d.offset,
+                fence: d.fence,
+                delay_ms: 0,
+                session: place(session, 2),
+            };
+            async move { node_q.nack(request).await }
+        };
+        let a = nack(&mut first).await.unwrap().into_inner();
+        let b = nack(&mut again)
+            .await
+            .expect("a repeated nack must get the first answer, not `lease lost`")
+            .into_inner();
+        assert_eq!(a, b);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A leader cut off from its quorum answers within `limits.write_ms_max`,
+/// ABORTED ("may have applied"), and sheds calls past
+/// `limits.requests_in_flight_max` at once instead of queueing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_quorum_answers_in_bounded_time_and_sheds_load() {
+    /// The write deadline these nodes run with.
+    const WRITE_MS_MAX: u64 = 1_500;
+    const IN_FLIGHT_MAX: u64 = 3;
+    /// The longest the test waits for an answer that must come by the
+    /// write deadline: the deadline plus room for a loaded machine.
+    const ANSWER_MAX: Duration = Duration::from_secs(10);
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(&dir)
+            .set("limits.write_ms_max", WRITE_MS_MAX)
+            .set("limits.requests_in_flight_max", IN_FLIGHT_MAX);
+        let (mut run, leader) = start(3, 4, spec, dir).await;
+        create_queue(&run.cluster, leader, Q, None).await;
+        let mut q = queue(&run.cluster, leader).await;
+        enqueue(&mut q, Q, vec![job("a", "ga")]).await;
+        let d = fetch(&mut q, Q, "w", 1).await.remove(0);
+        for f in (1..=3).filter(|i| *i != leader) {
+            run.cluster.pause(f).unwrap();
+        }
+
+        // No session: the answer must say the release may have applied.
+        let started = Instant::now();
+        let release = tokio::time::timeout(
+            ANSWER_MAX,
+            q.release(pb::ReleaseRequest {
+                queue: Q.into(),
+                offset: d.offset,
+                fence: d.fence,
+                session: None,
+            }),
+        )
+        .await
+        .expect("a write on a leader without quorum must answer by limits.write_ms_max");
+        let status = release.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+        assert!(
+            status.message().contains("limits.write_ms_max"),
+            "{status:?}"
+        );
+        eprintln!("answered ABORTED after {:?}", started.elapsed());
+
+        // Fill every slot with writes that wait for the quorum; one more
+        // is shed at once, naming the limit.
+        let mut waiting = Vec::new();
+        for k in 0..IN_FLIGHT_MAX {
+            let mut q = q.clone();
+            waiting.push(tokio::spawn(async move {
+                q.enqueue(pb::EnqueueRequest {
+                    queue: Q.into(),
+                    jobs: vec![job(&format!("w{k}"), "gw")],
+                    session: None,
+                })
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shed = tokio::time::timeout(
+            ANSWER_MAX,
+            q.enqueue(pb::EnqueueRequest {
+                queue: Q.into(),
+                jobs: vec![job("one-more", "gw")],
+                session: None,
+            }),
+        )
+        .await
+        .expect("a call past the in-flight limit must be answered at once")
+        .unwrap_err();
+        assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+        assert!(
+            shed.message().contains("limits.requests_in_flight_max"),
+            "{shed:?}"
+        );
+        for w in waiting {
+            let answer = tokio::time::timeout(ANSWER_MAX, w).await.unwrap().unwrap();
+            assert_eq!(answer.unwrap_err().code(), tonic::Code::Aborted);
+        }
+        for f in (1..=3).filter(|i| *i != leader) {
+            run.cluster.resume(f).unwrap();
+        }
+    })
+    .await
+    .expect("test timed out");
+}
