@@ -13,7 +13,11 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The version byte written at the front of every record.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// 2: the state holds client sessions and their reply cache, and commands
+/// may be `OpenSession` or `Sequenced`. A node refuses a data directory of
+/// version 1 with "unknown format version 1" rather than misreading it.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The largest single record (a Raft entry, a vote, a payload): 64 MiB.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -754,3 +754,117 @@ fn a_snapshot_restores_an_identical_state() {
     assert!(State::restore(&bytes[..bytes.len() / 2]).is_err());
     assert!(State::restore(&[]).is_err());
 }
+
+fn open_session(sim: &mut Sim) -> u64 {
+    match sim.run(Command::OpenSession).unwrap() {
+        Reply::SessionOpened { session } => session,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sequenced(session: u64, seq: u64, command: Command) -> Command {
+    Command::Sequenced {
+        sequence: Sequence {
+            session,
+            seq,
+            floor: 1,
+        },
+        command: Box::new(command),
+    }
+}
+
+fn fetch_command(max: u32) -> Command {
+    Command::Fetch {
+        queue: Q.into(),
+        consumer: "w".into(),
+        max,
+        lease_ms: 0,
+    }
+}
+
+#[test]
+fn a_repeated_sequenced_fetch_grants_nothing_new_and_returns_the_held_leases() {
+    let mut sim = Sim::with_queue(config());
+    let a = sim.enqueue("a", Some("ga"));
+    sim.enqueue("b", Some("gb"));
+    let session = open_session(&mut sim);
+    let first = sim.run(sequenced(session, 1, fetch_command(1))).unwrap();
+    let again = sim.run(sequenced(session, 1, fetch_command(1))).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(sim.stats().leased, 1);
+    assert_eq!(sim.stats().ready, 1);
+
+    // Once the lease expired, a late repeat hands out nothing it no
+    // longer holds.
+    let Reply::Fetched(deliveries) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(offsets(&deliveries), vec![a]);
+    sim.advance(1_000);
+    sim.tick();
+    assert_eq!(
+        sim.run(sequenced(session, 1, fetch_command(1))).unwrap(),
+        Reply::Fetched(Vec::new())
+    );
+}
+
+#[test]
+fn a_repeated_sequenced_nack_gets_its_first_answer_not_lease_lost() {
+    let mut sim = Sim::with_queue(config());
+    sim.enqueue("a", Some("g"));
+    let d = sim.fetch(1).remove(0);
+    let session = open_session(&mut sim);
+    let nack = Command::Nack {
+        queue: Q.into(),
+        offset: d.offset,
+        fence: d.fence,
+        delay_ms: 0,
+    };
+    let first = sim.run(sequenced(session, 1, nack.clone())).unwrap();
+    assert_eq!(sim.run(sequenced(session, 1, nack.clone())).unwrap(), first);
+    // Without a session the repeat is a second, refused, nack.
+    assert!(matches!(sim.run(nack), Err(Error::LeaseLost { .. })));
+}
+
+#[test]
+fn an_unknown_session_is_refused_by_precheck_and_apply_alike() {
+    let mut sim = Sim::with_queue(config());
+    let command = sequenced(42, 1, fetch_command(1));
+    assert_eq!(
+        sim.state.precheck(&command),
+        Err(Error::SessionUnknown { session: 42 })
+    );
+    assert_eq!(sim.run(command), Err(Error::SessionUnknown { session: 42 }));
+    assert_eq!(sim.state.sessions_count(), 0);
+}
+
+#[test]
+fn a_session_command_cannot_be_sequenced() {
+    let mut sim = Sim::with_queue(config());
+    let session = open_session(&mut sim);
+    for inner in [
+        Command::OpenSession,
+        Command::Tick,
+        sequenced(session, 1, fetch_command(1)),
+    ] {
+        let command = sequenced(session, 2, inner);
+        assert!(matches!(
+            sim.state.precheck(&command),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(sim.run(command), Err(Error::InvalidArgument { .. })));
+    }
+}
+
+#[test]
+fn an_idle_session_expires_on_a_tick() {
+    let mut sim = Sim::with_queue(config());
+    let session = open_session(&mut sim);
+    sim.advance(limits::SESSION_IDLE_MS + 1);
+    sim.tick();
+    assert_eq!(sim.state.sessions_count(), 0);
+    assert_eq!(
+        sim.run(sequenced(session, 1, fetch_command(1))),
+        Err(Error::SessionUnknown { session })
+    );
+}
