@@ -91,6 +91,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 .create_queue(pb::CreateQueueRequest {
                     name: "bad name/../x".into(),
                     config: None,
+                    session: None,
                 })
                 .await,
         );

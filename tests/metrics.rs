@@ -114,6 +114,7 @@ async fn a_scrape_shows_raft_the_queues_and_each_rpc() {
             .create_queue(pb::CreateQueueRequest {
                 name: "jobs".into(),
                 config: None,
+                session: None,
             })
             .await
             .unwrap();

@@ -83,6 +83,7 @@ pub async fn create_queue(c: &Cluster, id: u64, name: &str, config: Option<pb::Q
         .create_queue(pb::CreateQueueRequest {
             name: name.into(),
             config,
+            session: None,
         })
         .await
         .unwrap();

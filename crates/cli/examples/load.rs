@@ -76,6 +76,7 @@ async fn load(args: Args) {
         .create_queue(pb::CreateQueueRequest {
             name: args.queue.clone(),
             config: None,
+            session: None,
         })
         .await;
     let run_id = std::time::SystemTime::now()

@@ -705,12 +705,14 @@ impl Client {
         let request = pb::CreateQueueRequest {
             name: name.to_string(),
             config: Some(config),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, _) = self
-            .call(
+            .sequenced(
                 self.spec("create_queue", true),
                 request,
+                |r, s| r.session = Some(s),
                 move |ch, req| async move { admin_api(ch, bytes_max).create_queue(req).await },
             )
             .await?;
@@ -722,11 +724,13 @@ impl Client {
         let request = pb::UpdateQueueRequest {
             name: name.to_string(),
             config: Some(config),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
-        self.call(
+        self.sequenced(
             self.spec("update_queue", true),
             request,
+            |r, s| r.session = Some(s),
             move |ch, req| async move { admin_api(ch, bytes_max).update_queue(req).await },
         )
         .await?;
@@ -738,11 +742,13 @@ impl Client {
     pub async fn delete_queue(&self, name: &str) -> Result<(), Error> {
         let request = pb::DeleteQueueRequest {
             name: name.to_string(),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
-        self.call(
+        self.sequenced(
             self.spec("delete_queue", false),
             request,
+            |r, s| r.session = Some(s),
             move |ch, req| async move { admin_api(ch, bytes_max).delete_queue(req).await },
         )
         .await?;
@@ -808,11 +814,13 @@ impl Client {
         let request = pb::PauseGroupRequest {
             queue: queue.to_string(),
             group: group.to_string(),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
-        self.call(
+        self.sequenced(
             self.spec("pause_group", true),
             request,
+            |r, s| r.session = Some(s),
             move |ch, req| async move { admin_api(ch, bytes_max).pause_group(req).await },
         )
         .await?;
@@ -824,11 +832,13 @@ impl Client {
         let request = pb::ResumeGroupRequest {
             queue: queue.to_string(),
             group: group.to_string(),
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
-        self.call(
+        self.sequenced(
             self.spec("resume_group", true),
             request,
+            |r, s| r.session = Some(s),
             move |ch, req| async move { admin_api(ch, bytes_max).resume_group(req).await },
         )
         .await?;
@@ -868,12 +878,14 @@ impl Client {
         let request = pb::RequeueDeadLetterRequest {
             queue: queue.to_string(),
             offset,
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, _) = self
-            .call(
+            .sequenced(
                 self.spec("requeue_dead_letter", false),
                 request,
+                |r, s| r.session = Some(s),
                 move |ch, req| async move { admin_api(ch, bytes_max).requeue_dead_letter(req).await },
             )
             .await?;
@@ -886,12 +898,14 @@ impl Client {
         let request = pb::PurgeDeadLettersRequest {
             queue: queue.to_string(),
             offsets,
+            session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
         let (response, _) = self
-            .call(
+            .sequenced(
                 self.spec("purge_dead_letters", false),
                 request,
+                |r, s| r.session = Some(s),
                 move |ch, req| async move { admin_api(ch, bytes_max).purge_dead_letters(req).await },
             )
             .await?;

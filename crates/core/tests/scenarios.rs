@@ -852,7 +852,10 @@ fn a_session_command_cannot_be_sequenced() {
             sim.state.precheck(&command),
             Err(Error::InvalidArgument { .. })
         ));
-        assert!(matches!(sim.run(command), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            sim.run(command),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }
 

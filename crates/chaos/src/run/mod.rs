@@ -73,6 +73,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
                 lease_ms_default: 2_000,
                 ..Default::default()
             }),
+            session: None,
         })
         .await
         .map_err(|s| format!("create queue: {s}"))?;

@@ -20,10 +20,13 @@ impl pb::admin_server::Admin for Services {
         self.auth.authorize(&metadata, Permission::Admin, &r.name)?;
         let config = convert::queue_config(r.config)?;
         match self
-            .write(Command::CreateQueue {
-                name: r.name,
-                config,
-            })
+            .write_in(
+                r.session,
+                Command::CreateQueue {
+                    name: r.name,
+                    config,
+                },
+            )
             .await?
             .0
         {
@@ -42,10 +45,13 @@ impl pb::admin_server::Admin for Services {
         self.auth.authorize(&metadata, Permission::Admin, &r.name)?;
         let config = convert::queue_config(r.config)?;
         match self
-            .write(Command::UpdateQueue {
-                name: r.name,
-                config,
-            })
+            .write_in(
+                r.session,
+                Command::UpdateQueue {
+                    name: r.name,
+                    config,
+                },
+            )
             .await?
             .0
         {
@@ -60,7 +66,11 @@ impl pb::admin_server::Admin for Services {
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
         let (metadata, _, r) = request.into_parts();
         self.auth.authorize(&metadata, Permission::Admin, &r.name)?;
-        match self.write(Command::DeleteQueue { name: r.name }).await?.0 {
+        match self
+            .write_in(r.session, Command::DeleteQueue { name: r.name })
+            .await?
+            .0
+        {
             Reply::QueueDeleted => Ok(Response::new(pb::DeleteQueueResponse {})),
             other => Err(wrong_reply(other)),
         }
@@ -156,10 +166,13 @@ impl pb::admin_server::Admin for Services {
         self.auth
             .authorize(&metadata, Permission::Admin, &r.queue)?;
         match self
-            .write(Command::PauseGroup {
-                queue: r.queue,
-                group: r.group,
-            })
+            .write_in(
+                r.session,
+                Command::PauseGroup {
+                    queue: r.queue,
+                    group: r.group,
+                },
+            )
             .await?
             .0
         {
@@ -176,10 +189,13 @@ impl pb::admin_server::Admin for Services {
         self.auth
             .authorize(&metadata, Permission::Admin, &r.queue)?;
         match self
-            .write(Command::ResumeGroup {
-                queue: r.queue,
-                group: r.group,
-            })
+            .write_in(
+                r.session,
+                Command::ResumeGroup {
+                    queue: r.queue,
+                    group: r.group,
+                },
+            )
             .await?
             .0
         {
@@ -252,10 +268,13 @@ impl pb::admin_server::Admin for Services {
         self.auth
             .authorize(&metadata, Permission::Admin, &r.queue)?;
         match self
-            .write(Command::RequeueDeadLetter {
-                queue: r.queue,
-                offset: r.offset,
-            })
+            .write_in(
+                r.session,
+                Command::RequeueDeadLetter {
+                    queue: r.queue,
+                    offset: r.offset,
+                },
+            )
             .await?
             .0
         {
@@ -279,10 +298,13 @@ impl pb::admin_server::Admin for Services {
             PurgeSelector::Offsets(r.offsets)
         };
         match self
-            .write(Command::PurgeDeadLetters {
-                queue: r.queue,
-                which,
-            })
+            .write_in(
+                r.session,
+                Command::PurgeDeadLetters {
+                    queue: r.queue,
+                    which,
+                },
+            )
             .await?
             .0
         {

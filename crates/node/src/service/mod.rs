@@ -55,8 +55,7 @@ impl Services {
         format!("lockstep-{}-{start}-{n}", self.node.id)
     }
 
-    /// Runs a write without a session: a repeat after ABORTED may apply it
-    /// twice, so only the operator's admin calls use it.
+    /// Runs a write without a session (opening one).
     pub(super) async fn write(
         &self,
         command: Command,
