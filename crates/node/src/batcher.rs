@@ -63,6 +63,7 @@ fn weight(command: &Command) -> u64 {
             .iter()
             .map(|j| COMMAND_BYTES_BASE + j.payload.len() as u64 + j.id.len() as u64)
             .sum(),
+        Command::Sequenced { command, .. } => weight(command),
         _ => COMMAND_BYTES_BASE,
     }
 }
@@ -193,4 +194,35 @@ async fn run(
 
 fn failure(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> WriteFailure {
     WriteFailure::Unknown(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_core::{NewJob, Sequence};
+
+    #[test]
+    fn a_sequenced_enqueue_weighs_its_payloads() {
+        let enqueue = Command::Enqueue {
+            queue: "q".into(),
+            jobs: vec![NewJob {
+                id: "a".into(),
+                group: None,
+                payload: vec![0; 10_000],
+                headers: Vec::new(),
+                priority: 0,
+                delay_ms: 0,
+            }],
+        };
+        let sequenced = Command::Sequenced {
+            sequence: Sequence {
+                session: 1,
+                seq: 1,
+                floor: 1,
+            },
+            command: Box::new(enqueue.clone()),
+        };
+        assert!(weight(&enqueue) > 10_000);
+        assert_eq!(weight(&sequenced), weight(&enqueue));
+    }
 }

@@ -156,7 +156,7 @@ fn the_exposition_has_every_family_with_help_and_the_recorded_values() {
         );
         assert!(family.starts_with("lockstep_"), "{family} is prefixed");
     }
-    assert_eq!(families.len(), 25, "{families:?}");
+    assert_eq!(families.len(), 26, "{families:?}");
 }
 
 #[test]

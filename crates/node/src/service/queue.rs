@@ -36,11 +36,23 @@ impl pb::queue_server::Queue for Services {
         let (metadata, _, req) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Produce, &req.queue)?;
+        // Under a session, a job sent without an id gets one made from its
+        // place (session, seq, index): a retry through another node makes
+        // the same id, so the first answer, replayed, names the right ids.
+        let mut index = 0;
+        let session = req.session;
+        let mut make_id = || match session {
+            Some(s) => {
+                index += 1;
+                format!("lockstep-s{}-{}-{}", s.id, s.seq, index - 1)
+            }
+            None => self.make_id(),
+        };
         let jobs = req
             .jobs
             .into_iter()
             .enumerate()
-            .map(|(i, job)| convert::new_job(job, i, &mut || self.make_id()))
+            .map(|(i, job)| convert::new_job(job, i, &mut make_id))
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         match self
