@@ -36,6 +36,13 @@ struct RpcLabels {
 
 type RpcFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvariantLabels {
+    /// Which invariant, from a fixed set named in the code (for example
+    /// `payload_missing`), so the label set cannot grow.
+    what: &'static str,
+}
+
 /// The event metrics of one node. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -46,6 +53,7 @@ pub struct Metrics {
     forwards: Counter,
     forward_failures: Counter,
     clock_skew_exceeded: Counter,
+    invariant_violations: Family<InvariantLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,6 +71,7 @@ impl Metrics {
         let forwards = Counter::default();
         let forward_failures = Counter::default();
         let clock_skew_exceeded = Counter::default();
+        let invariant_violations = Family::<InvariantLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "lockstep_rpc_duration_seconds",
@@ -94,6 +103,11 @@ impl Metrics {
             "Times this node, as leader, found its wall clock further than clock.skew_ms_max from cluster time (once per excursion); cluster time keeps to the leader's monotonic clock, so check the node's time sync",
             clock_skew_exceeded.clone(),
         );
+        registry.register(
+            "lockstep_invariant_violations",
+            "Times this node found a rule of its own state broken at run time, by invariant (payload_missing: a delivery's payload is not in the payload store); the call that found it answers INTERNAL and the node logs an error. Any non-zero value is a bug or damaged storage",
+            invariant_violations.clone(),
+        );
         Metrics {
             registry,
             rpc_seconds,
@@ -102,6 +116,7 @@ impl Metrics {
             forwards,
             forward_failures,
             clock_skew_exceeded,
+            invariant_violations,
         }
     }
 
@@ -126,6 +141,13 @@ impl Metrics {
     /// `clock.skew_ms_max`.
     pub fn observe_clock_skew_exceeded(&self) {
         self.clock_skew_exceeded.inc();
+    }
+
+    /// An invariant named `what` was found broken at run time.
+    pub fn observe_invariant_violation(&self, what: &'static str) {
+        self.invariant_violations
+            .get_or_create(&InvariantLabels { what })
+            .inc();
     }
 
     pub(crate) fn observe_rpc(&self, method: &str, code: &'static str, elapsed: Duration) {
