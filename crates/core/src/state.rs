@@ -969,7 +969,13 @@ impl State {
         result
     }
 
+    /// The queue `name`, its clock advanced. A name no queue could have
+    /// (empty, too long, a character outside the set) is refused as
+    /// `INVALID_ARGUMENT` before the lookup, as `CreateQueue` refuses it,
+    /// rather than as `NOT_FOUND`: it is the caller's mistake, not a queue
+    /// that might exist later.
     fn queue_mut(&mut self, name: &str) -> Result<&mut Queue> {
+        validate_queue_name(name)?;
         let clock = self.clock_ms;
         let queue = self
             .queues
@@ -998,6 +1004,7 @@ impl State {
                 Ok(Reply::QueueUpdated)
             }
             Command::DeleteQueue { name } => {
+                validate_queue_name(&name)?;
                 let queue = self
                     .queues
                     .remove(&name)
@@ -1087,7 +1094,9 @@ impl State {
     /// log; `apply` repeats every check, so this only ever refuses what
     /// `apply` would refuse against the same state.
     pub fn precheck(&self, command: &Command) -> Result<()> {
+        // The name first, as in `apply` (`queue_mut`).
         let queue = |name: &str| {
+            validate_queue_name(name)?;
             self.queues
                 .get(name)
                 .ok_or_else(|| Error::queue_not_found(name))

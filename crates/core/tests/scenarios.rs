@@ -754,3 +754,104 @@ fn a_snapshot_restores_an_identical_state() {
     assert!(State::restore(&bytes[..bytes.len() / 2]).is_err());
     assert!(State::restore(&[]).is_err());
 }
+
+/// Issue 15: a queue name no queue could have is the caller's mistake,
+/// `INVALID_ARGUMENT` naming `queue`, on every command and read, from
+/// `precheck` and `apply` alike, as `CreateQueue` already answered. It was
+/// `NOT_FOUND` on Enqueue, Fetch and the rest, which reads as "create it
+/// and retry".
+#[test]
+fn a_malformed_queue_name_is_invalid_argument_everywhere() {
+    let mut sim = Sim::with_queue(config());
+    for name in ["", "bad name!"] {
+        let commands = vec![
+            Command::Enqueue {
+                queue: name.into(),
+                jobs: vec![job("x", None)],
+            },
+            Command::Fetch {
+                queue: name.into(),
+                consumer: "w".into(),
+                max: 1,
+                lease_ms: 0,
+            },
+            Command::Ack {
+                queue: name.into(),
+                items: vec![AckItem {
+                    offset: 0,
+                    fence: 1,
+                }],
+            },
+            Command::Nack {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+                delay_ms: 0,
+            },
+            Command::Extend {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+                lease_ms: 0,
+            },
+            Command::Release {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+            },
+            Command::DeadLetter {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+                reason: String::new(),
+            },
+            Command::PauseGroup {
+                queue: name.into(),
+                group: "g".into(),
+            },
+            Command::ResumeGroup {
+                queue: name.into(),
+                group: "g".into(),
+            },
+            Command::RequeueDeadLetter {
+                queue: name.into(),
+                offset: 0,
+            },
+            Command::PurgeDeadLetters {
+                queue: name.into(),
+                which: PurgeSelector::All,
+            },
+            Command::DeleteQueue { name: name.into() },
+            Command::UpdateQueue {
+                name: name.into(),
+                config: config(),
+            },
+            Command::CreateQueue {
+                name: name.into(),
+                config: config(),
+            },
+        ];
+        for command in commands {
+            let what = format!("{command:?}");
+            let checked = sim.state.precheck(&command).unwrap_err();
+            assert_eq!(
+                checked.code(),
+                Code::InvalidArgument,
+                "precheck {what}: {checked}"
+            );
+            let applied = sim.run(command).unwrap_err();
+            assert_eq!(applied, checked, "apply and precheck agree on {what}");
+            assert!(applied.to_string().contains("queue"), "{applied}");
+        }
+        for read in [
+            sim.state.stats(name).map(|_| ()),
+            sim.state.queue_info(name).map(|_| ()),
+            sim.state
+                .list_groups(name, &GroupFilter::default(), None, 10)
+                .map(|_| ()),
+            sim.state.list_dead_letters(name, None, 10).map(|_| ()),
+        ] {
+            assert_eq!(read.unwrap_err().code(), Code::InvalidArgument);
+        }
+    }
+}
