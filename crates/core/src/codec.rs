@@ -13,7 +13,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The version byte written at the front of every record.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The largest single record (a Raft entry, a vote, a payload): 64 MiB.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;

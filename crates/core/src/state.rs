@@ -154,6 +154,12 @@ pub struct State {
     pub(crate) last_index: u64,
     pub(crate) next_queue_id: QueueId,
     pub(crate) queues: BTreeMap<String, Queue>,
+    /// The first offset a queue created now gives: above every offset a
+    /// deleted queue ever gave, so a queue deleted and created again never
+    /// reuses an offset (SPEC §1), whatever its name. One number for all
+    /// names, so it needs no bound. Last in the struct, so the encoding of
+    /// the fields before it is unchanged.
+    pub(crate) offset_floor: u64,
 }
 
 fn ready_key(job: &Job, offset: u64) -> (u8, u64) {
@@ -278,13 +284,19 @@ pub fn backoff_ms(config: &QueueConfig, id_hash: u128, attempt: u32) -> u64 {
 }
 
 impl Queue {
-    fn new(id: QueueId, name: String, config: QueueConfig, clock_ms: u64) -> Queue {
+    fn new(
+        id: QueueId,
+        name: String,
+        config: QueueConfig,
+        clock_ms: u64,
+        next_offset: u64,
+    ) -> Queue {
         Queue {
             id,
             name,
             config,
             clock_ms,
-            next_offset: 0,
+            next_offset,
             jobs: BTreeMap::new(),
             groups: BTreeMap::new(),
             group_ids: BTreeMap::new(),
@@ -1009,6 +1021,7 @@ impl State {
                     .queues
                     .remove(&name)
                     .ok_or_else(|| Error::queue_not_found(&name))?;
+                self.offset_floor = self.offset_floor.max(queue.next_offset);
                 effects.push(Effect::DropQueue { queue_id: queue.id });
                 Ok(Reply::QueueDeleted)
             }
@@ -1080,8 +1093,10 @@ impl State {
         }
         let id = self.next_queue_id;
         self.next_queue_id += 1;
-        self.queues
-            .insert(name.clone(), Queue::new(id, name, config, self.clock_ms));
+        self.queues.insert(
+            name.clone(),
+            Queue::new(id, name, config, self.clock_ms, self.offset_floor),
+        );
         Ok(Reply::QueueCreated {
             created: true,
             queue_id: id,
