@@ -205,3 +205,69 @@ async fn a_wall_clock_step_moves_no_lease_and_freezes_no_delay() {
     .await
     .expect("test timed out");
 }
+
+/// A frozen wall clock in libfaketime's syntax: an absolute time without
+/// `@` stops the clock there.
+const FROZEN: &str = "2026-01-01 00:00:00";
+
+/// Issue 15: server-made job ids do not depend on the wall clock. A node
+/// whose wall clock reads the same after a restart (frozen here; a step
+/// back does the same) makes ids that never repeat the ones it made
+/// before. Before, an id was node id, wall-clock start time and a counter
+/// from 0, so the first job enqueued without an id after the restart got
+/// the id of the first one before it: ID_CONFLICT (a different payload),
+/// and the job was not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_made_ids_never_repeat_under_a_frozen_wall_clock() {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/install-deps (Debian package `faketime`)"
+    );
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        step_clock(dir.path(), 1, FROZEN);
+        let mut spec = spec(&dir);
+        let clock = dir.path().join("clock-{id}").display().to_string();
+        spec.env = vec![
+            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), clock),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
+        let (mut run, leader) = start(1, 1, spec, dir).await;
+        create_queue(&run.cluster, leader, Q, None).await;
+        let unnamed = |payload: &str| pb::Job {
+            id: None,
+            payload: payload.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let mut q = queue(&run.cluster, leader).await;
+        let before = enqueue(&mut q, Q, vec![unnamed("before")]).await;
+        assert_eq!(before[0].outcome(), pb::EnqueueOutcome::Created);
+        drop(q);
+
+        run.cluster.stop(leader).unwrap();
+        run.cluster.spawn(leader).unwrap();
+        run.cluster
+            .wait_leader(&[leader], ELECTION_MAX)
+            .await
+            .unwrap();
+        let mut q = queue(&run.cluster, leader).await;
+        let after = enqueue(&mut q, Q, vec![unnamed("after")]).await;
+        assert_eq!(
+            (after[0].outcome(), after[0].id != before[0].id),
+            (pb::EnqueueOutcome::Created, true),
+            "the first server-made id after the restart ({:?}) repeats the first one \
+             before it ({:?}): {after:?}",
+            after[0].id,
+            before[0].id
+        );
+        assert_eq!(
+            stats(&run.cluster, leader, Q).await.ready,
+            2,
+            "both jobs stored"
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -96,6 +96,31 @@ async fn bad_requests_get_their_code_and_store_nothing() {
                 .await,
         );
         assert_eq!(code, Code::InvalidArgument, "{message}");
+        // An empty queue name is the caller's mistake on every call, as on
+        // CreateQueue, not an unknown queue (it was NOT_FOUND on Enqueue
+        // and Fetch).
+        let (code, message) = code_of(
+            q.enqueue(pb::EnqueueRequest {
+                queue: String::new(),
+                jobs: vec![job("e", "g")],
+                session: None,
+            })
+            .await,
+        );
+        assert_eq!(code, Code::InvalidArgument, "enqueue: {message}");
+        assert!(message.contains("queue"), "{message}");
+        let (code, message) = code_of(
+            q.fetch(pb::FetchRequest {
+                queue: String::new(),
+                consumer: "w".into(),
+                max: 1,
+                lease_ms: 0,
+                wait_ms: 0,
+                session: None,
+            })
+            .await,
+        );
+        assert_eq!(code, Code::InvalidArgument, "fetch: {message}");
         // A lease over the 12 h ceiling.
         let (code, message) = code_of(
             q.fetch(pb::FetchRequest {

@@ -260,3 +260,68 @@ async fn a_taken_metrics_address_stops_start_up_naming_the_key() {
     .await
     .expect("the test finished in time");
 }
+
+/// Issue 15, item 7: an invariant broken at run time is loud. With the
+/// planted `lose-payload` bug the node's payload store finds no payload for
+/// a job it just granted. The fetch answers INTERNAL naming the queue, the
+/// offset and the blob; the node logs an error and counts the breach in
+/// `lockstep_invariant_violations_total{what="payload_missing"}`. Before,
+/// the delivery was dropped in silence: the fetch answered OK with no
+/// delivery and the job stayed leased.
+#[cfg(feature = "planted-bugs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_payload_is_missing_is_internal_logged_and_counted() {
+    use common::*;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec(&dir);
+        spec.env
+            .push(("LOCKSTEP_PLANTED_BUG".into(), "lose-payload".into()));
+        let (run, leader) = start(1, 1, spec, dir).await;
+        let c = &run.cluster;
+        create_queue(c, leader, "jobs", None).await;
+        let mut q = queue(c, leader).await;
+        let results = enqueue(&mut q, "jobs", vec![job("j1", "g")]).await;
+        assert_eq!(results.len(), 1);
+        let offset = results[0].offset;
+
+        let err = q
+            .fetch(pb::FetchRequest {
+                queue: "jobs".into(),
+                consumer: "w".into(),
+                max: 10,
+                lease_ms: 60_000,
+                wait_ms: 0,
+                session: None,
+            })
+            .await
+            .expect_err("a delivery without its payload is not answered OK");
+        assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+        for part in ["`jobs`", &format!("offset {offset}"), "blob", "missing"] {
+            assert!(
+                err.message().contains(part),
+                "`{}` names {part}",
+                err.message()
+            );
+        }
+
+        let (_, body) = scrape_metrics(c.addr(leader).metrics).await;
+        assert_eq!(
+            metric_value(
+                &body,
+                "lockstep_invariant_violations_total{what=\"payload_missing\"}"
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        let log = std::fs::read_to_string(c.log_file(leader)).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("ERROR") && l.contains("payload is missing")),
+            "no error line in the node's log:\n{}",
+            c.log_tail(leader, 20)
+        );
+    })
+    .await
+    .expect("the test finished in time");
+}

@@ -15,7 +15,8 @@ use serde::{de::DeserializeOwned, Serialize};
 /// The version byte written at the front of every record.
 ///
 /// 2: the state holds client sessions and their reply cache, and commands
-/// may be `OpenSession` or `Sequenced`. A node refuses a data directory of
+/// may be `OpenSession` or `Sequenced`; it keeps the offset floor of
+/// deleted queues. A node refuses a data directory of
 /// version 1 with "unknown format version 1" rather than misreading it.
 pub const FORMAT_VERSION: u8 = 2;
 

@@ -29,16 +29,27 @@ pub enum Bug {
     /// write-ahead log is synced only about once a second (L after every
     /// node is killed at once). Implemented in `lockstep-store`.
     AckBeforeFsync = 3,
+    /// The payload store answers "no such payload" for every job, as if
+    /// its payloads were lost, so a test can show a broken invariant is
+    /// loud (a fetch answers INTERNAL, with a log line and a metric).
+    /// Implemented in `lockstep-store`.
+    LosePayload = 4,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [Bug::SkipFence, Bug::IgnoreDedup, Bug::AckBeforeFsync];
+    pub const ALL: [Bug; 4] = [
+        Bug::SkipFence,
+        Bug::IgnoreDedup,
+        Bug::AckBeforeFsync,
+        Bug::LosePayload,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Bug::SkipFence => "skip-fence",
             Bug::IgnoreDedup => "ignore-dedup",
             Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::LosePayload => "lose-payload",
         }
     }
 

@@ -139,7 +139,10 @@ impl Queue {
 }
 
 impl State {
+    /// The queue `name`; a name no queue could have is `INVALID_ARGUMENT`,
+    /// as on every write (`State::queue_mut`).
     fn queue(&self, name: &str) -> Result<&Queue> {
+        crate::state::validate_queue_name(name)?;
         self.queues.get(name).ok_or_else(|| Error::NotFound {
             what: format!("queue `{name}`"),
         })

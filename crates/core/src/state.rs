@@ -156,6 +156,12 @@ pub struct State {
     pub(crate) next_queue_id: QueueId,
     pub(crate) queues: BTreeMap<String, Queue>,
     pub(crate) sessions: Sessions,
+    /// The first offset a queue created now gives: above every offset a
+    /// deleted queue ever gave, so a queue deleted and created again never
+    /// reuses an offset (SPEC §1), whatever its name. One number for all
+    /// names, so it needs no bound. Last in the struct, so the encoding of
+    /// the fields before it is unchanged.
+    pub(crate) offset_floor: u64,
 }
 
 fn ready_key(job: &Job, offset: u64) -> (u8, u64) {
@@ -280,13 +286,19 @@ pub fn backoff_ms(config: &QueueConfig, id_hash: u128, attempt: u32) -> u64 {
 }
 
 impl Queue {
-    fn new(id: QueueId, name: String, config: QueueConfig, clock_ms: u64) -> Queue {
+    fn new(
+        id: QueueId,
+        name: String,
+        config: QueueConfig,
+        clock_ms: u64,
+        next_offset: u64,
+    ) -> Queue {
         Queue {
             id,
             name,
             config,
             clock_ms,
-            next_offset: 0,
+            next_offset,
             jobs: BTreeMap::new(),
             groups: BTreeMap::new(),
             group_ids: BTreeMap::new(),
@@ -971,7 +983,13 @@ impl State {
         result
     }
 
+    /// The queue `name`, its clock advanced. A name no queue could have
+    /// (empty, too long, a character outside the set) is refused as
+    /// `INVALID_ARGUMENT` before the lookup, as `CreateQueue` refuses it,
+    /// rather than as `NOT_FOUND`: it is the caller's mistake, not a queue
+    /// that might exist later.
     fn queue_mut(&mut self, name: &str) -> Result<&mut Queue> {
+        validate_queue_name(name)?;
         let clock = self.clock_ms;
         let queue = self
             .queues
@@ -1000,10 +1018,12 @@ impl State {
                 Ok(Reply::QueueUpdated)
             }
             Command::DeleteQueue { name } => {
+                validate_queue_name(&name)?;
                 let queue = self
                     .queues
                     .remove(&name)
                     .ok_or_else(|| Error::queue_not_found(&name))?;
+                self.offset_floor = self.offset_floor.max(queue.next_offset);
                 effects.push(Effect::DropQueue { queue_id: queue.id });
                 Ok(Reply::QueueDeleted)
             }
@@ -1095,8 +1115,10 @@ impl State {
         }
         let id = self.next_queue_id;
         self.next_queue_id += 1;
-        self.queues
-            .insert(name.clone(), Queue::new(id, name, config, self.clock_ms));
+        self.queues.insert(
+            name.clone(),
+            Queue::new(id, name, config, self.clock_ms, self.offset_floor),
+        );
         Ok(Reply::QueueCreated {
             created: true,
             queue_id: id,
@@ -1109,7 +1131,9 @@ impl State {
     /// log; `apply` repeats every check, so this only ever refuses what
     /// `apply` would refuse against the same state.
     pub fn precheck(&self, command: &Command) -> Result<()> {
+        // The name first, as in `apply` (`queue_mut`).
         let queue = |name: &str| {
+            validate_queue_name(name)?;
             self.queues
                 .get(name)
                 .ok_or_else(|| Error::queue_not_found(name))

@@ -128,6 +128,9 @@ struct Model {
     index: u64,
     next_queue_id: u64,
     queues: BTreeMap<String, MQueue>,
+    /// Above every offset a deleted queue gave: where a new queue starts,
+    /// so no offset is given twice under one name (SPEC §1).
+    offset_floor: u64,
     /// Whether the last command advanced the clock of the queue it named.
     advanced: bool,
 }
@@ -255,12 +258,12 @@ fn batch_ok(len: usize, c: &QueueConfig) -> Result<(), Fail> {
 }
 
 impl MQueue {
-    fn new(id: u64, config: QueueConfig, clock_ms: u64) -> MQueue {
+    fn new(id: u64, config: QueueConfig, clock_ms: u64, next_offset: u64) -> MQueue {
         MQueue {
             id,
             config,
             clock_ms,
-            next_offset: 0,
+            next_offset,
             jobs: BTreeMap::new(),
             groups: BTreeMap::new(),
             dedup: BTreeMap::new(),
@@ -872,7 +875,7 @@ impl Model {
                 }
                 let id = self.next_queue_id;
                 self.next_queue_id += 1;
-                let queue = MQueue::new(id, config.clone(), self.clock_ms);
+                let queue = MQueue::new(id, config.clone(), self.clock_ms, self.offset_floor);
                 self.queues.insert(name.clone(), queue);
                 Ok(Reply::QueueCreated {
                     created: true,
@@ -889,6 +892,7 @@ impl Model {
             }
             Command::DeleteQueue { name } => {
                 let queue = self.queues.remove(name).ok_or(Fail::NotFound)?;
+                self.offset_floor = self.offset_floor.max(queue.next_offset);
                 fx.push(Effect::DropQueue { queue_id: queue.id });
                 Ok(Reply::QueueDeleted)
             }

@@ -642,7 +642,8 @@ fn offsets_are_never_reused_and_the_ack_floor_follows_the_oldest_unfinished_job(
     assert_eq!(sim.stats().ack_floor, a, "a is unfinished");
     sim.ack(a, ds[0].fence);
     assert_eq!(sim.stats().ack_floor, 2);
-    // Deleting and recreating the queue starts a new incarnation.
+    // Deleting and recreating the queue starts a new incarnation, whose
+    // offsets continue above the old one's (SPEC §1: never reused).
     sim.run(Command::DeleteQueue { name: Q.into() }).unwrap();
     sim.run(Command::CreateQueue {
         name: Q.into(),
@@ -651,7 +652,7 @@ fn offsets_are_never_reused_and_the_ack_floor_follows_the_oldest_unfinished_job(
     .unwrap();
     let c = sim.enqueue("c", None);
     let d = sim.fetch(1).remove(0);
-    assert_eq!(c, 0);
+    assert_eq!(c, 2);
     assert_ne!(d.queue_id, ds[0].queue_id);
 }
 
@@ -870,4 +871,151 @@ fn an_idle_session_expires_on_a_tick() {
         sim.run(sequenced(session, 1, fetch_command(1))),
         Err(Error::SessionUnknown { session })
     );
+}
+
+/// Issue 15: a queue name no queue could have is the caller's mistake,
+/// `INVALID_ARGUMENT` naming `queue`, on every command and read, from
+/// `precheck` and `apply` alike, as `CreateQueue` already answered. It was
+/// `NOT_FOUND` on Enqueue, Fetch and the rest, which reads as "create it
+/// and retry".
+#[test]
+fn a_malformed_queue_name_is_invalid_argument_everywhere() {
+    let mut sim = Sim::with_queue(config());
+    for name in ["", "bad name!"] {
+        let commands = vec![
+            Command::Enqueue {
+                queue: name.into(),
+                jobs: vec![job("x", None)],
+            },
+            Command::Fetch {
+                queue: name.into(),
+                consumer: "w".into(),
+                max: 1,
+                lease_ms: 0,
+            },
+            Command::Ack {
+                queue: name.into(),
+                items: vec![AckItem {
+                    offset: 0,
+                    fence: 1,
+                }],
+            },
+            Command::Nack {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+                delay_ms: 0,
+            },
+            Command::Extend {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+                lease_ms: 0,
+            },
+            Command::Release {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+            },
+            Command::DeadLetter {
+                queue: name.into(),
+                offset: 0,
+                fence: 1,
+                reason: String::new(),
+            },
+            Command::PauseGroup {
+                queue: name.into(),
+                group: "g".into(),
+            },
+            Command::ResumeGroup {
+                queue: name.into(),
+                group: "g".into(),
+            },
+            Command::RequeueDeadLetter {
+                queue: name.into(),
+                offset: 0,
+            },
+            Command::PurgeDeadLetters {
+                queue: name.into(),
+                which: PurgeSelector::All,
+            },
+            Command::DeleteQueue { name: name.into() },
+            Command::UpdateQueue {
+                name: name.into(),
+                config: config(),
+            },
+            Command::CreateQueue {
+                name: name.into(),
+                config: config(),
+            },
+        ];
+        for command in commands {
+            let what = format!("{command:?}");
+            let checked = sim.state.precheck(&command).unwrap_err();
+            assert_eq!(
+                checked.code(),
+                Code::InvalidArgument,
+                "precheck {what}: {checked}"
+            );
+            let applied = sim.run(command).unwrap_err();
+            assert_eq!(applied, checked, "apply and precheck agree on {what}");
+            assert!(applied.to_string().contains("queue"), "{applied}");
+        }
+        for read in [
+            sim.state.stats(name).map(|_| ()),
+            sim.state.queue_info(name).map(|_| ()),
+            sim.state
+                .list_groups(name, &GroupFilter::default(), None, 10)
+                .map(|_| ()),
+            sim.state.list_dead_letters(name, None, 10).map(|_| ()),
+        ] {
+            assert_eq!(read.unwrap_err().code(), Code::InvalidArgument);
+        }
+    }
+}
+
+/// SPEC §1: offsets are never reused. A queue deleted and created again
+/// (under its old name or another) gives offsets above every offset the
+/// deleted one gave, also after a snapshot and restore. Before, the new
+/// queue started again at offset 0, so a consumer or a log that keys on
+/// (queue, offset) saw two jobs under one offset.
+#[test]
+fn a_queue_created_again_never_reuses_an_offset() {
+    let mut sim = Sim::with_queue(config());
+    let old: Vec<u64> = (0..3)
+        .map(|i| sim.enqueue(&format!("j{i}"), None))
+        .collect();
+    assert_eq!(old, vec![0, 1, 2]);
+    sim.run(Command::DeleteQueue { name: Q.into() }).unwrap();
+    // Through a snapshot, as a node that restarts or catches up sees it.
+    sim.state = State::restore(&sim.state.snapshot()).unwrap();
+    sim.run(Command::CreateQueue {
+        name: Q.into(),
+        config: config(),
+    })
+    .unwrap();
+    let again = sim.enqueue("j0", None);
+    assert!(
+        again > *old.iter().max().unwrap(),
+        "offset {again} of the queue created again reuses one of {old:?}"
+    );
+    assert_eq!(sim.stats().ack_floor, again, "nothing below is pending");
+    sim.run(Command::CreateQueue {
+        name: "other".into(),
+        config: config(),
+    })
+    .unwrap();
+    let results = sim
+        .run(Command::Enqueue {
+            queue: "other".into(),
+            jobs: vec![job("o", None)],
+        })
+        .unwrap();
+    let Reply::Enqueued(results) = results else {
+        panic!("{results:?}")
+    };
+    let EnqueueResult::Created { offset } = results[0] else {
+        panic!("{results:?}")
+    };
+    assert!(offset > 2, "a new queue starts above every deleted offset");
 }

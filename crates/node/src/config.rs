@@ -129,6 +129,14 @@ pub struct AuthConfig {
     pub tokens_file: String,
 }
 
+/// The largest `limits.message_bytes_max` a node accepts: the peer
+/// transport's limit (`lockstep_raft::PEER_MESSAGE_BYTES_MAX`, 64 MiB) less
+/// 64 KiB for what wraps a client message on its way to the leader and in
+/// a Raft entry (the forward envelope, the batch, the entry's log id). A
+/// larger client message would be accepted on the client port and then
+/// refused, or never replicated, between the nodes.
+pub const MESSAGE_BYTES_MAX_LIMIT: u64 = lockstep_raft::PEER_MESSAGE_BYTES_MAX as u64 - 64 * 1024;
+
 /// `auth.mode`: every client may do everything.
 pub const AUTH_MODE_OFF: &str = "off";
 /// `auth.mode`: every call presents a bearer token from `auth.tokens_file`.
@@ -483,6 +491,17 @@ impl NodeConfig {
                 format!("must be at least {min_message} so the largest allowed payload fits"),
             ));
         }
+        if self.limits.message_bytes_max > MESSAGE_BYTES_MAX_LIMIT {
+            return Err(invalid(
+                "limits.message_bytes_max",
+                format!(
+                    "must be at most {MESSAGE_BYTES_MAX_LIMIT}: a follower forwards a client \
+                     message to the leader, and an entry carrying it goes to every peer, over \
+                     the peer transport, whose limit is {} bytes",
+                    lockstep_raft::PEER_MESSAGE_BYTES_MAX
+                ),
+            ));
+        }
         positive(
             "limits.requests_in_flight_max",
             self.limits.requests_in_flight_max,
@@ -654,6 +673,12 @@ mod tests {
                 flags(&[("limits.message_bytes_max", "1024")]),
                 "`limits.message_bytes_max`",
             ),
+            (
+                None,
+                vec![],
+                flags(&[("limits.message_bytes_max", "67108864")]),
+                "`limits.message_bytes_max`",
+            ),
             (None, vec![], flags(&[("no.such", "1")]), "`no.such`"),
             (
                 None,
@@ -683,6 +708,15 @@ mod tests {
                 "`{err}` should name {names}"
             );
         }
+    }
+
+    #[test]
+    fn message_bytes_max_may_reach_its_upper_bound() {
+        let at = MESSAGE_BYTES_MAX_LIMIT.to_string();
+        let c = NodeConfig::load(None, vec![], &flags(&[("limits.message_bytes_max", &at)]))
+            .expect("the bound itself is accepted");
+        assert_eq!(c.limits.message_bytes_max, MESSAGE_BYTES_MAX_LIMIT);
+        assert!(MESSAGE_BYTES_MAX_LIMIT < lockstep_raft::PEER_MESSAGE_BYTES_MAX as u64);
     }
 
     #[test]

@@ -29,6 +29,10 @@ use crate::error::RunError;
 use crate::guard::Guard;
 use crate::metrics::registry::Metrics;
 
+/// Longest a status call or a scrape waits for the Raft core to report its
+/// commit index; a node whose core is busy or stuck still answers the rest.
+const RAFT_STATE_WAIT_MS_MAX: u64 = 1_000;
+
 /// One node: its Raft, its applied state and how it reaches the leader.
 pub struct Node {
     /// This node's Raft id.
@@ -461,6 +465,21 @@ impl Node {
             }
             other => other,
         })
+    }
+
+    /// Raft's commit index on this node (the highest index it knows is
+    /// committed), or `None` when the Raft core does not answer within
+    /// `RAFT_STATE_WAIT_MS_MAX` (a busy or stuck core must not hold up a
+    /// status call or a scrape).
+    pub(crate) async fn committed(&self) -> Option<u64> {
+        tokio::time::timeout(
+            Duration::from_millis(RAFT_STATE_WAIT_MS_MAX),
+            self.raft
+                .with_raft_state(|st| st.committed.map_or(0, |l| l.index)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
     }
 
     /// A watch that changes whenever this node applies an entry, for long

@@ -111,6 +111,19 @@ pub(crate) fn planted_ack_before_fsync() -> bool {
     }
 }
 
+/// Whether the planted "lose payload" bug is on: payload reads find
+/// nothing (tests only; always false without the `planted-bugs` feature).
+pub(crate) fn planted_lose_payload() -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        lockstep_core::planted::active(lockstep_core::planted::Bug::LosePayload)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        false
+    }
+}
+
 /// How often the planted bug's background thread flushes and syncs the
 /// write-ahead log.
 const PLANTED_WAL_FLUSH_MS: u64 = 1_000;

@@ -116,6 +116,9 @@ impl StateHandle {
 
     /// The stored payload of a job, if it still exists.
     pub fn get_blob(&self, queue_id: QueueId, blob: u64) -> Result<Option<JobBlob>> {
+        if crate::planted_lose_payload() {
+            return Ok(None);
+        }
         let key = blob_key(queue_id, blob);
         let value = self
             .db

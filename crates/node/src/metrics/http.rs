@@ -1,7 +1,6 @@
 //! The metrics HTTP server: `GET /metrics` in the OpenMetrics text format.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,9 +13,6 @@ use crate::node::Node;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Longest a scrape waits for Raft to report its commit index; a node whose
-/// Raft core is stuck still answers the rest.
-const SCRAPE_RAFT_WAIT_MS_MAX: u64 = 1_000;
 
 /// Serves `GET /metrics` on `listener` until `stop` turns true.
 pub async fn serve(
@@ -48,14 +44,7 @@ async fn scrape(State(node): State<Arc<Node>>) -> Response {
 
 /// Takes everything a scrape shows from the running node.
 async fn read(node: &Node) -> Scrape {
-    let commit_index = tokio::time::timeout(
-        Duration::from_millis(SCRAPE_RAFT_WAIT_MS_MAX),
-        node.raft
-            .with_raft_state(|st| st.committed.map(|l| l.index)),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok);
+    let commit_index = node.committed().await.map(Some);
     let mut scrape = Scrape::default();
     scrape.raft(&node.raft.metrics().borrow(), commit_index);
     // These come from the replicated state machine, so every node that

@@ -36,6 +36,13 @@ struct RpcLabels {
 
 type RpcFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvariantLabels {
+    /// Which invariant, from a fixed set named in the code (for example
+    /// `payload_missing`), so the label set cannot grow.
+    what: &'static str,
+}
+
 /// The event metrics of one node. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +54,7 @@ pub struct Metrics {
     forward_failures: Counter,
     clock_skew_exceeded: Counter,
     requests_shed: Counter,
+    invariant_violations: Family<InvariantLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -65,6 +73,7 @@ impl Metrics {
         let forward_failures = Counter::default();
         let clock_skew_exceeded = Counter::default();
         let requests_shed = Counter::default();
+        let invariant_violations = Family::<InvariantLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "lockstep_rpc_duration_seconds",
@@ -101,6 +110,11 @@ impl Metrics {
             "Requests refused with RESOURCE_EXHAUSTED because limits.requests_in_flight_max client (or forwarded) requests were in flight on this node",
             requests_shed.clone(),
         );
+        registry.register(
+            "lockstep_invariant_violations",
+            "Times this node found a rule of its own state broken at run time, by invariant (payload_missing: a delivery's payload is not in the payload store); the call that found it answers INTERNAL and the node logs an error. Any non-zero value is a bug or damaged storage",
+            invariant_violations.clone(),
+        );
         Metrics {
             registry,
             rpc_seconds,
@@ -110,6 +124,7 @@ impl Metrics {
             forward_failures,
             clock_skew_exceeded,
             requests_shed,
+            invariant_violations,
         }
     }
 
@@ -139,6 +154,13 @@ impl Metrics {
     /// A request was shed at `limits.requests_in_flight_max`.
     pub fn observe_shed(&self) {
         self.requests_shed.inc();
+    }
+
+    /// An invariant named `what` was found broken at run time.
+    pub fn observe_invariant_violation(&self, what: &'static str) {
+        self.invariant_violations
+            .get_or_create(&InvariantLabels { what })
+            .inc();
     }
 
     pub(crate) fn observe_rpc(&self, method: &str, code: &'static str, elapsed: Duration) {

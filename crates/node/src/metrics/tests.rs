@@ -61,6 +61,7 @@ fn the_exposition_has_every_family_with_help_and_the_recorded_values() {
     metrics.observe_forward(false);
     metrics.observe_clock_skew_exceeded();
     metrics.observe_shed();
+    metrics.observe_invariant_violation("payload_missing");
     metrics.observe_rpc("Queue/Enqueue", "OK", Duration::from_millis(2));
     metrics.observe_rpc("Queue/Enqueue", "OK", Duration::from_millis(20));
     metrics.observe_rpc("Admin/GetQueue", "NOT_FOUND", Duration::from_micros(100));
@@ -125,6 +126,7 @@ fn the_exposition_has_every_family_with_help_and_the_recorded_values() {
         "lockstep_forward_failures_total 1",
         "lockstep_clock_skew_exceeded_total 1",
         "lockstep_requests_shed_total 1",
+        "lockstep_invariant_violations_total{what=\"payload_missing\"} 1",
         "lockstep_raft_batch_commands_count 2",
         "lockstep_raft_batch_commands_sum 4.0",
         "lockstep_raft_commit_duration_seconds_count 1",
@@ -156,7 +158,7 @@ fn the_exposition_has_every_family_with_help_and_the_recorded_values() {
         );
         assert!(family.starts_with("lockstep_"), "{family} is prefixed");
     }
-    assert_eq!(families.len(), 26, "{families:?}");
+    assert_eq!(families.len(), 27, "{families:?}");
 }
 
 #[test]

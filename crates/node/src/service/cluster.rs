@@ -9,6 +9,14 @@ use tonic::{Request, Response, Status};
 use super::{unexpected, Services};
 use crate::pb;
 
+/// `StatusResponse.commit_index`: the highest log index this node knows
+/// is committed (Raft's commit index, `committed`, as the leader last told
+/// it), never below what it applied. `None` when Raft did not answer in
+/// time; the applied index is then the best lower bound.
+fn commit_index(committed: Option<u64>, applied: u64) -> u64 {
+    committed.unwrap_or(0).max(applied)
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Services {
     async fn bootstrap(
@@ -101,10 +109,7 @@ impl pb::cluster_server::Cluster for Services {
             node_id: self.node.id,
             leader_id: m.current_leader,
             term: m.current_term,
-            commit_index: m
-                .last_applied
-                .map_or(0, |l| l.index)
-                .max(applied.map_or(0, |l| l.index)),
+            commit_index: commit_index(self.node.committed().await, applied.map_or(0, |l| l.index)),
             applied_index: applied.map_or(0, |l| l.index),
             members,
             state_digest: format!("{digest:032x}"),
@@ -153,5 +158,21 @@ impl Services {
             fwd::Response::Membership(result) => result.map_err(lockstep_raft::wire_status),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit_index;
+
+    #[test]
+    fn commit_index_is_raft_s_not_the_applied_index() {
+        // A follower told of entry 12 as committed that has applied 10.
+        assert_eq!(commit_index(Some(12), 10), 12);
+        assert_eq!(commit_index(Some(10), 10), 10);
+        // Raft did not answer in time: the applied index is a lower bound.
+        assert_eq!(commit_index(None, 10), 10);
+        // A fresh node: nothing committed.
+        assert_eq!(commit_index(Some(0), 0), 0);
     }
 }

@@ -24,7 +24,6 @@ use crate::pb;
 #[derive(Clone, Debug)]
 pub struct Services {
     pub(crate) node: Arc<Node>,
-    id_seq: Arc<std::sync::atomic::AtomicU64>,
     /// Checked first in every call, before the request becomes a command.
     auth: Arc<Auth>,
 }
@@ -34,7 +33,6 @@ impl Services {
     pub fn new(node: Arc<Node>) -> Services {
         Services {
             node,
-            id_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             auth: Arc::new(Auth::off()),
         }
     }
@@ -44,15 +42,19 @@ impl Services {
         Services { auth, ..self }
     }
 
-    /// A server-made job id: node id, start time and a counter, unique
-    /// across restarts (the start time moves) and nodes.
+    /// A server-made job id: this node's id and 128 random bits from the
+    /// operating system's generator (`lockstep_client::new_job_id`, the
+    /// client's own ids). It reads no clock: the ids of a node restarted
+    /// with its wall clock stepped back, or frozen, never repeat earlier
+    /// ones, which would have made a new job a DUPLICATE or an ID_CONFLICT
+    /// of an old one. The pure core never makes ids; the node does, before
+    /// it proposes (SPEC 2.1).
     pub(super) fn make_id(&self) -> String {
-        static START_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let start = *START_MS.get_or_init(crate::clock::wall_clock_ms);
-        let n = self
-            .id_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("lockstep-{}-{start}-{n}", self.node.id)
+        format!(
+            "lockstep-{}-{}",
+            self.node.id,
+            lockstep_client::new_job_id()
+        )
     }
 
     /// Runs a write without a session (opening one).

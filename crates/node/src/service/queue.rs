@@ -3,13 +3,101 @@
 
 use std::time::Duration;
 
-use lockstep_core::{AckItem, Command, Reply};
+use lockstep_core::{AckItem, Command, Delivery, JobBlob, Reply};
 use tonic::{Request, Response, Status};
 
 use super::{wrong_reply, Services};
 use crate::auth::Permission;
 use crate::convert;
 use crate::pb;
+
+/// The `what` label of `lockstep_invariant_violations_total` for a granted
+/// delivery whose payload is not in the payload store.
+const PAYLOAD_MISSING: &str = "payload_missing";
+
+impl Services {
+    /// Joins a fetch's deliveries with their payloads.
+    ///
+    /// Every granted job's payload is stored by the same batch that stored
+    /// the job, and deleted only when the job is finished, so a missing one
+    /// is a broken invariant (a bug or damaged storage), never an ordinary
+    /// outcome. It is loud: the fetch answers INTERNAL naming the queue,
+    /// offset and blob, the node logs an error and counts it in
+    /// `lockstep_invariant_violations_total{what="payload_missing"}`. The
+    /// other deliveries of the fetch, which the caller will never see, are
+    /// released (no attempt counted) rather than left leased; the job whose
+    /// payload is missing keeps its lease, so it is not handed out again at
+    /// once, and its expiries count attempts until the queue's dead-letter
+    /// rule takes it out of the way.
+    async fn with_payloads(
+        &self,
+        queue: &str,
+        deliveries: Vec<Delivery>,
+        blobs: Vec<Option<JobBlob>>,
+    ) -> Result<Vec<pb::Delivery>, Status> {
+        let missing: Vec<&Delivery> = deliveries
+            .iter()
+            .zip(&blobs)
+            .filter(|(_, blob)| blob.is_none())
+            .map(|(d, _)| d)
+            .collect();
+        // A reply with fewer payloads than deliveries is the same breach.
+        let short = deliveries.len() > blobs.len();
+        if missing.is_empty() && !short {
+            return Ok(deliveries
+                .into_iter()
+                .zip(blobs)
+                .filter_map(|(d, blob)| blob.map(|b| convert::delivery(d, b)))
+                .collect());
+        }
+        let first = missing
+            .first()
+            .copied()
+            .or_else(|| deliveries.get(blobs.len()));
+        let (offset, blob, queue_id) = first.map_or((0, 0, 0), |d| (d.offset, d.blob, d.queue_id));
+        self.node
+            .metrics
+            .observe_invariant_violation(PAYLOAD_MISSING);
+        tracing::error!(
+            queue,
+            queue_id,
+            offset,
+            blob,
+            missing = missing.len().max(1),
+            "invariant violated: a delivered job's payload is missing from the payload store"
+        );
+        let broken: Vec<u64> = missing.iter().map(|d| d.offset).collect();
+        for d in deliveries
+            .iter()
+            .zip(&blobs)
+            .filter(|(_, b)| b.is_some())
+            .map(|(d, _)| d)
+        {
+            let release = Command::Release {
+                queue: queue.to_string(),
+                offset: d.offset,
+                fence: d.fence,
+            };
+            if let Err(e) = self.write(release).await {
+                tracing::warn!(queue, offset = d.offset, error = %e, "could not release a delivery of a failed fetch; its lease will expire");
+            }
+        }
+        Err(Status::internal(format!(
+            "invariant violated: the payload of queue `{queue}` offset {offset} (blob {blob}) \
+             is missing from this node's payload store{}; the job keeps its lease until it \
+             expires, the fetch's other deliveries were released; \
+             see lockstep_invariant_violations_total",
+            if broken.len() > 1 {
+                format!(
+                    " ({} deliveries affected: offsets {broken:?})",
+                    broken.len()
+                )
+            } else {
+                String::new()
+            }
+        )))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for Services {
@@ -101,11 +189,7 @@ impl pb::queue_server::Queue for Services {
                 return Err(wrong_reply(reply));
             };
             if !deliveries.is_empty() || tokio::time::Instant::now() >= deadline {
-                let deliveries = deliveries
-                    .into_iter()
-                    .zip(blobs)
-                    .filter_map(|(d, blob)| blob.map(|b| convert::delivery(d, b)))
-                    .collect();
+                let deliveries = self.with_payloads(&req.queue, deliveries, blobs).await?;
                 return Ok(Response::new(pb::FetchResponse { deliveries }));
             }
             // Long poll: wait for this node to apply something new (an
