@@ -125,6 +125,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether applying this command may change a queue's existence or
+    /// configuration: what [`crate::Configs`] copies.
+    pub fn changes_configs(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateQueue { .. } | Command::UpdateQueue { .. } | Command::DeleteQueue { .. }
+        )
+    }
+
     /// The queue a command addresses, if any.
     pub fn queue(&self) -> Option<&str> {
         match self {
