@@ -139,10 +139,9 @@ impl Node {
                 // node that leads answers from its own state: a deposed one
                 // may not have applied what the new leader did.
                 let leading = self.raft.metrics().borrow().current_leader == Some(self.id);
-                let checked = self
-                    .state
-                    .read(|s| s.precheck(&command))
-                    .map_err(store_status)?;
+                // Lock-free: a copy of the queues' configurations, so no
+                // request waits here on an apply or a whole-state read.
+                let checked = self.state.precheck(&command);
                 if let (true, Err(e)) = (leading, checked) {
                     return Ok(Response::Write {
                         reply: Err(e),
