@@ -970,6 +970,108 @@ mod tests {
             .map_err(StoreError::rocks("mark"))
     }
 
+    /// Precheck answers from the configurations published after each apply
+    /// that creates or deletes a queue, and after an install.
+    #[tokio::test]
+    async fn precheck_follows_the_applied_queues() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_log, mut sm) = crate::open(dir.path()).await?;
+        let handle = sm.handle();
+        let fetch = |queue: &str| Command::Fetch {
+            queue: queue.into(),
+            consumer: "c".into(),
+            max: 1,
+            lease_ms: 0,
+        };
+        assert!(handle.precheck(&fetch("q")).is_err(), "no queue yet");
+        sm.apply(history()).await?;
+        handle.precheck(&fetch("q"))?;
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
+
+        let delete = Command::DeleteQueue { name: "q".into() };
+        sm.apply(vec![entry(4, vec![delete])]).await?;
+        assert_eq!(
+            handle.precheck(&fetch("q")),
+            handle.read(|s| s.precheck(&fetch("q")))?,
+            "the copy answers as the state does"
+        );
+        assert!(handle.precheck(&fetch("q")).is_err(), "the queue is gone");
+
+        let other = tempfile::tempdir()?;
+        let (_log, mut follower) = crate::open(other.path()).await?;
+        let mut receiving = follower.begin_receiving_snapshot().await?;
+        let mut source = SnapshotFile::open(snapshot.snapshot.path()).await?;
+        tokio::io::copy(&mut source, &mut *receiving).await?;
+        follower.install_snapshot(&snapshot.meta, receiving).await?;
+        follower.handle().precheck(&fetch("q"))?;
+        Ok(())
+    }
+
+    /// The Status digest is the digest of the state at the index it is
+    /// paired with, recomputed only when the applied index moved.
+    #[tokio::test]
+    async fn the_cached_digest_follows_the_applied_index() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_log, mut sm) = crate::open(dir.path()).await?;
+        let handle = sm.handle();
+        let mut entries = history();
+        let last = entries.pop().ok_or_else(|| anyhow::anyhow!("empty"))?;
+        sm.apply(entries).await?;
+        let first = handle.applied_digest_cached().await?;
+        assert_eq!(first, handle.applied_digest()?);
+        assert_eq!(handle.applied_digest_cached().await?, first);
+        sm.apply(vec![last]).await?;
+        let second = handle.applied_digest_cached().await?;
+        assert_eq!(second, handle.applied_digest()?);
+        assert_ne!(second, first);
+        // A snapshot build seeds the cache with the digest of its bytes.
+        sm.get_snapshot_builder().await.build_snapshot().await?;
+        assert_eq!(*handle.digest.lock().await, Some(second));
+        Ok(())
+    }
+
+    /// While whole-state work runs (here: the gate and a read lock held as
+    /// a digest holds them), an apply waits for the gate, not on the
+    /// lock, so a reader still gets the read lock at once. Without the
+    /// gate the apply would wait on the lock and, the lock preferring
+    /// writers, the reader behind it (this test then times out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_never_queues_behind_whole_state_work() -> anyhow::Result<()> {
+        const READ_MS_MAX: u64 = 5_000;
+        let dir = tempfile::tempdir()?;
+        let (_log, mut sm) = crate::open(dir.path()).await?;
+        let handle = sm.handle();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let long = {
+            let handle = handle.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let _gate = handle.gate()?;
+                let _read = handle.read_guard()?;
+                let _ = held_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            })
+        };
+        held_rx.recv()?;
+        let apply = tokio::spawn(async move { sm.apply(history()).await.map(|_| ()) });
+        // Let the apply reach the gate.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let reader = handle.clone();
+        std::thread::spawn(move || {
+            let _ = read_tx.send(reader.last_applied());
+        });
+        let read = read_rx.recv_timeout(std::time::Duration::from_millis(READ_MS_MAX));
+        release_tx.send(())?;
+        long.join()
+            .map_err(|_| anyhow::anyhow!("the holder panicked"))??;
+        apply.await??;
+        assert_eq!(read?.ok().flatten(), None, "read before the apply, at once");
+        assert_eq!(handle.last_applied()?.map(|l| l.index), Some(3));
+        Ok(())
+    }
+
     /// A crash after the pending marker and before the end of the install
     /// leaves the payloads half replaced; the next open finishes the job.
     #[tokio::test]
