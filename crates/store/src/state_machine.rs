@@ -83,10 +83,14 @@ pub struct StateHandle {
     /// on `applied`, so readers never queue behind a writer that waits
     /// behind a long read.
     gate: Arc<Mutex<()>>,
-    /// The Status digest of the last applied index it was asked for. The
-    /// async mutex makes one computation at a time; callers that arrive
-    /// meanwhile wait for it without blocking a thread.
-    digest: Arc<tokio::sync::Mutex<Option<AppliedDigest>>>,
+    /// The Status digest of the last applied index it was computed for.
+    /// Read and written under the gate by the computation itself, so a
+    /// caller that gave up (a cancelled Status) loses nothing and the next
+    /// one finds it.
+    digest: Arc<Mutex<Option<AppliedDigest>>>,
+    /// One digest computation at a time from async code: callers that
+    /// arrive meanwhile wait here, holding no thread, then find the cache.
+    digest_flight: Arc<tokio::sync::Mutex<()>>,
     /// Each queue's configuration as of the last apply that changed one.
     configs: Arc<ArcSwap<Configs>>,
     db: Arc<DB>,
@@ -120,7 +124,8 @@ impl StateHandle {
         StateHandle {
             applied: Arc::new(RwLock::new(applied)),
             gate: Arc::new(Mutex::new(())),
-            digest: Arc::new(tokio::sync::Mutex::new(None)),
+            digest: Arc::new(Mutex::new(None)),
+            digest_flight: Arc::new(tokio::sync::Mutex::new(())),
             configs: Arc::new(ArcSwap::from_pointee(configs)),
             db,
         }
@@ -168,25 +173,32 @@ impl StateHandle {
     pub fn applied_digest(&self) -> Result<AppliedDigest> {
         let _gate = self.gate()?;
         let applied = self.read_guard()?;
-        Ok((applied.last_applied, applied.core.digest()))
+        if let Some(pair) = self.cached_digest(applied.last_applied)? {
+            return Ok(pair);
+        }
+        let pair = (applied.last_applied, applied.core.digest());
+        *self.digest.lock().map_err(|_| StoreError::Poisoned)? = Some(pair);
+        Ok(pair)
     }
 
     /// [`StateHandle::applied_digest`] for async code: computed on a
-    /// blocking thread at most once per applied index, and shared by every
-    /// caller that asks while it runs. The pair is of one state, and its
-    /// index is at least the one applied when this was called.
+    /// blocking thread at most once per applied index, one computation at
+    /// a time, and shared by every caller that asks while it runs. The
+    /// pair is of one state, and its index is at least the one applied
+    /// when this was called.
     pub async fn applied_digest_cached(&self) -> Result<AppliedDigest> {
-        let mut cached = self.digest.lock().await;
-        let last_applied = self.last_applied()?;
-        if let Some(pair) = *cached {
-            if pair.0 == last_applied {
-                return Ok(pair);
-            }
+        let _flight = self.digest_flight.lock().await;
+        if let Some(pair) = self.cached_digest(self.last_applied()?)? {
+            return Ok(pair);
         }
         let handle = self.clone();
-        let pair = blocking(move || handle.applied_digest()).await?;
-        *cached = Some(pair);
-        Ok(pair)
+        blocking(move || handle.applied_digest()).await
+    }
+
+    /// The cached digest, if it is of the state at `last_applied`.
+    fn cached_digest(&self, last_applied: Option<LogId>) -> Result<Option<AppliedDigest>> {
+        let cached = *self.digest.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(cached.filter(|pair| pair.0 == last_applied))
     }
 
     /// The last applied log id and the cluster time the core had reached
@@ -466,10 +478,12 @@ fn build_blocking(
     // The receiver may be gone if the builder was dropped; the build goes on.
     let _ = taken.send(());
     // The bytes are at hand: the Status digest of this index costs one
-    // hash now instead of a second encoding later. Skipped if a Status
-    // computation holds the cache; it will store its own.
-    if let Ok(mut cached) = handle.digest.try_lock() {
-        *cached = Some((meta.last_log_id, State::digest_of_snapshot(&core)));
+    // hash now instead of a second encoding later. Applies may have gone
+    // on since the capture; a newer cached digest is kept.
+    if let Ok(mut cached) = handle.digest.lock() {
+        if cached.is_none_or(|(index, _)| index < meta.last_log_id) {
+            *cached = Some((meta.last_log_id, State::digest_of_snapshot(&core)));
+        }
     }
 
     let temp = snapshots.path(&unique_name("", SUFFIX_BUILDING));
@@ -1021,12 +1035,13 @@ mod tests {
         assert_eq!(first, handle.applied_digest()?);
         assert_eq!(handle.applied_digest_cached().await?, first);
         sm.apply(vec![last]).await?;
-        let second = handle.applied_digest_cached().await?;
-        assert_eq!(second, handle.applied_digest()?);
-        assert_ne!(second, first);
         // A snapshot build seeds the cache with the digest of its bytes.
         sm.get_snapshot_builder().await.build_snapshot().await?;
-        assert_eq!(*handle.digest.lock().await, Some(second));
+        let seeded = handle.cached_digest(handle.last_applied()?)?;
+        let second = handle.applied_digest_cached().await?;
+        assert_eq!(seeded, Some(second));
+        assert_eq!(second.1, handle.read(State::digest)?);
+        assert_ne!(second, first);
         Ok(())
     }
 
