@@ -74,6 +74,8 @@ impl Drop for Ticket {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

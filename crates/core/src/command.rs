@@ -22,6 +22,18 @@ pub struct Stamp {
 /// the same name gets a new id, so its payload keys never collide.
 pub type QueueId = u64;
 
+/// Where a request sits in its client's session (see `session.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequence {
+    /// From `Reply::SessionOpened`.
+    pub session: u64,
+    /// 1, 2, 3... per request; a retry reuses its number.
+    pub seq: u64,
+    /// The lowest number the client still waits for: every reply below it
+    /// may be forgotten.
+    pub floor: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewJob {
     /// Client-given (recommended) or server-made before proposing; 1 to
@@ -127,12 +139,21 @@ pub enum Command {
     /// `command` as request `sequence` of a client session: applied at
     /// most once, its first result kept for retries.
     Sequenced {
-        sequence: crate::session::Sequence,
+        sequence: Sequence,
         command: Box<Command>,
     },
 }
 
 impl Command {
+    /// Whether applying this command may change a queue's existence or
+    /// configuration: what [`crate::Configs`] copies.
+    pub fn changes_configs(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateQueue { .. } | Command::UpdateQueue { .. } | Command::DeleteQueue { .. }
+        )
+    }
+
     /// The queue a command addresses, if any.
     pub fn queue(&self) -> Option<&str> {
         match self {

@@ -31,8 +31,9 @@ pub use command::*;
 pub use config::{GroupPolicy, QueueConfig};
 pub use error::{Code, Error, Result};
 pub use query::*;
-pub use session::Sequence;
-pub use state::{backoff_ms, validate_queue_name, Attempt, AttemptOutcome, Counters, State};
+pub use state::{
+    backoff_ms, validate_queue_name, Attempt, AttemptOutcome, Configs, Counters, State,
+};
 
 /// Whether the planted bug named by `bug` is on; always false without the
 /// `planted-bugs` feature, so the checks compile away.
@@ -83,6 +84,12 @@ impl State {
     /// A 128-bit digest of the state, for comparing replicas at the same
     /// applied index.
     pub fn digest(&self) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(&self.snapshot())
+        State::digest_of_snapshot(&self.snapshot())
+    }
+
+    /// [`State::digest`] of the state whose [`State::snapshot`] is `bytes`,
+    /// for a caller that already holds them (a snapshot build).
+    pub fn digest_of_snapshot(bytes: &[u8]) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(bytes)
     }
 }

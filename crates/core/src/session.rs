@@ -30,21 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Reply};
+use crate::command::{Command, Reply, Sequence};
 use crate::error::{Error, Result};
 use crate::limits::{REPLY_WEIGHT_MAX, SESSIONS_COUNT_MAX, SESSION_IDLE_MS, SESSION_REPLIES_MAX};
-
-/// Where a request sits in its client's session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sequence {
-    /// From `Reply::SessionOpened`.
-    pub session: u64,
-    /// 1, 2, 3... per request; a retry reuses its number.
-    pub seq: u64,
-    /// The lowest number the client still waits for: every reply below it
-    /// may be forgotten.
-    pub floor: u64,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Cached {
@@ -276,6 +264,8 @@ pub(crate) fn sequenceable(command: &Command) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn seq(session: u64, seq: u64, floor: u64) -> Sequence {

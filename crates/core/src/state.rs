@@ -285,6 +285,22 @@ pub fn backoff_ms(config: &QueueConfig, id_hash: u128, attempt: u32) -> u64 {
     delay - hash::jitter(id_hash, attempt) % (jitter_max + 1)
 }
 
+/// The lease a fetch or extend asking for `lease_ms` gets under `config`:
+/// 0 is the default, above `lease_ms_max` is clamped, above the hard
+/// ceiling is refused.
+fn resolve_lease(config: &QueueConfig, lease_ms: u64) -> Result<u64> {
+    if lease_ms > LEASE_MS_LIMIT {
+        return Err(Error::invalid(
+            "lease_ms",
+            format!("{lease_ms} exceeds the limit of {LEASE_MS_LIMIT} ms"),
+        ));
+    }
+    Ok(match lease_ms {
+        0 => config.lease_ms_default,
+        ms => ms.min(config.lease_ms_max),
+    })
+}
+
 impl Queue {
     fn new(
         id: QueueId,
@@ -385,16 +401,7 @@ impl Queue {
     }
 
     fn resolve_lease(&self, lease_ms: u64) -> Result<u64> {
-        if lease_ms > LEASE_MS_LIMIT {
-            return Err(Error::invalid(
-                "lease_ms",
-                format!("{lease_ms} exceeds the limit of {LEASE_MS_LIMIT} ms"),
-            ));
-        }
-        Ok(match lease_ms {
-            0 => self.config.lease_ms_default,
-            ms => ms.min(self.config.lease_ms_max),
-        })
+        resolve_lease(&self.config, lease_ms)
     }
 
     /// Moves the queue's clock to `now`: expires due leases, wakes due
@@ -1071,10 +1078,7 @@ impl State {
             }),
             Command::Sequenced { sequence, command } => {
                 if !session::sequenceable(&command) {
-                    return Err(Error::invalid(
-                        "command",
-                        "only a plain state-changing command can be sequenced",
-                    ));
+                    return Err(not_sequenceable());
                 }
                 match self.sessions.lookup(sequence, self.clock_ms)? {
                     Lookup::Replay(result) => result.map(|r| self.replay(&command, r)),
@@ -1131,80 +1135,28 @@ impl State {
     /// log; `apply` repeats every check, so this only ever refuses what
     /// `apply` would refuse against the same state.
     pub fn precheck(&self, command: &Command) -> Result<()> {
-        // The name first, as in `apply` (`queue_mut`).
-        let queue = |name: &str| {
-            validate_queue_name(name)?;
-            self.queues
-                .get(name)
-                .ok_or_else(|| Error::queue_not_found(name))
-        };
-        match command {
-            Command::CreateQueue { name, config } | Command::UpdateQueue { name, config } => {
-                validate_queue_name(name)?;
-                config.validate()
+        if let Command::Sequenced { sequence, command } = command {
+            if !session::sequenceable(command) {
+                return Err(not_sequenceable());
             }
-            Command::Enqueue { queue: name, jobs } => {
-                let q = queue(name)?;
-                validate_batch("jobs", jobs.len(), &q.config)?;
-                jobs.iter()
-                    .enumerate()
-                    .try_for_each(|(i, job)| validate_job(&q.config, job, i))
-            }
-            Command::Fetch {
-                queue: name,
-                consumer,
-                max,
-                lease_ms,
-            } => {
-                let q = queue(name)?;
-                check_text("consumer", consumer, CONSUMER_BYTES_MAX, true)?;
-                if *max == 0 || *max > q.config.max_batch {
-                    return Err(Error::invalid(
-                        "max",
-                        format!("{max} is outside 1..=max_batch ({})", q.config.max_batch),
-                    ));
-                }
-                q.resolve_lease(*lease_ms).map(|_| ())
-            }
-            Command::Ack { queue: name, items } => {
-                validate_batch("items", items.len(), &queue(name)?.config)
-            }
-            Command::Extend {
-                queue: name,
-                lease_ms,
-                ..
-            } => queue(name)?.resolve_lease(*lease_ms).map(|_| ()),
-            Command::DeadLetter {
-                queue: name,
-                reason,
-                ..
-            } => {
-                queue(name)?;
-                check_text("reason", reason, REASON_BYTES_MAX, true)
-            }
-            Command::Nack { queue: name, .. }
-            | Command::Release { queue: name, .. }
-            | Command::DeleteQueue { name }
-            | Command::PauseGroup { queue: name, .. }
-            | Command::ResumeGroup { queue: name, .. }
-            | Command::RequeueDeadLetter { queue: name, .. }
-            | Command::PurgeDeadLetters { queue: name, .. } => queue(name).map(|_| ()),
-            Command::Tick | Command::OpenSession => Ok(()),
-            Command::Sequenced { sequence, command } => {
-                if !session::sequenceable(command) {
-                    return Err(Error::invalid(
-                        "command",
-                        "only a plain state-changing command can be sequenced",
-                    ));
-                }
-                // A request answered before gets its first answer from
-                // apply, whatever the state says of it now.
-                if self.sessions.peek(*sequence)? {
-                    return Ok(());
-                }
-                self.precheck(command)
+            // A request answered before gets its first answer from apply,
+            // whatever the state says of it now.
+            if self.sessions.peek(*sequence)? {
+                return Ok(());
             }
         }
+        precheck(&|name| self.queues.get(name).map(|q| &q.config), command)
+    }
+
+    /// What [`State::precheck`] reads, copied: one configuration per
+    /// queue, so O(queues), never O(jobs).
+    pub fn configs(&self) -> Configs {
+        Configs(
+            self.queues
+                .iter()
+                .map(|(name, q)| (name.clone(), q.config.clone()))
+                .collect(),
+        )
     }
 
     /// A cached reply as a retry gets it. A fetch's deliveries are narrowed
@@ -1238,4 +1190,101 @@ impl State {
     pub fn next_due_ms(&self) -> Option<u64> {
         self.queues.values().filter_map(Queue::next_due_ms).min()
     }
+}
+
+/// Each queue's configuration: all that [`State::precheck`] reads of the
+/// state. The node publishes one after every apply that changes it and
+/// answers prechecks from it without the state lock (`lockstep-store`'s
+/// `StateHandle::precheck`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Configs(BTreeMap<String, QueueConfig>);
+
+impl Configs {
+    /// [`State::precheck`] against the state these configurations were
+    /// copied from: the same answer, the same error.
+    ///
+    /// One difference: it holds no sessions, so it checks a sequenced
+    /// request's command as if it were new. Its refusal of a sequenced
+    /// request is final only once [`State::precheck`] agrees (the request
+    /// may have been answered before, and a repeat gets that answer).
+    pub fn precheck(&self, command: &Command) -> Result<()> {
+        precheck(&|name| self.0.get(name), command)
+    }
+}
+
+/// The body of [`State::precheck`] and [`Configs::precheck`], over a
+/// lookup of a queue's configuration by name.
+fn precheck<'a>(
+    config_of: &dyn Fn(&str) -> Option<&'a QueueConfig>,
+    command: &Command,
+) -> Result<()> {
+    // The name first, as in `apply` (`queue_mut`).
+    let queue = |name: &str| {
+        validate_queue_name(name)?;
+        config_of(name).ok_or_else(|| Error::queue_not_found(name))
+    };
+    match command {
+        Command::CreateQueue { name, config } | Command::UpdateQueue { name, config } => {
+            validate_queue_name(name)?;
+            config.validate()
+        }
+        Command::Enqueue { queue: name, jobs } => {
+            let q = queue(name)?;
+            validate_batch("jobs", jobs.len(), q)?;
+            jobs.iter()
+                .enumerate()
+                .try_for_each(|(i, job)| validate_job(q, job, i))
+        }
+        Command::Fetch {
+            queue: name,
+            consumer,
+            max,
+            lease_ms,
+        } => {
+            let q = queue(name)?;
+            check_text("consumer", consumer, CONSUMER_BYTES_MAX, true)?;
+            if *max == 0 || *max > q.max_batch {
+                return Err(Error::invalid(
+                    "max",
+                    format!("{max} is outside 1..=max_batch ({})", q.max_batch),
+                ));
+            }
+            resolve_lease(q, *lease_ms).map(|_| ())
+        }
+        Command::Ack { queue: name, items } => validate_batch("items", items.len(), queue(name)?),
+        Command::Extend {
+            queue: name,
+            lease_ms,
+            ..
+        } => resolve_lease(queue(name)?, *lease_ms).map(|_| ()),
+        Command::DeadLetter {
+            queue: name,
+            reason,
+            ..
+        } => {
+            queue(name)?;
+            check_text("reason", reason, REASON_BYTES_MAX, true)
+        }
+        Command::Nack { queue: name, .. }
+        | Command::Release { queue: name, .. }
+        | Command::DeleteQueue { name }
+        | Command::PauseGroup { queue: name, .. }
+        | Command::ResumeGroup { queue: name, .. }
+        | Command::RequeueDeadLetter { queue: name, .. }
+        | Command::PurgeDeadLetters { queue: name, .. } => queue(name).map(|_| ()),
+        Command::Tick | Command::OpenSession => Ok(()),
+        Command::Sequenced { command, .. } => {
+            if !session::sequenceable(command) {
+                return Err(not_sequenceable());
+            }
+            precheck(config_of, command)
+        }
+    }
+}
+
+fn not_sequenceable() -> Error {
+    Error::invalid(
+        "command",
+        "only a plain state-changing command can be sequenced",
+    )
 }

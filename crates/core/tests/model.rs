@@ -1600,6 +1600,13 @@ impl Run {
         let got = self.state.apply(stamp, cmd.clone(), &mut effects);
         let (want, want_effects) = self.model.apply(stamp, &cmd);
         let ctx = format!("step {n}: {stamp:?} {cmd:?}");
+        // The node answers prechecks from a copy of the configurations:
+        // it must answer as the state does.
+        same!(
+            before.configs().precheck(&cmd),
+            precheck,
+            "{ctx}: precheck from the configurations"
+        );
         // The leader's precheck only refuses what apply refuses, the same way.
         if let Err(e) = &precheck {
             same!(got.as_ref().err(), Some(e), "{ctx}: precheck refused");

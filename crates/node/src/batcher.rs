@@ -198,6 +198,8 @@ fn failure(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> WriteF
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use lockstep_core::{NewJob, Sequence};
 

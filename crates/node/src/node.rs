@@ -169,10 +169,18 @@ impl Node {
                 // valid request (NOT_FOUND for a queue just created). Any
                 // other node proposes, and apply decides.
                 if self.settled_leader() {
-                    let checked = self
-                        .state
-                        .read(|s| s.precheck(&command))
-                        .map_err(store_status)?;
+                    // Lock-free: a copy of the queues' configurations, so
+                    // no request waits here on an apply or a whole-state
+                    // read. A refused sequenced request asks the state
+                    // (a few lookups under the lock) whether it was
+                    // answered before: then a repeat gets that answer.
+                    let mut checked = self.state.precheck(&command);
+                    if checked.is_err() && matches!(command, Command::Sequenced { .. }) {
+                        checked = self
+                            .state
+                            .read(|s| s.precheck(&command))
+                            .map_err(store_status)?;
+                    }
                     if let Err(e) = checked {
                         return Ok(Response::Write {
                             reply: Err(e),

@@ -175,11 +175,10 @@ impl Forwarding {
             };
             match answer {
                 None => {}
-                Some(Response::NotLeader { leader }) => {
-                    if let Some((_, node)) = leader {
-                        hint = Some(node);
-                    }
-                }
+                Some(Response::NotLeader {
+                    leader: Some((_, node)),
+                }) => hint = Some(node),
+                Some(Response::NotLeader { leader: None }) => {}
                 Some(Response::MayHaveApplied(why)) => {
                     if !retry_safe {
                         return Ok(Response::MayHaveApplied(why));

@@ -6,12 +6,32 @@
 //!   `last_membership`, in ONE unsynced RocksDB batch;
 //! - the core state is persisted only in snapshots; on open it is loaded from
 //!   the latest one, and openraft re-applies the committed log after it.
+//!
+//! Locking, so that no async task ever waits on work proportional to the
+//! state (a `Cluster.Status` digest of a million jobs takes about 250 ms in
+//! a release build, seconds in a debug one):
+//! - The applied state is behind a std `RwLock`. Its write lock is held
+//!   only by `apply` (O(batch)) and by the swap at the end of an install
+//!   (O(1); the old state is dropped after the lock is released).
+//! - Whole-state work (the Status digest, a snapshot's capture, the
+//!   payload load of an install) runs on a blocking thread holding the
+//!   *gate*, a mutex every writer takes before the write lock, and at most
+//!   a read lock. While it runs no writer can be waiting on the `RwLock`,
+//!   so the lock's preference for writers never makes a reader queue
+//!   behind it: async readers get their read lock at once. Applies wait
+//!   for the gate instead, on their own blocking thread; openraft awaits
+//!   them without stopping heartbeats.
+//! - The Status digest is cached by applied index and computed once per
+//!   index, one computation at a time ([`StateHandle::applied_digest_cached`]).
+//! - Precheck reads a copy of each queue's configuration published through
+//!   `arc-swap` after every apply that changes one: no lock at all.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use lockstep_core::{codec, Effect, JobBlob, QueueId, Stamp, State};
+use arc_swap::ArcSwap;
+use lockstep_core::{codec, Command, Configs, Effect, JobBlob, QueueId, Stamp, State};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{WriteBatch, WriteOptions, DB};
@@ -46,14 +66,33 @@ struct Applied {
     last_membership: StoredMembership,
 }
 
+/// An applied log id and the digest of the state it left.
+type AppliedDigest = (Option<LogId>, u128);
+
 /// A cheap, cloneable read handle on the applied state, for the server's
 /// queries and payload reads.
 ///
 /// Writers hold the lock across the RocksDB write of an applied batch, so a
-/// reader that finds a job in the core state also finds its payload.
+/// reader that finds a job in the core state also finds its payload. See
+/// the module's documentation for what may hold the lock, and how long.
 #[derive(Clone)]
 pub struct StateHandle {
     applied: Arc<RwLock<Applied>>,
+    /// Taken before the write lock by every writer, and by whole-state
+    /// work before its read lock: while the gate is held, no writer waits
+    /// on `applied`, so readers never queue behind a writer that waits
+    /// behind a long read.
+    gate: Arc<Mutex<()>>,
+    /// The Status digest of the last applied index it was computed for.
+    /// Read and written under the gate by the computation itself, so a
+    /// caller that gave up (a cancelled Status) loses nothing and the next
+    /// one finds it.
+    digest: Arc<Mutex<Option<AppliedDigest>>>,
+    /// One digest computation at a time from async code: callers that
+    /// arrive meanwhile wait here, holding no thread, then find the cache.
+    digest_flight: Arc<tokio::sync::Mutex<()>>,
+    /// Each queue's configuration as of the last apply that changed one.
+    configs: Arc<ArcSwap<Configs>>,
     db: Arc<DB>,
 }
 
@@ -74,10 +113,37 @@ impl StateHandle {
         self.applied.write().map_err(|_| StoreError::Poisoned)
     }
 
-    /// Runs a query on the applied core state. Keep `f` short: applies wait
-    /// for it.
+    /// The gate: taken by every writer before the write lock, and by
+    /// whole-state work before its read lock. Never on an async task.
+    fn gate(&self) -> Result<MutexGuard<'_, ()>> {
+        self.gate.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    fn new(applied: Applied, db: Arc<DB>) -> StateHandle {
+        let configs = applied.core.configs();
+        StateHandle {
+            applied: Arc::new(RwLock::new(applied)),
+            gate: Arc::new(Mutex::new(())),
+            digest: Arc::new(Mutex::new(None)),
+            digest_flight: Arc::new(tokio::sync::Mutex::new(())),
+            configs: Arc::new(ArcSwap::from_pointee(configs)),
+            db,
+        }
+    }
+
+    /// Runs a query on the applied core state. Keep `f` O(small) (a few
+    /// lookups, a bounded page): it may run on an async task, and while it
+    /// holds the read lock an apply waits, and readers behind that apply.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R> {
         Ok(f(&self.read_guard()?.core))
+    }
+
+    /// [`State::precheck`] against each queue's configuration as of the
+    /// last apply that changed one, read without any lock. It may trail the
+    /// applied state by the apply in progress, as a read under the lock
+    /// would trail the entry being committed; `apply` checks again.
+    pub fn precheck(&self, command: &Command) -> std::result::Result<(), lockstep_core::Error> {
+        self.configs.load().precheck(command)
     }
 
     /// The log id of the last applied entry.
@@ -90,7 +156,8 @@ impl StateHandle {
         Ok(self.read_guard()?.last_membership.clone())
     }
 
-    /// The digest of the core state, for comparing replicas.
+    /// The digest of the core state, for comparing replicas. O(state) and
+    /// blocking: see [`StateHandle::applied_digest`].
     pub fn digest(&self) -> Result<u128> {
         Ok(self.applied_digest()?.1)
     }
@@ -99,9 +166,39 @@ impl StateHandle {
     /// under one lock. Two reads would let an apply slip in between and
     /// pair a digest with the index after it: a false divergence when
     /// replicas are compared at one index.
-    pub fn applied_digest(&self) -> Result<(Option<LogId>, u128)> {
+    ///
+    /// O(state), and it blocks the calling thread (applies wait for it):
+    /// call it from a blocking thread or a test, or use
+    /// [`StateHandle::applied_digest_cached`] from async code.
+    pub fn applied_digest(&self) -> Result<AppliedDigest> {
+        let _gate = self.gate()?;
         let applied = self.read_guard()?;
-        Ok((applied.last_applied, applied.core.digest()))
+        if let Some(pair) = self.cached_digest(applied.last_applied)? {
+            return Ok(pair);
+        }
+        let pair = (applied.last_applied, applied.core.digest());
+        *self.digest.lock().map_err(|_| StoreError::Poisoned)? = Some(pair);
+        Ok(pair)
+    }
+
+    /// [`StateHandle::applied_digest`] for async code: computed on a
+    /// blocking thread at most once per applied index, one computation at
+    /// a time, and shared by every caller that asks while it runs. The
+    /// pair is of one state, and its index is at least the one applied
+    /// when this was called.
+    pub async fn applied_digest_cached(&self) -> Result<AppliedDigest> {
+        let _flight = self.digest_flight.lock().await;
+        if let Some(pair) = self.cached_digest(self.last_applied()?)? {
+            return Ok(pair);
+        }
+        let handle = self.clone();
+        blocking(move || handle.applied_digest()).await
+    }
+
+    /// The cached digest, if it is of the state at `last_applied`.
+    fn cached_digest(&self, last_applied: Option<LogId>) -> Result<Option<AppliedDigest>> {
+        let cached = *self.digest.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(cached.filter(|pair| pair.0 == last_applied))
     }
 
     /// The last applied log id and the cluster time the core had reached
@@ -285,9 +382,11 @@ fn put_effects(batch: &mut WriteBatch, db: &DB, effects: &[Effect]) -> Result<()
 /// Applies `entries` to the core and makes their effects in one batch.
 fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<BatchReply>> {
     let db = &handle.db;
+    let _gate = handle.gate()?;
     let mut applied = handle.write_guard()?;
     let mut effects = Vec::new();
     let mut replies = Vec::with_capacity(entries.len());
+    let mut configs_changed = false;
     for entry in entries {
         let log_id = entry.log_id;
         applied.last_applied = Some(log_id);
@@ -301,7 +400,10 @@ fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<Batch
                 let results = batch
                     .commands
                     .into_iter()
-                    .map(|command| applied.core.apply(stamp, command, &mut effects))
+                    .map(|command| {
+                        configs_changed |= command.changes_configs();
+                        applied.core.apply(stamp, command, &mut effects)
+                    })
                     .collect();
                 replies.push(BatchReply(results));
             }
@@ -333,6 +435,11 @@ fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<Batch
     // restart rebuilds both from the snapshot and the log.
     db.write(batch)
         .map_err(StoreError::rocks("write the applied batch"))?;
+    if configs_changed {
+        // O(queues), and only after a command that creates, changes or
+        // deletes a queue.
+        handle.configs.store(Arc::new(applied.core.configs()));
+    }
     Ok(replies)
 }
 
@@ -349,6 +456,9 @@ fn build_blocking(
 ) -> Result<(SnapshotMeta, PathBuf, std::fs::File)> {
     let db = &handle.db;
     let (meta, core, view) = {
+        // O(state) under the read lock, with the gate held so no writer
+        // waits on the lock meanwhile (see the module's documentation).
+        let _gate = handle.gate()?;
         let applied = handle.read_guard()?;
         let last_applied = applied.last_applied;
         let snapshot_id = match last_applied {
@@ -370,6 +480,14 @@ fn build_blocking(
     };
     // The receiver may be gone if the builder was dropped; the build goes on.
     let _ = taken.send(());
+    // The bytes are at hand: the Status digest of this index costs one
+    // hash now instead of a second encoding later. Applies may have gone
+    // on since the capture; a newer cached digest is kept.
+    if let Ok(mut cached) = handle.digest.lock() {
+        if cached.is_none_or(|(index, _)| index < meta.last_log_id) {
+            *cached = Some((meta.last_log_id, State::digest_of_snapshot(&core)));
+        }
+    }
 
     let temp = snapshots.path(&unique_name("", SUFFIX_BUILDING));
     let written = (|| {
@@ -566,18 +684,32 @@ fn install_blocking(
     db.write_opt(batch, &sync_write())
         .map_err(StoreError::rocks("mark a snapshot install as pending"))?;
 
-    // Readers wait for the whole replacement: they must not see the new
-    // payloads next to the old core state. Installs are rare (a lagging or
-    // wiped follower), and the node's state is stale until it ends anyway.
-    let mut applied = handle.write_guard()?;
+    // The payloads are replaced with the gate held (no apply can run) but
+    // not the write lock: loading them is O(state), and a reader must never
+    // wait on that. Until the swap below, a reader of this follower's
+    // applied state may therefore find a job whose payload is gone, or not
+    // yet there: installs are rare (a lagging or wiped follower), its state
+    // is stale until the install ends anyway, and requests that need
+    // payloads (fetch) run on the leader, which never installs.
+    let gate = handle.gate()?;
     load_blobs(db, &snapshots.path(&file_name))?;
     finish_install(db, &file_name, meta)?;
-    *applied = Applied {
-        core: state,
-        last_applied: meta.last_log_id,
-        last_membership: meta.last_membership.clone(),
+    let configs = Arc::new(state.configs());
+    let old = {
+        let mut applied = handle.write_guard()?;
+        handle.configs.store(configs);
+        std::mem::replace(
+            &mut *applied,
+            Applied {
+                core: state,
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+            },
+        )
     };
-    drop(applied);
+    drop(gate);
+    // Dropping a whole state is O(state) too: after the lock.
+    drop(old);
     *current = Some(Current {
         file_name: file_name.clone(),
         meta: meta.clone(),
@@ -653,10 +785,7 @@ impl StateMachineStore {
             *guard = current;
         }
         Ok(StateMachineStore {
-            handle: StateHandle {
-                applied: Arc::new(RwLock::new(applied)),
-                db,
-            },
+            handle: StateHandle::new(applied, db),
             snapshots: Arc::new(snapshots),
         })
     }
@@ -856,6 +985,109 @@ mod tests {
         put_value(&mut batch, db, KEY_PENDING_INSTALL, &file_name)?;
         db.write_opt(batch, &sync_write())
             .map_err(StoreError::rocks("mark"))
+    }
+
+    /// Precheck answers from the configurations published after each apply
+    /// that creates or deletes a queue, and after an install.
+    #[tokio::test]
+    async fn precheck_follows_the_applied_queues() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_log, mut sm) = crate::open(dir.path()).await?;
+        let handle = sm.handle();
+        let fetch = |queue: &str| Command::Fetch {
+            queue: queue.into(),
+            consumer: "c".into(),
+            max: 1,
+            lease_ms: 0,
+        };
+        assert!(handle.precheck(&fetch("q")).is_err(), "no queue yet");
+        sm.apply(history()).await?;
+        handle.precheck(&fetch("q"))?;
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
+
+        let delete = Command::DeleteQueue { name: "q".into() };
+        sm.apply(vec![entry(4, vec![delete])]).await?;
+        assert_eq!(
+            handle.precheck(&fetch("q")),
+            handle.read(|s| s.precheck(&fetch("q")))?,
+            "the copy answers as the state does"
+        );
+        assert!(handle.precheck(&fetch("q")).is_err(), "the queue is gone");
+
+        let other = tempfile::tempdir()?;
+        let (_log, mut follower) = crate::open(other.path()).await?;
+        let mut receiving = follower.begin_receiving_snapshot().await?;
+        let mut source = SnapshotFile::open(snapshot.snapshot.path()).await?;
+        tokio::io::copy(&mut source, &mut *receiving).await?;
+        follower.install_snapshot(&snapshot.meta, receiving).await?;
+        follower.handle().precheck(&fetch("q"))?;
+        Ok(())
+    }
+
+    /// The Status digest is the digest of the state at the index it is
+    /// paired with, recomputed only when the applied index moved.
+    #[tokio::test]
+    async fn the_cached_digest_follows_the_applied_index() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_log, mut sm) = crate::open(dir.path()).await?;
+        let handle = sm.handle();
+        let mut entries = history();
+        let last = entries.pop().ok_or_else(|| anyhow::anyhow!("empty"))?;
+        sm.apply(entries).await?;
+        let first = handle.applied_digest_cached().await?;
+        assert_eq!(first, handle.applied_digest()?);
+        assert_eq!(handle.applied_digest_cached().await?, first);
+        sm.apply(vec![last]).await?;
+        // A snapshot build seeds the cache with the digest of its bytes.
+        sm.get_snapshot_builder().await.build_snapshot().await?;
+        let seeded = handle.cached_digest(handle.last_applied()?)?;
+        let second = handle.applied_digest_cached().await?;
+        assert_eq!(seeded, Some(second));
+        assert_eq!(second.1, handle.read(State::digest)?);
+        assert_ne!(second, first);
+        Ok(())
+    }
+
+    /// While whole-state work runs (here: the gate and a read lock held as
+    /// a digest holds them), an apply waits for the gate, not on the
+    /// lock, so a reader still gets the read lock at once. Without the
+    /// gate the apply would wait on the lock and, the lock preferring
+    /// writers, the reader behind it (this test then times out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_never_queues_behind_whole_state_work() -> anyhow::Result<()> {
+        const READ_MS_MAX: u64 = 5_000;
+        let dir = tempfile::tempdir()?;
+        let (_log, mut sm) = crate::open(dir.path()).await?;
+        let handle = sm.handle();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let long = {
+            let handle = handle.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let _gate = handle.gate()?;
+                let _read = handle.read_guard()?;
+                let _ = held_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            })
+        };
+        held_rx.recv()?;
+        let apply = tokio::spawn(async move { sm.apply(history()).await.map(|_| ()) });
+        // Let the apply reach the gate.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let reader = handle.clone();
+        std::thread::spawn(move || {
+            let _ = read_tx.send(reader.last_applied());
+        });
+        let read = read_rx.recv_timeout(std::time::Duration::from_millis(READ_MS_MAX));
+        release_tx.send(())?;
+        long.join()
+            .map_err(|_| anyhow::anyhow!("the holder panicked"))??;
+        apply.await??;
+        assert_eq!(read?.ok().flatten(), None, "read before the apply, at once");
+        assert_eq!(handle.last_applied()?.map(|l| l.index), Some(3));
+        Ok(())
     }
 
     /// A crash after the pending marker and before the end of the install

@@ -62,11 +62,14 @@ impl pb::cluster_server::Cluster for Services {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.auth.authenticate(request.metadata())?;
         let m = self.node.raft.metrics().borrow().clone();
-        // One read: the digest must be of the state at `applied`.
+        // One read: the digest must be of the state at `applied`. It is
+        // O(state), so it is computed on a blocking thread, once per
+        // applied index, and awaited here without blocking a worker.
         let (applied, digest) = self
             .node
             .state
-            .applied_digest()
+            .applied_digest_cached()
+            .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let last_index = m.last_log_index.unwrap_or(0);
         let replication: BTreeMap<u64, u64> = m
