@@ -1,6 +1,6 @@
-//! Each state-changing request applies at most once, and no write waits
-//! without bound (issue 15, items 3 and 4). Real processes; every wait is
-//! bounded.
+//! Each state-changing request applies at most once, no write waits
+//! without bound, and no leader refuses a request from a stale state
+//! (issue 15, items 3, 4 and 6). Real processes; every wait is bounded.
 //!
 //! A retry after an unknown outcome resends the same request: these tests
 //! send it twice on purpose, through different nodes, as a client whose
@@ -184,6 +184,75 @@ async fn a_leader_without_quorum_answers_in_bounded_time_and_sheds_load() {
         for f in (1..=3).filter(|i| *i != leader) {
             run.cluster.resume(f).unwrap();
         }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The issue's hole: a leader cut off from the others, which has not heard
+/// of its successor, refused a request from its stale state with a
+/// definite NOT_FOUND for a queue the new leader had created. A refusal
+/// now needs a read-index round, which a deposed leader cannot complete:
+/// it answers that it cannot tell, and proposes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_old_leader_never_refuses_what_its_successor_created() {
+    const WRITE_MS_MAX: u64 = 2_000;
+    /// The longest the test waits for the old leader's answer.
+    const ANSWER_MAX: Duration = Duration::from_secs(15);
+    let iptables = std::process::Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output();
+    assert!(
+        iptables.is_ok_and(|o| o.status.success()),
+        "this test partitions loopback addresses with iptables: run it as root with iptables"
+    );
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec(&dir).set("limits.write_ms_max", WRITE_MS_MAX);
+        // Its own loopback net: the partition cuts no other test's nodes,
+        // nor this test's client (which connects from 127.0.0.1).
+        spec.net = 24;
+        let (run, old) = start(3, 3, spec, dir).await;
+        let c = &run.cluster;
+        create_queue(c, old, Q, None).await;
+        let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+        let ips: Vec<std::net::Ipv4Addr> = others.iter().map(|id| c.addr(*id).ip).collect();
+        let mut partitions = lockstep_chaos::run::Partitions::new();
+        partitions.isolate(c.addr(old).ip, &ips);
+        let new = c.wait_leader(&others, ELECTION_MAX).await.unwrap();
+        create_queue(c, new, "fresh", None).await;
+
+        let mut q = queue(c, old).await;
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            ANSWER_MAX,
+            q.enqueue(pb::EnqueueRequest {
+                queue: "fresh".into(),
+                jobs: vec![job("x", "g")],
+                session: None,
+            }),
+        )
+        .await
+        .expect("the old leader must answer within its write deadline");
+        let status = answer.expect_err("a leader without quorum cannot enqueue");
+        eprintln!(
+            "old leader answered {:?} after {:?}",
+            status.code(),
+            started.elapsed()
+        );
+        assert_ne!(
+            status.code(),
+            tonic::Code::NotFound,
+            "a deposed leader refused a queue its successor created: {status:?}"
+        );
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Aborted
+            ),
+            "{status:?}"
+        );
+        partitions.heal();
     })
     .await
     .expect("test timed out");

@@ -161,31 +161,48 @@ impl Node {
     pub async fn execute_local(&self, request: Request) -> Result<Response, Status> {
         match request {
             Request::Write(command) => {
-                // Malformed or hostile input never reaches the log. Only a
-                // leader that has applied the first entry of its own term
-                // answers from its state: a deposed leader, or a new one
-                // that has not yet applied its predecessor's entries, may
-                // lack what the cluster committed, and would refuse a
-                // valid request (NOT_FOUND for a queue just created). Any
-                // other node proposes, and apply decides.
-                if self.settled_leader() {
-                    // Lock-free: a copy of the queues' configurations, so
-                    // no request waits here on an apply or a whole-state
-                    // read. A refused sequenced request asks the state
-                    // (a few lookups under the lock) whether it was
-                    // answered before: then a repeat gets that answer.
-                    let mut checked = self.state.precheck(&command);
-                    if checked.is_err() && matches!(command, Command::Sequenced { .. }) {
-                        checked = self
-                            .state
-                            .read(|s| s.precheck(&command))
-                            .map_err(store_status)?;
-                    }
-                    if let Err(e) = checked {
-                        return Ok(Response::Write {
-                            reply: Err(e),
-                            blobs: Vec::new(),
-                        });
+                // Malformed or hostile input never reaches the log. A
+                // refusal is final only from a state that holds everything
+                // committed: a deposed leader that has not heard of its
+                // successor, or a new one that has not yet applied its
+                // predecessor's entries, would refuse a valid request
+                // (NOT_FOUND for a queue just created). So a refusal is
+                // checked again after a read-index round: the leader
+                // confirms it still leads with a majority and waits until
+                // it has applied everything committed before. Only bad
+                // input pays for the round.
+                if self.precheck(&command)?.is_err() {
+                    let limit_ms = self.config.limits.write_ms_max;
+                    let confirmed = tokio::time::timeout(
+                        Duration::from_millis(limit_ms),
+                        self.raft.ensure_linearizable(),
+                    )
+                    .await;
+                    match confirmed {
+                        Ok(Ok(_)) => {
+                            if let Err(e) = self.precheck(&command)? {
+                                return Ok(Response::Write {
+                                    reply: Err(e),
+                                    blobs: Vec::new(),
+                                });
+                            }
+                        }
+                        Ok(Err(err)) => {
+                            return Ok(match err.forward_to_leader() {
+                                Some(f) => Response::NotLeader {
+                                    leader: f.leader_id.zip(f.leader_node.clone()),
+                                },
+                                None => Response::Unavailable(err.to_string()),
+                            })
+                        }
+                        // Nothing was proposed: certainly not applied.
+                        Err(_) => {
+                            return Ok(Response::Unavailable(format!(
+                                "leader {} could not confirm it leads within \
+                                 limits.write_ms_max = {limit_ms} ms",
+                                self.id
+                            )))
+                        }
                     }
                 }
                 self.submit_write(command).await
@@ -228,14 +245,20 @@ impl Node {
         }
     }
 
-    /// Whether this node leads and has applied the first entry of its own
-    /// term, so its state holds everything committed before it led.
-    fn settled_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.current_leader == Some(self.id)
-            && m.last_applied
-                .is_some_and(|applied| applied.leader_id.term == m.current_term)
+    /// The leader's check of `command` before it is proposed, from the
+    /// lock-free copy of the queues' configurations, so no request waits
+    /// on an apply or a whole-state read. A refused sequenced request asks
+    /// the state (a few lookups under the lock) whether it was answered
+    /// before: then a repeat gets that answer from apply.
+    fn precheck(&self, command: &Command) -> Result<Result<(), core::Error>, Status> {
+        let checked = self.state.precheck(command);
+        if checked.is_err() && matches!(command, Command::Sequenced { .. }) {
+            return self
+                .state
+                .read(|s| s.precheck(command))
+                .map_err(store_status);
+        }
+        Ok(checked)
     }
 
     /// What this node holds, for a bootstrap's probe.
