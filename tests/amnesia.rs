@@ -175,6 +175,16 @@ const GUARD_WATCH: Duration = Duration::from_secs(6);
 /// How often a test polls a node's status while it waits.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Once a leader of all three is elected, every one of `jobs` must be a
+/// duplicate: the acknowledged jobs survived.
+async fn assert_all_duplicates(c: &Cluster, jobs: Vec<pb::Job>) {
+    let leader = c.wait_leader(&[1, 2, 3], ELECTION_MAX).await.unwrap();
+    let mut q = queue(c, leader).await;
+    for r in enqueue(&mut q, Q, jobs).await {
+        assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
+    }
+}
+
 /// The comment of this test process's own iptables rules.
 fn rule_tag() -> String {
     format!("lockstep-amnesia-{}", std::process::id())
@@ -354,11 +364,7 @@ async fn a_wiped_node_restarted_mid_catch_up_starts_still_guarded() {
             assert!(Instant::now() < deadline, "the guard never lifted");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let leader = c.wait_leader(&[1, 2, 3], ELECTION_MAX).await.unwrap();
-        let mut q = queue(c, leader).await;
-        for r in enqueue(&mut q, Q, jobs).await {
-            assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
-        }
+        assert_all_duplicates(c, jobs).await;
     })
     .await
     .expect("test finished within its timeout");
@@ -449,11 +455,7 @@ async fn a_guarded_node_with_a_partial_log_never_campaigns_or_wins() {
         // The leader returns: every acknowledged id is a duplicate.
         run.cluster.spawn(leader).unwrap();
         let c = &run.cluster;
-        let leader = c.wait_leader(&[1, 2, 3], ELECTION_MAX).await.unwrap();
-        let mut q = queue(c, leader).await;
-        for r in enqueue(&mut q, Q, jobs).await {
-            assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
-        }
+        assert_all_duplicates(c, jobs).await;
     })
     .await
     .expect("test finished within its timeout");

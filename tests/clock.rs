@@ -71,6 +71,22 @@ async fn scrape(c: &Cluster, id: u64) -> String {
 ///
 /// Every failure is collected and reported together, so one run shows
 /// every symptom.
+/// Nodes under libfaketime, each reading its wall clock's offset from its
+/// own file `clock-<id>` in `dir` (see `step_clock`).
+fn faketime_spec(dir: &tempfile::TempDir) -> Spec {
+    let mut spec = spec(dir);
+    let clock = dir.path().join("clock-{id}").display().to_string();
+    spec.env = vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), clock),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+        // Only the wall clock steps, as with NTP; CLOCK_MONOTONIC is what
+        // the leader measures cluster time with.
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    spec
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wall_clock_step_moves_no_lease_and_freezes_no_delay() {
     assert!(
@@ -82,16 +98,7 @@ async fn a_wall_clock_step_moves_no_lease_and_freezes_no_delay() {
         for id in 1..=3 {
             step_clock(dir.path(), id, "+0");
         }
-        let mut spec = spec(&dir);
-        let clock = dir.path().join("clock-{id}").display().to_string();
-        spec.env = vec![
-            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-            ("FAKETIME_TIMESTAMP_FILE".into(), clock),
-            ("FAKETIME_NO_CACHE".into(), "1".into()),
-            // Only the wall clock steps, as with NTP; CLOCK_MONOTONIC is
-            // what the leader measures cluster time with.
-            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-        ];
+        let spec = faketime_spec(&dir);
         let (mut run, _) = start(3, 3, spec, dir).await;
         let dir = run.dir.path().to_path_buf();
         let mut failures: Vec<String> = Vec::new();
@@ -226,14 +233,7 @@ async fn server_made_ids_never_repeat_under_a_frozen_wall_clock() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let dir = tempfile::tempdir().unwrap();
         step_clock(dir.path(), 1, FROZEN);
-        let mut spec = spec(&dir);
-        let clock = dir.path().join("clock-{id}").display().to_string();
-        spec.env = vec![
-            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-            ("FAKETIME_TIMESTAMP_FILE".into(), clock),
-            ("FAKETIME_NO_CACHE".into(), "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-        ];
+        let spec = faketime_spec(&dir);
         let (mut run, leader) = start(1, 1, spec, dir).await;
         create_queue(&run.cluster, leader, Q, None).await;
         let unnamed = |payload: &str| pb::Job {
