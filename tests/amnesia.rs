@@ -78,23 +78,7 @@ async fn a_rerun_bootstrap_never_elects_a_leader_without_acknowledged_jobs() {
         let deadline = Instant::now() + NO_LEADER_WATCH;
         let mut q = queue(c, paused).await;
         while Instant::now() < deadline {
-            let request = pb::EnqueueRequest {
-                queue: Q.into(),
-                jobs: jobs.clone(),
-                session: None,
-            };
-            if let Ok(Ok(answer)) = tokio::time::timeout(CALL_MAX, q.enqueue(request)).await {
-                let created = answer
-                    .get_ref()
-                    .results
-                    .iter()
-                    .filter(|r| r.outcome == pb::EnqueueOutcome::Created as i32)
-                    .count();
-                assert_eq!(
-                    created, 0,
-                    "a leader without the 50 acknowledged jobs took {created} of their ids as new"
-                );
-            }
+            assert_none_created(&mut q, &jobs).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
@@ -174,6 +158,29 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(60);
 const GUARD_WATCH: Duration = Duration::from_secs(6);
 /// How often a test polls a node's status while it waits.
 const POLL: Duration = Duration::from_millis(20);
+
+/// Sends `jobs` again; if a node answers within `CALL_MAX`, none of them
+/// may be CREATED: a leader that took an acknowledged id as new lacks the
+/// acknowledged jobs.
+async fn assert_none_created(q: &mut Queue, jobs: &[pb::Job]) {
+    let request = pb::EnqueueRequest {
+        queue: Q.into(),
+        jobs: jobs.to_vec(),
+        session: None,
+    };
+    if let Ok(Ok(answer)) = tokio::time::timeout(CALL_MAX, q.enqueue(request)).await {
+        let created = answer
+            .get_ref()
+            .results
+            .iter()
+            .filter(|r| r.outcome == pb::EnqueueOutcome::Created as i32)
+            .count();
+        assert_eq!(
+            created, 0,
+            "a leader without the acknowledged jobs took {created} of their ids as new"
+        );
+    }
+}
 
 /// Once a leader of all three is elected, every one of `jobs` must be a
 /// duplicate: the acknowledged jobs survived.
@@ -434,23 +441,7 @@ async fn a_guarded_node_with_a_partial_log_never_campaigns_or_wins() {
         // taken as new.
         assert_no_leader_and_guarded(c, &[paused, wiped], wiped, GUARD_WATCH).await;
         let mut q = queue(c, paused).await;
-        let request = pb::EnqueueRequest {
-            queue: Q.into(),
-            jobs: jobs.clone(),
-            session: None,
-        };
-        if let Ok(Ok(answer)) = tokio::time::timeout(CALL_MAX, q.enqueue(request)).await {
-            let created = answer
-                .get_ref()
-                .results
-                .iter()
-                .filter(|r| r.outcome == pb::EnqueueOutcome::Created as i32)
-                .count();
-            assert_eq!(
-                created, 0,
-                "a leader without the acknowledged jobs took {created} ids"
-            );
-        }
+        assert_none_created(&mut q, &jobs).await;
 
         // The leader returns: every acknowledged id is a duplicate.
         run.cluster.spawn(leader).unwrap();
