@@ -78,6 +78,11 @@ fn weight(result: &Result<Reply>) -> u64 {
     }
 }
 
+/// What `replies` cost the cache together.
+fn weight_of(replies: &BTreeMap<u64, Cached>) -> u64 {
+    replies.values().map(|c| c.weight).sum()
+}
+
 impl Sessions {
     /// Opens a session at cluster time `now_ms`; its id is never reused.
     pub(crate) fn open(&mut self, now_ms: u64) -> u64 {
@@ -137,7 +142,7 @@ impl Sessions {
             session.floor = floor;
             let kept = session.replies.split_off(&floor);
             let dropped = std::mem::replace(&mut session.replies, kept);
-            self.weight -= dropped.values().map(|c| c.weight).sum::<u64>();
+            self.weight -= weight_of(&dropped);
         }
         if let Some(cached) = session.replies.get(&seq) {
             return Ok(Lookup::Replay(cached.result.clone()));
@@ -211,7 +216,7 @@ impl Sessions {
     fn remove(&mut self, id: u64) {
         if let Some(session) = self.by_id.remove(&id) {
             self.idle.remove(&(session.last_ms, id));
-            self.weight -= session.replies.values().map(|c| c.weight).sum::<u64>();
+            self.weight -= weight_of(&session.replies);
         }
     }
 
@@ -241,7 +246,7 @@ impl Sessions {
                     self.next_id
                 ));
             }
-            weight += s.replies.values().map(|c| c.weight).sum::<u64>();
+            weight += weight_of(&s.replies);
         }
         if weight != self.weight {
             return Err(format!(

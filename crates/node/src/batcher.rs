@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use lockstep_core::{Command, Error, Reply};
 use lockstep_types::{Batch, NodeId, NodeInfo, TypeConfig};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -182,7 +181,7 @@ async fn run(
                     }
                 }
                 Err(err) => {
-                    let failure = failure(err);
+                    let failure = WriteFailure::Unknown(err.to_string());
                     for reply in replies {
                         let _ = reply.send(Err(failure.clone()));
                     }
@@ -190,10 +189,6 @@ async fn run(
             }
         });
     }
-}
-
-fn failure(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> WriteFailure {
-    WriteFailure::Unknown(err.to_string())
 }
 
 #[cfg(test)]

@@ -187,14 +187,7 @@ impl Node {
                                 });
                             }
                         }
-                        Ok(Err(err)) => {
-                            return Ok(match err.forward_to_leader() {
-                                Some(f) => Response::NotLeader {
-                                    leader: f.leader_id.zip(f.leader_node.clone()),
-                                },
-                                None => Response::Unavailable(err.to_string()),
-                            })
-                        }
+                        Ok(Err(err)) => return Ok(unconfirmed(err)),
                         // Nothing was proposed: certainly not applied.
                         Err(_) => {
                             return Ok(Response::Unavailable(format!(
@@ -215,22 +208,12 @@ impl Node {
                     Ok((read, _)) => {
                         Response::Read(Ok(ReadReply::ConfirmedCommit(read.map_or(0, |l| l.index))))
                     }
-                    Err(err) => match err.forward_to_leader() {
-                        Some(f) => Response::NotLeader {
-                            leader: f.leader_id.zip(f.leader_node.clone()),
-                        },
-                        None => Response::Unavailable(err.to_string()),
-                    },
+                    Err(err) => unconfirmed(err),
                 })
             }
             Request::Read(read) => {
                 if let Err(err) = self.raft.ensure_linearizable().await {
-                    return Ok(match err.forward_to_leader() {
-                        Some(f) => Response::NotLeader {
-                            leader: f.leader_id.zip(f.leader_node.clone()),
-                        },
-                        None => Response::Unavailable(err.to_string()),
-                    });
+                    return Ok(unconfirmed(err));
                 }
                 Ok(Response::Read(self.read_state(read)?))
             }
@@ -517,6 +500,20 @@ impl Node {
     /// polls.
     pub fn applied_watch(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>> {
         self.raft.metrics()
+    }
+}
+
+/// The answer of a node whose read-index round failed: it does not lead
+/// (the leader it knows, if any), or it could not confirm that it does.
+/// Nothing was proposed either way.
+fn unconfirmed(
+    err: openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, NodeInfo>>,
+) -> Response {
+    match err.forward_to_leader() {
+        Some(f) => Response::NotLeader {
+            leader: f.leader_id.zip(f.leader_node.clone()),
+        },
+        None => Response::Unavailable(err.to_string()),
     }
 }
 
