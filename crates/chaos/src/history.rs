@@ -56,8 +56,12 @@ pub struct Delivery {
     pub id: String,
     pub group: String,
     pub fence: u64,
-    /// Cluster time (the leader's wall clock, milliseconds).
+    /// Cluster time (the leader's cluster clock, milliseconds).
     pub lease_deadline_ms: u64,
+    /// The server's attempt number, 1 for the first delivery (a release
+    /// does not count one). 0: unknown (histories before it was recorded).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// An item of an ack and whether the server accepted it.
@@ -84,11 +88,21 @@ pub enum Call {
         consumer: String,
         /// Empty unless the call was `Ok`.
         deliveries: Vec<Delivery>,
+        /// The lease length the fetch asked for; 0: unknown (or the
+        /// queue's default).
+        #[serde(default)]
+        lease_ms: u64,
+        /// The fetch was made inside the client library (its `Worker`):
+        /// `invoke_ms` is when the harness saw the job (its handler
+        /// started), not when the fetch was sent, which is unknown (as
+        /// early as the start of the history). Such a fetch may also have
+        /// returned jobs it does not list.
+        #[serde(default)]
+        invoke_unknown: bool,
     },
-    Ack {
-        queue: String,
-        items: Vec<AckItem>,
-    },
+    /// Acks and nacks the client library's `Worker` makes are recorded
+    /// `Indeterminate`: the harness cannot see whether they landed.
+    Ack { queue: String, items: Vec<AckItem> },
     /// Nack, release and dead-letter end a lease; only a dead-letter
     /// finishes the job.
     EndLease {
@@ -106,14 +120,33 @@ pub enum Call {
     },
     /// The harness drained `queue` after healing: a fetch found it empty
     /// and its stats showed nothing pending, leased or delayed.
-    Drained {
+    Drained { queue: String },
+    /// The whole dead-letter list of `queue`, read once after the drain.
+    DeadLetters { queue: String, jobs: Vec<DeadJob> },
+    /// The stats of `queue`, read once after the drain, from the leader.
+    Stats {
         queue: String,
+        ready: u64,
+        delayed: u64,
+        leased: u64,
+        dead: u64,
+        next_offset: u64,
+        ack_floor: u64,
     },
     /// A node's applied index and state digest, read after the run.
-    Digest {
-        applied_index: u64,
-        digest: String,
-    },
+    Digest { applied_index: u64, digest: String },
+}
+
+/// One entry of a dead-letter list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadJob {
+    pub offset: u64,
+    pub id: String,
+    pub group: String,
+    /// Failed attempts, counting the last one (the attempt number of the
+    /// last delivery).
+    pub attempts: u32,
+    pub reason: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

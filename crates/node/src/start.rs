@@ -264,11 +264,19 @@ async fn standard_routes() -> Result<Routes, RunError> {
     health_reporter
         .set_serving::<pb::queue_server::QueueServer<Services>>()
         .await;
+    // Both reflection protocols: grpcurl and recent tools speak v1, while
+    // Python's grpcio-reflection client and older tools speak v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Server(e.to_string()))?;
-    Ok(Routes::new(health).add_service(reflection))
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RunError::Server(e.to_string()))?;
+    Ok(Routes::new(health)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha))
 }
 
 /// The server tasks of a node, each ending when `stop` turns true.

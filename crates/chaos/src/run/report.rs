@@ -54,7 +54,7 @@ pub fn summary(r: &ChaosReport) -> String {
         .map(|((letter, _), n)| format!("{letter}={n}"))
         .collect();
     format!(
-        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} {} faults={} liveness={}\nreplay: {}",
+        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} dead_lettered={} {} faults={} liveness={}\nreplay: {}",
         if r.passed { "PASS" } else { "FAIL" },
         r.profile,
         r.seed,
@@ -63,6 +63,7 @@ pub fn summary(r: &ChaosReport) -> String {
         r.checker.ops,
         r.checker.enqueued_ok,
         r.checker.delivered,
+        r.checker.dead_lettered,
         counts.join(" "),
         r.faults.len() / 2,
         r.liveness.as_deref().unwrap_or("ok"),
@@ -70,18 +71,34 @@ pub fn summary(r: &ChaosReport) -> String {
     )
 }
 
-/// What each anomaly class means, for the one-page summary.
-const CLASSES: [(&str, &str); 7] = [
-    ("L", "acknowledged enqueue never delivered after the drain"),
-    ("U", "delivered job no producer sent"),
+/// What each anomaly class means, for the one-page summary, in the order
+/// of `Counts::in_order`.
+const CLASSES: [(&str, &str); 10] = [
+    (
+        "L",
+        "acknowledged enqueue neither delivered nor dead-lettered after the drain",
+    ),
+    ("U", "delivered or dead-lettered job no producer sent"),
     ("D", "one id stored at two offsets"),
     ("R", "delivered again after an ack answered OK"),
     ("O", "delivered out of group order"),
-    ("F", "overlapping live leases, or a stale fence accepted"),
+    (
+        "F",
+        "overlapping live leases by cluster time, or a stale fence accepted",
+    ),
     (
         "X",
         "nodes with different state digests at one applied index",
     ),
+    (
+        "T",
+        "overlapping live leases on one group by the harness's clock",
+    ),
+    (
+        "A",
+        "an attempt number no delivery explains (orphaned lease, dead-lettered unseen)",
+    ),
+    ("S", "stats after the drain that differ from the history"),
 ];
 
 /// The one-page human summary of a run (`summary.txt`): the verdict, what
@@ -102,8 +119,8 @@ pub fn summary_page(r: &ChaosReport) -> String {
     );
     let _ = writeln!(
         page,
-        "{} operations recorded, {} enqueues acknowledged, {} deliveries",
-        r.checker.ops, r.checker.enqueued_ok, r.checker.delivered
+        "{} operations recorded, {} enqueues acknowledged, {} deliveries, {} dead-lettered",
+        r.checker.ops, r.checker.enqueued_ok, r.checker.delivered, r.checker.dead_lettered
     );
     let _ = writeln!(
         page,
@@ -181,11 +198,25 @@ mod tests {
             "chaos profile kill seed 9, 3 nodes, 30 s",
             "  L = 0 ",
             "  X = 0 ",
+            "  T = 0 ",
+            "  A = 0 ",
+            "  S = 0 ",
             "+   2.0 s  healed kill",
             "replay: lockstep chaos --profile kill --seed 9",
             "--plant skip-fence",
         ] {
             assert!(page.contains(needle), "`{needle}` missing from:\n{page}");
         }
+        let line = summary(&report(&options, &outcomes));
+        assert!(
+            line.contains("L=0 U=0 D=0 R=0 O=0 F=0 X=0 T=0 A=0 S=0 "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_classes_follow_the_checker_s_letters() {
+        let letters: Vec<&str> = CLASSES.iter().map(|(letter, _)| *letter).collect();
+        assert_eq!(letters, crate::checker::Counts::LETTERS);
     }
 }
