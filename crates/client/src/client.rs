@@ -1048,6 +1048,7 @@ fn lazy_channel(config: &ClientConfig, addr: &str) -> Result<Channel, String> {
     }
     let endpoint = endpoint
         .connect_timeout(config.connect_timeout)
+        .local_address(config.local_address)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(config::KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(config::KEEP_ALIVE_TIMEOUT);

@@ -216,6 +216,10 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
     /// The bearer token for a node with `auth.mode = "token"`. Default none.
     pub token: Option<Token>,
+    /// The local address every connection leaves from. Default none: the
+    /// system picks. A host with several addresses, or a test that cuts
+    /// links between loopback addresses, sets it.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl ClientConfig {
@@ -231,6 +235,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             tls: None,
             token: None,
+            local_address: None,
         }
     }
 

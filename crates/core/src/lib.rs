@@ -49,6 +49,16 @@ pub(crate) fn planted_skip_fence() -> bool {
 }
 #[cfg(feature = "planted-bugs")]
 #[inline]
+pub(crate) fn planted_no_reply_cache() -> bool {
+    planted::active(planted::Bug::RetriesWithoutReplyCache)
+}
+#[cfg(not(feature = "planted-bugs"))]
+#[inline]
+pub(crate) fn planted_no_reply_cache() -> bool {
+    false
+}
+#[cfg(feature = "planted-bugs")]
+#[inline]
 pub(crate) fn planted_ignore_dedup() -> bool {
     planted::active(planted::Bug::IgnoreDedup)
 }

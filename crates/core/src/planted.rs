@@ -34,14 +34,41 @@ pub enum Bug {
     /// loud (a fetch answers INTERNAL, with a log line and a metric).
     /// Implemented in `lockstep-store`.
     LosePayload = 4,
+    /// A re-run bootstrap initializes a node that lost its data even though
+    /// other members hold a log, which lifts its vote guard: with a lagging
+    /// member it can elect a leader without acknowledged jobs (L).
+    /// Implemented in `lockstep-node` (`bootstrap::form`).
+    GuardLiftedByBootstrap = 5,
+    /// The vote guard is not kept across a restart: a node restarted in the
+    /// middle of catching up (a vote, part of a log) votes at once (L).
+    /// Implemented in `lockstep-node` (`guard::Guard::open`).
+    GuardNotPersisted = 6,
+    /// Cluster time is the leader's wall clock: a clock step forward ends
+    /// every lease early and gives a held group to a second consumer (T).
+    /// Implemented in `lockstep-node` (`clock::ClusterClock::now_ms`).
+    WallClockTime = 7,
+    /// Apply ignores the session reply cache: a retried request whose
+    /// first try committed is applied again (orphaned leases, attempts no
+    /// delivery explains: A).
+    RetriesWithoutReplyCache = 8,
+    /// A leader's refusal from its precheck is final without the read-index
+    /// round, so a deposed or lagging leader refuses valid requests from a
+    /// stale state (NOT_FOUND for a queue whose creation was acknowledged).
+    /// Implemented in `lockstep-node` (`Node::execute_local`).
+    PrecheckOnStaleState = 9,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 9] = [
         Bug::SkipFence,
         Bug::IgnoreDedup,
         Bug::AckBeforeFsync,
         Bug::LosePayload,
+        Bug::GuardLiftedByBootstrap,
+        Bug::GuardNotPersisted,
+        Bug::WallClockTime,
+        Bug::RetriesWithoutReplyCache,
+        Bug::PrecheckOnStaleState,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +77,11 @@ impl Bug {
             Bug::IgnoreDedup => "ignore-dedup",
             Bug::AckBeforeFsync => "ack-before-fsync",
             Bug::LosePayload => "lose-payload",
+            Bug::GuardLiftedByBootstrap => "guard-lifted-by-bootstrap",
+            Bug::GuardNotPersisted => "guard-not-persisted",
+            Bug::WallClockTime => "wall-clock-time",
+            Bug::RetriesWithoutReplyCache => "retries-without-reply-cache",
+            Bug::PrecheckOnStaleState => "precheck-on-stale-state",
         }
     }
 

@@ -90,7 +90,14 @@ pub(crate) async fn form(node: &Node, members: &[(NodeId, NodeInfo)]) -> Result<
             Err(e) => failures.push(e.to_string()),
         }
     }
-    if let Some((id, probed)) = answered.iter().find(|(_, p)| !p.is_empty()) {
+    // Planted bug (tests only): an empty node initializes whatever the
+    // probe found, as bootstrap did before it probed.
+    let planted = crate::planted("guard-lifted-by-bootstrap");
+    let formed = answered
+        .iter()
+        .find(|(_, p)| !p.is_empty())
+        .filter(|_| !planted);
+    if let Some((id, probed)) = formed {
         return Err(Status::failed_precondition(format!(
             "node {id} already has {} (the cluster is formed): this node has no data and must \
              not form a new cluster; it rejoins by itself, and votes again once it has applied \
@@ -102,7 +109,7 @@ pub(crate) async fn form(node: &Node, members: &[(NodeId, NodeInfo)]) -> Result<
         )));
     }
     let needed = probes_needed(members.len(), others.len());
-    if answered.len() < needed {
+    if answered.len() < needed && !planted {
         failures.sort();
         return Err(Status::unavailable(format!(
             "bootstrap reached {} of the {} other members, fewer than the {needed} needed to \

@@ -306,6 +306,11 @@ impl ClusterClock {
         // order they update the anchor.
         let monotonic = self.clock.monotonic();
         let wall_ms = self.clock.wall_ms();
+        if crate::planted("wall-clock-time") {
+            // Planted bug (tests only): the leader's wall clock is cluster
+            // time, steps and all (never below the applied time).
+            return wall_ms.max(applied.clock_ms);
+        }
         let reading = inner
             .time
             .read(term, applied, monotonic, wall_ms, self.skew_ms_max);

@@ -38,7 +38,8 @@ impl Guard {
         if fresh && !recorded {
             store.save_guarded(true).await?;
         }
-        let guarded = fresh || recorded;
+        // Planted bug (tests only): the recorded guard is forgotten.
+        let guarded = fresh || (recorded && !crate::planted("guard-not-persisted"));
         if guarded {
             tracing::info!(
                 fresh,

@@ -40,5 +40,21 @@ mod start;
 mod ticker;
 pub mod tls;
 
+/// Whether the planted bug `name` is on (`lockstep_core::planted`; tests
+/// only): always false in a build without the `planted-bugs` feature, so
+/// every check compiles away.
+#[inline]
+pub(crate) fn planted(name: &str) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        lockstep_core::planted::Bug::parse(name).is_some_and(lockstep_core::planted::active)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 /// The generated `lockstep.v1` messages, clients and servers.
 pub use lockstep_proto as pb;

@@ -140,7 +140,8 @@ impl Node {
                 "limits.forward_retry_ms_max",
             ),
         };
-        self.forwarding
+        let answer = self
+            .forwarding
             .route(
                 request,
                 Duration::from_millis(wait_ms),
@@ -148,7 +149,9 @@ impl Node {
                 |ok| self.metrics.observe_forward(ok),
                 |request| self.execute_local(request),
             )
-            .await
+            .await;
+        lost_reply("client-reply-lost").await?;
+        answer
     }
 
     /// The leader's client address when another node leads and has one.
@@ -171,7 +174,17 @@ impl Node {
                 // confirms it still leads with a majority and waits until
                 // it has applied everything committed before. Only bad
                 // input pays for the round.
-                if self.precheck(&command)?.is_err() {
+                let refused = self.precheck(&command)?;
+                if let Err(e) = refused.clone() {
+                    if crate::planted("precheck-on-stale-state") {
+                        // Planted bug (tests only): final without the round.
+                        return Ok(Response::Write {
+                            reply: Err(e),
+                            blobs: Vec::new(),
+                        });
+                    }
+                }
+                if refused.is_err() {
                     let limit_ms = self.config.limits.write_ms_max;
                     let confirmed = tokio::time::timeout(
                         Duration::from_millis(limit_ms),
@@ -517,6 +530,34 @@ fn unconfirmed(
     }
 }
 
+/// How long a reply dropped by a failpoint is held before the call fails,
+/// unless the failpoint gives its own: past any chaos client's deadline, so
+/// the caller hears nothing, as when a connection breaks.
+#[cfg(feature = "planted-bugs")]
+const LOST_REPLY_HOLD_MS: u64 = 5_000;
+
+/// The chaos harness's `lost-reply` fault (test builds only): with the
+/// failpoint `name` on (`name=50%return(4000)`), the request has run (and
+/// may have committed) but its answer is dropped: held for the given
+/// milliseconds, then answered ABORTED, "may have applied".
+async fn lost_reply(name: &str) -> Result<(), Status> {
+    #[cfg(feature = "planted-bugs")]
+    {
+        let held = fail::eval(name, |arg| {
+            arg.and_then(|a| a.parse::<u64>().ok())
+                .unwrap_or(LOST_REPLY_HOLD_MS)
+        });
+        if let Some(ms) = held {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Err(Status::aborted(format!(
+                "failpoint {name}: the answer was dropped after the request ran"
+            )));
+        }
+    }
+    let _ = name;
+    Ok(())
+}
+
 /// Names the queue on the current request's span (the `rpc` span of
 /// `metrics::RpcLayer`, or `forwarded`); a span without the field ignores it.
 fn record_queue(queue: Option<&str>) {
@@ -533,5 +574,6 @@ pub async fn handle_forwarded(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, Stat
     let span = tracing::info_span!("forwarded", node = node.id, queue);
     let _slot = node.slot(&node.forward_slots, "forwarded")?;
     let response = node.execute_local(request).instrument(span).await?;
+    lost_reply("forward-reply-lost").await?;
     codec::encode(&response).map_err(|e| Status::internal(e.to_string()))
 }

@@ -10,6 +10,7 @@ pub use crate::start::{start, Running, SERVER_STOP_MS_MAX};
 pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
     tracing_init();
     plant_bug()?;
+    watch_failpoints()?;
     if config.client_addr.is_empty() {
         // Only an embedded node may go without a client port: it serves its
         // own process in-process instead.
@@ -40,6 +41,31 @@ pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
             }
         }
     })
+}
+
+/// The environment variable naming a file of failpoints (`name=actions`
+/// per line) that a test build reads while it runs; the chaos harness's
+/// `slow-disk` fault writes `log-append=sleep(N)` there.
+pub const FAILPOINTS_FILE_ENV: &str = "LOCKSTEP_FAILPOINTS_FILE";
+
+/// Starts reading the failpoints file named by `LOCKSTEP_FAILPOINTS_FILE`,
+/// if any. As with planted bugs, a build without them refuses to start
+/// with it set.
+fn watch_failpoints() -> Result<(), RunError> {
+    let Some(path) = std::env::var_os(FAILPOINTS_FILE_ENV).filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    #[cfg(feature = "planted-bugs")]
+    {
+        lockstep_store::failpoints::watch(path.into());
+        Ok(())
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    Err(RunError::Server(format!(
+        "{FAILPOINTS_FILE_ENV}={}, but this build has no failpoints (the `planted-bugs` \
+         feature, debug builds only)",
+        std::path::Path::new(&path).display()
+    )))
 }
 
 /// The environment variable that switches a planted bug on in a test build.

@@ -171,3 +171,51 @@ pub(crate) fn blob_queue_end(queue_id: u64) -> [u8; 17] {
     key[16] = 0;
     key
 }
+
+/// Failpoints the chaos harness turns on and off while a node runs (test
+/// builds only: the `planted-bugs` feature turns on `fail/failpoints`).
+#[cfg(feature = "planted-bugs")]
+pub mod failpoints {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// How often the failpoints file is read again.
+    pub const FAILPOINTS_POLL_MS: u64 = 100;
+
+    /// Reads `path` every [`FAILPOINTS_POLL_MS`] for as long as the process
+    /// runs, and configures the failpoints it lists, one `name=actions` per
+    /// line in the `fail` crate's syntax (`log-append=sleep(200)`); a name
+    /// no longer listed is turned off. A missing file turns every one off.
+    pub fn watch(path: PathBuf) {
+        let spawned = std::thread::Builder::new()
+            .name("failpoints".into())
+            .spawn(move || {
+                let mut last = String::new();
+                let mut names: Vec<String> = Vec::new();
+                loop {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    if text != last {
+                        for name in names.drain(..) {
+                            fail::remove(name);
+                        }
+                        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                            let Some((name, actions)) = line.split_once('=') else {
+                                tracing::warn!(line, "failpoints: not `name=actions`");
+                                continue;
+                            };
+                            match fail::cfg(name.trim(), actions.trim()) {
+                                Ok(()) => names.push(name.trim().to_string()),
+                                Err(e) => tracing::warn!(line, error = e, "failpoints"),
+                            }
+                        }
+                        tracing::warn!(failpoints = %text.trim(), "failpoints changed");
+                        last = text;
+                    }
+                    std::thread::sleep(Duration::from_millis(FAILPOINTS_POLL_MS));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "failpoints: cannot start the watcher");
+        }
+    }
+}

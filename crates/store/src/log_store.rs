@@ -183,6 +183,9 @@ impl LogStore {
     }
 
     fn append_blocking(db: &DB, entries: &[Entry]) -> Result<()> {
+        // Test builds only: the chaos harness's `slow-disk` fault delays
+        // appends here (`crate::failpoints`).
+        fail::fail_point!("log-append");
         let logs = cf(db, CF_LOGS)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
