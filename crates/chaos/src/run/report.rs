@@ -42,7 +42,11 @@ pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
             .planted
             .as_ref()
             .map(|b| format!(" --plant {b}"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &options
+                .max_attempts
+                .map(|n| format!(" --max-attempts {n}"))
+                .unwrap_or_default(),
     }
 }
 
@@ -184,6 +188,7 @@ mod tests {
             groups: 20,
             planted: Some("skip-fence".into()),
             net: 0,
+            max_attempts: None,
         };
         let outcomes = Outcomes {
             history: Vec::new(),
