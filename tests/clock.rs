@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use lockstep_harness::LIBFAKETIME;
 
 const Q: &str = "jobs";
-/// Where Debian's `faketime` package puts the preload library.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// The lease consumer A holds through the step: far longer than the test
 /// watches it, so any redelivery is the step's doing.
 const LEASE_MS: u64 = 60_000;
@@ -31,17 +30,9 @@ const DELIVER_MS_MAX: u64 = 10_000;
 const STEP_FORWARD: &str = "+600";
 const STEP_BACK: &str = "-600";
 
-fn clock_file(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("clock-{id}"))
-}
-
-/// Sets node `id`'s wall-clock offset. Written aside and renamed, so
-/// libfaketime (which rereads the file on every call) never sees it empty.
+/// Sets node `id`'s wall-clock offset (libfaketime's syntax, seconds).
 fn step_clock(dir: &Path, id: u64, offset: &str) {
-    let path = clock_file(dir, id);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{offset}\n")).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    lockstep_harness::set_clock(dir, id, offset).unwrap();
 }
 
 async fn fetch_wait(q: &mut Queue, consumer: &str, wait_ms: u64) -> Vec<pb::Delivery> {
@@ -74,17 +65,7 @@ async fn scrape(c: &Cluster, id: u64) -> String {
 /// Nodes under libfaketime, each reading its wall clock's offset from its
 /// own file `clock-<id>` in `dir` (see `step_clock`).
 fn faketime_spec(dir: &tempfile::TempDir) -> Spec {
-    let mut spec = spec(dir);
-    let clock = dir.path().join("clock-{id}").display().to_string();
-    spec.env = vec![
-        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-        ("FAKETIME_TIMESTAMP_FILE".into(), clock),
-        ("FAKETIME_NO_CACHE".into(), "1".into()),
-        // Only the wall clock steps, as with NTP; CLOCK_MONOTONIC is what
-        // the leader measures cluster time with.
-        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ];
-    spec
+    spec(dir).with_faketime()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

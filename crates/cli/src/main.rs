@@ -77,14 +77,21 @@ struct ChaosArgs {
     #[arg(long, default_value_t = 20)]
     groups: u64,
     /// Run every node with this planted bug (skip-fence, ignore-dedup,
-    /// ack-before-fsync) to check that the checker notices; needs a debug
-    /// build with the `planted-bugs` feature.
+    /// ack-before-fsync, guard-lifted-by-bootstrap, guard-not-persisted,
+    /// wall-clock-time, retries-without-reply-cache,
+    /// precheck-on-stale-state) to check that the checker notices; needs a
+    /// debug build with the `planted-bugs` feature, as do the failpoints of
+    /// the `lost-reply` and `slow-disk` profiles.
     #[arg(long)]
     plant: Option<String>,
     /// Put the nodes on 127.0.NET.1.. so that runs in parallel never
     /// share an address (a partition cuts by address).
     #[arg(long, default_value_t = 0)]
     net: u8,
+    /// The queue's max_attempts (default: 3 for every third seed, so the
+    /// server dead-letters on its own, else 1000).
+    #[arg(long)]
+    max_attempts: Option<u32>,
     /// Append one tab-separated line with this run's counts to FILE
     /// (`scripts/chaos` builds its table from it).
     #[arg(long)]
@@ -220,6 +227,7 @@ fn run_chaos(args: ChaosArgs) -> Result<(), String> {
         groups: args.groups.max(1),
         planted: args.plant.clone(),
         net: args.net,
+        max_attempts: args.max_attempts,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

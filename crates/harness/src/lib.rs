@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,57 @@ impl Spec {
         self.settings.push((key.into(), value.to_string()));
         self
     }
+
+    /// Runs every node under libfaketime, each reading its wall clock's
+    /// offset from its own file `clock-<id>` in `dir` (see
+    /// [`set_clock`]; no file, or `+0`, is the real time). Only the wall
+    /// clock moves (`FAKETIME_DONT_FAKE_MONOTONIC=1`), as with an NTP step:
+    /// CLOCK_MONOTONIC is what a leader measures cluster time with.
+    pub fn with_faketime(mut self) -> Spec {
+        let clock = self.dir.join("clock-{id}").display().to_string();
+        self.env.extend([
+            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), clock),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ]);
+        self
+    }
+
+    /// Gives every node a failpoints file `failpoints-<id>` in `dir`, which
+    /// a test build reads while it runs (see [`set_failpoints`]).
+    pub fn with_failpoints(mut self) -> Spec {
+        let file = self.dir.join("failpoints-{id}").display().to_string();
+        self.env.push(("LOCKSTEP_FAILPOINTS_FILE".into(), file));
+        self
+    }
+}
+
+/// Where Debian's `faketime` package puts the preload library
+/// (`scripts/install-deps` installs it).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Writes `text` to `path` aside and renames it in, so a reader that
+/// rereads the file on every call (libfaketime, the failpoints watcher)
+/// never sees it half written.
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(format!("{}: {e}", path.display())))
+}
+
+/// Sets node `id`'s wall-clock offset under [`Spec::with_faketime`], in
+/// libfaketime's syntax: `+600` (seconds ahead), `-30`, `+0 x1.01` (1 %
+/// fast from the process start), `@2026-01-01 00:00:00` (frozen at).
+pub fn set_clock(dir: &Path, id: u64, offset: &str) -> Result<()> {
+    replace_file(&dir.join(format!("clock-{id}")), &format!("{offset}\n"))
+}
+
+/// Sets node `id`'s failpoints under [`Spec::with_failpoints`], one
+/// `name=actions` per line in the `fail` crate's syntax
+/// (`log-append=sleep(200)`); empty turns every one off.
+pub fn set_failpoints(dir: &Path, id: u64, text: &str) -> Result<()> {
+    replace_file(&dir.join(format!("failpoints-{id}")), text)
 }
 
 /// One node's fixed addresses; they survive restarts, as membership keeps

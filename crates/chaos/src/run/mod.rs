@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_harness::{Cluster, Spec};
+use lockstep_harness::{set_clock, Cluster, Spec};
 use lockstep_proto as pb;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 
 mod common;
 mod faults;
+mod library;
 mod membership;
 mod options;
 mod partitions;
@@ -34,8 +35,9 @@ mod workload;
 
 use common::LEADER_MS_MAX;
 use faults::inject;
+use library::{library_client, library_producer, library_worker};
 use membership::ensure_members;
-pub use options::{Options, Outcomes, Profile};
+pub use options::{Options, Outcomes, Profile, MAX_ATTEMPTS_HIGH, MAX_ATTEMPTS_LOW};
 pub use partitions::Partitions;
 pub use report::{report, summary, summary_page, ChaosReport};
 pub use workload::QUEUE;
@@ -48,6 +50,16 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     spec.net = options.net;
     if let Some(bug) = &options.planted {
         spec.env.push(("LOCKSTEP_PLANTED_BUG".into(), bug.clone()));
+    }
+    if options.profile.may_step_clocks() {
+        std::fs::create_dir_all(&options.dir).map_err(|e| e.to_string())?;
+        for id in 1..=options.nodes {
+            set_clock(&options.dir, id, "+0").map_err(|e| e.0)?;
+        }
+        spec = spec.with_faketime();
+    }
+    if options.profile.uses_failpoints() {
+        spec = spec.with_failpoints();
     }
     let cluster = Cluster::start(spec, options.nodes, options.nodes).map_err(|e| e.0)?;
     let ids: Vec<u64> = (1..=options.nodes).collect();
@@ -65,9 +77,9 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
         .create_queue(pb::CreateQueueRequest {
             name: QUEUE.into(),
             config: Some(pb::QueueConfig {
-                // The server must never dead-letter on its own: the checker
-                // would read that as a job finished unseen.
-                max_attempts: 1_000,
+                // Low in some runs, so the server dead-letters on its own
+                // and the checker must account for every such job.
+                max_attempts: options.max_attempts(),
                 backoff_base_ms: 50,
                 backoff_cap_ms: 500,
                 lease_ms_default: 2_000,
@@ -81,8 +93,22 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     let recorder = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let addrs: Vec<std::net::SocketAddr> = ids.iter().map(|id| cluster.addr(*id).client).collect();
+    // Producer 0 and worker 0 go through the client library.
     for p in 0..options.producers {
         let rng = StdRng::seed_from_u64(options.seed ^ (0x5EED_0000 + p as u64));
+        if p == 0 {
+            let client = library_client(&addrs, cluster.client_ip())?;
+            tasks.push(tokio::spawn(library_producer(
+                p,
+                rng,
+                client,
+                options.groups,
+                recorder.clone(),
+                stop.clone(),
+            )));
+            continue;
+        }
         tasks.push(tokio::spawn(producer(
             p,
             rng,
@@ -94,6 +120,17 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     }
     for w in 0..options.workers {
         let rng = StdRng::seed_from_u64(options.seed ^ (0xC0DE_0000 + w as u64));
+        if w == 0 {
+            let client = library_client(&addrs, cluster.client_ip())?;
+            tasks.push(tokio::spawn(library_worker(
+                w,
+                rng,
+                client,
+                recorder.clone(),
+                stop.clone(),
+            )));
+            continue;
+        }
         tasks.push(tokio::spawn(worker(
             w,
             rng,
@@ -109,6 +146,20 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_millis(CALL_MS_MAX * 3), t).await;
+    }
+    // Faults the schedule left in place at the very end: clocks and
+    // failpoints back to normal before the drain.
+    {
+        let c = cluster.lock().await;
+        let dir = c.spec().dir.clone();
+        for id in &ids {
+            if options.profile.may_step_clocks() {
+                let _ = set_clock(&dir, *id, "+0");
+            }
+            if options.profile.uses_failpoints() {
+                let _ = lockstep_harness::set_failpoints(&dir, *id, "");
+            }
+        }
     }
 
     // Heal: remove partitions, resume and restart everything.

@@ -14,37 +14,63 @@ pub enum Profile {
     KillAll,
     Pause,
     Wipe,
+    /// The leader killed and its data directory deleted, then restarted.
+    WipeLeader,
     PartitionLeader,
     PartitionHalves,
     PartitionOneway,
     Membership,
+    /// A node's wall clock stepped or drifting (libfaketime).
+    Clock,
+    /// Answers dropped after the request ran (failpoints), direct and
+    /// forwarded.
+    LostReply,
+    /// Log appends on one node delayed (a failpoint before the fsync).
+    SlowDisk,
+    /// What an operator does in an incident: bootstrap re-run through a
+    /// wiped member, a wiped member restarted mid-catch-up, a wiped member
+    /// removed and joined back.
+    Operator,
+    /// Two or three of the single faults above, overlapping.
+    Compound,
     Mixed,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 10] = [
+    pub const ALL: [Profile; 16] = [
         Profile::None,
         Profile::Kill,
         Profile::KillAll,
         Profile::Pause,
         Profile::Wipe,
+        Profile::WipeLeader,
         Profile::PartitionLeader,
         Profile::PartitionHalves,
         Profile::PartitionOneway,
         Profile::Membership,
+        Profile::Clock,
+        Profile::LostReply,
+        Profile::SlowDisk,
+        Profile::Operator,
+        Profile::Compound,
         Profile::Mixed,
     ];
 
-    /// The faults `mixed` draws from.
-    pub(super) const MIXED: [Profile; 8] = [
+    /// The single faults `mixed` and `compound` draw from.
+    pub(super) const SINGLE: [Profile; 13] = [
         Profile::Kill,
         Profile::KillAll,
         Profile::Pause,
         Profile::Wipe,
+        Profile::WipeLeader,
         Profile::PartitionLeader,
         Profile::PartitionHalves,
         Profile::PartitionOneway,
         Profile::Membership,
+        Profile::Clock,
+        Profile::LostReply,
+        Profile::SlowDisk,
+        Profile::Operator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,12 +80,33 @@ impl Profile {
             Profile::KillAll => "kill-all",
             Profile::Pause => "pause",
             Profile::Wipe => "wipe",
+            Profile::WipeLeader => "wipe-leader",
             Profile::PartitionLeader => "partition-leader",
             Profile::PartitionHalves => "partition-halves",
             Profile::PartitionOneway => "partition-oneway",
             Profile::Membership => "membership",
+            Profile::Clock => "clock",
+            Profile::LostReply => "lost-reply",
+            Profile::SlowDisk => "slow-disk",
+            Profile::Operator => "operator",
+            Profile::Compound => "compound",
             Profile::Mixed => "mixed",
         }
+    }
+
+    /// Whether a run of this profile may step clocks, so its nodes must
+    /// run under libfaketime from the start.
+    pub(super) fn may_step_clocks(self) -> bool {
+        matches!(self, Profile::Clock | Profile::Compound | Profile::Mixed)
+    }
+
+    /// Whether a run of this profile may set failpoints (a test build's
+    /// `LOCKSTEP_FAILPOINTS_FILE`).
+    pub(super) fn uses_failpoints(self) -> bool {
+        matches!(
+            self,
+            Profile::LostReply | Profile::SlowDisk | Profile::Compound | Profile::Mixed
+        )
     }
 
     pub fn parse(text: &str) -> Result<Profile, String> {
@@ -90,6 +137,27 @@ pub struct Options {
     /// The third octet of the nodes' loopback addresses, so runs in
     /// parallel (`scripts/chaos` lanes) never partition each other.
     pub net: u8,
+    /// The queue's `max_attempts`; `None` draws it from the seed: every
+    /// third seed runs with [`MAX_ATTEMPTS_LOW`], so the server
+    /// dead-letters jobs on its own and the checker accounts for them.
+    pub max_attempts: Option<u32>,
+}
+
+/// The low `max_attempts` of some runs.
+pub const MAX_ATTEMPTS_LOW: u32 = 3;
+/// The `max_attempts` of the other runs: high enough that the server
+/// almost never dead-letters on its own.
+pub const MAX_ATTEMPTS_HIGH: u32 = 1_000;
+
+impl Options {
+    /// The queue's `max_attempts` in this run.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(if self.seed % 3 == 0 {
+            MAX_ATTEMPTS_LOW
+        } else {
+            MAX_ATTEMPTS_HIGH
+        })
+    }
 }
 
 /// What a run produced.

@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::common::{now_ms, LEADER_MS_MAX};
 use crate::history::{
-    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
+    AckItem, Call, DeadJob, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
 };
 
 /// The queue every run uses.
@@ -34,9 +34,33 @@ const DRAIN_MS_MAX: u64 = 60_000;
 pub(super) struct Recorder(Arc<Mutex<Vec<Op>>>);
 
 impl Recorder {
-    fn push(&self, op: Op) {
+    pub(super) fn push(&self, op: Op) {
         if let Ok(mut h) = self.0.lock() {
             h.push(op);
+        }
+    }
+
+    /// Records `op` as indeterminate before its call is made, and returns
+    /// its place for [`Recorder::complete`]: a call the run abandons (its
+    /// task cut off at the end) is then still in the history, as
+    /// something that may have happened.
+    pub(super) fn begin(&self, mut op: Op) -> usize {
+        op.outcome = Outcome::Indeterminate;
+        self.0
+            .lock()
+            .map(|mut h| {
+                h.push(op);
+                h.len() - 1
+            })
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Replaces the op recorded at `slot` with how it ended.
+    pub(super) fn complete(&self, slot: usize, op: Op) {
+        if let Ok(mut h) = self.0.lock() {
+            if let Some(place) = h.get_mut(slot) {
+                *place = op;
+            }
         }
     }
 
@@ -260,21 +284,43 @@ async fn fetch_recorded(
 ) -> Option<Vec<pb::Delivery>> {
     let mut q = pb::queue_client::QueueClient::new(channel.clone());
     let t0 = now_ms();
+    let lease_ms = request.lease_ms;
     match q.fetch(request).await {
         Ok(resp) => {
             let deliveries = resp.into_inner().deliveries;
-            recorder.push(fetch_op(t0, node, process, Outcome::Ok, deliveries.clone()));
+            recorder.push(fetch_op(
+                t0,
+                node,
+                process,
+                Outcome::Ok,
+                lease_ms,
+                deliveries.clone(),
+            ));
             Some(deliveries)
         }
         Err(s) => {
-            recorder.push(fetch_op(t0, node, process, outcome_of(&s), Vec::new()));
+            recorder.push(fetch_op(
+                t0,
+                node,
+                process,
+                outcome_of(&s),
+                lease_ms,
+                Vec::new(),
+            ));
             tokio::time::sleep(Duration::from_millis(100)).await;
             None
         }
     }
 }
 
-fn fetch_op(t0: u64, node: usize, process: u64, outcome: Outcome, ds: Vec<pb::Delivery>) -> Op {
+pub(super) fn fetch_op(
+    t0: u64,
+    node: usize,
+    process: u64,
+    outcome: Outcome,
+    lease_ms: u64,
+    ds: Vec<pb::Delivery>,
+) -> Op {
     Op {
         invoke_ms: t0,
         complete_ms: now_ms(),
@@ -284,6 +330,8 @@ fn fetch_op(t0: u64, node: usize, process: u64, outcome: Outcome, ds: Vec<pb::De
         call: Call::Fetch {
             queue: QUEUE.into(),
             consumer: String::new(),
+            lease_ms,
+            invoke_unknown: false,
             deliveries: ds
                 .into_iter()
                 .map(|d| Delivery {
@@ -292,6 +340,7 @@ fn fetch_op(t0: u64, node: usize, process: u64, outcome: Outcome, ds: Vec<pb::De
                     group: d.group,
                     fence: d.fence,
                     lease_deadline_ms: d.lease_deadline_ms,
+                    attempt: d.attempt,
                 })
                 .collect(),
         },
@@ -380,6 +429,7 @@ pub(super) async fn drain(
                 .and_then(|q| q.stats);
             if let Some(s) = stats {
                 if s.ready + s.delayed + s.leased == 0 {
+                    record_after_drain(channels, recorder).await;
                     recorder.push(Op {
                         invoke_ms: now_ms(),
                         complete_ms: now_ms(),
@@ -401,6 +451,92 @@ pub(super) async fn drain(
     Err(format!(
         "the drain did not empty the queue within {DRAIN_MS_MAX} ms"
     ))
+}
+
+/// How many dead letters one listing call asks for.
+const DEAD_LETTERS_PAGE: u32 = 1_000;
+/// Bound on the listing calls after the drain (pages).
+const DEAD_LETTER_PAGES_MAX: u32 = 1_000;
+
+/// After the drain: the full dead-letter list and the queue's stats, as
+/// some node answers them (reads are served by the leader), for the
+/// checker's accounting of every job (A) and of the stats (S).
+async fn record_after_drain(channels: &[Channel], recorder: &Recorder) {
+    for (i, channel) in channels.iter().enumerate() {
+        let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+        let t0 = now_ms();
+        let mut jobs = Vec::new();
+        let mut after = None;
+        let mut complete = false;
+        for _ in 0..DEAD_LETTER_PAGES_MAX {
+            let page = admin
+                .list_dead_letters(pb::ListDeadLettersRequest {
+                    queue: QUEUE.into(),
+                    after,
+                    limit: DEAD_LETTERS_PAGE,
+                    ..Default::default()
+                })
+                .await;
+            let Ok(page) = page else { break };
+            let page = page.into_inner();
+            jobs.extend(page.dead_letters.into_iter().map(|d| DeadJob {
+                offset: d.offset,
+                id: d.id,
+                group: d.group,
+                attempts: d.attempts,
+                reason: d.reason,
+            }));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        if !complete {
+            continue;
+        }
+        let stats = admin
+            .get_queue(pb::GetQueueRequest {
+                name: QUEUE.into(),
+                read: None,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().queue)
+            .and_then(|q| q.stats);
+        let Some(s) = stats else { continue };
+        let node = i as u64 + 1;
+        recorder.push(Op {
+            invoke_ms: t0,
+            complete_ms: now_ms(),
+            node,
+            process: 9_999,
+            outcome: Outcome::Ok,
+            call: Call::DeadLetters {
+                queue: QUEUE.into(),
+                jobs,
+            },
+        });
+        recorder.push(Op {
+            invoke_ms: t0,
+            complete_ms: now_ms(),
+            node,
+            process: 9_999,
+            outcome: Outcome::Ok,
+            call: Call::Stats {
+                queue: QUEUE.into(),
+                ready: s.ready,
+                delayed: s.delayed,
+                leased: s.leased,
+                dead: s.dead,
+                next_offset: s.next_offset,
+                ack_floor: s.ack_floor,
+            },
+        });
+        return;
+    }
 }
 
 /// Waits until every node reports the same applied index (bounded), then
