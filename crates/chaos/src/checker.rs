@@ -92,15 +92,17 @@ pub struct Counts {
     pub unexplained_attempts: u64,
     #[serde(default)]
     pub stats_mismatch: u64,
+    #[serde(default)]
+    pub stale_refusal: u64,
 }
 
 impl Counts {
     /// The class letters, in the order of [`Counts::in_order`].
-    pub const LETTERS: [&'static str; 10] = ["L", "U", "D", "R", "O", "F", "X", "T", "A", "S"];
+    pub const LETTERS: [&'static str; 11] = ["L", "U", "D", "R", "O", "F", "X", "T", "A", "S", "N"];
 
     /// The counts in the order of their letters: L, U, D, R, O, F, X, T, A,
-    /// S.
-    pub fn in_order(&self) -> [u64; 10] {
+    /// S, N.
+    pub fn in_order(&self) -> [u64; 11] {
         [
             self.lost,
             self.unexpected,
@@ -112,6 +114,7 @@ impl Counts {
             self.overlap,
             self.unexplained_attempts,
             self.stats_mismatch,
+            self.stale_refusal,
         ]
     }
 
@@ -242,6 +245,10 @@ struct Facts {
     unseen_unknown: BTreeMap<String, Vec<Unseen>>,
     stats: Vec<Stats>,
     digests: BTreeMap<u64, BTreeMap<String, Vec<u64>>>,
+    /// Queue -> when its creation was first acknowledged.
+    created: BTreeMap<String, u64>,
+    /// Calls answered NOT_FOUND: (queue, sent at, answered at).
+    not_found: Vec<(String, u64, u64)>,
 }
 
 pub fn check(history: &[Op]) -> Report {
@@ -260,6 +267,7 @@ pub fn check(history: &[Op]) -> Report {
     check_overlap(&facts, &mut report);
     check_attempts(&facts, &mut report);
     check_stats(&facts, &mut report);
+    check_stale_refusals(&facts, &mut report);
     report
 }
 
@@ -477,6 +485,16 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                         ack_floor: *ack_floor,
                     });
                 }
+            }
+            Call::CreateQueue { queue } => {
+                if op.outcome == Outcome::Ok {
+                    let at = f.created.entry(queue.clone()).or_insert(op.complete_ms);
+                    *at = (*at).min(op.complete_ms);
+                }
+            }
+            Call::QueueNotFound { queue } => {
+                f.not_found
+                    .push((queue.clone(), op.invoke_ms, op.complete_ms));
             }
             Call::Digest {
                 applied_index,
@@ -1005,6 +1023,28 @@ fn check_stats(f: &Facts, report: &mut Report) {
                     s.next_offset
                 ),
             );
+        }
+    }
+}
+
+/// N: a call answered NOT_FOUND for a queue whose creation was
+/// acknowledged before the call was sent. Queues are never deleted in a
+/// run, so the answer came from a state that lacked an acknowledged write:
+/// a deposed or lagging leader refused without confirming that it leads
+/// and holds everything committed.
+fn check_stale_refusals(f: &Facts, report: &mut Report) {
+    for (queue, sent, answered) in &f.not_found {
+        if let Some(created) = f.created.get(queue) {
+            if sent > created {
+                report.counts.stale_refusal += 1;
+                report.note(
+                    "N",
+                    format!(
+                        "{queue}: NOT_FOUND to a call sent at {sent} (answered at {answered}), \
+                         though its creation was acknowledged at {created}"
+                    ),
+                );
+            }
         }
     }
 }

@@ -133,6 +133,10 @@ pub enum Call {
         next_offset: u64,
         ack_floor: u64,
     },
+    /// A queue created during the run (the workload's side queues).
+    CreateQueue { queue: String },
+    /// A call on `queue` answered NOT_FOUND: the queue does not exist.
+    QueueNotFound { queue: String },
     /// A node's applied index and state digest, read after the run.
     Digest { applied_index: u64, digest: String },
 }

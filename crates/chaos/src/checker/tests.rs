@@ -648,7 +648,11 @@ fn the_next_job_of_a_group_granted_while_the_head_s_lease_runs_overlaps() {
     ];
     // O sees it too: a was not finished when b arrived.
     let r = check(&h);
-    assert_eq!(r.counts.in_order(), [0, 0, 0, 0, 1, 0, 0, 1, 0, 0], "{r:?}");
+    assert_eq!(
+        r.counts.in_order(),
+        [0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0],
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -756,4 +760,39 @@ fn stats_after_the_drain_match_the_history() {
     let r = check(&h);
     assert_eq!(r.counts, Counts::default());
     assert!(!r.passed());
+}
+
+fn side(invoke_ms: u64, complete_ms: u64, outcome: Outcome, call: Call) -> Op {
+    Op {
+        invoke_ms,
+        complete_ms,
+        node: 1,
+        process: 3_000,
+        outcome,
+        call,
+    }
+}
+
+#[test]
+fn not_found_after_an_acknowledged_creation_is_a_stale_refusal() {
+    let created = |queue: &str| Call::CreateQueue {
+        queue: queue.into(),
+    };
+    let missing = |queue: &str| Call::QueueNotFound {
+        queue: queue.into(),
+    };
+    let h = vec![
+        side(0, 10, Outcome::Ok, created("s1")),
+        // Sent before the creation was acknowledged: may be true.
+        side(5, 12, Outcome::Fail, missing("s1")),
+        // Sent after: a state without an acknowledged write answered.
+        side(20, 25, Outcome::Fail, missing("s1")),
+        // A creation of unknown outcome proves nothing.
+        side(30, 40, Outcome::Indeterminate, created("s2")),
+        side(50, 55, Outcome::Fail, missing("s2")),
+    ];
+    let r = check(&h);
+    assert_eq!(r.counts.stale_refusal, 1, "{r:?}");
+    assert_eq!(r.counts.total(), 1, "{r:?}");
+    assert_eq!(r.examples["N"].len(), 1, "{r:?}");
 }

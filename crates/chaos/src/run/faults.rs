@@ -37,6 +37,8 @@ const SLOW_DISK_MS: [u64; 3] = [20, 100, 500];
 /// How long an operator story lets the members it leaves running take
 /// writes before it strikes, so a lagging member really lags.
 const STORY_LAG_MS: u64 = 2_000;
+/// The slow disk of a wiped member catching up in operator story 1.
+const STORY_SLOW_APPEND: &str = "log-append=sleep(300)\n";
 /// Bound on the bootstrap an operator re-runs.
 const STORY_BOOTSTRAP_MS_MAX: u64 = 10_000;
 
@@ -358,9 +360,10 @@ async fn remove(c: &mut Cluster, channels: &[Channel], target: u64, rng: &mut St
 ///    embedded node's `bootstrap(..)` at every start: both are
 ///    `bootstrap::form`), then the lagging members return.
 /// 1. **A wiped member restarted in the middle of catching up.** As 0, but
-///    the empty member is started while the leader still runs, killed
-///    again 100-400 ms later (with a vote and part of a log), and
-///    restarted after the leader is killed.
+///    the empty member is started while the leader still runs, on a slow
+///    disk (each log append delayed 300 ms), killed again 0.8-2 s later
+///    (with a vote and part of the log), and restarted after the leader
+///    is killed.
 /// 2. **A wiped member removed and joined back.** One follower loses its
 ///    data and restarts empty; the operator removes it, and joins it back
 ///    when the step ends.
@@ -437,11 +440,15 @@ async fn operator(story: u32, env: &mut Env<'_>, leader: Option<u64>, rng: &mut 
              bootstrap re-run through node {wiped}: {answer}"
         )
     } else {
+        // Its disk is slow while it catches up, so that it is stopped with
+        // a vote and part of the log, not all of it.
+        let _ = set_failpoints(&env.dir, wiped, STORY_SLOW_APPEND);
         let _ = c.spawn(wiped);
         drop(c);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_000))).await;
         c = env.cluster.lock().await;
         c.kill(wiped);
+        let _ = set_failpoints(&env.dir, wiped, "");
         for id in &rest {
             c.kill(*id);
         }

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::common::now_ms;
-use super::workload::{fetch_op, Recorder, QUEUE};
+use super::workload::{fetch_op, Recorder, LIB_QUEUE as QUEUE};
 use crate::history::{AckItem, Call, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob};
 
 /// Deadline of one try of a library call.
@@ -142,6 +142,7 @@ pub(super) async fn library_worker(
     while !stop.load(Ordering::Relaxed) {
         let t0 = now_ms();
         let slot = recorder.begin(fetch_op(
+            QUEUE,
             t0,
             0,
             process,
@@ -162,7 +163,15 @@ pub(super) async fn library_worker(
             Ok(ds) => {
                 recorder.complete(
                     slot,
-                    fetch_op(t0, 0, process, Outcome::Ok, LIBRARY_LEASE_MS, ds.clone()),
+                    fetch_op(
+                        QUEUE,
+                        t0,
+                        0,
+                        process,
+                        Outcome::Ok,
+                        LIBRARY_LEASE_MS,
+                        ds.clone(),
+                    ),
                 );
                 ds
             }
@@ -170,6 +179,7 @@ pub(super) async fn library_worker(
                 recorder.complete(
                     slot,
                     fetch_op(
+                        QUEUE,
                         t0,
                         0,
                         process,

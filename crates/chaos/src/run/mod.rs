@@ -40,8 +40,10 @@ use membership::ensure_members;
 pub use options::{Options, Outcomes, Profile, MAX_ATTEMPTS_HIGH, MAX_ATTEMPTS_LOW};
 pub use partitions::Partitions;
 pub use report::{report, summary, summary_page, ChaosReport};
-pub use workload::QUEUE;
-use workload::{channel_to, drain, producer, record_digests, worker, Recorder, CALL_MS_MAX};
+use workload::{
+    channel_to, drain, producer, record_digests, side_queues, worker, Recorder, CALL_MS_MAX,
+};
+pub use workload::{LIB_QUEUE, QUEUE};
 
 /// Runs one chaos run. The cluster is always torn down and partitions are
 /// always removed, whatever happens.
@@ -73,22 +75,24 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
         .map(|id| channel_to(cluster.addr(*id).client, cluster.client_ip()))
         .collect::<Result<_, _>>()?;
     let mut admin = pb::admin_client::AdminClient::new(channels[0].clone());
-    admin
-        .create_queue(pb::CreateQueueRequest {
-            name: QUEUE.into(),
-            config: Some(pb::QueueConfig {
-                // Low in some runs, so the server dead-letters on its own
-                // and the checker must account for every such job.
-                max_attempts: options.max_attempts(),
-                backoff_base_ms: 50,
-                backoff_cap_ms: 500,
-                lease_ms_default: 2_000,
-                ..Default::default()
-            }),
-            session: None,
-        })
-        .await
-        .map_err(|s| format!("create queue: {s}"))?;
+    for queue in [QUEUE, LIB_QUEUE] {
+        admin
+            .create_queue(pb::CreateQueueRequest {
+                name: queue.into(),
+                config: Some(pb::QueueConfig {
+                    // Low in some runs, so the server dead-letters on its own
+                    // and the checker must account for every such job.
+                    max_attempts: options.max_attempts(),
+                    backoff_base_ms: 50,
+                    backoff_cap_ms: 500,
+                    lease_ms_default: 2_000,
+                    ..Default::default()
+                }),
+                session: None,
+            })
+            .await
+            .map_err(|s| format!("create queue: {s}"))?;
+    }
 
     let recorder = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,6 +144,12 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
         )));
     }
 
+    tasks.push(tokio::spawn(side_queues(
+        StdRng::seed_from_u64(options.seed ^ 0x51DE),
+        channels.clone(),
+        recorder.clone(),
+        stop.clone(),
+    )));
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let mut partitions = Partitions::new();
     let faults = inject(options, &cluster, &channels, &mut partitions).await;
@@ -191,8 +201,11 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     }
     if liveness.is_none() {
         let mut rng = StdRng::seed_from_u64(options.seed ^ 0xD7A1);
-        if let Err(e) = drain(&mut rng, &channels, &recorder).await {
-            liveness = Some(e);
+        for queue in [QUEUE, LIB_QUEUE] {
+            if let Err(e) = drain(&mut rng, &channels, &recorder, queue).await {
+                liveness = Some(e);
+                break;
+            }
         }
     }
     record_digests(&c, &ids, &recorder).await;

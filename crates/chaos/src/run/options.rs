@@ -105,7 +105,11 @@ impl Profile {
     pub(super) fn uses_failpoints(self) -> bool {
         matches!(
             self,
-            Profile::LostReply | Profile::SlowDisk | Profile::Compound | Profile::Mixed
+            Profile::LostReply
+                | Profile::SlowDisk
+                | Profile::Operator
+                | Profile::Compound
+                | Profile::Mixed
         )
     }
 

@@ -77,7 +77,7 @@ pub fn summary(r: &ChaosReport) -> String {
 
 /// What each anomaly class means, for the one-page summary, in the order
 /// of `Counts::in_order`.
-const CLASSES: [(&str, &str); 10] = [
+const CLASSES: [(&str, &str); 11] = [
     (
         "L",
         "acknowledged enqueue neither delivered nor dead-lettered after the drain",
@@ -103,6 +103,10 @@ const CLASSES: [(&str, &str); 10] = [
         "an attempt number no delivery explains (orphaned lease, dead-lettered unseen)",
     ),
     ("S", "stats after the drain that differ from the history"),
+    (
+        "N",
+        "NOT_FOUND for a queue whose creation was acknowledged before",
+    ),
 ];
 
 /// The one-page human summary of a run (`summary.txt`): the verdict, what
@@ -214,7 +218,7 @@ mod tests {
         }
         let line = summary(&report(&options, &outcomes));
         assert!(
-            line.contains("L=0 U=0 D=0 R=0 O=0 F=0 X=0 T=0 A=0 S=0 "),
+            line.contains("L=0 U=0 D=0 R=0 O=0 F=0 X=0 T=0 A=0 S=0 N=0 "),
             "{line}"
         );
     }

@@ -19,8 +19,13 @@ use crate::history::{
     AckItem, Call, DeadJob, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
 };
 
-/// The queue every run uses.
+/// The queue the raw gRPC producers and workers use.
 pub const QUEUE: &str = "chaos";
+/// The queue the client library's producer and worker use: apart, so that
+/// a fetch of the raw workers whose answer was lost (which may have leased
+/// jobs no one saw) can never explain an attempt of a library job, whose
+/// retried calls must never lease anything unseen (the reply cache).
+pub const LIB_QUEUE: &str = "chaos-lib";
 /// Deadline of one client call; past it the outcome is indeterminate.
 pub(super) const CALL_MS_MAX: u64 = 3_000;
 /// One batch in this many is sent again after it succeeded.
@@ -215,7 +220,7 @@ pub(super) async fn worker(
     let process = 1_000 + w as u64;
     while !stop.load(Ordering::Relaxed) {
         let node = rng.random_range(0..channels.len());
-        let request = fetch_request(&format!("w{w}"), 2, 2_000, 300);
+        let request = fetch_request(QUEUE, &format!("w{w}"), 2, 2_000, 300);
         let Some(deliveries) =
             fetch_recorded(&channels[node], node, process, request, &recorder).await
         else {
@@ -256,15 +261,30 @@ pub(super) async fn worker(
                     },
                 });
             } else {
-                ack_one(&mut q, t0, node, process, &[(d.offset, d.fence)], &recorder).await;
+                ack_one(
+                    &mut q,
+                    QUEUE,
+                    t0,
+                    node,
+                    process,
+                    &[(d.offset, d.fence)],
+                    &recorder,
+                )
+                .await;
             }
         }
     }
 }
 
-fn fetch_request(consumer: &str, max: u32, lease_ms: u64, wait_ms: u64) -> pb::FetchRequest {
+fn fetch_request(
+    queue: &str,
+    consumer: &str,
+    max: u32,
+    lease_ms: u64,
+    wait_ms: u64,
+) -> pb::FetchRequest {
     pb::FetchRequest {
-        queue: QUEUE.into(),
+        queue: queue.into(),
         consumer: consumer.into(),
         max,
         lease_ms,
@@ -285,10 +305,12 @@ async fn fetch_recorded(
     let mut q = pb::queue_client::QueueClient::new(channel.clone());
     let t0 = now_ms();
     let lease_ms = request.lease_ms;
+    let queue = request.queue.clone();
     match q.fetch(request).await {
         Ok(resp) => {
             let deliveries = resp.into_inner().deliveries;
             recorder.push(fetch_op(
+                &queue,
                 t0,
                 node,
                 process,
@@ -300,6 +322,7 @@ async fn fetch_recorded(
         }
         Err(s) => {
             recorder.push(fetch_op(
+                &queue,
                 t0,
                 node,
                 process,
@@ -314,6 +337,7 @@ async fn fetch_recorded(
 }
 
 pub(super) fn fetch_op(
+    queue: &str,
     t0: u64,
     node: usize,
     process: u64,
@@ -328,7 +352,7 @@ pub(super) fn fetch_op(
         process,
         outcome,
         call: Call::Fetch {
-            queue: QUEUE.into(),
+            queue: queue.into(),
             consumer: String::new(),
             lease_ms,
             invoke_unknown: false,
@@ -349,6 +373,7 @@ pub(super) fn fetch_op(
 
 async fn ack_one(
     q: &mut pb::queue_client::QueueClient<Channel>,
+    queue: &str,
     t0: u64,
     node: usize,
     process: u64,
@@ -357,7 +382,7 @@ async fn ack_one(
 ) {
     let r = q
         .ack(pb::AckRequest {
-            queue: QUEUE.into(),
+            queue: queue.into(),
             items: items
                 .iter()
                 .map(|(offset, fence)| pb::AckItem {
@@ -386,7 +411,7 @@ async fn ack_one(
         process,
         outcome,
         call: Call::Ack {
-            queue: QUEUE.into(),
+            queue: queue.into(),
             items: items
                 .iter()
                 .zip(oks)
@@ -405,12 +430,13 @@ pub(super) async fn drain(
     rng: &mut StdRng,
     channels: &[Channel],
     recorder: &Recorder,
+    queue: &str,
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
     let process = 9_999;
     while Instant::now() < deadline {
         let node = rng.random_range(0..channels.len());
-        let request = fetch_request("drain", 100, 30_000, 200);
+        let request = fetch_request(queue, "drain", 100, 30_000, 200);
         let Some(ds) = fetch_recorded(&channels[node], node, process, request, recorder).await
         else {
             continue;
@@ -420,7 +446,7 @@ pub(super) async fn drain(
             let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
             let stats = admin
                 .get_queue(pb::GetQueueRequest {
-                    name: QUEUE.into(),
+                    name: queue.into(),
                     read: None,
                 })
                 .await
@@ -429,7 +455,7 @@ pub(super) async fn drain(
                 .and_then(|q| q.stats);
             if let Some(s) = stats {
                 if s.ready + s.delayed + s.leased == 0 {
-                    record_after_drain(channels, recorder).await;
+                    record_after_drain(channels, recorder, queue).await;
                     recorder.push(Op {
                         invoke_ms: now_ms(),
                         complete_ms: now_ms(),
@@ -437,7 +463,7 @@ pub(super) async fn drain(
                         process,
                         outcome: Outcome::Ok,
                         call: Call::Drained {
-                            queue: QUEUE.into(),
+                            queue: queue.into(),
                         },
                     });
                     return Ok(());
@@ -446,10 +472,10 @@ pub(super) async fn drain(
             continue;
         }
         let items: Vec<(u64, u64)> = ds.iter().map(|d| (d.offset, d.fence)).collect();
-        ack_one(&mut q, now_ms(), node, process, &items, recorder).await;
+        ack_one(&mut q, queue, now_ms(), node, process, &items, recorder).await;
     }
     Err(format!(
-        "the drain did not empty the queue within {DRAIN_MS_MAX} ms"
+        "the drain did not empty the queue {queue} within {DRAIN_MS_MAX} ms"
     ))
 }
 
@@ -461,7 +487,7 @@ const DEAD_LETTER_PAGES_MAX: u32 = 1_000;
 /// After the drain: the full dead-letter list and the queue's stats, as
 /// some node answers them (reads are served by the leader), for the
 /// checker's accounting of every job (A) and of the stats (S).
-async fn record_after_drain(channels: &[Channel], recorder: &Recorder) {
+async fn record_after_drain(channels: &[Channel], recorder: &Recorder, queue: &str) {
     for (i, channel) in channels.iter().enumerate() {
         let mut admin = pb::admin_client::AdminClient::new(channel.clone());
         let t0 = now_ms();
@@ -471,7 +497,7 @@ async fn record_after_drain(channels: &[Channel], recorder: &Recorder) {
         for _ in 0..DEAD_LETTER_PAGES_MAX {
             let page = admin
                 .list_dead_letters(pb::ListDeadLettersRequest {
-                    queue: QUEUE.into(),
+                    queue: queue.into(),
                     after,
                     limit: DEAD_LETTERS_PAGE,
                     ..Default::default()
@@ -499,7 +525,7 @@ async fn record_after_drain(channels: &[Channel], recorder: &Recorder) {
         }
         let stats = admin
             .get_queue(pb::GetQueueRequest {
-                name: QUEUE.into(),
+                name: queue.into(),
                 read: None,
             })
             .await
@@ -515,7 +541,7 @@ async fn record_after_drain(channels: &[Channel], recorder: &Recorder) {
             process: 9_999,
             outcome: Outcome::Ok,
             call: Call::DeadLetters {
-                queue: QUEUE.into(),
+                queue: queue.into(),
                 jobs,
             },
         });
@@ -526,7 +552,7 @@ async fn record_after_drain(channels: &[Channel], recorder: &Recorder) {
             process: 9_999,
             outcome: Outcome::Ok,
             call: Call::Stats {
-                queue: QUEUE.into(),
+                queue: queue.into(),
                 ready: s.ready,
                 delayed: s.delayed,
                 leased: s.leased,
@@ -569,4 +595,102 @@ pub(super) async fn record_digests(cluster: &Cluster, ids: &[u64], recorder: &Re
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How often the side-queue task creates a queue.
+const SIDE_QUEUE_EVERY_MS: u64 = 2_000;
+
+/// Creates a side queue every [`SIDE_QUEUE_EVERY_MS`] through a random
+/// node and, once its creation is acknowledged, enqueues one job into it
+/// through another random node at once. A NOT_FOUND to that enqueue is a
+/// refusal from a state that lacks the acknowledged creation (the checker's
+/// N). Only the creation and such refusals are recorded: the side jobs are
+/// not part of the job accounting, and no one consumes them.
+pub(super) async fn side_queues(
+    mut rng: StdRng,
+    channels: Vec<Channel>,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    let process = 3_000;
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(SIDE_QUEUE_EVERY_MS)).await;
+        k += 1;
+        let queue = format!("side-{k}");
+        let node = rng.random_range(0..channels.len());
+        let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
+        let t0 = now_ms();
+        let created = admin
+            .create_queue(pb::CreateQueueRequest {
+                name: queue.clone(),
+                config: Some(pb::QueueConfig::default()),
+                session: None,
+            })
+            .await;
+        let outcome = created.as_ref().map_or_else(outcome_of, |_| Outcome::Ok);
+        recorder.push(Op {
+            invoke_ms: t0,
+            complete_ms: now_ms(),
+            node: node as u64 + 1,
+            process,
+            outcome,
+            call: Call::CreateQueue {
+                queue: queue.clone(),
+            },
+        });
+        if outcome != Outcome::Ok {
+            continue;
+        }
+        // Through every node at once, so a node that still takes itself
+        // for the leader (cut off, not yet told) is asked too.
+        let calls = channels.iter().enumerate().map(|(node, channel)| {
+            let mut q = pb::queue_client::QueueClient::new(channel.clone());
+            let queue = queue.clone();
+            async move {
+                let t0 = now_ms();
+                let enqueued = q
+                    .enqueue(pb::EnqueueRequest {
+                        queue: queue.clone(),
+                        jobs: vec![pb::Job {
+                            id: Some(format!("{queue}-0")),
+                            payload: vec![b's'; 8],
+                            ..Default::default()
+                        }],
+                        session: None,
+                    })
+                    .await;
+                match enqueued {
+                    Err(s) if s.code() == tonic::Code::NotFound => Some(Op {
+                        invoke_ms: t0,
+                        complete_ms: now_ms(),
+                        node: node as u64 + 1,
+                        process,
+                        outcome: Outcome::Fail,
+                        call: Call::QueueNotFound { queue },
+                    }),
+                    _ => None,
+                }
+            }
+        });
+        for op in all_at_once(calls).await.into_iter().flatten() {
+            recorder.push(op);
+        }
+    }
+}
+
+/// Runs `calls` at once and collects their results in order.
+async fn all_at_once<F>(calls: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = calls.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
 }
