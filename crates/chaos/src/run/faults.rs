@@ -514,3 +514,48 @@ async fn undo_fault(applied: &Applied, env: &mut Env<'_>) -> Result<(), String> 
         Applied::Skipped(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_compound_step_draws_two_or_three_faults_at_most_one_taking_data_away() {
+        let amnesic = |p: &Profile| {
+            matches!(
+                p,
+                Profile::Wipe | Profile::WipeLeader | Profile::Membership | Profile::Operator
+            )
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..2_000 {
+            let kinds = compound(&mut StdRng::seed_from_u64(seed));
+            assert!((2..=3).contains(&kinds.len()), "{kinds:?}");
+            assert!(
+                kinds.iter().filter(|p| amnesic(p)).count() <= 1,
+                "{kinds:?}"
+            );
+            for (i, p) in kinds.iter().enumerate() {
+                assert!(!kinds[..i].contains(p), "a fault twice: {kinds:?}");
+                assert!(Profile::SINGLE.contains(p), "{kinds:?}");
+                seen.insert(p.name());
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            Profile::SINGLE.len(),
+            "every single fault is drawn"
+        );
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_compound_steps() {
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..20).map(|_| compound(&mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+    }
+}

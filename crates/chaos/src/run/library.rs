@@ -16,8 +16,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::common::now_ms;
-use super::workload::{fetch_op, Recorder, LIB_QUEUE as QUEUE};
-use crate::history::{AckItem, Call, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob};
+use super::workload::{batch, fetch_op, Recorder, LIB_QUEUE as QUEUE};
+use crate::history::{AckItem, Call, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome};
 
 /// Deadline of one try of a library call.
 const LIBRARY_CALL_MS_MAX: u64 = 3_000;
@@ -61,23 +61,8 @@ pub(super) async fn library_producer(
 ) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let k = rng.random_range(1..=4);
-        let jobs: Vec<pb::Job> = (0..k)
-            .map(|j| pb::Job {
-                id: Some(format!("l{p}-{n}-{j}")),
-                group: format!("g{}", rng.random_range(0..groups)),
-                payload: vec![b'y'; 64],
-                ..Default::default()
-            })
-            .collect();
+        let (jobs, sent) = batch(&mut rng, &format!("l{p}-{n}"), groups);
         n += 1;
-        let sent: Vec<SentJob> = jobs
-            .iter()
-            .map(|j| SentJob {
-                id: j.id.clone().unwrap_or_default(),
-                group: j.group.clone(),
-            })
-            .collect();
         let op = |outcome, results| Op {
             invoke_ms: 0,
             complete_ms: 0,
@@ -141,15 +126,8 @@ pub(super) async fn library_worker(
     let consumer = format!("lw{w}");
     while !stop.load(Ordering::Relaxed) {
         let t0 = now_ms();
-        let slot = recorder.begin(fetch_op(
-            QUEUE,
-            t0,
-            0,
-            process,
-            Outcome::Indeterminate,
-            LIBRARY_LEASE_MS,
-            Vec::new(),
-        ));
+        let op = |outcome, ds| fetch_op(QUEUE, t0, 0, process, outcome, LIBRARY_LEASE_MS, ds);
+        let slot = recorder.begin(op(Outcome::Indeterminate, Vec::new()));
         let fetched = client
             .fetch(
                 QUEUE,
@@ -161,33 +139,11 @@ pub(super) async fn library_worker(
             .await;
         let deliveries = match fetched {
             Ok(ds) => {
-                recorder.complete(
-                    slot,
-                    fetch_op(
-                        QUEUE,
-                        t0,
-                        0,
-                        process,
-                        Outcome::Ok,
-                        LIBRARY_LEASE_MS,
-                        ds.clone(),
-                    ),
-                );
+                recorder.complete(slot, op(Outcome::Ok, ds.clone()));
                 ds
             }
             Err(_) => {
-                recorder.complete(
-                    slot,
-                    fetch_op(
-                        QUEUE,
-                        t0,
-                        0,
-                        process,
-                        Outcome::Indeterminate,
-                        LIBRARY_LEASE_MS,
-                        Vec::new(),
-                    ),
-                );
+                recorder.complete(slot, op(Outcome::Indeterminate, Vec::new()));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -125,23 +125,8 @@ pub(super) async fn producer(
 ) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let k = rng.random_range(1..=4);
-        let jobs: Vec<pb::Job> = (0..k)
-            .map(|j| pb::Job {
-                id: Some(format!("p{p}-{n}-{j}")),
-                group: format!("g{}", rng.random_range(0..groups)),
-                payload: vec![b'x'; 64],
-                ..Default::default()
-            })
-            .collect();
+        let (jobs, sent) = batch(&mut rng, &format!("p{p}-{n}"), groups);
         n += 1;
-        let sent: Vec<SentJob> = jobs
-            .iter()
-            .map(|j| SentJob {
-                id: j.id.clone().unwrap_or_default(),
-                group: j.group.clone(),
-            })
-            .collect();
         // Retry an unknown outcome with the same ids, through any node.
         // Now and then send a batch once more after it succeeded, as a
         // client whose answer was lost would: the ids must come back as
@@ -208,6 +193,41 @@ pub(super) async fn producer(
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..50))).await;
     }
+}
+
+/// A batch of 1-4 jobs of 64 bytes with ids `<prefix>-<j>` in random
+/// groups, and what the history records of it.
+pub(super) fn batch(rng: &mut StdRng, prefix: &str, groups: u64) -> (Vec<pb::Job>, Vec<SentJob>) {
+    let k = rng.random_range(1..=4);
+    let jobs: Vec<pb::Job> = (0..k)
+        .map(|j| pb::Job {
+            id: Some(format!("{prefix}-{j}")),
+            group: format!("g{}", rng.random_range(0..groups)),
+            payload: vec![b'x'; 64],
+            ..Default::default()
+        })
+        .collect();
+    let sent = jobs
+        .iter()
+        .map(|j| SentJob {
+            id: j.id.clone().unwrap_or_default(),
+            group: j.group.clone(),
+        })
+        .collect();
+    (jobs, sent)
+}
+
+/// The stats of `queue` as the node behind `channel` answers them.
+async fn queue_stats(channel: &Channel, queue: &str) -> Option<pb::QueueStats> {
+    pb::admin_client::AdminClient::new(channel.clone())
+        .get_queue(pb::GetQueueRequest {
+            name: queue.into(),
+            read: None,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().queue)
+        .and_then(|q| q.stats)
 }
 
 pub(super) async fn worker(
@@ -443,17 +463,7 @@ pub(super) async fn drain(
         };
         let mut q = pb::queue_client::QueueClient::new(channels[node].clone());
         if ds.is_empty() {
-            let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
-            let stats = admin
-                .get_queue(pb::GetQueueRequest {
-                    name: queue.into(),
-                    read: None,
-                })
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().queue)
-                .and_then(|q| q.stats);
-            if let Some(s) = stats {
+            if let Some(s) = queue_stats(&channels[node], queue).await {
                 if s.ready + s.delayed + s.leased == 0 {
                     record_after_drain(channels, recorder, queue).await;
                     recorder.push(Op {
@@ -523,16 +533,9 @@ async fn record_after_drain(channels: &[Channel], recorder: &Recorder, queue: &s
         if !complete {
             continue;
         }
-        let stats = admin
-            .get_queue(pb::GetQueueRequest {
-                name: queue.into(),
-                read: None,
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().queue)
-            .and_then(|q| q.stats);
-        let Some(s) = stats else { continue };
+        let Some(s) = queue_stats(channel, queue).await else {
+            continue;
+        };
         let node = i as u64 + 1;
         recorder.push(Op {
             invoke_ms: t0,
