@@ -160,8 +160,6 @@ type LiveLease = (u64, u64, u64, u64);
 
 #[derive(Debug)]
 struct Seen {
-    /// The index of the fetch op in the history.
-    op: usize,
     /// When the fetch was sent; `None` if unknown (a library fetch).
     sent_ms: Option<u64>,
     complete_ms: u64,
@@ -199,9 +197,10 @@ struct Dead {
     listed_ms: u64,
 }
 
-/// A fetch that may have delivered jobs it does not list: (answered at,
-/// sent at if known, op index).
-type Unseen = (u64, Option<u64>, usize);
+/// A fetch that may have delivered jobs it does not list: (sent at, or 0
+/// when unknown; the most jobs it could have delivered, `u64::MAX` when
+/// unknown).
+type Unseen = (u64, u64);
 
 /// The stats of one `Stats` op.
 #[derive(Debug)]
@@ -240,9 +239,10 @@ struct Facts {
     /// Queues whose dead-letter list was read.
     dead_listed: BTreeSet<String>,
     /// Per queue, fetches that may have delivered jobs they do not list,
-    /// sorted by answer time: with a known send time, and without.
-    unseen_known: BTreeMap<String, Vec<Unseen>>,
-    unseen_unknown: BTreeMap<String, Vec<Unseen>>,
+    /// sorted by send time.
+    unseen: BTreeMap<String, Vec<Unseen>>,
+    /// How far cluster time may be from the harness's clock (ms).
+    clock_bound_ms: u64,
     stats: Vec<Stats>,
     digests: BTreeMap<u64, BTreeMap<String, Vec<u64>>>,
     /// Queue -> when its creation was first acknowledged.
@@ -274,7 +274,7 @@ pub fn check(history: &[Op]) -> Report {
 fn gather(history: &[Op], report: &mut Report) -> Facts {
     let mut f = Facts::default();
     let mut group_of: BTreeMap<(String, String), String> = BTreeMap::new();
-    for (index, op) in history.iter().enumerate() {
+    for op in history {
         let maybe = op.outcome != Outcome::Fail;
         match &op.call {
             Call::Enqueue {
@@ -319,6 +319,7 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                 deliveries: ds,
                 lease_ms,
                 invoke_unknown,
+                max,
                 ..
             } => {
                 if !maybe {
@@ -326,16 +327,16 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                 }
                 let sent_ms = (!invoke_unknown).then_some(op.invoke_ms);
                 // A fetch of unknown outcome, or one inside the library,
-                // may have delivered jobs it does not list.
+                // may have delivered jobs it does not list, at any time
+                // after it was sent (a forward delayed in a partition is
+                // applied when the partition heals).
                 if op.outcome == Outcome::Indeterminate || *invoke_unknown {
-                    let list = if *invoke_unknown {
-                        &mut f.unseen_unknown
-                    } else {
-                        &mut f.unseen_known
-                    };
-                    list.entry(queue.clone())
+                    let sent = if *invoke_unknown { 0 } else { op.invoke_ms };
+                    let capacity = if *max == 0 { u64::MAX } else { u64::from(*max) };
+                    f.unseen
+                        .entry(queue.clone())
                         .or_default()
-                        .push((op.complete_ms, sent_ms, index));
+                        .push((sent, capacity));
                 }
                 for d in ds {
                     report.delivered += 1;
@@ -355,7 +356,6 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                         .entry((queue.clone(), d.offset))
                         .or_default()
                         .push(Seen {
-                            op: index,
                             sent_ms,
                             complete_ms: op.complete_ms,
                             fence: d.fence,
@@ -486,6 +486,7 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                     });
                 }
             }
+            Call::ClockBound { ms } => f.clock_bound_ms = f.clock_bound_ms.max(*ms),
             Call::CreateQueue { queue } => {
                 if op.outcome == Outcome::Ok {
                     let at = f.created.entry(queue.clone()).or_insert(op.complete_ms);
@@ -511,11 +512,7 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
             }
         }
     }
-    for list in f
-        .unseen_known
-        .values_mut()
-        .chain(f.unseen_unknown.values_mut())
-    {
+    for list in f.unseen.values_mut() {
         list.sort_unstable();
     }
     f
@@ -660,7 +657,7 @@ fn check_fencing(f: &Facts, report: &mut Report) {
                 .extended
                 .get(&lease)
                 .map_or(s.deadline_ms, |e| (*e).max(s.deadline_ms));
-            let mut end = deadline.saturating_sub(CLOCK_TOLERANCE_MS);
+            let mut end = deadline.saturating_sub(CLOCK_TOLERANCE_MS + f.clock_bound_ms);
             if let Some(t) = f.lease_ends.get(&lease) {
                 end = end.min(*t);
             }
@@ -849,30 +846,27 @@ fn check_overlap(f: &Facts, report: &mut Report) {
     }
 }
 
-/// A: attempts no delivery explains. For each job, attempt k of 1..=n
-/// needs a delivery seen with attempt k, or an unseen one: a fetch of
-/// unknown outcome (or a library fetch) of the queue, not seen delivering
-/// the job, answered after the latest send of a fetch seen delivering an
-/// earlier attempt (and after the job's first enqueue was sent), and sent
-/// before the earliest answer of a fetch seen delivering a later attempt
-/// (or before the dead-letter list was answered). Each fetch makes at most
-/// one attempt of a job. Attempts are matched in increasing order to the
-/// fetch answered first among those that fit, which explains as many
-/// attempts as any matching can (the windows move forward with k). A job
-/// with any delivery of unknown attempt (0, an old history) is skipped.
+/// A: attempts no delivery explains. For each job, every attempt k of
+/// 1..=n (n: the highest attempt seen, or its dead letter's count) needs a
+/// delivery seen with attempt k, or an unseen one: a fetch of the queue
+/// whose outcome is unknown, sent before the earliest answer of a delivery
+/// of a later attempt (or before the dead-letter list was answered). Such a
+/// fetch may take effect any time after it was sent (Jepsen's reading: a
+/// forward held up in a partition is applied when it heals), and delivers
+/// at most the `max` jobs it asked for, each once. The count is how many
+/// missing attempts no assignment of those fetches can cover, the larger
+/// of two bounds: per job, the fetches sent by each deadline against its
+/// attempts due by then; per queue, the fetches' capacity against all the
+/// attempts due by each deadline. A job with any delivery of unknown
+/// attempt (0, an old history) is skipped.
 fn check_attempts(f: &Facts, report: &mut Report) {
     let empty: Vec<Seen> = Vec::new();
     let no_fetches: Vec<Unseen> = Vec::new();
-    // Per queue, the longest a fetch of unknown outcome took: one answered
-    // later than this after a moment was sent after it.
-    let longest: BTreeMap<&String, u64> = f
-        .unseen_known
-        .iter()
-        .map(|(queue, list)| {
-            let ms = list.iter().map(|u| u.0.saturating_sub(u.1.unwrap_or(0)));
-            (queue, ms.max().unwrap_or(0))
-        })
-        .collect();
+    // Per queue, every attempt no delivery shows: (the latest moment it
+    // can have happened, i.e. the next seen delivery's answer or the
+    // dead-letter listing; the example to give).
+    let mut missing: BTreeMap<&String, Vec<(u64, String)>> = BTreeMap::new();
+    let mut per_job_short = 0u64;
     let keys: BTreeSet<&Key> = f.deliveries.keys().chain(f.dead.keys()).collect();
     for key in keys {
         let (queue, offset) = key;
@@ -888,78 +882,88 @@ fn check_attempts(f: &Facts, report: &mut Report) {
             .max()
             .unwrap_or(0);
         let present: BTreeSet<u32> = seen.iter().map(|s| s.attempt).collect();
-        if (1..=top).all(|k| present.contains(&k)) {
-            continue;
-        }
         let Some(id) = seen.first().map(|s| &s.id).or(dead.map(|d| &d.id)) else {
             continue;
         };
-        let enqueued = f
-            .first_sent
-            .get(&(queue.clone(), id.clone()))
-            .copied()
-            .unwrap_or(0);
-        // Seen deliveries by attempt, for the windows.
-        let mut by_attempt: Vec<(u32, u64, u64)> = seen
-            .iter()
-            .map(|s| (s.attempt, s.sent(), s.complete_ms))
-            .collect();
-        by_attempt.sort_unstable();
-        // later_answer[i]: the earliest answer among by_attempt[i..].
-        let mut later_answer = vec![u64::MAX; by_attempt.len() + 1];
-        for i in (0..by_attempt.len()).rev() {
-            later_answer[i] = later_answer[i + 1].min(by_attempt[i].2);
-        }
         let end = dead.map_or(u64::MAX, |d| d.listed_ms);
-        let known = f.unseen_known.get(queue).unwrap_or(&no_fetches);
-        let unknown = f.unseen_unknown.get(queue).unwrap_or(&no_fetches);
-        let longest = longest.get(queue).copied().unwrap_or(0);
-        let mut used: BTreeSet<usize> = seen.iter().map(|s| s.op).collect();
-        let (mut i, mut after, mut explained) = (0, enqueued, 0u64);
-        let mut unexplained = None;
-        for k in 1..=top {
-            while i < by_attempt.len() && by_attempt[i].0 < k {
-                after = after.max(by_attempt[i].1);
-                i += 1;
-            }
-            if by_attempt.get(i).is_some_and(|s| s.0 == k) {
-                continue;
-            }
-            let before = later_answer[i].min(end);
-            let from_known = known[known.partition_point(|u| u.0 < after)..]
+        let fetches = f.unseen.get(queue).unwrap_or(&no_fetches);
+        let mut deadlines = Vec::new();
+        let mut first_example = None;
+        for k in (1..=top).filter(|k| !present.contains(k)) {
+            // The earliest answer of a delivery with a later attempt.
+            let before = seen
                 .iter()
-                .take_while(|u| u.0 <= before.saturating_add(longest))
-                .find(|u| u.1.unwrap_or(0) <= before && !used.contains(&u.2));
-            let from_unknown = unknown[unknown.partition_point(|u| u.0 < after)..]
-                .iter()
-                .find(|u| !used.contains(&u.2));
-            let fetch = match (from_known, from_unknown) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => {
-                    // One unexplained attempt makes the job an A.
-                    unexplained = Some(k);
-                    break;
-                }
+                .filter(|s| s.attempt > k)
+                .map(|s| s.complete_ms)
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(end);
+            let example = if seen.is_empty() {
+                format!(
+                    "dead-lettered unseen: {queue}: offset {offset} (id {id}) dead-lettered after {top} attempts with no delivery seen"
+                )
+            } else {
+                format!(
+                    "orphaned lease: {queue}: offset {offset} (id {id}) reached attempt {top} (attempts seen {present:?}), but attempt {k} has no delivery seen"
+                )
             };
-            used.insert(fetch.2);
-            explained += 1;
+            first_example.get_or_insert_with(|| example.clone());
+            missing.entry(queue).or_default().push((before, example));
+            deadlines.push(before);
         }
-        let Some(k) = unexplained else {
-            continue;
-        };
-        report.counts.unexplained_attempts += 1;
-        let example = if seen.is_empty() {
-            format!(
-                "dead-lettered unseen: {queue}: offset {offset} (id {id}) dead-lettered after {top} attempts with no delivery seen; fetches of unknown outcome could have made {explained} of them"
-            )
-        } else {
-            format!(
-                "orphaned lease: {queue}: offset {offset} (id {id}) reached attempt {top} (attempts seen {present:?}), but attempt {k} has no delivery seen and no fetch of unknown outcome left that could have made it ({explained} earlier missing attempts fit such fetches)"
-            )
-        };
-        report.note("A", example);
+        // One fetch leases a job at most once: the job's own missing
+        // attempts need as many different fetches, each sent in time.
+        deadlines.sort_unstable();
+        let mut own_short = 0u64;
+        for (due, before) in deadlines.iter().enumerate() {
+            let sent = fetches.partition_point(|u| u.0 <= *before) as u64;
+            own_short = own_short.max((due as u64 + 1).saturating_sub(sent));
+        }
+        if own_short > 0 {
+            per_job_short += own_short;
+            report.note(
+                "A",
+                format!(
+                    "{}; {own_short} of its {} missing attempts fit no fetch of unknown outcome (each leases a job once, after it was sent)",
+                    first_example.unwrap_or_default(),
+                    deadlines.len()
+                ),
+            );
+        }
     }
+    // Each missing attempt needs a fetch of unknown outcome sent before it
+    // (its effect may come any time after), and such a fetch delivers at
+    // most its `max` jobs. Sweeping the attempts by deadline, the fetches
+    // sent by each deadline must cover every attempt due by then; what they
+    // cannot cover is certain.
+    let mut capacity_short = 0u64;
+    for (queue, mut list) in missing {
+        list.sort();
+        let fetches = f.unseen.get(queue).unwrap_or(&no_fetches);
+        let (mut next, mut supply, mut demand, mut short) = (0usize, 0u64, 0u64, 0u64);
+        for (before, example) in &list {
+            while next < fetches.len() && fetches[next].0 <= *before {
+                supply = supply.saturating_add(fetches[next].1);
+                next += 1;
+            }
+            demand += 1;
+            let uncovered = demand.saturating_sub(supply);
+            if uncovered > short {
+                short = uncovered;
+                report.note(
+                    "A",
+                    format!(
+                        "{example}; the {} fetches of unknown outcome sent by then could have made {supply} deliveries, {demand} attempts needed them",
+                        next
+                    ),
+                );
+            }
+        }
+        capacity_short += short;
+    }
+    // Both are attempts no assignment of fetches can explain; the larger
+    // is the count.
+    report.counts.unexplained_attempts = per_job_short.max(capacity_short);
 }
 
 /// S: the stats read after the drain against what the history implies.

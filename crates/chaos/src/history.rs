@@ -92,13 +92,18 @@ pub enum Call {
         /// queue's default).
         #[serde(default)]
         lease_ms: u64,
-        /// The fetch was made inside the client library (its `Worker`):
-        /// `invoke_ms` is when the harness saw the job (its handler
-        /// started), not when the fetch was sent, which is unknown (as
-        /// early as the start of the history). Such a fetch may also have
-        /// returned jobs it does not list.
+        /// The fetch was made where the harness cannot see when it was
+        /// sent (inside a library type such as the client's `Worker`):
+        /// `invoke_ms` is when the harness saw the job, and the send time
+        /// is taken as the start of the history. Such a fetch may also
+        /// have returned jobs it does not list. The workload records none
+        /// now (its library calls are timed from before their first try);
+        /// the checker still reads them.
         #[serde(default)]
         invoke_unknown: bool,
+        /// The most jobs the fetch asked for; 0 = unknown (no limit).
+        #[serde(default)]
+        max: u32,
     },
     /// Acks and nacks the client library's `Worker` makes are recorded
     /// `Indeterminate`: the harness cannot see whether they landed.
@@ -133,6 +138,11 @@ pub enum Call {
         next_offset: u64,
         ack_floor: u64,
     },
+    /// How far cluster time may be from the harness's clock in this run,
+    /// in ms: the nodes' wall clocks were stepped, and cluster time follows
+    /// a leader's wall clock within `clock.skew_ms_max`. Deadlines in
+    /// cluster time are read with this much slack.
+    ClockBound { ms: u64 },
     /// A queue created during the run (the workload's side queues).
     CreateQueue { queue: String },
     /// A call on `queue` answered NOT_FOUND: the queue does not exist.

@@ -92,6 +92,11 @@ struct ChaosArgs {
     /// server dead-letters on its own, else 1000).
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Start nothing: check the history in FILE (a run's history.jsonl)
+    /// again with this build's checker, print the counts and examples, and
+    /// exit non-zero on any anomaly.
+    #[arg(long, value_name = "FILE")]
+    recheck: Option<PathBuf>,
     /// Append one tab-separated line with this run's counts to FILE
     /// (`scripts/chaos` builds its table from it).
     #[arg(long)]
@@ -193,6 +198,37 @@ fn fail(message: String) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
+/// `lockstep chaos --recheck FILE`: the checker over a saved history.
+fn recheck(path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let history = lockstep_chaos::history::parse(&text)?;
+    let report = lockstep_chaos::check(&history);
+    let counts: Vec<String> = lockstep_chaos::checker::Counts::LETTERS
+        .iter()
+        .zip(report.counts.in_order())
+        .map(|(letter, n)| format!("{letter}={n}"))
+        .collect();
+    outln(&format!(
+        "{} ops={} enqueued_ok={} delivered={} dead_lettered={} {}",
+        if report.passed() { "PASS" } else { "FAIL" },
+        report.ops,
+        report.enqueued_ok,
+        report.delivered,
+        report.dead_lettered,
+        counts.join(" ")
+    ));
+    for (class, examples) in &report.examples {
+        for example in examples {
+            outln(&format!("{class}: {example}"));
+        }
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(format!("{}: the checker found anomalies", path.display()))
+    }
+}
+
 fn run_node(args: NodeArgs) -> Result<(), String> {
     let flags = args.flags()?;
     let config = NodeConfig::load(args.config.as_deref(), std::env::vars(), &flags)
@@ -201,6 +237,9 @@ fn run_node(args: NodeArgs) -> Result<(), String> {
 }
 
 fn run_chaos(args: ChaosArgs) -> Result<(), String> {
+    if let Some(path) = &args.recheck {
+        return recheck(path);
+    }
     let profile = lockstep_chaos::run::Profile::parse(&args.profile)?;
     if !(1..=7).contains(&args.nodes) {
         return Err(format!("--nodes {}: expected 1 to 7", args.nodes));

@@ -26,8 +26,15 @@ const LIBRARY_CALL_MS_MAX: u64 = 3_000;
 /// inside the run's wait for its tasks at the end.
 const LIBRARY_TRIES_MAX: u32 = 4;
 const LIBRARY_RETRY_MS_MAX: u64 = 4_000;
-/// The lease a library worker asks for.
-const LIBRARY_LEASE_MS: u64 = 2_000;
+/// The lease a library worker asks for: longer than a library call can
+/// take with its retries (`LIBRARY_RETRY_MS_MAX` plus a try, plus the
+/// 4 s a lost answer is held), so a retry of a fetch whose answer was lost
+/// still finds the first try's leases held and gets them back from the
+/// reply cache. A shorter lease would expire first, and the retry's answer
+/// would rightly leave out the lease it lost: an attempt no one saw.
+const LIBRARY_LEASE_MS: u64 = 15_000;
+/// Jobs one library fetch asks for.
+const LIBRARY_FETCH_MAX: u32 = 2;
 /// The "node" a library call is recorded against: the client picks.
 const ANY_NODE: u64 = 0;
 
@@ -126,13 +133,14 @@ pub(super) async fn library_worker(
     let consumer = format!("lw{w}");
     while !stop.load(Ordering::Relaxed) {
         let t0 = now_ms();
-        let op = |outcome, ds| fetch_op(QUEUE, t0, 0, process, outcome, LIBRARY_LEASE_MS, ds);
+        let asked = (LIBRARY_LEASE_MS, LIBRARY_FETCH_MAX);
+        let op = |outcome, ds| fetch_op(QUEUE, t0, 0, process, outcome, asked, ds);
         let slot = recorder.begin(op(Outcome::Indeterminate, Vec::new()));
         let fetched = client
             .fetch(
                 QUEUE,
                 &consumer,
-                2,
+                LIBRARY_FETCH_MAX,
                 Duration::from_millis(LIBRARY_LEASE_MS),
                 Duration::from_millis(300),
             )

@@ -40,9 +40,16 @@ use membership::ensure_members;
 pub use options::{Options, Outcomes, Profile, MAX_ATTEMPTS_HIGH, MAX_ATTEMPTS_LOW};
 pub use partitions::Partitions;
 pub use report::{report, summary, summary_page, ChaosReport};
-use workload::{
-    channel_to, drain, producer, record_digests, side_queues, worker, Recorder, CALL_MS_MAX,
-};
+use workload::{channel_to, drain, producer, record_digests, side_queues, worker, Recorder};
+
+/// The nodes' `clock.skew_ms_max` (the run does not change it): how far a
+/// stepped wall clock can take cluster time from the harness's clock.
+const CLOCK_SKEW_MS_MAX_DEFAULT: u64 = 5_000;
+
+/// How long the run waits for its workload tasks to stop after the faults:
+/// longer than a raw call's deadline, and than a library call with its
+/// retries (`library::LIBRARY_RETRY_MS_MAX` plus a try).
+const TASKS_STOP_MS_MAX: u64 = 12_000;
 pub use workload::{LIB_QUEUE, QUEUE};
 
 /// Runs one chaos run. The cluster is always torn down and partitions are
@@ -53,7 +60,20 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     if let Some(bug) = &options.planted {
         spec.env.push(("LOCKSTEP_PLANTED_BUG".into(), bug.clone()));
     }
+    let recorder = Recorder::default();
     if options.profile.may_step_clocks() {
+        // Cluster time follows a leader's wall clock within skew_ms_max,
+        // so deadlines in cluster time are that far from the harness's.
+        recorder.push(crate::history::Op {
+            invoke_ms: common::now_ms(),
+            complete_ms: common::now_ms(),
+            node: 0,
+            process: 0,
+            outcome: crate::history::Outcome::Ok,
+            call: crate::history::Call::ClockBound {
+                ms: CLOCK_SKEW_MS_MAX_DEFAULT,
+            },
+        });
         std::fs::create_dir_all(&options.dir).map_err(|e| e.to_string())?;
         for id in 1..=options.nodes {
             set_clock(&options.dir, id, "+0").map_err(|e| e.0)?;
@@ -94,7 +114,6 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
             .map_err(|s| format!("create queue: {s}"))?;
     }
 
-    let recorder = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let addrs: Vec<std::net::SocketAddr> = ids.iter().map(|id| cluster.addr(*id).client).collect();
@@ -145,7 +164,6 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     }
 
     tasks.push(tokio::spawn(side_queues(
-        StdRng::seed_from_u64(options.seed ^ 0x51DE),
         channels.clone(),
         recorder.clone(),
         stop.clone(),
@@ -154,8 +172,15 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     let mut partitions = Partitions::new();
     let faults = inject(options, &cluster, &channels, &mut partitions).await;
     stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_millis(CALL_MS_MAX * 3), t).await;
+    // Raw calls end within their deadline and are recorded when they end;
+    // a library call may retry for longer, and is recorded (indeterminate)
+    // before it starts, so a task still running after the wait is stopped:
+    // none may land after the drain has looked.
+    let wait_until = tokio::time::Instant::now() + Duration::from_millis(TASKS_STOP_MS_MAX);
+    for mut t in tasks {
+        if tokio::time::timeout_at(wait_until, &mut t).await.is_err() {
+            t.abort();
+        }
     }
     // Faults the schedule left in place at the very end: clocks and
     // failpoints back to normal before the drain.

@@ -324,7 +324,7 @@ async fn fetch_recorded(
 ) -> Option<Vec<pb::Delivery>> {
     let mut q = pb::queue_client::QueueClient::new(channel.clone());
     let t0 = now_ms();
-    let lease_ms = request.lease_ms;
+    let asked = (request.lease_ms, request.max);
     let queue = request.queue.clone();
     match q.fetch(request).await {
         Ok(resp) => {
@@ -335,7 +335,7 @@ async fn fetch_recorded(
                 node,
                 process,
                 Outcome::Ok,
-                lease_ms,
+                asked,
                 deliveries.clone(),
             ));
             Some(deliveries)
@@ -347,7 +347,7 @@ async fn fetch_recorded(
                 node,
                 process,
                 outcome_of(&s),
-                lease_ms,
+                asked,
                 Vec::new(),
             ));
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -362,7 +362,7 @@ pub(super) fn fetch_op(
     node: usize,
     process: u64,
     outcome: Outcome,
-    lease_ms: u64,
+    (lease_ms, max): (u64, u32),
     ds: Vec<pb::Delivery>,
 ) -> Op {
     Op {
@@ -376,6 +376,7 @@ pub(super) fn fetch_op(
             consumer: String::new(),
             lease_ms,
             invoke_unknown: false,
+            max,
             deliveries: ds
                 .into_iter()
                 .map(|d| Delivery {
@@ -465,7 +466,11 @@ pub(super) async fn drain(
         if ds.is_empty() {
             if let Some(s) = queue_stats(&channels[node], queue).await {
                 if s.ready + s.delayed + s.leased == 0 {
-                    record_after_drain(channels, recorder, queue).await;
+                    if !record_after_drain(channels, recorder, queue).await {
+                        return Err(format!(
+                            "no node answered the dead letters and stats of {queue} after the drain"
+                        ));
+                    }
                     recorder.push(Op {
                         invoke_ms: now_ms(),
                         complete_ms: now_ms(),
@@ -497,7 +502,7 @@ const DEAD_LETTER_PAGES_MAX: u32 = 1_000;
 /// After the drain: the full dead-letter list and the queue's stats, as
 /// some node answers them (reads are served by the leader), for the
 /// checker's accounting of every job (A) and of the stats (S).
-async fn record_after_drain(channels: &[Channel], recorder: &Recorder, queue: &str) {
+async fn record_after_drain(channels: &[Channel], recorder: &Recorder, queue: &str) -> bool {
     for (i, channel) in channels.iter().enumerate() {
         let mut admin = pb::admin_client::AdminClient::new(channel.clone());
         let t0 = now_ms();
@@ -564,8 +569,9 @@ async fn record_after_drain(channels: &[Channel], recorder: &Recorder, queue: &s
                 ack_floor: s.ack_floor,
             },
         });
-        return;
+        return true;
     }
+    false
 }
 
 /// Waits until every node reports the same applied index (bounded), then
@@ -601,48 +607,59 @@ pub(super) async fn record_digests(cluster: &Cluster, ids: &[u64], recorder: &Re
 }
 
 /// How often the side-queue task creates a queue.
-const SIDE_QUEUE_EVERY_MS: u64 = 2_000;
+const SIDE_QUEUE_EVERY_MS: u64 = 1_000;
 
-/// Creates a side queue every [`SIDE_QUEUE_EVERY_MS`] through a random
-/// node and, once its creation is acknowledged, enqueues one job into it
-/// through another random node at once. A NOT_FOUND to that enqueue is a
+/// Creates a side queue every [`SIDE_QUEUE_EVERY_MS`] through every node
+/// and, once its creation is acknowledged, enqueues one job into it through
+/// every node at once. A NOT_FOUND to that enqueue is a
 /// refusal from a state that lacks the acknowledged creation (the checker's
 /// N). Only the creation and such refusals are recorded: the side jobs are
 /// not part of the job accounting, and no one consumes them.
-pub(super) async fn side_queues(
-    mut rng: StdRng,
-    channels: Vec<Channel>,
-    recorder: Recorder,
-    stop: Arc<AtomicBool>,
-) {
+pub(super) async fn side_queues(channels: Vec<Channel>, recorder: Recorder, stop: Arc<AtomicBool>) {
     let process = 3_000;
     let mut k = 0u64;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(SIDE_QUEUE_EVERY_MS)).await;
         k += 1;
         let queue = format!("side-{k}");
-        let node = rng.random_range(0..channels.len());
-        let mut admin = pb::admin_client::AdminClient::new(channels[node].clone());
-        let t0 = now_ms();
-        let created = admin
-            .create_queue(pb::CreateQueueRequest {
-                name: queue.clone(),
-                config: Some(pb::QueueConfig::default()),
-                session: None,
-            })
-            .await;
-        let outcome = created.as_ref().map_or_else(outcome_of, |_| Outcome::Ok);
-        recorder.push(Op {
-            invoke_ms: t0,
-            complete_ms: now_ms(),
-            node: node as u64 + 1,
-            process,
-            outcome,
-            call: Call::CreateQueue {
-                queue: queue.clone(),
-            },
-        });
-        if outcome != Outcome::Ok {
+        // Created through every node at once: the creation is acknowledged
+        // as soon as one of them answers OK (the others answer OK too, or
+        // time out where no leader can be reached), so a cut-off node never
+        // holds the step up.
+        let (done, mut answers) = tokio::sync::mpsc::channel(channels.len());
+        for (node, channel) in channels.iter().enumerate() {
+            let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+            let (queue, recorder, done) = (queue.clone(), recorder.clone(), done.clone());
+            tokio::spawn(async move {
+                let t0 = now_ms();
+                let created = admin
+                    .create_queue(pb::CreateQueueRequest {
+                        name: queue.clone(),
+                        config: Some(pb::QueueConfig::default()),
+                        session: None,
+                    })
+                    .await;
+                let outcome = created.as_ref().map_or_else(outcome_of, |_| Outcome::Ok);
+                recorder.push(Op {
+                    invoke_ms: t0,
+                    complete_ms: now_ms(),
+                    node: node as u64 + 1,
+                    process,
+                    outcome,
+                    call: Call::CreateQueue { queue },
+                });
+                let _ = done.send(outcome).await;
+            });
+        }
+        drop(done);
+        let mut acknowledged = false;
+        while let Some(outcome) = answers.recv().await {
+            if outcome == Outcome::Ok {
+                acknowledged = true;
+                break;
+            }
+        }
+        if !acknowledged {
             continue;
         }
         // Through every node at once, so a node that still takes itself
