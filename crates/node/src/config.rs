@@ -78,6 +78,11 @@ pub struct LimitsConfig {
     /// Past it the caller learns the write may have applied (ABORTED), as a
     /// leader cut off from its quorum cannot say.
     pub write_ms_max: u64,
+    /// Free bytes the data directory keeps in reserve: below it the leader
+    /// refuses enqueues, fetches, new queues and new sessions with
+    /// RESOURCE_EXHAUSTED naming this key, and lets acks and the rest
+    /// through, until space returns. 0 turns the rule off.
+    pub disk_free_bytes_min: u64,
 }
 
 /// Time. Cluster time runs on the leader's monotonic clock (see the
@@ -204,6 +209,9 @@ impl Default for NodeConfig {
                 fetch_wait_ms_max: 20_000,
                 requests_in_flight_max: 4_096,
                 write_ms_max: 10_000,
+                // Room for RocksDB to flush a full memtable (64 MiB) and
+                // for the entries of acks in flight.
+                disk_free_bytes_min: 256 * 1024 * 1024,
             },
             // Well above what NTP keeps a healthy machine to (ms), well
             // below any lease: a wall clock off by more is a fault.

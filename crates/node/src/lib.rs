@@ -28,6 +28,7 @@ mod bootstrap;
 mod clock;
 pub mod config;
 mod convert;
+mod disk;
 pub mod embedded;
 mod error;
 mod guard;

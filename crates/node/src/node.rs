@@ -53,6 +53,8 @@ pub struct Node {
     /// Whether this node may vote yet, and what raising and lifting that
     /// touch (see `lockstep_raft::VoteGuard`).
     pub(crate) guard: Guard,
+    /// The data directory's free space against its reserve.
+    pub(crate) disk: Arc<crate::disk::DiskSpace>,
     /// Client requests served at once (`limits.requests_in_flight_max`).
     client_slots: Arc<Semaphore>,
     /// Requests forwarded by other nodes served at once (the same bound,
@@ -98,8 +100,11 @@ impl Node {
             clock.clone(),
             metrics.clone(),
         );
+        let disk =
+            crate::disk::DiskSpace::new(config.data_dir.clone(), config.limits.disk_free_bytes_min);
         Node {
             id: config.id,
+            disk,
             forwarding: Forwarding::new(config.id, raft.clone(), forwarder),
             config,
             raft,
@@ -164,6 +169,12 @@ impl Node {
     pub async fn execute_local(&self, request: Request) -> Result<Response, Status> {
         match request {
             Request::Write(command) => {
+                if let Some(refused) = self.disk.refusal(&command) {
+                    return Ok(Response::Write {
+                        reply: Err(refused),
+                        blobs: Vec::new(),
+                    });
+                }
                 // Malformed or hostile input never reaches the log. A
                 // refusal is final only from a state that holds everything
                 // committed: a deposed leader that has not heard of its

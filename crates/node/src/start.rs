@@ -66,6 +66,8 @@ pub struct Running {
     pub in_process: Option<tonic::transport::Channel>,
     stop_tx: watch::Sender<bool>,
     ticker: tokio::task::JoinHandle<()>,
+    /// Reads the data directory's free space.
+    disk: tokio::task::JoinHandle<()>,
     /// Lifts the vote guard once this node holds the committed log.
     guard: tokio::task::JoinHandle<()>,
     servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
@@ -95,6 +97,11 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     let (node, flusher) = open_node(&config, tls.as_ref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop_rx.clone()));
+    let disk = tokio::spawn(crate::disk::run(
+        node.disk.clone(),
+        node.metrics.clone(),
+        stop_rx.clone(),
+    ));
     let guard = tokio::spawn(crate::guard::run(
         node.guard.clone(),
         node.raft.clone(),
@@ -179,6 +186,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         in_process,
         stop_tx,
         ticker,
+        disk,
         guard,
         servers: servers.tasks,
     })
@@ -398,6 +406,10 @@ impl Running {
         let mut guard = self.guard;
         if tokio::time::timeout(bound, &mut guard).await.is_err() {
             guard.abort();
+        }
+        let mut disk = self.disk;
+        if tokio::time::timeout(bound, &mut disk).await.is_err() {
+            disk.abort();
         }
         for (name, mut task) in self.servers {
             match tokio::time::timeout(bound, &mut task).await {

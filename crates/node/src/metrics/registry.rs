@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -55,6 +56,7 @@ pub struct Metrics {
     clock_skew_exceeded: Counter,
     requests_shed: Counter,
     invariant_violations: Family<InvariantLabels, Counter>,
+    disk_free_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
         let forward_failures = Counter::default();
         let clock_skew_exceeded = Counter::default();
         let requests_shed = Counter::default();
+        let disk_free_bytes = Gauge::default();
         let invariant_violations = Family::<InvariantLabels, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
@@ -115,8 +118,14 @@ impl Metrics {
             "Times this node found a rule of its own state broken at run time, by invariant (payload_missing: a delivery's payload is not in the payload store); the call that found it answers INTERNAL and the node logs an error. Any non-zero value is a bug or damaged storage",
             invariant_violations.clone(),
         );
+        registry.register(
+            "lockstep_disk_free_bytes",
+            "Free bytes in the data directory's filesystem, read every 500 ms; below limits.disk_free_bytes_min this node, as leader, refuses enqueues, fetches, new queues and new sessions",
+            disk_free_bytes.clone(),
+        );
         Metrics {
             registry,
+            disk_free_bytes,
             rpc_seconds,
             commit_seconds,
             batch_commands,
@@ -149,6 +158,12 @@ impl Metrics {
     /// `clock.skew_ms_max`.
     pub fn observe_clock_skew_exceeded(&self) {
         self.clock_skew_exceeded.inc();
+    }
+
+    /// The data directory's free bytes, as last read.
+    pub fn observe_disk_free(&self, bytes: u64) {
+        self.disk_free_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// A request was shed at `limits.requests_in_flight_max`.

@@ -158,7 +158,7 @@ fn the_exposition_has_every_family_with_help_and_the_recorded_values() {
         );
         assert!(family.starts_with("lockstep_"), "{family} is prefixed");
     }
-    assert_eq!(families.len(), 27, "{families:?}");
+    assert_eq!(families.len(), 28, "{families:?}");
 }
 
 #[test]
