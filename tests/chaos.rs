@@ -257,6 +257,20 @@ mod planted {
     /// Runs `profile` for `seconds` with `bug` planted and asserts the run
     /// failed with at least one of `counts` above zero.
     fn caught_as(bug: &str, profile: &str, seed: u64, seconds: u64, counts: &[&str]) {
+        if let Err(report) = caught_once(bug, profile, seed, seconds, counts) {
+            panic!("{report}");
+        }
+    }
+
+    /// One run of `profile` with `bug` planted: `Ok` if it failed with at
+    /// least one of `counts` above zero, else what it reported.
+    fn caught_once(
+        bug: &str,
+        profile: &str,
+        seed: u64,
+        seconds: u64,
+        counts: &[&str],
+    ) -> Result<(), String> {
         let (status, report) = chaos(&[
             "--profile",
             profile,
@@ -268,16 +282,35 @@ mod planted {
             bug,
         ]);
         let json: serde_json::Value = serde_json::from_str(&report).unwrap();
-        assert!(!status.success(), "{bug} went unnoticed: {report}");
-        assert_eq!(json["passed"], false, "{report}");
         let seen: Vec<(&str, u64)> = counts
             .iter()
             .map(|c| (*c, json["checker"]["counts"][c].as_u64().unwrap()))
             .collect();
-        eprintln!("{bug}: {seen:?}");
-        assert!(
-            seen.iter().any(|(_, n)| *n > 0),
-            "{bug} should show as one of {counts:?}: {report}"
+        eprintln!("{bug}, {profile} seed {seed}: {seen:?}");
+        if !status.success() && json["passed"] == false && seen.iter().any(|(_, n)| *n > 0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{bug} went unnoticed ({profile} seed {seed}; it should show as one of \
+                 {counts:?}): {report}"
+            ))
+        }
+    }
+
+    /// The bug is caught within `seeds` (tried in order until one catches
+    /// it): a fault schedule is seeded, but its interleaving with the
+    /// workload is not, so one seed may miss a bug the next one catches.
+    fn caught_within(bug: &str, profile: &str, seeds: &[u64], seconds: u64, counts: &[&str]) {
+        let mut missed = Vec::new();
+        for seed in seeds {
+            match caught_once(bug, profile, *seed, seconds, counts) {
+                Ok(()) => return,
+                Err(report) => missed.push(report),
+            }
+        }
+        panic!(
+            "{bug} not caught within seeds {seeds:?}:\n{}",
+            missed.join("\n")
         );
     }
 
@@ -311,7 +344,7 @@ mod planted {
     /// early, and a held group is granted again on the harness's clock.
     #[test]
     fn wall_clock_cluster_time_shows_as_t_under_clock_steps() {
-        caught_as("wall-clock-time", "clock", 1, 40, &["overlap"]);
+        caught_within("wall-clock-time", "clock", &[1, 2, 3], 40, &["overlap"]);
     }
 
     /// A bootstrap re-run through a wiped member initializes it and lifts
@@ -319,17 +352,23 @@ mod planted {
     /// acknowledged jobs, whose log then overwrites theirs.
     #[test]
     fn a_guard_lifted_by_bootstrap_loses_or_repeats_jobs() {
-        caught_as("guard-lifted-by-bootstrap", "operator", 1, 40, AMNESIA);
+        caught_within(
+            "guard-lifted-by-bootstrap",
+            "operator",
+            &[1, 2, 3],
+            40,
+            AMNESIA,
+        );
     }
 
     /// Without the reply cache, a library call retried after its answer was
     /// lost is applied again: a fetch leases jobs no one sees (A).
     #[test]
     fn retries_without_the_reply_cache_show_as_a_under_lost_replies() {
-        caught_as(
+        caught_within(
             "retries-without-reply-cache",
             "lost-reply",
-            1,
+            &[1, 2, 3],
             40,
             &["unexplained_attempts"],
         );
@@ -340,10 +379,10 @@ mod planted {
     /// answers NOT_FOUND for a queue the new leader created (N).
     #[test]
     fn a_precheck_on_a_stale_state_shows_as_n_when_the_leader_is_cut_off() {
-        caught_as(
+        caught_within(
             "precheck-on-stale-state",
             "partition-leader",
-            2,
+            &[1, 2, 3],
             40,
             &["stale_refusal"],
         );
@@ -353,6 +392,6 @@ mod planted {
     /// lagging member in.
     #[test]
     fn a_guard_not_persisted_loses_or_repeats_jobs() {
-        caught_as("guard-not-persisted", "operator", 1, 40, AMNESIA);
+        caught_within("guard-not-persisted", "operator", &[1, 2, 3], 40, AMNESIA);
     }
 }
