@@ -320,17 +320,19 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                 lease_ms,
                 invoke_unknown,
                 max,
+                retried,
                 ..
             } => {
                 if !maybe {
                     continue;
                 }
                 let sent_ms = (!invoke_unknown).then_some(op.invoke_ms);
-                // A fetch of unknown outcome, or one inside the library,
-                // may have delivered jobs it does not list, at any time
-                // after it was sent (a forward delayed in a partition is
-                // applied when the partition heals).
-                if op.outcome == Outcome::Indeterminate || *invoke_unknown {
+                // A fetch of unknown outcome, one inside the library, or
+                // one answered to a retry (a replay lists only the leases
+                // still held) may have delivered jobs it does not list, at
+                // any time after it was sent (a forward delayed in a
+                // partition is applied when the partition heals).
+                if op.outcome == Outcome::Indeterminate || *invoke_unknown || *retried {
                     let sent = if *invoke_unknown { 0 } else { op.invoke_ms };
                     let capacity = if *max == 0 { u64::MAX } else { u64::from(*max) };
                     f.unseen
@@ -660,6 +662,14 @@ fn check_fencing(f: &Facts, report: &mut Report) {
             let mut end = deadline.saturating_sub(CLOCK_TOLERANCE_MS + f.clock_bound_ms);
             if let Some(t) = f.lease_ends.get(&lease) {
                 end = end.min(*t);
+            }
+            // An extend may also shorten the lease (as in T): one of unknown
+            // outcome, or one that answered an earlier deadline, may have
+            // ended it as soon as it was sent.
+            for (sent, extended) in f.extends.get(&lease).into_iter().flatten() {
+                if extended.is_none_or(|d| d < s.deadline_ms) {
+                    end = end.min(*sent);
+                }
             }
             if s.complete_ms < end && !s.group.is_empty() {
                 leases

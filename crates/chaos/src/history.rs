@@ -104,6 +104,13 @@ pub enum Call {
         /// The most jobs the fetch asked for; 0 = unknown (no limit).
         #[serde(default)]
         max: u32,
+        /// The answer came to a retry, after a try of unknown outcome. A
+        /// retry of an applied fetch is answered from the reply cache,
+        /// which lists only the leases still held under their fence
+        /// (`State::replay`): the first try may have delivered jobs this
+        /// does not list.
+        #[serde(default)]
+        retried: bool,
     },
     /// Acks and nacks the client library's `Worker` makes are recorded
     /// `Indeterminate`: the harness cannot see whether they landed.

@@ -6,6 +6,7 @@ mod bench_plot;
 mod chaos_plot;
 mod commands;
 mod devcerts;
+mod sim;
 mod table;
 
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ enum Cmd {
     /// Start a fresh local cluster, run a workload under faults, heal,
     /// drain, and check the history. Exits non-zero on any anomaly.
     Chaos(ChaosArgs),
+    /// Run the deterministic simulator over a range of seeds: three
+    /// simulated nodes around the real state machine, seeded faults, and
+    /// the chaos checker. Exits non-zero on the first failing seed.
+    Sim(crate::sim::SimArgs),
     /// Load a running cluster and measure throughput and latency
     /// (enqueue, redup check, consume, or mixed).
     Bench(Box<crate::bench::BenchArgs>),
@@ -172,6 +177,7 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         Cmd::Chaos(args) => run_chaos(args),
+        Cmd::Sim(args) => crate::sim::run(args),
         Cmd::Bench(mut args) => {
             args.connect = match connect.config() {
                 Ok(c) => Some(c),

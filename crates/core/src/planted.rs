@@ -56,10 +56,16 @@ pub enum Bug {
     /// stale state (NOT_FOUND for a queue whose creation was acknowledged).
     /// Implemented in `lockstep-node` (`Node::execute_local`).
     PrecheckOnStaleState = 9,
+    /// A guarded node (one that lost its data) acknowledges AppendEntries
+    /// from any leader, before it learned the newest term from a majority
+    /// of the other members: a deposed leader that never heard of the
+    /// newer term commits over entries that term committed (L). Found by
+    /// the simulator. Implemented in `lockstep-raft`'s peer service.
+    GuardAcksStaleLeader = 10,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::SkipFence,
         Bug::IgnoreDedup,
         Bug::AckBeforeFsync,
@@ -69,6 +75,7 @@ impl Bug {
         Bug::WallClockTime,
         Bug::RetriesWithoutReplyCache,
         Bug::PrecheckOnStaleState,
+        Bug::GuardAcksStaleLeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +89,7 @@ impl Bug {
             Bug::WallClockTime => "wall-clock-time",
             Bug::RetriesWithoutReplyCache => "retries-without-reply-cache",
             Bug::PrecheckOnStaleState => "precheck-on-stale-state",
+            Bug::GuardAcksStaleLeader => "guard-acks-stale-leader",
         }
     }
 
@@ -95,6 +103,12 @@ static ACTIVE: AtomicU8 = AtomicU8::new(0);
 /// Turns `bug` on for this process.
 pub fn plant(bug: Bug) {
     ACTIVE.store(bug as u8, Ordering::SeqCst);
+}
+
+/// Turns every planted bug off again (the simulator's tests plant one
+/// after another in one process).
+pub fn clear() {
+    ACTIVE.store(0, Ordering::SeqCst);
 }
 
 /// Whether `bug` is on.

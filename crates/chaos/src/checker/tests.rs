@@ -106,6 +106,7 @@ fn fetch_with(
             lease_ms,
             invoke_unknown,
             max: 0,
+            retried: false,
         },
     )
 }
@@ -333,6 +334,30 @@ fn two_live_leases_on_one_group_break_fencing() {
     let h = vec![
         enq(0, 10, Outcome::Ok, &[("a", "g", 0)]),
         fetch(20, 30, &[(0, "a", "g", 5, 1_000)]),
+        fetch(1_200, 1_210, &[(0, "a", "g", 6, 31_200)]),
+        ack(1_300, 1_310, Outcome::Ok, 0, 6, true),
+        drained(1_400),
+    ];
+    let r = check(&h);
+    assert!(r.passed(), "{r:?}");
+    // An extend that answered an earlier deadline shortened the first
+    // lease (it sets the deadline to its own time plus the length it
+    // asks): the second grant came after it ended.
+    let extend = op(
+        100,
+        110,
+        Outcome::Ok,
+        Call::Extend {
+            queue: Q.into(),
+            offset: 0,
+            fence: 5,
+            lease_deadline_ms: 1_100,
+        },
+    );
+    let h = vec![
+        enq(0, 10, Outcome::Ok, &[("a", "g", 0)]),
+        fetch(20, 30, &[(0, "a", "g", 5, 30_000)]),
+        extend,
         fetch(1_200, 1_210, &[(0, "a", "g", 6, 31_200)]),
         ack(1_300, 1_310, Outcome::Ok, 0, 6, true),
         drained(1_400),

@@ -377,6 +377,8 @@ pub(super) fn fetch_op(
             lease_ms,
             invoke_unknown: false,
             max,
+            // One try, no session: never a replay.
+            retried: false,
             deliveries: ds
                 .into_iter()
                 .map(|d| Delivery {

@@ -1,0 +1,130 @@
+//! `lockstep sim`: the deterministic simulator over a range of seeds.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lockstep_chaos::checker::Counts;
+
+use crate::commands::outln;
+
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How many seeds, from `--seed` on.
+    #[arg(long, default_value_t = 100)]
+    pub seeds: u64,
+    /// Simulated milliseconds of workload and faults per seed.
+    #[arg(long, default_value_t = lockstep_sim::DURATION_MS_DEFAULT)]
+    pub duration_ms: u64,
+    /// Run with this planted bug (see `lockstep chaos --plant`); needs a
+    /// debug build with the `planted-bugs` feature. The command then
+    /// succeeds when some seed catches it, and prints the first that did.
+    #[arg(long)]
+    pub plant: Option<String>,
+    /// Write the history of the last seed run (the failing one, if any)
+    /// to FILE, in the chaos harness's JSON-lines format
+    /// (`lockstep chaos --recheck FILE` reads it).
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// Print the faults and leaders of a failing seed.
+    #[arg(long)]
+    pub trace: bool,
+}
+
+/// The counts of a report as `L=0 U=0 ...`.
+fn counts_line(counts: &Counts) -> String {
+    Counts::LETTERS
+        .iter()
+        .zip(counts.in_order())
+        .map(|(l, c)| format!("{l}={c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn run(args: SimArgs) -> Result<(), String> {
+    if let Some(bug) = &args.plant {
+        lockstep_sim::plant(bug)?;
+    }
+    let started = Instant::now();
+    let (mut ops, mut enqueued, mut faults) = (0usize, 0usize, 0u64);
+    let mut last = None;
+    let mut caught = None;
+    for seed in args.seed..args.seed.saturating_add(args.seeds) {
+        let mut options = lockstep_sim::Options::new(seed);
+        options.duration_ms = args.duration_ms;
+        let outcome = lockstep_sim::run(&options);
+        ops += outcome.report.ops;
+        enqueued += outcome.report.enqueued_ok;
+        faults += outcome.faults;
+        let passed = outcome.passed();
+        if !passed {
+            outln(&format!(
+                "FAIL seed={seed} ops={} acked_enqueues={} faults={} {}{}",
+                outcome.report.ops,
+                outcome.report.enqueued_ok,
+                outcome.faults,
+                counts_line(&outcome.report.counts),
+                outcome
+                    .stalled
+                    .as_deref()
+                    .map(|s| format!(" stalled: {s}"))
+                    .unwrap_or_default(),
+            ));
+            for (class, examples) in &outcome.report.examples {
+                for e in examples.iter().take(3) {
+                    outln(&format!("  {class}: {e}"));
+                }
+            }
+            if args.trace {
+                for line in &outcome.trace {
+                    outln(&format!("  | {line}"));
+                }
+            }
+            if !outcome.report.undrained.is_empty() {
+                outln(&format!(
+                    "  undrained: {}",
+                    outcome.report.undrained.join(", ")
+                ));
+            }
+            caught = Some(seed);
+        }
+        last = Some(outcome);
+        if caught.is_some() {
+            break;
+        }
+    }
+    let run_seeds = last
+        .as_ref()
+        .map_or(0, |_| caught.map_or(args.seeds, |c| c - args.seed + 1));
+    let secs = started.elapsed().as_secs_f64();
+    outln(&format!(
+        "seeds={run_seeds} ops={ops} acked_enqueues={enqueued} faults={faults} seconds={secs:.1} seeds_per_second={:.1}",
+        run_seeds as f64 / secs.max(1e-9)
+    ));
+    if let (Some(path), Some(outcome)) = (&args.history, &last) {
+        let text: String = outcome
+            .history
+            .iter()
+            .map(|op| lockstep_chaos::history::to_line(op) + "\n")
+            .collect();
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    match (&args.plant, caught) {
+        (None, None) => Ok(()),
+        (None, Some(seed)) => Err(format!(
+            "seed {seed} failed; replay it with --seed {seed} --seeds 1"
+        )),
+        (Some(bug), Some(seed)) => {
+            outln(&format!(
+                "CAUGHT {bug} at seed {seed} (the {run_seeds}th seed run)"
+            ));
+            Ok(())
+        }
+        (Some(bug), None) => Err(format!(
+            "{bug} went unnoticed in {} seeds from {}",
+            args.seeds, args.seed
+        )),
+    }
+}
