@@ -154,6 +154,19 @@ fn chaos_compound() {
     run("compound", 27);
 }
 
+/// Each node's data directory on its own 256 MiB tmpfs (mounting needs
+/// root, as the gate runs); one disk at a time filled below the node's
+/// reserve and freed. The run fails if a leader below it took enqueues,
+/// or still refused them after space returned.
+#[test]
+fn chaos_disk_full() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the disk-full profile mounts a tmpfs per node and needs root (the gate runs as root)"
+    );
+    run("disk-full", 28);
+}
+
 /// The iptables rules whose comment is `tag`.
 fn rules_tagged(tag: &str) -> usize {
     let listed = Command::new("iptables")
@@ -242,6 +255,78 @@ fn a_new_run_removes_the_rules_of_a_killed_one() {
     rule("-D", &dead);
     assert_eq!(dead_left, 0, "the orphaned rule stayed");
     assert_eq!(live_left, 1, "a live run's rule was removed");
+}
+
+/// The tmpfs mounts whose source is `tag` (`/proc/self/mounts`).
+fn mounts_tagged(tag: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|line| line.split_whitespace().next() == Some(tag))
+        .count()
+}
+
+/// Ctrl-C in a run whose nodes sit on their own tmpfs: the run stops,
+/// kills its nodes and unmounts every disk it mounted.
+#[test]
+fn an_interrupted_disk_full_run_leaves_no_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(lockstep_harness::lockstep_binary())
+        .args(["chaos", "--profile", "disk-full", "--seed", "42"])
+        .args(["--duration-s", "60", "--net", "7", "--dir"])
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let tag = format!("lockstep-chaos-{}", child.id());
+    // The disks are mounted before the nodes start; wait for the nodes too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mounts_tagged(&tag) < 3 || processes_under(dir.path()) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no three mounts and running nodes within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run ignored SIGINT for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mounts_tagged(&tag), 0, "tmpfs mounts left behind");
+    assert_eq!(processes_under(dir.path()), 0, "nodes left behind");
+}
+
+/// A run killed with SIGKILL cannot unmount its disks; the next mount
+/// does, and leaves alone the mounts of runs still alive.
+#[test]
+fn a_new_mount_removes_the_disks_of_a_killed_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = format!("lockstep-chaos-{}", gone.id());
+    gone.wait().unwrap();
+    let orphan = dir.path().join("orphan");
+    std::fs::create_dir(&orphan).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", &dead])
+        .arg(&orphan)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let live = lockstep_harness::Tmpfs::mount(&dir.path().join("live"), 1024 * 1024).unwrap();
+    let (dead_left, live_left) = (
+        mounts_tagged(&dead),
+        mounts_tagged(&format!("lockstep-chaos-{}", std::process::id())),
+    );
+    let _ = Command::new("umount").arg(&orphan).status();
+    drop(live);
+    assert_eq!(dead_left, 0, "the orphaned mount stayed");
+    assert_eq!(live_left, 1, "a live run's mount was removed");
 }
 
 /// The checker is not vacuous: each planted bug makes the run fail with

@@ -17,6 +17,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 
+mod tmpfs;
+pub use tmpfs::{fill, free_bytes, remove_orphaned_mounts, unfill, Tmpfs, TmpfsError};
+
 /// The environment variable that names the `lockstep` binary under test,
 /// for a run outside Cargo's target directory.
 pub const BINARY_ENV: &str = "LOCKSTEP_BIN";
@@ -88,6 +91,11 @@ pub struct Spec {
     /// clusters on one machine with different nets share no address, so
     /// a partition by address in one cuts nothing in the other.
     pub net: u8,
+    /// Node `{id}`'s data directory, `{id}` replaced by the id; `None` is
+    /// `<dir>/n<id>`. The chaos harness's `disk-full` profile puts each
+    /// one inside its own small [`Tmpfs`] (a subdirectory, so a wipe can
+    /// delete it while the mount point stays).
+    pub data_dir: Option<String>,
 }
 
 impl Spec {
@@ -99,6 +107,7 @@ impl Spec {
             env: Vec::new(),
             log: "info,openraft=warn".into(),
             net: 0,
+            data_dir: None,
         }
     }
 
@@ -261,7 +270,10 @@ impl Cluster {
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
-        self.spec.dir.join(format!("n{id}"))
+        match &self.spec.data_dir {
+            Some(pattern) => PathBuf::from(pattern.replace("{id}", &id.to_string())),
+            None => self.spec.dir.join(format!("n{id}")),
+        }
     }
 
     pub fn log_file(&self, id: u64) -> PathBuf {

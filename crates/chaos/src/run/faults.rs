@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
 use super::common::now_ms;
+use super::disks::{self, Probe};
 use super::membership::{rejoin, MEMBERSHIP_CALL_MS_MAX};
 use super::options::{Options, Profile};
 use super::partitions::Partitions;
@@ -39,6 +40,8 @@ const SLOW_DISK_MS: [u64; 3] = [20, 100, 500];
 const STORY_LAG_MS: u64 = 2_000;
 /// The slow disk of a wiped member catching up in operator story 1.
 const STORY_SLOW_APPEND: &str = "log-append=sleep(300)\n";
+/// Bound on asking a node whether it still leads.
+const LEADS_CALL_MS_MAX: u64 = 2_000;
 /// Bound on the bootstrap an operator re-runs.
 const STORY_BOOTSTRAP_MS_MAX: u64 = 10_000;
 
@@ -50,18 +53,23 @@ struct Env<'a> {
     /// Where the nodes' clock and failpoints files live.
     dir: PathBuf,
     ids: Vec<u64>,
+    /// What a fault found broken that the checker cannot see in the
+    /// history (a leader below its disk reserve taking enqueues, or
+    /// refusing them after space returned); the run fails on it.
+    troubles: Vec<String>,
 }
 
 /// Applies the profile's faults on a seeded schedule: the first step after
 /// about a quarter of the run (at most 10 s), then every ~5 s, each holding
 /// 2-15 s (cut short by the end of the run). Every step is undone before
-/// the next one starts.
+/// the next one starts. Returns the faults applied, with their start time
+/// (wall ms), and what they found broken (see `Env::troubles`).
 pub(super) async fn inject(
     options: &Options,
     cluster: &Arc<tokio::sync::Mutex<Cluster>>,
     channels: &[Channel],
     partitions: &mut Partitions,
-) -> Vec<(u64, String)> {
+) -> (Vec<(u64, String)>, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(options.seed);
     let start = Instant::now();
     let end = start + options.duration;
@@ -73,6 +81,7 @@ pub(super) async fn inject(
         partitions,
         dir,
         ids: (1..=options.nodes).collect(),
+        troubles: Vec::new(),
     };
     let mut faults = Vec::new();
     tokio::time::sleep(first).await;
@@ -116,7 +125,7 @@ pub(super) async fn inject(
     }
     let rest = end.saturating_duration_since(Instant::now());
     tokio::time::sleep(rest).await;
-    faults
+    (faults, env.troubles)
 }
 
 /// Two or three different single faults for one compound step, at most one
@@ -155,6 +164,13 @@ enum Applied {
     Clocks(Vec<(u64, String)>),
     /// Failpoints set on these nodes; cleared when undone.
     Failpoints(Vec<u64>, String),
+    /// A node's disk filled below its reserve, with the bytes left free
+    /// and what a probe saw; freed when undone.
+    Filled {
+        id: u64,
+        free: u64,
+        seen: String,
+    },
     /// An operator's incident: `label` says what was done; undone by
     /// restarting `killed` and rejoining `removed`.
     Story {
@@ -184,6 +200,12 @@ impl Applied {
             }
             Applied::Failpoints(ids, text) => {
                 format!("failpoints {} on nodes {ids:?}", text.replace('\n', "; "))
+            }
+            Applied::Filled { id, free, seen } => {
+                format!(
+                    "fill node {id}'s disk to {} MiB free ({seen})",
+                    free / (1024 * 1024)
+                )
             }
             Applied::Story { label, .. } => format!("operator: {label}"),
             Applied::Skipped(why) => format!("skipped: {why}"),
@@ -309,8 +331,58 @@ async fn apply_fault(kind: Profile, env: &mut Env<'_>, rng: &mut StdRng) -> Appl
             drop(c);
             operator(story, env, leader, rng).await
         }
+        Profile::DiskFull => {
+            let left = disks::draw_left(rng);
+            drop(c);
+            match disks::fill(&env.dir, target, left).await {
+                Ok(free) => {
+                    let seen = refusal(env, target, leader == Some(target), free).await;
+                    Applied::Filled {
+                        id: target,
+                        free,
+                        seen,
+                    }
+                }
+                Err(e) => {
+                    // A partial filler is still space taken: give it back.
+                    let _ = disks::unfill(&env.dir, target);
+                    Applied::Skipped(e)
+                }
+            }
+        }
         Profile::None | Profile::Compound | Profile::Mixed => Applied::Skipped("no fault".into()),
     }
+}
+
+/// After node `target`'s disk was filled below its reserve: if it led,
+/// whether it refuses enqueues by name within the time a node takes to
+/// notice (a leader still leading that takes them is a trouble). Only a
+/// leader reads its disk; a follower below the reserve still appends what
+/// the leader sends, and forwards enqueues to it.
+async fn refusal(env: &mut Env<'_>, target: u64, led: bool, free: u64) -> String {
+    if !led {
+        return "a follower".into();
+    }
+    let channel = &env.channels[(target - 1) as usize];
+    let (ms, answer) = disks::probe_until(channel, &Probe::Refused).await;
+    match answer {
+        Probe::Refused => format!("the leader: enqueues refused by name after {ms} ms"),
+        Probe::Taken if still_leads(env, target).await => {
+            env.troubles.push(format!(
+                "node {target} led with {free} bytes free, below limits.disk_free_bytes_min, \
+                 and still took enqueues {ms} ms later"
+            ));
+            format!("the leader: enqueues NOT refused after {ms} ms")
+        }
+        other => format!("the leader: no refusal seen in {ms} ms, leadership moved or {other:?}"),
+    }
+}
+
+/// Whether node `id` says it leads.
+async fn still_leads(env: &Env<'_>, id: u64) -> bool {
+    let c = env.cluster.lock().await;
+    let status = tokio::time::timeout(Duration::from_millis(LEADS_CALL_MS_MAX), c.status(id)).await;
+    matches!(status, Ok(Ok(s)) if s.leader_id == Some(id))
 }
 
 fn failpoints(dir: &Path, targets: Vec<u64>, text: String) -> Applied {
@@ -496,6 +568,24 @@ async fn undo_fault(applied: &Applied, env: &mut Env<'_>) -> Result<(), String> 
         Applied::Failpoints(ids, _) => {
             for id in ids {
                 set_failpoints(&env.dir, *id, "").map_err(|e| e.0)?;
+            }
+            Ok(())
+        }
+        Applied::Filled { id, .. } => {
+            disks::unfill(&env.dir, *id)?;
+            drop(c);
+            // Writes resume by themselves: through the node, whichever
+            // leads, an enqueue passes the disk check again in time. (No
+            // answer at all, under a fault still in place, is no verdict.)
+            let channel = &env.channels[(*id - 1) as usize];
+            let (ms, answer) = disks::probe_until(channel, &Probe::Taken).await;
+            if answer == Probe::Refused {
+                let trouble = format!(
+                    "node {id} still refused enqueues for disk space {ms} ms after its disk had \
+                     space again"
+                );
+                env.troubles.push(trouble.clone());
+                return Err(trouble);
             }
             Ok(())
         }

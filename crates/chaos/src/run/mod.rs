@@ -25,6 +25,7 @@ use rand::SeedableRng;
 use tonic::transport::Channel;
 
 mod common;
+mod disks;
 mod faults;
 mod library;
 mod membership;
@@ -83,6 +84,23 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     if options.profile.uses_failpoints() {
         spec = spec.with_failpoints();
     }
+    // Declared before the cluster, so dropped after its nodes are killed,
+    // on every path out of here.
+    let _disks = if options.profile.fills_disks() {
+        let ids: Vec<u64> = (1..=options.nodes).collect();
+        let mounted = disks::mount(&options.dir, &ids).map_err(|e| {
+            format!(
+                "profile {} may fill a node's disk, so each node's data directory goes on \
+                 its own tmpfs: {e}",
+                options.profile.name()
+            )
+        })?;
+        spec.data_dir = Some(disks::data_dir_pattern(&options.dir));
+        spec = spec.set("limits.disk_free_bytes_min", disks::DISK_RESERVE_BYTES);
+        Some(mounted)
+    } else {
+        None
+    };
     let cluster = Cluster::start(spec, options.nodes, options.nodes).map_err(|e| e.0)?;
     let ids: Vec<u64> = (1..=options.nodes).collect();
     cluster.bootstrap(options.nodes).await.map_err(|e| e.0)?;
@@ -170,7 +188,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     )));
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let mut partitions = Partitions::new();
-    let faults = inject(options, &cluster, &channels, &mut partitions).await;
+    let (faults, troubles) = inject(options, &cluster, &channels, &mut partitions).await;
     stop.store(true, Ordering::Relaxed);
     // Raw calls end within their deadline and are recorded when they end;
     // a library call may retry for longer, and is recorded (indeterminate)
@@ -193,6 +211,9 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
             }
             if options.profile.uses_failpoints() {
                 let _ = lockstep_harness::set_failpoints(&dir, *id, "");
+            }
+            if options.profile.fills_disks() {
+                let _ = disks::unfill(&dir, *id);
             }
         }
     }
@@ -235,6 +256,15 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     }
     record_digests(&c, &ids, &recorder).await;
     drop(c);
+    // A fault's own check that failed (a leader below its disk reserve
+    // taking enqueues, or refusing them after space returned) fails the
+    // run as a liveness failure does; the drain still ran, so the checker
+    // judges the whole history.
+    if !troubles.is_empty() {
+        let mut all = troubles;
+        all.extend(liveness);
+        liveness = Some(all.join("; "));
+    }
 
     let history = recorder.history();
     Ok(Outcomes {

@@ -31,13 +31,17 @@ pub enum Profile {
     /// wiped member, a wiped member restarted mid-catch-up, a wiped member
     /// removed and joined back.
     Operator,
+    /// A node's data directory (each node's is on its own small tmpfs)
+    /// filled below the node's disk reserve, or to the last byte, then
+    /// freed.
+    DiskFull,
     /// Two or three of the single faults above, overlapping.
     Compound,
     Mixed,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 16] = [
+    pub const ALL: [Profile; 17] = [
         Profile::None,
         Profile::Kill,
         Profile::KillAll,
@@ -52,12 +56,13 @@ impl Profile {
         Profile::LostReply,
         Profile::SlowDisk,
         Profile::Operator,
+        Profile::DiskFull,
         Profile::Compound,
         Profile::Mixed,
     ];
 
     /// The single faults `mixed` and `compound` draw from.
-    pub(super) const SINGLE: [Profile; 13] = [
+    pub(super) const SINGLE: [Profile; 14] = [
         Profile::Kill,
         Profile::KillAll,
         Profile::Pause,
@@ -71,6 +76,7 @@ impl Profile {
         Profile::LostReply,
         Profile::SlowDisk,
         Profile::Operator,
+        Profile::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +95,7 @@ impl Profile {
             Profile::LostReply => "lost-reply",
             Profile::SlowDisk => "slow-disk",
             Profile::Operator => "operator",
+            Profile::DiskFull => "disk-full",
             Profile::Compound => "compound",
             Profile::Mixed => "mixed",
         }
@@ -98,6 +105,12 @@ impl Profile {
     /// run under libfaketime from the start.
     pub(super) fn may_step_clocks(self) -> bool {
         matches!(self, Profile::Clock | Profile::Compound | Profile::Mixed)
+    }
+
+    /// Whether a run of this profile may fill a node's disk, so each node's
+    /// data directory must sit on its own small tmpfs from the start.
+    pub(super) fn fills_disks(self) -> bool {
+        matches!(self, Profile::DiskFull | Profile::Compound | Profile::Mixed)
     }
 
     /// Whether a run of this profile may set failpoints (a test build's
@@ -172,4 +185,25 @@ pub struct Outcomes {
     pub faults: Vec<(u64, String)>,
     /// A liveness failure (no leader after healing, drain not finished).
     pub liveness: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_mounts_small_disks_exactly_when_its_profile_may_fill_one() {
+        assert_eq!(Profile::parse("disk-full"), Ok(Profile::DiskFull));
+        assert!(Profile::SINGLE.contains(&Profile::DiskFull));
+        for p in Profile::ALL {
+            // `compound` and `mixed` draw from SINGLE.
+            let may_fill = p == Profile::DiskFull
+                || (matches!(p, Profile::Compound | Profile::Mixed)
+                    && Profile::SINGLE.contains(&Profile::DiskFull));
+            assert_eq!(p.fills_disks(), may_fill, "{}", p.name());
+        }
+        for p in Profile::SINGLE {
+            assert!(Profile::ALL.contains(&p), "{}", p.name());
+        }
+    }
 }
