@@ -378,16 +378,17 @@ async fn a_wiped_node_restarted_mid_catch_up_starts_still_guarded() {
 }
 
 /// Issue 15, vote guard (b): a guarded node never campaigns, so it never
-/// wins, even when it is the only other live node and its partial log is
-/// longer than that node's. A follower is paused; the leader and the
-/// other follower acknowledge jobs; that follower loses its data and,
-/// catching up one entry per AppendEntries, is stopped halfway by the
-/// leader's death. The paused node resumes. It would vote for the wiped
-/// node (whose log is longer than its own), which lacks acknowledged jobs:
-/// no leader may appear. Before the guard work (b2f0967) a guarded node
-/// refused votes but openraft's `elect` stayed on: it campaigned, voted
-/// for itself, won with the resumed node's vote, and took the missing ids
-/// as new.
+/// wins, and while a majority of the other members cannot tell it the
+/// newest term it acknowledges nothing, so it gives no leader a majority
+/// either. A follower is paused; the leader and the other follower
+/// acknowledge jobs; that follower loses its data and restarts. It may
+/// take part of the log, but it answers no AppendEntries as taken (the
+/// paused node cannot report its term), so the leader's replication to it
+/// does not advance. The leader dies and the paused node resumes: no
+/// leader may appear, and no acknowledged id is taken as new. Before the
+/// guard work (b2f0967) a guarded node refused votes but openraft's
+/// `elect` stayed on: it campaigned, voted for itself, won with the
+/// resumed node's vote, and took the missing ids as new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guarded_node_with_a_partial_log_never_campaigns_or_wins() {
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -419,17 +420,16 @@ async fn a_guarded_node_with_a_partial_log_never_campaigns_or_wins() {
         run.cluster.wipe(wiped).unwrap();
         run.cluster.spawn(wiped).unwrap();
         let c = &run.cluster;
-        // Stop the leader once the wiped node holds everything the paused
-        // node has and a part of the acknowledged jobs.
-        let halfway = before + (acked - before) / 4;
-        wait_applied_on(c, wiped, halfway, CATCH_UP_MAX).await;
+        // It cannot catch up: the leader's term is reported, the paused
+        // node's cannot be, and one of two is no majority of the others.
+        assert_no_leader_and_guarded(c, &[wiped], wiped, GUARD_WATCH / 2).await;
         run.cluster.pause(leader).unwrap();
         let c = &run.cluster;
         let s = c.status(wiped).await.unwrap();
         assert!(
             s.applied_index < acked,
-            "the wiped node caught up completely ({} of {acked}) before the leader could be \
-             stopped; the test needs a partial log",
+            "the wiped node caught up ({} of {acked}) without a majority of the other \
+             members reporting the newest term",
             s.applied_index
         );
         assert!(s.vote_guarded, "guarded while catching up: {s:?}");
@@ -529,6 +529,64 @@ async fn an_append_from_a_stale_partitioned_leader_does_not_lift_the_guard() {
         for r in enqueue(&mut q, Q, jobs).await {
             assert_eq!(r.outcome, pb::EnqueueOutcome::Duplicate as i32, "{r:?}");
         }
+    })
+    .await
+    .expect("test finished within its timeout");
+}
+
+/// Found by the simulator (`crates/sim`, story "stale leader"): a node that
+/// lost its data forgot the newest term, so a deposed leader that never
+/// heard of that term could count the wiped node's acknowledgement toward
+/// a commit. Here the leader is cut off and the other two elect a new one,
+/// which acknowledges 30 jobs with the third; the deposed leader is stopped
+/// before the cut heals, so it still takes itself for leader. Then the
+/// third loses its data and the new leader is killed: the 30 jobs live only
+/// on the dead node's disk. The deposed leader resumes. It must not gain a
+/// majority with the wiped node: until a majority of the other members has
+/// told the wiped node their terms, it acknowledges nothing. Before the
+/// fix the deposed leader and the wiped node formed a majority without the
+/// 30 jobs and took their ids as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_gives_no_majority_to_a_leader_that_missed_a_newer_term() {
+    require_iptables();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut run, old) = start_on_net(3, 25, &[]).await;
+        let c = &run.cluster;
+        create_queue(c, old, Q, None).await;
+        let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+        let old_term = c.status(old).await.unwrap().term;
+
+        let mut partitions = lockstep_chaos::run::Partitions::new();
+        let ips: Vec<std::net::Ipv4Addr> = others.iter().map(|id| c.addr(*id).ip).collect();
+        partitions.isolate(c.addr(old).ip, &ips);
+        let new = c.wait_leader(&others, ELECTION_MAX).await.unwrap();
+        assert!(c.status(new).await.unwrap().term > old_term);
+        let third = others.iter().copied().find(|id| *id != new).unwrap();
+        let jobs: Vec<pb::Job> = (0..30).map(|k| job(&format!("s-{k}"), "g")).collect();
+        let mut q = queue(c, new).await;
+        for r in enqueue(&mut q, Q, jobs.clone()).await {
+            assert_eq!(r.outcome, pb::EnqueueOutcome::Created as i32, "{r:?}");
+        }
+
+        // Stopped before the cut heals: it never hears of the new term.
+        run.cluster.pause(old).unwrap();
+        partitions.heal();
+        run.cluster.kill(third);
+        run.cluster.wipe(third).unwrap();
+        run.cluster.spawn(third).unwrap();
+        run.cluster.kill(new);
+        run.cluster.resume(old).unwrap();
+        let c = &run.cluster;
+        let deadline = Instant::now() + NO_LEADER_WATCH;
+        let mut q = queue(c, old).await;
+        while Instant::now() < deadline {
+            assert_none_created(&mut q, &jobs).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The new leader returns with its log: every id is a duplicate.
+        run.cluster.spawn(new).unwrap();
+        assert_all_duplicates(&run.cluster, jobs).await;
     })
     .await
     .expect("test finished within its timeout");

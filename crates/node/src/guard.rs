@@ -18,7 +18,8 @@ use crate::error::RunError;
 /// How often a guarded node asks the leader for its confirmed commit index
 /// and looks whether it has applied up to it.
 const GUARD_CHECK_MS: u64 = 250;
-/// Deadline of one such question to the leader.
+/// Deadline of one such question to the leader, and of one probe of a
+/// member for its term.
 const GUARD_ASK_MS_MAX: u64 = 2_000;
 
 /// The vote guard with what raising and lifting it touch: the store that
@@ -47,10 +48,13 @@ impl Guard {
                  commit index the leader confirmed with a majority"
             );
         }
-        Ok(Guard {
-            vote: Arc::new(VoteGuard::new(guarded)),
-            store,
-        })
+        let vote = Arc::new(VoteGuard::new(guarded));
+        // Planted bug (tests only): appends from any leader are
+        // acknowledged, as if the newest term were known to be 0.
+        if crate::planted("guard-acks-stale-leader") {
+            vote.learned_floor(0);
+        }
+        Ok(Guard { vote, store })
     }
 
     /// Whether the guard is up.
@@ -91,6 +95,16 @@ pub(crate) async fn run(
         if *stop.borrow() {
             return;
         }
+        if guard.vote.floor().is_none() {
+            if let Some(floor) = probe_terms(&raft, &forwarding, &guard.vote).await {
+                tracing::info!(
+                    floor,
+                    "vote guard: a majority of the other members reported their terms; \
+                     appends are acknowledged from leaders of term {floor} or later"
+                );
+                guard.vote.learned_floor(floor);
+            }
+        }
         let asked = forwarding
             .to_leader_once(
                 &Request::Read(Read::ConfirmedCommit),
@@ -111,4 +125,54 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Asks every other voter of the membership this node holds for the term of
+/// its vote, at once, and counts the terms the leaders' AppendEntries
+/// reported too; the highest, once a majority of the voters other than
+/// this node reported (every majority that committed anything shares a
+/// member with them). `None` while too few did, or while this node holds
+/// no membership yet (it learns one from the first appends it takes).
+async fn probe_terms(
+    raft: &Raft<TypeConfig>,
+    forwarding: &Forwarding,
+    guard: &VoteGuard,
+) -> Option<u64> {
+    let (needed, others) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<_> = membership.voter_ids().collect();
+        if voters.is_empty() {
+            return None;
+        }
+        let others: Vec<_> = voters
+            .iter()
+            .filter(|id| **id != metrics.id)
+            .filter_map(|id| membership.get_node(id).map(|info| (*id, info.clone())))
+            .collect();
+        ((voters.len() / 2 + 1).min(others.len()), others)
+    };
+    let timeout = Duration::from_millis(GUARD_ASK_MS_MAX);
+    let mut calls = tokio::task::JoinSet::new();
+    for (id, info) in others.iter().cloned() {
+        let forwarding = forwarding.clone();
+        calls.spawn(async move {
+            let answer = forwarding
+                .to_node(id, &info, &Request::Probe, timeout)
+                .await;
+            (id, answer)
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        if let Ok((id, Ok(Response::Probe(probed)))) = answer {
+            guard.report_term(id, probed.vote_term);
+        }
+    }
+    let reports = guard.reported_terms();
+    let terms: Vec<u64> = others
+        .iter()
+        .filter_map(|(id, _)| reports.get(id).copied())
+        .collect();
+    (terms.len() >= needed).then(|| terms.into_iter().max().unwrap_or(0))
 }

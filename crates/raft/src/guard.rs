@@ -27,14 +27,43 @@
 //! - Forming a cluster lifts it too ([`VoteGuard::allow`]): a node
 //!   initialized with the first membership holds everything ever committed,
 //!   which is nothing.
+//! - While guarded it acknowledges no AppendEntries until a majority of the
+//!   *other* members told it their terms ([`VoteGuard::learned_floor`]),
+//!   and then only from a leader of at least the highest of those terms
+//!   ([`VoteGuard::append_rule`]). The node forgot the newest term it knew;
+//!   a deposed leader that never heard of a newer one would otherwise count
+//!   its acknowledgement toward a commit and, with it, form a majority
+//!   without entries the newer term committed. Every majority that
+//!   committed anything shares a member with any majority of the others, so
+//!   the highest term they report is at least the newest committed one.
+//!   Until then the node still appends what a leader sends (to learn the
+//!   log and the membership it probes) but answers as if unreachable. The
+//!   simulator found this (`crates/sim`, story "stale leader").
 //!
 //! While it waits, a cluster that needs its vote has no majority and stays
 //! unavailable (never inconsistent) until a node with the log returns.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// `target` before any leader confirmed a commit index.
 const NO_TARGET: u64 = u64::MAX;
+/// `floor` before a majority of the other members reported their terms.
+const NO_FLOOR: u64 = u64::MAX;
+
+/// What a guarded node does with an AppendEntries ([`VoteGuard::append_rule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendRule {
+    /// Append and acknowledge, as any follower.
+    Acknowledge,
+    /// Append, to learn the log and the membership, but acknowledge
+    /// nothing: the newest term is not known yet.
+    AppendOnly,
+    /// Refuse: the leader's term is below the newest the other members
+    /// reported, so it is deposed.
+    Stale { floor: u64 },
+}
 
 /// Whether this node may vote and campaign yet; see the module docs.
 #[derive(Debug)]
@@ -42,6 +71,11 @@ pub struct VoteGuard {
     allowed: AtomicBool,
     /// The highest commit index a leader confirmed with a majority.
     target: AtomicU64,
+    /// The highest term a majority of the other members reported.
+    floor: AtomicU64,
+    /// Terms reported so far, by member: a leader's AppendEntries reports
+    /// its own. Read by the node's guard task with the probes' answers.
+    reports: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl VoteGuard {
@@ -51,6 +85,57 @@ impl VoteGuard {
         VoteGuard {
             allowed: AtomicBool::new(!guarded),
             target: AtomicU64::new(NO_TARGET),
+            floor: AtomicU64::new(NO_FLOOR),
+            reports: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Member `node` holds a vote of `term` (it said so, or it sent an
+    /// AppendEntries as the leader of `term`).
+    pub fn report_term(&self, node: u64, term: u64) {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = reports.entry(node).or_insert(term);
+        *seen = (*seen).max(term);
+    }
+
+    /// Every term reported so far, by member.
+    pub fn reported_terms(&self) -> BTreeMap<u64, u64> {
+        self.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A majority of the other members reported terms up to `term`; only
+    /// the highest such report counts.
+    pub fn learned_floor(&self, term: u64) {
+        let mut seen = self.floor.load(Ordering::Acquire);
+        while seen == NO_FLOOR || term > seen {
+            match self
+                .floor
+                .compare_exchange(seen, term, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Whether a majority of the other members reported their terms yet.
+    pub fn floor(&self) -> Option<u64> {
+        let floor = self.floor.load(Ordering::Acquire);
+        (floor != NO_FLOOR).then_some(floor)
+    }
+
+    /// What to do with an AppendEntries from a leader of `term`.
+    pub fn append_rule(&self, term: u64) -> AppendRule {
+        if self.allowed() {
+            return AppendRule::Acknowledge;
+        }
+        match self.floor() {
+            None => AppendRule::AppendOnly,
+            Some(floor) if term < floor => AppendRule::Stale { floor },
+            Some(_) => AppendRule::Acknowledge,
         }
     }
 
@@ -124,6 +209,27 @@ mod tests {
         assert!(
             !guard.may_lift(Some(20)),
             "once lifted, nothing left to lift"
+        );
+    }
+
+    #[test]
+    fn a_guarded_node_acknowledges_only_leaders_of_the_newest_term_its_peers_report() {
+        let guard = VoteGuard::new(true);
+        assert_eq!(
+            guard.append_rule(9),
+            AppendRule::AppendOnly,
+            "no term known yet"
+        );
+        guard.learned_floor(7);
+        assert_eq!(guard.append_rule(6), AppendRule::Stale { floor: 7 });
+        assert_eq!(guard.append_rule(7), AppendRule::Acknowledge);
+        guard.learned_floor(5);
+        assert_eq!(guard.floor(), Some(7), "a lower report never lowers it");
+        guard.allow();
+        assert_eq!(guard.append_rule(1), AppendRule::Acknowledge, "lifted");
+        assert_eq!(
+            VoteGuard::new(false).append_rule(0),
+            AppendRule::Acknowledge
         );
     }
 

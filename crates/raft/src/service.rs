@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use lockstep_core::codec;
 use lockstep_types::TypeConfig;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::Raft;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
+use crate::guard::AppendRule;
 use crate::pb::peer_server::{Peer, PeerServer};
 use crate::pb::PeerMessage;
 use crate::{VoteGuard, PEER_MESSAGE_BYTES_MAX};
@@ -84,7 +87,39 @@ impl Peer for PeerService {
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request("AppendEntries", request)?;
         // No AppendEntries lifts the vote guard: a deposed leader may still
-        // send one, with an old commit index (see `guard`).
+        // send one, with an old commit index. While the guard is up, none is
+        // acknowledged from a leader that may be deposed (see `guard`); the
+        // refusal reads as an unreachable follower.
+        match self.guard.append_rule(rpc.vote.leader_id().get_term()) {
+            AppendRule::Acknowledge => {}
+            AppendRule::AppendOnly => {
+                let leader = rpc.vote.leader_id();
+                self.guard
+                    .report_term(leader.voted_for().unwrap_or_default(), leader.get_term());
+                let taken = self.raft.append_entries(rpc).await;
+                // A conflict or a higher vote acknowledges nothing and lets
+                // the leader find where the logs meet (so the first entries,
+                // with the membership to probe, arrive); only a success
+                // would count toward a commit.
+                if !matches!(
+                    taken,
+                    Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+                ) {
+                    return encode_reply("AppendEntries", &taken);
+                }
+                return Err(Status::unavailable(
+                    "this node restarted without its data and acknowledges appends once a \
+                     majority of the other members told it the newest term",
+                ));
+            }
+            AppendRule::Stale { floor } => {
+                return Err(Status::unavailable(format!(
+                    "this node restarted without its data; the other members report term \
+                     {floor}, newer than this leader's {}",
+                    rpc.vote.leader_id().get_term()
+                )));
+            }
+        }
         encode_reply("AppendEntries", &self.raft.append_entries(rpc).await)
     }
 

@@ -665,6 +665,9 @@ impl Node {
         rng: &mut StdRng,
     ) {
         if self.guarded && !active(Model::GuardAcksStaleLeader) {
+            // The leader reports its own term by sending.
+            let seen = self.guard_terms.entry(leader).or_insert(term);
+            *seen = (*seen).max(term);
             match self.term_floor() {
                 // Not yet told the newest term: acknowledge nothing.
                 None => return,
