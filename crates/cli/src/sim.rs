@@ -31,6 +31,10 @@ pub struct SimArgs {
     /// Print the faults and leaders of a failing seed.
     #[arg(long)]
     pub trace: bool,
+    /// Run every seed even after one fails, and count the failures (the
+    /// catch rate of a planted bug).
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 /// The counts of a report as `L=0 U=0 ...`.
@@ -49,58 +53,31 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     }
     let started = Instant::now();
     let (mut ops, mut enqueued, mut faults) = (0usize, 0usize, 0u64);
+    let (mut run_seeds, mut failed) = (0u64, 0u64);
+    let mut first_failed = None;
     let mut last = None;
-    let mut caught = None;
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
         let mut options = lockstep_sim::Options::new(seed);
         options.duration_ms = args.duration_ms;
         let outcome = lockstep_sim::run(&options);
+        run_seeds += 1;
         ops += outcome.report.ops;
         enqueued += outcome.report.enqueued_ok;
         faults += outcome.faults;
-        let passed = outcome.passed();
-        if !passed {
-            outln(&format!(
-                "FAIL seed={seed} ops={} acked_enqueues={} faults={} {}{}",
-                outcome.report.ops,
-                outcome.report.enqueued_ok,
-                outcome.faults,
-                counts_line(&outcome.report.counts),
-                outcome
-                    .stalled
-                    .as_deref()
-                    .map(|s| format!(" stalled: {s}"))
-                    .unwrap_or_default(),
-            ));
-            for (class, examples) in &outcome.report.examples {
-                for e in examples.iter().take(3) {
-                    outln(&format!("  {class}: {e}"));
-                }
-            }
-            if args.trace {
-                for line in &outcome.trace {
-                    outln(&format!("  | {line}"));
-                }
-            }
-            if !outcome.report.undrained.is_empty() {
-                outln(&format!(
-                    "  undrained: {}",
-                    outcome.report.undrained.join(", ")
-                ));
-            }
-            caught = Some(seed);
+        if !outcome.passed() {
+            failed += 1;
+            first_failed.get_or_insert(seed);
+            print_failure(seed, &outcome, args.trace && failed == 1);
         }
         last = Some(outcome);
-        if caught.is_some() {
+        if failed > 0 && !args.keep_going {
             break;
         }
     }
-    let run_seeds = last
-        .as_ref()
-        .map_or(0, |_| caught.map_or(args.seeds, |c| c - args.seed + 1));
     let secs = started.elapsed().as_secs_f64();
     outln(&format!(
-        "seeds={run_seeds} ops={ops} acked_enqueues={enqueued} faults={faults} seconds={secs:.1} seeds_per_second={:.1}",
+        "seeds={run_seeds} failed={failed} ops={ops} acked_enqueues={enqueued} faults={faults} \
+         seconds={secs:.1} seeds_per_second={:.1}",
         run_seeds as f64 / secs.max(1e-9)
     ));
     if let (Some(path), Some(outcome)) = (&args.history, &last) {
@@ -111,14 +88,17 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             .collect();
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    match (&args.plant, caught) {
+    match (&args.plant, first_failed) {
         (None, None) => Ok(()),
         (None, Some(seed)) => Err(format!(
-            "seed {seed} failed; replay it with --seed {seed} --seeds 1"
+            "{failed} of {run_seeds} seeds failed, the first {seed}; replay it with --seed {seed} \
+             --seeds 1 --trace"
         )),
         (Some(bug), Some(seed)) => {
             outln(&format!(
-                "CAUGHT {bug} at seed {seed} (the {run_seeds}th seed run)"
+                "CAUGHT {bug}: first at seed {seed} ({} seeds run by then), in {failed} of \
+                 {run_seeds} seeds",
+                seed - args.seed + 1
             ));
             Ok(())
         }
@@ -126,5 +106,38 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             "{bug} went unnoticed in {} seeds from {}",
             args.seeds, args.seed
         )),
+    }
+}
+
+/// One failing seed: its counts, a few examples, and with `trace` the
+/// faults and leaders of the run.
+fn print_failure(seed: u64, outcome: &lockstep_sim::Outcome, trace: bool) {
+    outln(&format!(
+        "FAIL seed={seed} ops={} acked_enqueues={} faults={} {}{}",
+        outcome.report.ops,
+        outcome.report.enqueued_ok,
+        outcome.faults,
+        counts_line(&outcome.report.counts),
+        outcome
+            .stalled
+            .as_deref()
+            .map(|s| format!(" stalled: {s}"))
+            .unwrap_or_default(),
+    ));
+    for (class, examples) in &outcome.report.examples {
+        for e in examples.iter().take(3) {
+            outln(&format!("  {class}: {e}"));
+        }
+    }
+    if trace {
+        for line in &outcome.trace {
+            outln(&format!("  | {line}"));
+        }
+    }
+    if !outcome.report.undrained.is_empty() {
+        outln(&format!(
+            "  undrained: {}",
+            outcome.report.undrained.join(", ")
+        ));
     }
 }
