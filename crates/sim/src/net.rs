@@ -53,6 +53,19 @@ pub(crate) enum Answer {
     Unavailable,
 }
 
+/// An AppendEntries.
+#[derive(Clone, Debug)]
+pub(crate) struct Append {
+    pub term: u64,
+    pub prev_index: u64,
+    pub prev_term: u64,
+    pub entries: Vec<Entry>,
+    pub commit: u64,
+    /// When the leader sent it (simulated ms): echoed back, so a
+    /// read-index round knows which answers came after it began.
+    pub sent_at: u64,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Msg {
     Vote {
@@ -64,16 +77,7 @@ pub(crate) enum Msg {
         term: u64,
         granted: bool,
     },
-    Append {
-        term: u64,
-        prev_index: u64,
-        prev_term: u64,
-        entries: Vec<Entry>,
-        commit: u64,
-        /// When the leader sent it (simulated ms): echoed back, so a
-        /// read-index round knows which answers came after it began.
-        sent_at: u64,
-    },
+    Append(Append),
     AppendResp {
         term: u64,
         success: bool,

@@ -27,7 +27,7 @@ use lockstep_core::{BlobStore, Command, Effect, MemBlobStore, Reply, Stamp, Stat
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use crate::net::{Addr, Answer, Body, Entry, Envelope, Msg, NodeIx, Try, MAJORITY, NODES};
+use crate::net::{Addr, Answer, Append, Body, Entry, Envelope, Msg, NodeIx, Try, MAJORITY, NODES};
 use crate::planted::{active, Model};
 
 /// Election timeout range, simulated ms (openraft's defaults are 150-300).
@@ -463,14 +463,14 @@ impl Node {
         let prev_index = self.next[p] - 1;
         let from = prev_index as usize;
         let to = self.log.len().min(from + APPEND_ENTRIES_MAX);
-        let msg = Msg::Append {
+        let msg = Msg::Append(Append {
             term: self.term,
             prev_index,
             prev_term: self.term_at(prev_index),
             entries: self.log[from.min(to)..to].to_vec(),
             commit: self.commit,
             sent_at: now,
-        };
+        });
         self.send(out, Addr::Node(p), msg);
     }
 
@@ -553,18 +553,9 @@ impl Node {
                     }
                 }
             }
-            Msg::Append {
-                term,
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-                sent_at,
-            } => {
+            Msg::Append(append) => {
                 let Some(leader) = peer else { return };
-                self.on_append(
-                    leader, term, prev_index, prev_term, entries, commit, sent_at, now, out, rng,
-                );
+                self.on_append(leader, append, now, out, rng);
             }
             Msg::AppendResp {
                 term,
@@ -650,27 +641,32 @@ impl Node {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_append(
         &mut self,
         leader: NodeIx,
-        term: u64,
-        prev_index: u64,
-        prev_term: u64,
-        entries: Vec<Entry>,
-        commit: u64,
-        sent_at: u64,
+        append: Append,
         now: u64,
         out: &mut Out,
         rng: &mut StdRng,
     ) {
+        let Append {
+            term,
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+            sent_at,
+        } = append;
+        // Whether a success may be answered (the guard's rule).
+        let mut ack = true;
         if self.guarded && !active(Model::GuardAcksStaleLeader) {
             // The leader reports its own term by sending.
             let seen = self.guard_terms.entry(leader).or_insert(term);
             *seen = (*seen).max(term);
             match self.term_floor() {
-                // Not yet told the newest term: acknowledge nothing.
-                None => return,
+                // Not yet told the newest term: take the entries (to learn
+                // the log), acknowledge nothing, as the real node does.
+                None => ack = false,
                 Some(floor) if term < floor => {
                     // A deposed leader: tell it the newer term.
                     let msg = Msg::AppendResp {
@@ -736,7 +732,11 @@ impl Node {
         let last_new = prev_index + entries.len() as u64;
         self.commit = self.commit.max(commit.min(last_new));
         self.apply_committed(now, out, rng);
-        if appended || last_new > self.synced_match() {
+        if !ack {
+            if appended {
+                self.request_sync(now, out, rng);
+            }
+        } else if appended || last_new > self.synced_match() {
             self.unsynced.push(Unsynced {
                 leader,
                 term: self.term,
