@@ -35,7 +35,16 @@ pub struct SimArgs {
     /// catch rate of a planted bug).
     #[arg(long)]
     pub keep_going: bool,
+    /// On the first failing seed, find the shortest run of it that still
+    /// fails: the same seed cut short after fewer simulated milliseconds
+    /// of workload and faults (then healed and drained as always), in
+    /// steps of `SHRINK_STEP_MS`.
+    #[arg(long)]
+    pub shrink: bool,
 }
+
+/// The step of `--shrink`, simulated ms.
+const SHRINK_STEP_MS: u64 = 250;
 
 /// The counts of a report as `L=0 U=0 ...`.
 fn counts_line(counts: &Counts) -> String {
@@ -68,6 +77,9 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             failed += 1;
             first_failed.get_or_insert(seed);
             print_failure(seed, &outcome, args.trace && failed == 1);
+            if args.shrink && failed == 1 {
+                shrink(seed, args.duration_ms);
+            }
         }
         last = Some(outcome);
         if failed > 0 && !args.keep_going {
@@ -107,6 +119,33 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             args.seeds, args.seed
         )),
     }
+}
+
+/// The shortest run of `seed` that still fails, from `SHRINK_STEP_MS` up to
+/// `duration_ms`: a run cut short is the same run up to its cut (the
+/// schedule's draws do not depend on the duration).
+fn shrink(seed: u64, duration_ms: u64) {
+    let mut cut = SHRINK_STEP_MS;
+    while cut < duration_ms {
+        let mut options = lockstep_sim::Options::new(seed);
+        options.duration_ms = cut;
+        let outcome = lockstep_sim::run(&options);
+        if !outcome.passed() {
+            outln(&format!(
+                "SHRUNK seed={seed}: fails after {cut} ms of workload instead of {duration_ms} \
+                 ({} ops, {} faults); replay: lockstep sim --seed {seed} --seeds 1 \
+                 --duration-ms {cut} --trace",
+                outcome.report.ops, outcome.faults
+            ));
+            print_failure(seed, &outcome, true);
+            return;
+        }
+        cut += SHRINK_STEP_MS;
+    }
+    outln(&format!(
+        "SHRUNK seed={seed}: no shorter run fails; replay: lockstep sim --seed {seed} --seeds 1 \
+         --duration-ms {duration_ms} --trace"
+    ));
 }
 
 /// One failing seed: its counts, a few examples, and with `trace` the

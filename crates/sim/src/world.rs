@@ -43,6 +43,10 @@ const CLOCK_STEPS_MS: [i64; 8] = [
     600_000,
     3 * 3_600_000,
 ];
+/// When a run's scripted incident may start, simulated ms.
+const STORY_START_MS: (u64, u64) = (2_000, 6_000);
+/// How long a scripted incident runs, at the most.
+const STORY_MS: u64 = 4_000;
 /// Sync latencies the `slow-disk` fault draws from, ms.
 const SLOW_DISK_MS: [u64; 3] = [20, 100, 400];
 
@@ -180,14 +184,17 @@ impl World {
             Event::Fault,
         );
         world.at(LAZY_SYNC_MS, Event::LazySync);
-        if rng.random_bool(0.5) && options.duration_ms > 6_000 {
-            let start = rng.random_range(2_000..options.duration_ms - 4_000);
-            let roles = (0, 0, 0);
-            let story = match rng.random_range(0..3) {
-                0 => Story::Bootstrap { roles },
-                1 => Story::Restart { roles },
-                _ => Story::StaleLeader { roles },
-            };
+        // Drawn whatever the duration, so a shorter run of the same seed
+        // is the same run cut short (what `lockstep sim --shrink` needs).
+        let told = rng.random_bool(0.5);
+        let start = rng.random_range(STORY_START_MS.0..=STORY_START_MS.1);
+        let roles = (0, 0, 0);
+        let story = match rng.random_range(0..3) {
+            0 => Story::Bootstrap { roles },
+            1 => Story::Restart { roles },
+            _ => Story::StaleLeader { roles },
+        };
+        if told && start + STORY_MS <= options.duration_ms {
             world.at(start, Event::Story(story, 0));
         }
         world.at(options.duration_ms, Event::EndWorkload);
