@@ -96,9 +96,10 @@ pub enum Call {
         /// sent (inside a library type such as the client's `Worker`):
         /// `invoke_ms` is when the harness saw the job, and the send time
         /// is taken as the start of the history. Such a fetch may also
-        /// have returned jobs it does not list. The workload records none
-        /// now (its library calls are timed from before their first try);
-        /// the checker still reads them.
+        /// have returned jobs it does not list. The workload records one
+        /// per job its client `Worker` hands the handler, on that
+        /// `Worker`'s own queue (its other library calls are timed from
+        /// before their first try).
         #[serde(default)]
         invoke_unknown: bool,
         /// The most jobs the fetch asked for; 0 = unknown (no limit).

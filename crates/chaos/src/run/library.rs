@@ -4,20 +4,33 @@
 //! under the same faults. Each library call is one operation in the
 //! history, from before its first try to after its last; a call whose
 //! retries all failed is indeterminate.
+//!
+//! The library's own `Worker` runs too ([`client_worker`]), on a queue of
+//! its own: its fetches, extends, acks and releases happen inside it, so
+//! the history records what its handler sees (a fetch of unknown send time
+//! per job) and what the handler decides (an ack, nack or dead-letter of
+//! unknown outcome).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_client::{Client, ClientConfig, EnqueueOutcome as LibOutcome, RetryPolicy};
+use std::sync::Mutex;
+
+use lockstep_client::{
+    CancellationToken, Client, ClientConfig, EnqueueOutcome as LibOutcome, Job,
+    Outcome as Decision, RetryPolicy, Worker, WorkerConfig,
+};
 use lockstep_proto as pb;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::common::now_ms;
-use super::workload::{batch, fetch_op, Recorder, LIB_QUEUE as QUEUE};
-use crate::history::{AckItem, Call, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome};
+use super::workload::{batch, fetch_op, Recorder, LIB_QUEUE as QUEUE, WORKER_QUEUE};
+use crate::history::{
+    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome,
+};
 
 /// Deadline of one try of a library call.
 const LIBRARY_CALL_MS_MAX: u64 = 3_000;
@@ -56,10 +69,24 @@ pub(super) fn library_client(
     Client::connect(config).map_err(|e| e.to_string())
 }
 
-/// A producer through the library: each batch is one `Client::enqueue`,
-/// whose retries and session are the library's.
+/// The queue producer `p` of `producers` (plus one) feeds through the
+/// library, if any: producer 0 the library worker's, the one numbered after
+/// the others the client `Worker`'s; the rest enqueue over raw gRPC.
+pub(super) fn library_queue_of(p: usize, producers: usize) -> Option<&'static str> {
+    if p == producers {
+        Some(WORKER_QUEUE)
+    } else if p == 0 {
+        Some(QUEUE)
+    } else {
+        None
+    }
+}
+
+/// A producer through the library into `queue`: each batch is one
+/// `Client::enqueue`, whose retries and session are the library's.
 pub(super) async fn library_producer(
     p: usize,
+    queue: &'static str,
     mut rng: StdRng,
     client: Client,
     groups: u64,
@@ -77,7 +104,7 @@ pub(super) async fn library_producer(
             process: p as u64,
             outcome,
             call: Call::Enqueue {
-                queue: QUEUE.into(),
+                queue: queue.into(),
                 jobs: sent.clone(),
                 results,
             },
@@ -88,7 +115,7 @@ pub(super) async fn library_producer(
             complete_ms: t0,
             ..op(Outcome::Indeterminate, Vec::new())
         });
-        let (outcome, results) = match client.enqueue(QUEUE, jobs).await {
+        let (outcome, results) = match client.enqueue(queue, jobs).await {
             Ok(done) => (
                 Outcome::Ok,
                 done.into_iter()
@@ -233,5 +260,406 @@ fn definite(answered: bool) -> Outcome {
         Outcome::Ok
     } else {
         Outcome::Indeterminate
+    }
+}
+
+/// The lease the client's `Worker` asks for: short, so a slow handler
+/// ([`WORKER_SLOW_MS`]) outlives it and the `Worker` must extend it (every
+/// third of it) through the faults, or drop the job when it cannot.
+const WORKER_LEASE_MS: u64 = 3_000;
+/// A slow handler's work: half a lease longer than the lease.
+const WORKER_SLOW_MS: u64 = WORKER_LEASE_MS * 3 / 2;
+/// A quick handler's work is below this.
+const WORKER_QUICK_MS_MAX: u64 = 150;
+/// One handler in this many is slow.
+const WORKER_SLOW_ONE_IN: u32 = 10;
+/// One handler in this many can never succeed: the job is dead-lettered at
+/// once.
+const WORKER_POISON_ONE_IN: u32 = 25;
+/// Of the others, one in this many fails for now: the job is nacked and
+/// runs again (dead-lettered by the server after the queue's
+/// `max_attempts`).
+const WORKER_RETRY_ONE_IN: u32 = 6;
+/// Jobs the `Worker` runs at once: with one handler in ten holding its
+/// slot past a lease, fewer leave most of its queue to the drain.
+const WORKER_CONCURRENCY: usize = 8;
+/// The `Worker`'s long poll (the client adds it to a fetch's deadline).
+const WORKER_WAIT_MS: u64 = 1_000;
+/// The `Worker`'s shutdown grace: well past any handler, so it never gives
+/// up on a running handler and releases its job, a lease end the history
+/// could not record (the `Worker` never polls that handler again). A
+/// `Worker` still finishing calls when the run stops waiting for its tasks
+/// is aborted instead, which ends no lease early.
+const WORKER_GRACE_MS: u64 = 2 * WORKER_SLOW_MS;
+const _: () = assert!(WORKER_SLOW_MS < WORKER_GRACE_MS && WORKER_QUICK_MS_MAX < WORKER_SLOW_MS);
+/// The name the `Worker`'s leases are granted to.
+const WORKER_CONSUMER: &str = "cw0";
+/// The process the history records the `Worker`'s operations under.
+const WORKER_PROCESS: u64 = 4_000;
+
+/// What a handler does with one job: how long it works, then what it
+/// decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Plan {
+    work_ms: u64,
+    decision: Decision,
+}
+
+/// A seeded plan: mostly quick and acked, some slower than the lease, some
+/// nacked, a few dead-lettered.
+fn draw_plan(rng: &mut StdRng) -> Plan {
+    let work_ms = if rng.random_ratio(1, WORKER_SLOW_ONE_IN) {
+        WORKER_SLOW_MS
+    } else {
+        rng.random_range(0..WORKER_QUICK_MS_MAX)
+    };
+    let decision = if rng.random_ratio(1, WORKER_POISON_ONE_IN) {
+        Decision::Poison("chaos: poison".into())
+    } else if rng.random_ratio(1, WORKER_RETRY_ONE_IN) {
+        Decision::Retry
+    } else {
+        Decision::Ack
+    };
+    Plan { work_ms, decision }
+}
+
+/// The client library's own `Worker` (`lockstep_client::Worker`) on
+/// [`WORKER_QUEUE`] until `stop`: its fetches with long poll and retries,
+/// lease extension, ack batching and graceful release under the faults.
+/// Built here, so a bad configuration fails the run before it starts.
+///
+/// The history sees only the handler: a fetch of unknown send time per job
+/// handed over ([`worker_fetch_op`]) and the decision the `Worker` then
+/// acts on ([`worker_decision_op`]). Its extends are not recorded: they
+/// only lengthen a lease, so the recorded deadline stays a lower bound.
+pub(super) fn client_worker(
+    rng: StdRng,
+    client: Client,
+    recorder: Recorder,
+    stop: CancellationToken,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
+    let mut config = WorkerConfig::new(WORKER_QUEUE);
+    config.consumer = WORKER_CONSUMER.into();
+    config.concurrency = WORKER_CONCURRENCY;
+    config.lease = Duration::from_millis(WORKER_LEASE_MS);
+    config.wait = Duration::from_millis(WORKER_WAIT_MS);
+    config.shutdown_grace = Duration::from_millis(WORKER_GRACE_MS);
+    let rng = Arc::new(Mutex::new(rng));
+    // The token is not watched: the `Worker` cancels it only as it drops
+    // the handler (lease lost, or shutdown past the grace), which it never
+    // polls again, so nothing the handler did after could be recorded.
+    let handler = move |job: Job, _cancel: CancellationToken| {
+        let plan = draw_plan(
+            &mut rng
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        recorder.push(worker_fetch_op(&job, now_ms()));
+        let recorder = recorder.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(plan.work_ms)).await;
+            recorder.push(worker_decision_op(&job, &plan.decision, now_ms()));
+            plan.decision
+        }
+    };
+    let worker = Worker::new(client, config, handler).map_err(|e| e.to_string())?;
+    // A `Worker` that stopped on an error it cannot cure (the queue not
+    // found) leaves its jobs to the drain; the summary's count of the jobs
+    // it handled shows it.
+    Ok(async move {
+        let _ = worker.run(stop).await;
+    })
+}
+
+/// The fetch the history records for a job the `Worker` handed its
+/// handler at `at_ms`: answered OK with that job, for the `Worker`'s lease,
+/// sent at an unknown time (`invoke_unknown`) and asking for an unknown
+/// number of jobs (`max` 0): the `Worker` asks for as many as it has free
+/// slots, and may have leased jobs the handler never saw (given back at
+/// shutdown, or lost with a retried fetch's lost answer).
+fn worker_fetch_op(job: &Job, at_ms: u64) -> Op {
+    Op {
+        invoke_ms: at_ms,
+        complete_ms: at_ms,
+        node: ANY_NODE,
+        process: WORKER_PROCESS,
+        outcome: Outcome::Ok,
+        call: Call::Fetch {
+            queue: job.queue.clone(),
+            consumer: WORKER_CONSUMER.into(),
+            deliveries: vec![Delivery {
+                offset: job.offset,
+                id: job.id.clone(),
+                group: job.group.clone(),
+                fence: job.fence,
+                lease_deadline_ms: job.lease_deadline_ms,
+                attempt: job.attempt,
+            }],
+            lease_ms: WORKER_LEASE_MS,
+            invoke_unknown: true,
+            max: 0,
+            // Whether the `Worker`'s client retried is not seen; an unknown
+            // send time and capacity already allow for jobs not listed.
+            retried: false,
+        },
+    }
+}
+
+/// What the history records of the handler's decision on `job` at `at_ms`,
+/// just before the `Worker` acts on it: the ack, nack or dead-letter it
+/// then makes, of unknown outcome (the `Worker` does not say whether it
+/// landed, and makes none if it found the lease lost first).
+fn worker_decision_op(job: &Job, decision: &Decision, at_ms: u64) -> Op {
+    let (offset, fence) = (job.offset, job.fence);
+    let queue = job.queue.clone();
+    let call = match decision {
+        Decision::Ack => Call::Ack {
+            queue,
+            items: vec![AckItem {
+                offset,
+                fence,
+                ok: false,
+            }],
+        },
+        Decision::Retry | Decision::Poison(_) => Call::EndLease {
+            queue,
+            offset,
+            fence,
+            kind: if *decision == Decision::Retry {
+                EndKind::Nack
+            } else {
+                EndKind::DeadLetter
+            },
+        },
+    };
+    Op {
+        invoke_ms: at_ms,
+        complete_ms: at_ms,
+        node: ANY_NODE,
+        process: WORKER_PROCESS,
+        outcome: Outcome::Indeterminate,
+        call,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::history::{DeadJob, SentJob};
+
+    fn job(queue: &str, offset: u64, group: &str, attempt: u32, fence: u64, at_ms: u64) -> Job {
+        Job {
+            queue: queue.into(),
+            offset,
+            id: format!("j{offset}"),
+            group: group.into(),
+            payload: Vec::new(),
+            headers: Vec::new(),
+            priority: 0,
+            attempt,
+            fence,
+            lease_deadline_ms: at_ms + WORKER_LEASE_MS,
+        }
+    }
+
+    fn enqueued(queue: &str, groups: &[&str], at_ms: u64) -> Op {
+        let ids = (0..groups.len()).map(|o| format!("j{o}"));
+        Op {
+            invoke_ms: at_ms,
+            complete_ms: at_ms + 10,
+            node: ANY_NODE,
+            process: 4,
+            outcome: Outcome::Ok,
+            call: Call::Enqueue {
+                queue: queue.into(),
+                jobs: ids
+                    .clone()
+                    .zip(groups)
+                    .map(|(id, g)| SentJob {
+                        id,
+                        group: (*g).into(),
+                    })
+                    .collect(),
+                results: ids
+                    .enumerate()
+                    .map(|(offset, id)| EnqueueResult {
+                        id,
+                        offset: offset as u64,
+                        outcome: EnqueueOutcome::Created,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn producer_0_and_the_one_after_the_raw_ones_go_through_the_library() {
+        let queues: Vec<_> = (0..=4).map(|p| library_queue_of(p, 4)).collect();
+        assert_eq!(
+            queues,
+            [Some(QUEUE), None, None, None, Some(WORKER_QUEUE)],
+            "four producers, and one more for the Worker's queue"
+        );
+        assert_eq!(library_queue_of(0, 0), Some(WORKER_QUEUE));
+    }
+
+    #[test]
+    fn plans_are_seeded_mostly_acks_and_every_handler_ends_within_the_grace() {
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..2_000).map(|_| draw_plan(&mut rng)).collect::<Vec<_>>()
+        };
+        let plans = draw(7);
+        assert_eq!(plans, draw(7), "the same seed, the same plans");
+        let count = |f: &dyn Fn(&Plan) -> bool| plans.iter().filter(|p| f(p)).count();
+        let acks = count(&|p| p.decision == Decision::Ack);
+        let retries = count(&|p| p.decision == Decision::Retry);
+        let poisons = count(&|p| matches!(p.decision, Decision::Poison(_)));
+        let slow = count(&|p| p.work_ms > WORKER_LEASE_MS);
+        assert!(acks > plans.len() * 3 / 4, "{acks}");
+        assert!(
+            retries > 0 && poisons > 0 && slow > 0,
+            "{retries} {poisons} {slow}"
+        );
+        assert!(plans.iter().all(|p| p.work_ms <= WORKER_SLOW_MS));
+    }
+
+    #[test]
+    fn a_handed_over_job_is_a_fetch_of_unknown_send_time_and_its_decision_indeterminate() {
+        let j = job(WORKER_QUEUE, 5, "g1", 2, 9, 1_000);
+        let fetch = worker_fetch_op(&j, 1_000);
+        assert_eq!((fetch.invoke_ms, fetch.complete_ms), (1_000, 1_000));
+        assert_eq!(fetch.outcome, Outcome::Ok);
+        let Call::Fetch {
+            queue,
+            deliveries,
+            lease_ms,
+            invoke_unknown,
+            max,
+            retried,
+            ..
+        } = &fetch.call
+        else {
+            panic!("{fetch:?}");
+        };
+        assert_eq!(queue, WORKER_QUEUE);
+        assert_eq!(
+            (*lease_ms, *invoke_unknown, *max, *retried),
+            (WORKER_LEASE_MS, true, 0, false)
+        );
+        assert_eq!(
+            deliveries,
+            &[Delivery {
+                offset: 5,
+                id: "j5".into(),
+                group: "g1".into(),
+                fence: 9,
+                lease_deadline_ms: 1_000 + WORKER_LEASE_MS,
+                attempt: 2,
+            }]
+        );
+        let ends = [
+            (Decision::Ack, None),
+            (Decision::Retry, Some(EndKind::Nack)),
+            (Decision::Poison("no".into()), Some(EndKind::DeadLetter)),
+        ];
+        for (decision, kind) in ends {
+            let op = worker_decision_op(&j, &decision, 1_200);
+            assert_eq!(op.outcome, Outcome::Indeterminate, "{decision:?}");
+            match (&op.call, kind) {
+                (Call::Ack { items, .. }, None) => {
+                    assert_eq!((items[0].offset, items[0].fence), (5, 9));
+                }
+                (
+                    Call::EndLease {
+                        offset,
+                        fence,
+                        kind: k,
+                        ..
+                    },
+                    Some(kind),
+                ) => {
+                    assert_eq!((*offset, *fence, *k), (5, 9, kind));
+                }
+                (call, _) => panic!("{decision:?}: {call:?}"),
+            }
+        }
+    }
+
+    /// A nack and a redelivery, a handler past its lease (extended by the
+    /// `Worker`), the next job of the group after its ack, a lease no
+    /// handler saw (attempt 1 of `j2`) and a dead-letter: no anomaly.
+    #[test]
+    fn the_checker_finds_nothing_in_what_the_worker_records() {
+        let q = WORKER_QUEUE;
+        let seen = |j: &Job, at| worker_fetch_op(j, at);
+        let decided = |j: &Job, d: Decision, at| worker_decision_op(j, &d, at);
+        let a1 = job(q, 0, "g1", 1, 1, 1_000);
+        let a2 = job(q, 0, "g1", 2, 2, 1_200);
+        let b1 = job(q, 1, "g1", 1, 3, 5_750);
+        let c2 = job(q, 2, "g2", 2, 5, 9_000);
+        let mut history = vec![
+            enqueued(q, &["g1", "g1", "g2"], 500),
+            seen(&a1, 1_000),
+            decided(&a1, Decision::Retry, 1_050),
+            seen(&a2, 1_200),
+            decided(&a2, Decision::Ack, 1_200 + WORKER_SLOW_MS),
+            seen(&b1, 5_750),
+            decided(&b1, Decision::Ack, 5_800),
+            seen(&c2, 9_000),
+            decided(&c2, Decision::Poison("no".into()), 9_010),
+        ];
+        let after = |call| Op {
+            invoke_ms: 20_000,
+            complete_ms: 20_010,
+            node: 1,
+            process: 9_999,
+            outcome: Outcome::Ok,
+            call,
+        };
+        history.push(after(Call::DeadLetters {
+            queue: q.into(),
+            jobs: vec![DeadJob {
+                offset: 2,
+                id: "j2".into(),
+                group: "g2".into(),
+                attempts: 2,
+                reason: "no".into(),
+            }],
+        }));
+        history.push(after(Call::Stats {
+            queue: q.into(),
+            ready: 0,
+            delayed: 0,
+            leased: 0,
+            dead: 1,
+            next_offset: 3,
+            ack_floor: 3,
+        }));
+        history.push(after(Call::Drained { queue: q.into() }));
+        let report = crate::checker::check(&history);
+        assert!(report.passed(), "{report:?}");
+        assert_eq!(report.delivered, 4);
+    }
+
+    /// Why the `Worker` has a queue of its own: its fetches (unknown send
+    /// time and capacity) explain any missing attempt of their queue, and
+    /// must not explain an orphaned lease of the library worker's.
+    #[test]
+    fn worker_fetches_do_not_explain_an_orphaned_lease_of_another_queue() {
+        let mut orphan = worker_fetch_op(&job(QUEUE, 0, "g1", 2, 2, 3_000), 3_000);
+        if let Call::Fetch { invoke_unknown, .. } = &mut orphan.call {
+            *invoke_unknown = false; // a library fetch, timed from its first try
+        }
+        let history = vec![
+            enqueued(QUEUE, &["g1"], 500),
+            enqueued(WORKER_QUEUE, &["g1"], 500),
+            worker_fetch_op(&job(WORKER_QUEUE, 0, "g1", 1, 1, 1_000), 1_000),
+            orphan,
+        ];
+        let report = crate::checker::check(&history);
+        assert_eq!(report.counts.unexplained_attempts, 1, "{report:?}");
     }
 }

@@ -36,7 +36,7 @@ mod workload;
 
 use common::LEADER_MS_MAX;
 use faults::inject;
-use library::{library_client, library_producer, library_worker};
+use library::{client_worker, library_client, library_producer, library_queue_of, library_worker};
 use membership::ensure_members;
 pub use options::{Options, Outcomes, Profile, MAX_ATTEMPTS_HIGH, MAX_ATTEMPTS_LOW};
 pub use partitions::Partitions;
@@ -49,9 +49,11 @@ const CLOCK_SKEW_MS_MAX_DEFAULT: u64 = 5_000;
 
 /// How long the run waits for its workload tasks to stop after the faults:
 /// longer than a raw call's deadline, and than a library call with its
-/// retries (`library::LIBRARY_RETRY_MS_MAX` plus a try).
+/// retries (`library::LIBRARY_RETRY_MS_MAX` plus a try). The client's
+/// `Worker` may take longer (a fetch in flight, then its handlers, then
+/// their acks, each with retries): it is aborted then, with no release.
 const TASKS_STOP_MS_MAX: u64 = 12_000;
-pub use workload::{LIB_QUEUE, QUEUE};
+pub use workload::{LIB_QUEUE, QUEUE, QUEUES, WORKER_QUEUE};
 
 /// Runs one chaos run. The cluster is always torn down and partitions are
 /// always removed, whatever happens.
@@ -113,7 +115,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
         .map(|id| channel_to(cluster.addr(*id).client, cluster.client_ip()))
         .collect::<Result<_, _>>()?;
     let mut admin = pb::admin_client::AdminClient::new(channels[0].clone());
-    for queue in [QUEUE, LIB_QUEUE] {
+    for queue in QUEUES {
         admin
             .create_queue(pb::CreateQueueRequest {
                 name: queue.into(),
@@ -135,13 +137,15 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let addrs: Vec<std::net::SocketAddr> = ids.iter().map(|id| cluster.addr(*id).client).collect();
-    // Producer 0 and worker 0 go through the client library.
-    for p in 0..options.producers {
+    // Producer 0 and worker 0 go through the client library; one producer
+    // more, numbered after the others, feeds the client's own `Worker`.
+    for p in 0..=options.producers {
         let rng = StdRng::seed_from_u64(options.seed ^ (0x5EED_0000 + p as u64));
-        if p == 0 {
+        if let Some(queue) = library_queue_of(p, options.producers) {
             let client = library_client(&addrs, cluster.client_ip())?;
             tasks.push(tokio::spawn(library_producer(
                 p,
+                queue,
                 rng,
                 client,
                 options.groups,
@@ -180,6 +184,16 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
             stop.clone(),
         )));
     }
+    // Beyond those, the client's own `Worker` on its own queue, numbered
+    // after the other workers; stopped by its token.
+    let worker_stop = lockstep_client::CancellationToken::new();
+    let rng = StdRng::seed_from_u64(options.seed ^ (0xC0DE_0000 + options.workers as u64));
+    tasks.push(tokio::spawn(client_worker(
+        rng,
+        library_client(&addrs, cluster.client_ip())?,
+        recorder.clone(),
+        worker_stop.clone(),
+    )?));
 
     tasks.push(tokio::spawn(side_queues(
         channels.clone(),
@@ -190,6 +204,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     let mut partitions = Partitions::new();
     let (faults, troubles) = inject(options, &cluster, &channels, &mut partitions).await;
     stop.store(true, Ordering::Relaxed);
+    worker_stop.cancel();
     // Raw calls end within their deadline and are recorded when they end;
     // a library call may retry for longer, and is recorded (indeterminate)
     // before it starts, so a task still running after the wait is stopped:
@@ -247,7 +262,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     }
     if liveness.is_none() {
         let mut rng = StdRng::seed_from_u64(options.seed ^ 0xD7A1);
-        for queue in [QUEUE, LIB_QUEUE] {
+        for queue in QUEUES {
             if let Err(e) = drain(&mut rng, &channels, &recorder, queue).await {
                 liveness = Some(e);
                 break;

@@ -2,6 +2,7 @@
 //! replay command, the one-line summary, and the one-page summary.
 
 use super::options::{Options, Outcomes};
+use crate::history::{Call, Op};
 
 /// The JSON report of one run.
 #[derive(Debug, serde::Serialize)]
@@ -13,6 +14,8 @@ pub struct ChaosReport {
     pub passed: bool,
     pub liveness: Option<String>,
     pub checker: crate::checker::Report,
+    /// Jobs the client library's `Worker` handed its handler.
+    pub worker_jobs: usize,
     pub faults: Vec<(u64, String)>,
     /// The command that runs the same seed and profile again.
     pub replay: String,
@@ -28,6 +31,7 @@ pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
         passed: checker.passed() && outcomes.liveness.is_none(),
         liveness: outcomes.liveness.clone(),
         checker,
+        worker_jobs: worker_jobs(&outcomes.history),
         faults: outcomes.faults.clone(),
         replay: format!(
             "lockstep chaos --profile {} --seed {} --duration-s {} --nodes {} --producers {} --workers {} --groups {}",
@@ -50,6 +54,23 @@ pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
     }
 }
 
+/// Jobs the client library's `Worker` handed its handler: its fetches are
+/// the only ones the history records with an unknown send time, one per job.
+fn worker_jobs(history: &[Op]) -> usize {
+    history
+        .iter()
+        .filter(|op| {
+            matches!(
+                &op.call,
+                Call::Fetch {
+                    invoke_unknown: true,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
 /// A short human summary of a report.
 pub fn summary(r: &ChaosReport) -> String {
     let counts: Vec<String> = CLASSES
@@ -58,7 +79,7 @@ pub fn summary(r: &ChaosReport) -> String {
         .map(|((letter, _), n)| format!("{letter}={n}"))
         .collect();
     format!(
-        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} dead_lettered={} {} faults={} liveness={}\nreplay: {}",
+        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} dead_lettered={} worker_jobs={} {} faults={} liveness={}\nreplay: {}",
         if r.passed { "PASS" } else { "FAIL" },
         r.profile,
         r.seed,
@@ -68,6 +89,7 @@ pub fn summary(r: &ChaosReport) -> String {
         r.checker.enqueued_ok,
         r.checker.delivered,
         r.checker.dead_lettered,
+        r.worker_jobs,
         counts.join(" "),
         r.faults.len() / 2,
         r.liveness.as_deref().unwrap_or("ok"),
@@ -127,8 +149,13 @@ pub fn summary_page(r: &ChaosReport) -> String {
     );
     let _ = writeln!(
         page,
-        "{} operations recorded, {} enqueues acknowledged, {} deliveries, {} dead-lettered",
-        r.checker.ops, r.checker.enqueued_ok, r.checker.delivered, r.checker.dead_lettered
+        "{} operations recorded, {} enqueues acknowledged, {} deliveries, {} dead-lettered, \
+         {} jobs handled by the client's Worker",
+        r.checker.ops,
+        r.checker.enqueued_ok,
+        r.checker.delivered,
+        r.checker.dead_lettered,
+        r.worker_jobs
     );
     let _ = writeln!(
         page,

@@ -26,6 +26,15 @@ pub const QUEUE: &str = "chaos";
 /// jobs no one saw) can never explain an attempt of a library job, whose
 /// retried calls must never lease anything unseen (the reply cache).
 pub const LIB_QUEUE: &str = "chaos-lib";
+/// The queue the client library's own `Worker` consumes, fed by a library
+/// producer of its own: the `Worker` fetches where the history cannot see
+/// when (or whether) it fetched, so its fetches are recorded with an
+/// unknown send time and capacity, which would explain away any orphaned
+/// lease of a queue they shared (the A check `LIB_QUEUE` relies on).
+pub const WORKER_QUEUE: &str = "chaos-worker";
+/// Every queue the workload uses: each is created before the run and
+/// drained after it.
+pub const QUEUES: [&str; 3] = [QUEUE, LIB_QUEUE, WORKER_QUEUE];
 /// Deadline of one client call; past it the outcome is indeterminate.
 pub(super) const CALL_MS_MAX: u64 = 3_000;
 /// One batch in this many is sent again after it succeeded.
