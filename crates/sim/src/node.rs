@@ -134,6 +134,9 @@ pub(crate) struct Node {
     pub wall_offset_ms: i64,
     /// How long a sync takes, ms.
     pub fsync_ms: u64,
+    /// What this node did that a trace shows (votes, the guard), taken by
+    /// the world after each step.
+    pub notes: Vec<String>,
 }
 
 fn last_term(log: &[Entry]) -> u64 {
@@ -175,6 +178,7 @@ impl Node {
             sync_inflight: false,
             wall_offset_ms: 0,
             fsync_ms: 0,
+            notes: Vec::new(),
         }
     }
 
@@ -319,6 +323,7 @@ impl Node {
         self.sync_inflight = false;
         self.durable_len = self.log.len();
         self.flush_unsynced(out, false);
+        self.apply_committed(now, out, rng);
         self.after_own_sync(now, out, rng);
     }
 
@@ -533,6 +538,12 @@ impl Node {
                 if granted {
                     self.voted_for = Some(cand);
                     self.reset_election(now, rng);
+                    self.notes.push(format!(
+                        "votes for n{} in term {term} (log {}/{})",
+                        cand + 1,
+                        self.log.len(),
+                        last_term(&self.log)
+                    ));
                 }
                 let msg = Msg::VoteResp {
                     term: self.term,
@@ -857,8 +868,13 @@ impl Node {
         self.serve_reads(now, out, rng);
     }
 
+    /// Applies what is committed and durable here: the store makes an entry
+    /// readable only once its write is synced, so nothing is applied that a
+    /// crash could take back (and the guard, which lifts on the applied
+    /// index, never lifts on entries the node may lose).
     fn apply_committed(&mut self, _now: u64, out: &mut Out, _rng: &mut StdRng) {
-        while self.applied < self.commit && (self.applied as usize) < self.log.len() {
+        let readable = self.synced_match();
+        while self.applied < self.commit && self.applied < readable {
             let index = self.applied + 1;
             let result = self.apply_entry(index);
             if let Some((tr, via)) = self.proposed.remove(&index) {
@@ -903,6 +919,10 @@ impl Node {
     fn lift_guard(&mut self) {
         if self.guarded && self.guard_target.is_some_and(|t| self.applied >= t) {
             self.guarded = false;
+            self.notes.push(format!(
+                "guard lifted: applied {} >= confirmed {:?}",
+                self.applied, self.guard_target
+            ));
             self.guard_target = None;
         }
     }

@@ -336,6 +336,10 @@ impl World {
 
     /// Hands a node's messages to the network and schedules its sync.
     fn emit(&mut self, ix: NodeIx, out: Out) {
+        let notes = std::mem::take(&mut self.nodes[ix].notes);
+        for note in notes {
+            self.note(format!("n{} {note}", ix + 1));
+        }
         for env in out.sends {
             self.send(env);
         }
