@@ -23,6 +23,7 @@ use std::time::Duration;
 use lockstep_core::Command;
 use tokio::sync::watch;
 
+use crate::every::Every;
 use crate::metrics::registry::Metrics;
 
 /// How often the free space is read.
@@ -115,19 +116,10 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 }
 
 /// Reads the free space every [`DISK_CHECK_MS`] until `stop` turns true.
-pub(crate) async fn run(
-    space: Arc<DiskSpace>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut interval = tokio::time::interval(Duration::from_millis(DISK_CHECK_MS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+pub(crate) async fn run(space: Arc<DiskSpace>, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) {
+    let mut every = Every::new(Duration::from_millis(DISK_CHECK_MS), stop);
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
+        if !every.tick().await {
             return;
         }
         let reading = {

@@ -14,6 +14,7 @@ use openraft::Raft;
 use tokio::sync::watch;
 
 use crate::error::RunError;
+use crate::every::Every;
 
 /// How often a guarded node asks the leader for its confirmed commit index
 /// and looks whether it has applied up to it.
@@ -83,16 +84,11 @@ pub(crate) async fn run(
     guard: Guard,
     raft: Raft<TypeConfig>,
     forwarding: Forwarding,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut interval = tokio::time::interval(Duration::from_millis(GUARD_CHECK_MS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = Every::new(Duration::from_millis(GUARD_CHECK_MS), stop);
     while guard.is_up() {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
+        if !every.tick().await {
             return;
         }
         if guard.vote.floor().is_none() {

@@ -31,6 +31,7 @@ mod convert;
 mod disk;
 pub mod embedded;
 mod error;
+mod every;
 mod guard;
 mod hint;
 mod metrics;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use lockstep_core::Command;
 use tokio::sync::watch;
 
+use crate::every::Every;
 use crate::node::Node;
 
 /// How often the leader's ticker checks for due leases and delays. A lease
@@ -18,15 +19,10 @@ const TICK_CHECK_MS: u64 = 50;
 
 /// While `node` leads, proposes a `Tick` whenever a lease or a delay is
 /// due. Ends when `stop` turns true.
-pub(crate) async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(TICK_CHECK_MS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
+    let mut every = Every::new(Duration::from_millis(TICK_CHECK_MS), stop);
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
+        if !every.tick().await {
             return;
         }
         let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
