@@ -131,3 +131,26 @@ async fn a_full_restart_keeps_the_state_identical() {
     .await
     .expect("test finished within its timeout");
 }
+
+/// A port range that was free when the harness checked it can be taken
+/// before the nodes bind it (another test process picked it at the same
+/// moment). The node that cannot bind exits naming the address; the
+/// cluster moves to another range instead of failing the test that
+/// asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_before_the_nodes_bind_moves_the_cluster() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(&dir);
+        let base = lockstep_harness::free_base_port(spec.net, 3).unwrap();
+        // Node 2's client port (the first of its three) is taken now.
+        let taken = std::net::TcpListener::bind(("127.0.0.2", base)).unwrap();
+        let cluster = Cluster::start_on(spec, 3, 3, base).unwrap();
+        assert_ne!(cluster.addr(2).client.port(), base, "moved off the range");
+        cluster.bootstrap(3).await.unwrap();
+        cluster.wait_leader(&[1, 2, 3], ELECTION_MAX).await.unwrap();
+        drop(taken);
+    })
+    .await
+    .expect("the test finished in time");
+}

@@ -68,6 +68,15 @@ const BASE_PORT_MAX: u16 = 32_000;
 const CLIENT_HOST: u8 = 200;
 /// Ports per node: client, peer, metrics.
 const PORTS_PER_NODE: u16 = 3;
+/// How many port ranges [`Cluster::start`] tries before it gives up.
+const START_ATTEMPTS_MAX: u32 = 5;
+
+/// Why nodes did not come up.
+enum Started {
+    /// A node could not bind one of its addresses.
+    AddressTaken(String),
+    Failed(String),
+}
 
 /// How to run a cluster.
 #[derive(Clone, Debug)]
@@ -225,18 +234,84 @@ impl Cluster {
     /// (not yet bootstrapped). `ids_max` leaves room for nodes that join
     /// later.
     pub fn start(spec: Spec, n: u64, ids_max: u64) -> Result<Cluster> {
+        let base_port = free_base_port(spec.net, ids_max)?;
+        Cluster::start_on(spec, n, ids_max, base_port)
+    }
+
+    /// [`Cluster::start`] from the port range at `base_port`; the cluster
+    /// moves to another free range if a node cannot bind there.
+    pub fn start_on(spec: Spec, n: u64, ids_max: u64, base_port: u16) -> Result<Cluster> {
         std::fs::create_dir_all(&spec.dir)
             .map_err(|e| err(format!("{}: {e}", spec.dir.display())))?;
-        let base_port = free_base_port(spec.net, ids_max)?;
         let mut cluster = Cluster {
             spec,
             base_port,
             procs: BTreeMap::new(),
         };
-        for id in 1..=n {
-            cluster.spawn(id)?;
+        // A range free when checked can be taken before the nodes bind it
+        // (another test process checks at the same moment): then a node
+        // exits naming the address, and the whole cluster moves to another
+        // range. Nothing was bootstrapped yet, so nothing is lost.
+        for attempt in 1..=START_ATTEMPTS_MAX {
+            for id in 1..=n {
+                cluster.spawn(id)?;
+            }
+            match cluster.wait_listening(n) {
+                Ok(()) => return Ok(cluster),
+                Err(Started::AddressTaken(text)) if attempt < START_ATTEMPTS_MAX => {
+                    eprintln!("harness: {text}; moving the cluster to other ports");
+                    for id in 1..=n {
+                        cluster.wipe(id)?;
+                    }
+                    cluster.base_port = free_base_port(cluster.spec.net, ids_max)?;
+                }
+                Err(Started::AddressTaken(text) | Started::Failed(text)) => return Err(err(text)),
+            }
         }
-        Ok(cluster)
+        unreachable!("the last attempt returns")
+    }
+
+    /// Waits up to [`NODE_START_MS_MAX`] until nodes `1..=n` accept TCP
+    /// connections on all three of their ports. A node that exits instead is an
+    /// error that quotes its log.
+    fn wait_listening(&mut self, n: u64) -> std::result::Result<(), Started> {
+        let deadline = Instant::now() + Duration::from_millis(NODE_START_MS_MAX);
+        let mut waiting: Vec<u64> = (1..=n).collect();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for id in waiting {
+                if let Some(status) = self.exit_status(id) {
+                    let tail = self.log_tail(id, 20);
+                    let text = format!("node {id} exited at start-up ({status}):\n{tail}");
+                    return Err(if tail.contains("in use") {
+                        Started::AddressTaken(text)
+                    } else {
+                        Started::Failed(text)
+                    });
+                }
+                let a = self.addr(id);
+                let listening = [a.client, a.peer, a.metrics].iter().all(|addr| {
+                    std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+                });
+                if !listening {
+                    still.push(id);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let id = waiting[0];
+                return Err(Started::Failed(format!(
+                    "node {id} did not listen on {:?} within {NODE_START_MS_MAX} ms:\n{}",
+                    self.addr(id),
+                    self.log_tail(id, 20)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     pub fn spec(&self) -> &Spec {
