@@ -127,6 +127,9 @@ struct NodeArgs {
     data_dir: Option<PathBuf>,
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// The web dashboard's address (`ui_addr`); off unless given.
+    #[arg(long)]
+    ui_addr: Option<String>,
     /// Any other key, as KEY=VALUE (for example raft.heartbeat_ms=100).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -148,6 +151,7 @@ impl NodeArgs {
             self.data_dir.as_ref().map(|p| p.display().to_string()),
         );
         push("metrics_addr", self.metrics_addr.clone());
+        push("ui_addr", self.ui_addr.clone());
         for pair in &self.set {
             let (key, value) = pair
                 .split_once('=')

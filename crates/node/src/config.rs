@@ -163,6 +163,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Prometheus metrics over HTTP; empty turns them off.
     pub metrics_addr: String,
+    /// The web dashboard and its JSON API over HTTP (`ui`); empty, the
+    /// default, turns them off. Plain HTTP only: refused with TLS on.
+    pub ui_addr: String,
     /// Raft timing and log sizes.
     pub raft: RaftConfig,
     /// How writes are gathered into Raft entries.
@@ -185,6 +188,7 @@ impl Default for NodeConfig {
             client_addr: "127.0.0.1:7100".into(),
             data_dir: PathBuf::from("data"),
             metrics_addr: String::new(),
+            ui_addr: String::new(),
             raft: RaftConfig {
                 heartbeat_ms: 150,
                 election_timeout_min_ms: 1_000,
@@ -454,6 +458,19 @@ impl NodeConfig {
         }
         if !self.metrics_addr.is_empty() {
             parse_addr("metrics_addr", &self.metrics_addr)?;
+        }
+        if !self.ui_addr.is_empty() {
+            parse_addr("ui_addr", &self.ui_addr)?;
+            // The dashboard's server speaks plain HTTP: with TLS on, a
+            // browser's bearer token would cross the network in clear.
+            if self.tls.enabled() {
+                return Err(invalid(
+                    "ui_addr",
+                    "the dashboard is served over plain HTTP only, and tls.cert_file is set: \
+                     leave ui_addr empty on a TLS node, or serve the dashboard of a loopback-only \
+                     node behind your own TLS proxy",
+                ));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));

@@ -90,9 +90,11 @@ impl Embedded {
                 ("id".into(), id.to_string()),
                 ("data_dir".into(), data_dir.display().to_string()),
                 ("peer_addr".into(), peer_addr.into()),
-                // No client port unless asked for; no metrics port either.
+                // No client port unless asked for; no metrics port and no
+                // dashboard either.
                 ("client_addr".into(), String::new()),
                 ("metrics_addr".into(), String::new()),
+                ("ui_addr".into(), String::new()),
             ],
             members: Vec::new(),
             client: None,

@@ -41,6 +41,7 @@ mod service;
 mod start;
 mod ticker;
 pub mod tls;
+mod ui;
 
 /// Whether the planted bug `name` is on (`lockstep_core::planted`; tests
 /// only): always false in a build without the `planted-bugs` feature, so

@@ -85,6 +85,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     warn_if_exposed(&config, tls.is_some(), auth.is_on());
     // Bound first, so a taken port stops start-up before anything runs.
     let metrics_listener = bind(&config.metrics_addr, "metrics_addr").await?;
+    let ui_listener = bind(&config.ui_addr, "ui_addr").await?;
     let client_listener = bind(&config.client_addr, "client_addr").await?;
     let peer_listener =
         bind(&config.peer_addr, "peer_addr")
@@ -116,7 +117,9 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     // The in-process services trust their caller (the embedding process
     // itself); the client port checks every call.
     let local_services = Services::new(node.clone());
+    let auth_on = auth.is_on();
     let services = local_services.clone().with_auth(auth);
+    let services_for_ui = services.clone();
     let message_max = config.limits.message_bytes_max as usize;
     let standard = standard_routes().await?;
     if let Some(listener) = client_listener {
@@ -179,7 +182,16 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
         ));
     }
-    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
+    if let Some(listener) = ui_listener {
+        // The dashboard's JSON API calls the client port's own handlers,
+        // with the same auth.
+        let task = crate::ui::serve(listener, services_for_ui, auth_on, servers.stop.clone());
+        servers.tasks.push((
+            "ui server",
+            tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),
+        ));
+    }
+    tracing::info!(id = config.id, client = %config.client_addr, peer = %config.peer_addr, metrics = %config.metrics_addr, ui = %config.ui_addr, in_process = in_process.is_some(), tls = tls.is_some(), auth = %config.auth.mode, "node started");
     Ok(Running {
         node,
         flusher,
