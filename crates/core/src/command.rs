@@ -147,11 +147,17 @@ pub enum Command {
 impl Command {
     /// Whether applying this command may change a queue's existence or
     /// configuration: what [`crate::Configs`] copies.
+    /// A sequenced one may too: a queue created with a session must reach
+    /// the copy, or every later call without one is refused NOT_FOUND by
+    /// the leader's precheck.
     pub fn changes_configs(&self) -> bool {
-        matches!(
-            self,
-            Command::CreateQueue { .. } | Command::UpdateQueue { .. } | Command::DeleteQueue { .. }
-        )
+        match self {
+            Command::CreateQueue { .. }
+            | Command::UpdateQueue { .. }
+            | Command::DeleteQueue { .. } => true,
+            Command::Sequenced { command, .. } => command.changes_configs(),
+            _ => false,
+        }
     }
 
     /// The queue a command addresses, if any.
@@ -290,4 +296,28 @@ pub enum Effect {
     DropQueue {
         queue_id: QueueId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequenced_queue_change_changes_the_configs() {
+        let create = Command::CreateQueue {
+            name: "q".into(),
+            config: crate::QueueConfig::default(),
+        };
+        assert!(create.changes_configs());
+        let sequenced = Command::Sequenced {
+            sequence: Sequence {
+                session: 1,
+                seq: 1,
+                floor: 1,
+            },
+            command: Box::new(create),
+        };
+        assert!(sequenced.changes_configs());
+        assert!(!Command::Tick.changes_configs());
+    }
 }
