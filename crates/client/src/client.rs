@@ -357,6 +357,9 @@ impl Client {
     {
         let policy = &self.inner.config.retry;
         let authorization = self.inner.authorization()?;
+        // The node's spans of this call continue the caller's trace.
+        let traceparent = crate::trace::current_traceparent()
+            .and_then(|t| tonic::metadata::AsciiMetadataValue::try_from(t).ok());
         // Checked here: tonic would only reset the stream mid-send, which
         // reads as an unexplained INTERNAL.
         let bytes = request.encoded_len();
@@ -378,6 +381,11 @@ impl Client {
                 message
                     .metadata_mut()
                     .insert("authorization", value.clone());
+            }
+            if let Some(value) = &traceparent {
+                message
+                    .metadata_mut()
+                    .insert(crate::trace::TRACEPARENT, value.clone());
             }
             let error = match tokio::time::timeout(spec.timeout, send(channel, message)).await {
                 Ok(Ok(response)) => {
@@ -450,6 +458,7 @@ impl Client {
         mut jobs: Vec<pb::Job>,
     ) -> Result<Vec<Enqueued>, Error> {
         fill_missing_ids(&mut jobs);
+        add_traceparent(&mut jobs, crate::trace::current_traceparent());
         let ids: Vec<String> = jobs
             .iter()
             .map(|j| j.id.clone().unwrap_or_default())
@@ -994,6 +1003,29 @@ impl Client {
 }
 
 /// The per-job results of an enqueue, checked against the ids sent.
+/// Gives every job without a `traceparent` header the producer's, so the
+/// worker's span continues the producer's trace. It counts against the
+/// job's header limits like any other header.
+fn add_traceparent(jobs: &mut [pb::Job], traceparent: Option<String>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    for job in jobs {
+        let has = crate::trace::traceparent_in(
+            job.headers
+                .iter()
+                .map(|h| (h.key.as_str(), h.value.as_str())),
+        )
+        .is_some();
+        if !has {
+            job.headers.push(pb::Header {
+                key: crate::trace::TRACEPARENT.into(),
+                value: traceparent.clone(),
+            });
+        }
+    }
+}
+
 fn enqueued(response: pb::EnqueueResponse, ids: Vec<String>) -> Result<Vec<Enqueued>, Error> {
     if response.results.len() != ids.len() {
         return Err(Error::Protocol {

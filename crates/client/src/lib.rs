@@ -15,6 +15,8 @@
 //!   leases alive while handlers run, drops (never acks) a job whose lease
 //!   was lost, and shuts down gracefully, releasing what it could not
 //!   finish.
+//! - [`trace`] carries the producer's W3C trace context to the worker, in
+//!   each job's `traceparent` header and each call's gRPC metadata.
 //! - Every error is an [`Error`] that keeps the gRPC code and message
 //!   ([`Error::is_lease_lost`], [`Error::is_retryable`]).
 //!
@@ -57,6 +59,7 @@ mod config;
 mod error;
 mod ids;
 mod session;
+pub mod trace;
 mod worker;
 
 /// The generated `lockstep.v1` messages, for requests and answers that the

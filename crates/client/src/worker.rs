@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::batch::{AckBatcher, BatchConfig};
 use crate::client::Client;
@@ -110,6 +111,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The producer's W3C trace context, from the `traceparent` header.
+    pub fn traceparent(&self) -> Option<&str> {
+        crate::trace::traceparent_in(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
     fn new(queue: &str, d: pb::Delivery) -> Job {
         Job {
             queue: queue.to_string(),
@@ -451,10 +457,24 @@ where
                 Some(permit) if !stop.is_cancelled() => {
                     let shared = shared.clone();
                     let abandon = abandon.clone();
-                    jobs.spawn(async move {
-                        run_job(&shared, job, abandon).await;
-                        drop(permit);
-                    });
+                    // The handler runs in a `job` span that continues the
+                    // producer's trace (its `traceparent` header).
+                    let span = tracing::info_span!(
+                        "job",
+                        queue = %job.queue,
+                        offset = job.offset,
+                        id = %job.id,
+                        group = %job.group,
+                        attempt = job.attempt,
+                    );
+                    crate::trace::continue_trace(&span, job.traceparent());
+                    jobs.spawn(
+                        async move {
+                            run_job(&shared, job, abandon).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 // Stopping, or more jobs than asked for: give it back now.
                 _ => release(shared, &job).await,

@@ -45,6 +45,11 @@ pub type WriteResult = Result<Result<Reply, Error>, WriteFailure>;
 struct Pending {
     command: Command,
     reply: oneshot::Sender<WriteResult>,
+    /// The caller's span, parent of this command's `commit` span.
+    caller: tracing::Span,
+    /// Open from submission until the batch is sealed: the wait for
+    /// company and for a proposal slot.
+    batch: tracing::Span,
 }
 
 /// A handle to submit commands; cheap to clone.
@@ -86,7 +91,13 @@ impl Batcher {
     /// Proposes `command` in the next entry and waits for its answer.
     pub async fn submit(&self, command: Command) -> WriteResult {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Pending { command, reply }).await.is_err() {
+        let pending = Pending {
+            command,
+            reply,
+            caller: tracing::Span::current(),
+            batch: tracing::info_span!("batch"),
+        };
+        if self.tx.send(pending).await.is_err() {
             return Err(WriteFailure::Refused("the node is shutting down".into()));
         }
         rx.await.unwrap_or_else(|_| {
@@ -165,9 +176,25 @@ async fn run(
         let time_ms = clock.now_ms();
         let raft = raft.clone();
         let metrics = metrics.clone();
+        let commands_in_entry = batch.len();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let mut commands = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            // Each caller's `batch` span closes here, and its `commit`
+            // span covers the proposal until the answer: replication, the
+            // fsync on a majority and the apply (openraft 0.9 answers a
+            // write once it is applied on the leader).
+            let mut spans = Vec::with_capacity(batch.len());
+            for p in batch {
+                drop(p.batch);
+                commands.push(p.command);
+                replies.push(p.reply);
+                spans.push(tracing::info_span!(
+                    parent: &p.caller,
+                    "commit",
+                    commands = commands_in_entry
+                ));
+            }
             let started = Instant::now();
             let result = raft.client_write(Batch { time_ms, commands }).await;
             drop(permit);
@@ -187,6 +214,7 @@ async fn run(
                     }
                 }
             }
+            drop(spans);
         });
     }
 }

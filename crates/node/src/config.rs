@@ -166,6 +166,10 @@ pub struct NodeConfig {
     /// The web dashboard and its JSON API over HTTP (`ui`); empty, the
     /// default, turns them off. Plain HTTP only: refused with TLS on.
     pub ui_addr: String,
+    /// An OTLP/gRPC collector (`http://host:4317`) that the node's spans
+    /// are exported to, continuing each caller's trace; empty, the
+    /// default, exports nothing.
+    pub otlp_endpoint: String,
     /// Raft timing and log sizes.
     pub raft: RaftConfig,
     /// How writes are gathered into Raft entries.
@@ -189,6 +193,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("data"),
             metrics_addr: String::new(),
             ui_addr: String::new(),
+            otlp_endpoint: String::new(),
             raft: RaftConfig {
                 heartbeat_ms: 150,
                 election_timeout_min_ms: 1_000,
@@ -456,6 +461,15 @@ impl NodeConfig {
         if !self.client_addr.is_empty() {
             parse_addr("client_addr", &self.client_addr)?;
         }
+        if !self.otlp_endpoint.is_empty() && !valid_otlp_endpoint(&self.otlp_endpoint) {
+            return Err(invalid(
+                "otlp_endpoint",
+                format!(
+                    "`{}` is not an http:// or https:// URL of an OTLP/gRPC collector",
+                    self.otlp_endpoint
+                ),
+            ));
+        }
         if !self.metrics_addr.is_empty() {
             parse_addr("metrics_addr", &self.metrics_addr)?;
         }
@@ -586,6 +600,15 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Whether `endpoint` can name an OTLP/gRPC collector (`otlp_endpoint`).
+pub(crate) fn valid_otlp_endpoint(endpoint: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        endpoint
+            .strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    })
+}
+
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse()
         .map_err(|_| invalid(key, format!("`{text}` is not an IP:port address")))
@@ -679,6 +702,12 @@ mod tests {
                 vec![],
                 flags(&[("peer_addr", "nowhere")]),
                 "`peer_addr`",
+            ),
+            (
+                None,
+                vec![],
+                flags(&[("otlp_endpoint", "127.0.0.1:4317")]),
+                "`otlp_endpoint`",
             ),
             (
                 None,

@@ -39,6 +39,7 @@ mod node;
 pub mod run;
 mod service;
 mod start;
+pub mod telemetry;
 mod ticker;
 pub mod tls;
 mod ui;

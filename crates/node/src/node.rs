@@ -578,11 +578,16 @@ fn record_queue(queue: Option<&str>) {
 }
 
 /// The peer-side entry point of a forwarded request.
-pub async fn handle_forwarded(node: &Node, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+pub async fn handle_forwarded(
+    node: &Node,
+    bytes: &[u8],
+    traceparent: Option<&str>,
+) -> Result<Vec<u8>, Status> {
     let request: Request = codec::decode(bytes)
         .map_err(|e| Status::invalid_argument(format!("forwarded request: {e}")))?;
     let queue = request.queue().map(tracing::field::display);
     let span = tracing::info_span!("forwarded", node = node.id, queue);
+    lockstep_client::trace::continue_trace(&span, traceparent);
     let _slot = node.slot(&node.forward_slots, "forwarded")?;
     let response = node.execute_local(request).instrument(span).await?;
     lost_reply("forward-reply-lost").await?;

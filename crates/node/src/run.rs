@@ -8,7 +8,18 @@ pub use crate::start::{start, Running, SERVER_STOP_MS_MAX};
 
 /// Runs a node until SIGTERM or Ctrl-C.
 pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
-    tracing_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Server(e.to_string()))?;
+    // Inside the runtime: the OTLP exporter is tonic's.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        crate::telemetry::init(
+            &format!("lockstep-node-{}", config.id),
+            &config.otlp_endpoint,
+        )?
+    };
     plant_bug()?;
     watch_failpoints()?;
     if config.client_addr.is_empty() {
@@ -20,11 +31,7 @@ pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
             message: "a node process needs a client address".into(),
         });
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| RunError::Server(e.to_string()))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let running = start(config, false).await?;
         tokio::select! {
             _ = shutdown_signal() => {
@@ -40,7 +47,11 @@ pub fn run_node(config: NodeConfig) -> Result<(), RunError> {
                 Err(fatal)
             }
         }
-    })
+    });
+    // The last spans go out while the runtime still runs tonic.
+    let _runtime = runtime.enter();
+    drop(telemetry);
+    result
 }
 
 /// The environment variable naming a file of failpoints (`name=actions`
@@ -103,15 +114,6 @@ fn plant_bug() -> Result<(), RunError> {
         "{PLANTED_BUG_ENV}=`{name}`, but this build has no planted bugs (the \
          `planted-bugs` feature, debug builds only)"
     )))
-}
-
-fn tracing_init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT): how a person or a supervisor

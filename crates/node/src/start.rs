@@ -15,6 +15,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic::Status;
 use tower::layer::util::{Identity, Stack};
+use tracing::Instrument;
 
 use crate::bootstrap::is_fresh;
 use crate::config::NodeConfig;
@@ -272,7 +273,7 @@ async fn open_node(
         config.clone(),
         raft,
         state,
-        Arc::new(network),
+        Arc::new(TracedForwarder(network)),
         guard,
     ));
     Ok((node, flusher))
@@ -479,7 +480,34 @@ struct NodeForward(Arc<Node>);
 
 #[tonic::async_trait]
 impl ForwardHandler for NodeForward {
-    async fn forward(&self, request: Vec<u8>) -> Result<Vec<u8>, Status> {
-        crate::node::handle_forwarded(&self.0, &request).await
+    async fn forward(
+        &self,
+        request: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<Vec<u8>, Status> {
+        crate::node::handle_forwarded(&self.0, &request, traceparent.as_deref()).await
+    }
+}
+
+/// Forwards over the peer network in a `forward` span, whose trace context
+/// goes with the request so the leader's spans continue it.
+#[derive(Debug)]
+struct TracedForwarder(PeerNetworkFactory);
+
+#[tonic::async_trait]
+impl lockstep_raft::Forwarder for TracedForwarder {
+    async fn forward(
+        &self,
+        target: lockstep_types::NodeId,
+        node: &lockstep_types::NodeInfo,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Status> {
+        let span = tracing::info_span!("forward", leader = target);
+        let traceparent = lockstep_client::trace::traceparent_of(&span);
+        self.0
+            .forward_traced(target, &node.peer_addr, request, timeout, traceparent)
+            .instrument(span)
+            .await
     }
 }

@@ -25,7 +25,7 @@ use tonic::{Code, Request, Status};
 
 use crate::pb::peer_client::PeerClient as GrpcPeerClient;
 use crate::pb::PeerMessage;
-use crate::PEER_MESSAGE_BYTES_MAX;
+use crate::{PEER_MESSAGE_BYTES_MAX, TRACEPARENT_KEY};
 
 /// How long one TCP connection attempt to a peer may take, in milliseconds.
 /// A peer behind a partition drops the SYN; without this bound the attempt
@@ -125,8 +125,26 @@ impl PeerNetworkFactory {
         bytes: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, Status> {
+        self.forward_traced(target, addr, bytes, timeout, None)
+            .await
+    }
+
+    /// [`PeerNetworkFactory::forward`] carrying the caller's W3C
+    /// `traceparent` in the metadata, so the leader's spans of the request
+    /// continue the caller's trace. This crate only carries the text.
+    pub async fn forward_traced(
+        &self,
+        target: NodeId,
+        addr: &str,
+        bytes: Vec<u8>,
+        timeout: Duration,
+        traceparent: Option<String>,
+    ) -> Result<Vec<u8>, Status> {
         let channel = self.channel(target, addr)?;
-        call(channel, Method::Forward, bytes, timeout).await
+        let metadata = traceparent
+            .and_then(|t| tonic::metadata::AsciiMetadataValue::try_from(t).ok())
+            .map(|v| (TRACEPARENT_KEY, v));
+        call(channel, Method::Forward, bytes, timeout, metadata).await
     }
 
     /// The channel to `target` at `addr`: the cached one, or a new lazily
@@ -283,7 +301,7 @@ impl PeerClient {
                 PayloadTooLarge::new_entries_hint(fit),
             ));
         }
-        let bytes = call(channel, method, data, timeout)
+        let bytes = call(channel, method, data, timeout, None)
             .await
             .map_err(|status| self.transport_error(action, timeout, status))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
@@ -396,6 +414,7 @@ async fn call(
     method: Method,
     data: Vec<u8>,
     timeout: Duration,
+    metadata: Option<(&'static str, tonic::metadata::AsciiMetadataValue)>,
 ) -> Result<Vec<u8>, Status> {
     if data.len() > PEER_MESSAGE_BYTES_MAX {
         return Err(Status::resource_exhausted(format!(
@@ -408,6 +427,9 @@ async fn call(
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let mut request = Request::new(PeerMessage { data });
     request.set_timeout(timeout);
+    if let Some((key, value)) = metadata {
+        request.metadata_mut().insert(key, value);
+    }
     let response = async {
         match method {
             Method::AppendEntries => client.append_entries(request).await,

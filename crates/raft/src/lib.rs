@@ -53,6 +53,10 @@ pub mod pb {
 /// peer can never make this node buffer more than this for one message.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// The metadata key of a forwarded request's W3C trace context (the same
+/// key clients send on the client port).
+pub const TRACEPARENT_KEY: &str = "traceparent";
+
 // Every peer message body is decoded by the codec, whose own limit must not
 // be the smaller one, or a message the transport accepted would fail to
 // decode with a misleading error.

@@ -24,7 +24,13 @@ use crate::{VoteGuard, PEER_MESSAGE_BYTES_MAX};
 pub trait ForwardHandler: Send + Sync + 'static {
     /// Runs one forwarded request and returns its encoded answer. An error
     /// status is relayed to the forwarding node as is.
-    async fn forward(&self, request: Vec<u8>) -> Result<Vec<u8>, Status>;
+    /// `traceparent` is the forwarding node's W3C trace context of the
+    /// request, when it sent one.
+    async fn forward(
+        &self,
+        request: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<Vec<u8>, Status>;
 }
 
 /// The `Peer` gRPC service: hands Raft RPCs to the local [`Raft`] and
@@ -146,7 +152,15 @@ impl Peer for PeerService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let data = self.forward.forward(request.into_inner().data).await?;
+        let traceparent = request
+            .metadata()
+            .get(crate::TRACEPARENT_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let data = self
+            .forward
+            .forward(request.into_inner().data, traceparent)
+            .await?;
         Ok(Response::new(PeerMessage { data }))
     }
 }

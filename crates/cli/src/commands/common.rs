@@ -39,6 +39,12 @@ pub struct Connect {
     /// variable: a flag shows in the process list.
     #[arg(long, env = "LOCKSTEP_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// Export this command's spans to an OTLP/gRPC collector
+    /// (`http://host:4317`): `enqueue` gives its jobs this trace, and
+    /// `work` runs each job in a span that continues the producer's. A
+    /// `TRACEPARENT` in the environment is continued.
+    #[arg(long, env = "LOCKSTEP_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Connect {

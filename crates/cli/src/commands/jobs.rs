@@ -73,6 +73,25 @@ pub struct NackArgs {
     delay: Option<Duration>,
 }
 
+/// The caller's `TRACEPARENT`, as the jobs' header, when this process
+/// exports no spans of its own (with `--otlp-endpoint` the client adds the
+/// command span's context instead, a child of it). An invalid value is
+/// ignored.
+fn caller_trace() -> Vec<pb::Header> {
+    if lockstep_client::trace::current_traceparent().is_some() {
+        return Vec::new();
+    }
+    std::env::var("TRACEPARENT")
+        .ok()
+        .filter(|t| lockstep_client::trace::context_of(t).is_some())
+        .map(|value| pb::Header {
+            key: lockstep_client::trace::TRACEPARENT.into(),
+            value,
+        })
+        .into_iter()
+        .collect()
+}
+
 pub async fn enqueue(client: &Client, out: &Out, args: EnqueueArgs) -> Result<(), CliError> {
     let EnqueueArgs {
         queue,
@@ -88,6 +107,7 @@ pub async fn enqueue(client: &Client, out: &Out, args: EnqueueArgs) -> Result<()
         group,
         priority,
         delay_ms: delay.map_or(0, |d| d.as_millis() as u64),
+        headers: caller_trace(),
         ..Default::default()
     };
     if let Some(data) = data {

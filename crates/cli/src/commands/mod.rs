@@ -17,6 +17,7 @@ mod queue;
 mod work;
 
 use lockstep_client::Client;
+use tracing::Instrument;
 
 pub use common::{outln, Connect};
 
@@ -47,12 +48,41 @@ pub enum Command {
     Dlq(dlq::DlqCmd),
 }
 
+impl Command {
+    /// The subcommand's name, for its span.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Enqueue(_) => "enqueue",
+            Command::Fetch(_) => "fetch",
+            Command::Ack(_) => "ack",
+            Command::Nack(_) => "nack",
+            Command::Work(_) => "work",
+            Command::Queue(_) => "queue",
+            Command::Groups(_) => "groups",
+            Command::Dlq(_) => "dlq",
+        }
+    }
+}
+
 /// Runs a client command; the error is the one line to print.
 pub fn run(connect: Connect, command: Command) -> Result<(), String> {
     block_on(async move {
+        // Without an endpoint no subscriber is installed, as before.
+        let _telemetry = match connect.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            Some(endpoint) => Some(
+                lockstep_node::telemetry::init("lockstep-cli", endpoint)
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
         let client = Client::connect(connect.config()?).map_err(|e| e.to_string())?;
         let out = Out { json: connect.json };
+        // The command's span: a child of the caller's TRACEPARENT, if any.
+        let span = tracing::info_span!("lockstep", command = command.name());
+        let parent = std::env::var("TRACEPARENT").ok();
+        lockstep_client::trace::continue_trace(&span, parent.as_deref());
         execute(&client, &out, command)
+            .instrument(span)
             .await
             .map_err(|e| explain(e, &connect.addrs))
     })

@@ -108,6 +108,13 @@ async fn run_job(
         .env("LOCKSTEP_PRIORITY", job.priority.to_string())
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true);
+    // The child continues the trace: the worker's `job` span when this
+    // process exports spans, else the producer's context unchanged.
+    if let Some(traceparent) = lockstep_client::trace::current_traceparent()
+        .or_else(|| job.traceparent().map(str::to_string))
+    {
+        cmd.env("TRACEPARENT", traceparent);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -162,6 +162,12 @@ where
             node = self.layer.node_id,
             queue = tracing::field::Empty,
         );
+        // A child of the caller's span, when the call carries one.
+        let traceparent = request
+            .headers()
+            .get(lockstep_client::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
+        lockstep_client::trace::continue_trace(&span, traceparent);
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
