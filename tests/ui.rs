@@ -251,6 +251,8 @@ async fn the_json_api_keeps_the_token_rules_and_types_its_errors() {
         assert_eq!(queues["queues"][0]["totals"]["enqueued"], 1);
         let cluster = ok(&ui, "GET", "/api/cluster", READER, None).await;
         assert_eq!(cluster["leader_id"], 1);
+        assert_eq!(cluster["lag_from"], 1);
+        assert_eq!(cluster["members"][0]["lag"], 0);
 
         // A change needs `admin`: refused without it, and nothing changed.
         let pause = r#"{"queue": "jobs", "group": "g"}"#;

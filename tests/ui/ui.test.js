@@ -156,6 +156,11 @@ async function main() {
       }
     }
     check(matched, 'the cluster view agrees with Cluster.Status');
+    await until('each node\'s lag, asked of the leader', WAIT_MS_MAX, async () =>
+      (await text(page, '#lag-from')).startsWith(`node ${leader}`) &&
+      (await page.locator('#members [data-field="lag"]').allTextContents()).every((l) => /^\d+$/.test(l)));
+    const lags = await page.locator('#members [data-field="lag"]').allTextContents();
+    check(true, `lag per node shown from the leader's status: ${lags.join(', ')}`);
     check((await text(page, '#cluster-guard')) === 'down', 'vote guard shown down');
     await shot(page, 'cluster');
 

@@ -13,6 +13,7 @@
 //! names the parameter and the bound at fault.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -56,6 +57,9 @@ pub const PAYLOAD_PREVIEW_BYTES: usize = 120;
 const QUERY_BYTES_MAX: usize = 4 * 1024;
 /// Longest any one API call may take before it answers DEADLINE_EXCEEDED.
 pub const CALL_MS_MAX: u64 = 10_000;
+/// Longest a follower's dashboard waits for the leader's `Cluster.Status`
+/// (for the lag of each node, which only the leader knows).
+pub const LEADER_STATUS_MS_MAX: u64 = 2_000;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -79,6 +83,7 @@ pub async fn serve(
 
 /// The dashboard's routes over `services`.
 pub fn router(services: Services, auth: bool) -> axum::Router {
+    let leader = Arc::new(LeaderLink::default());
     axum::Router::new()
         .route("/", get(|| asset("text/html; charset=utf-8", INDEX_HTML)))
         .route(
@@ -93,7 +98,12 @@ pub fn router(services: Services, auth: bool) -> axum::Router {
             "/api/ui",
             get(move |state: State<Services>| ui_bounds(state, auth)),
         )
-        .route("/api/cluster", get(cluster))
+        .route(
+            "/api/cluster",
+            get(move |state: State<Services>, headers: HeaderMap| {
+                cluster(state, headers, leader.clone())
+            }),
+        )
         .route("/api/queues", get(queues))
         .route("/api/groups", get(groups))
         .route("/api/groups/pause", post(pause))
@@ -353,14 +363,68 @@ async fn ui_bounds(State(services): State<Services>, auth: bool) -> Json {
     }))
 }
 
-/// `Cluster.Status` of this node.
-async fn cluster(State(services): State<Services>, headers: HeaderMap) -> ApiResult {
+/// A channel to the leader's client port, kept while the leader stays.
+#[derive(Debug, Default)]
+struct LeaderLink {
+    channel: Mutex<Option<(String, tonic::transport::Channel)>>,
+}
+
+impl LeaderLink {
+    /// `Cluster.Status` from the leader at `addr`, with the browser's
+    /// token, within [`LEADER_STATUS_MS_MAX`]; None if it does not answer.
+    async fn status(&self, addr: &str, headers: &HeaderMap) -> Option<pb::StatusResponse> {
+        let channel = {
+            let mut kept = self.channel.lock().ok()?;
+            match &*kept {
+                Some((a, c)) if a == addr => c.clone(),
+                _ => {
+                    let limit = Duration::from_millis(LEADER_STATUS_MS_MAX);
+                    let c = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .ok()?
+                        .connect_timeout(limit)
+                        .timeout(limit)
+                        .connect_lazy();
+                    *kept = Some((addr.to_string(), c.clone()));
+                    c
+                }
+            }
+        };
+        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        let call = client.status(request(headers, pb::StatusRequest { read: None }));
+        match tokio::time::timeout(Duration::from_millis(LEADER_STATUS_MS_MAX), call).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// `Cluster.Status` of this node. Each node's matched index and lag are
+/// the leader's: on a follower they come from the leader's own status
+/// (`lag_from` says which node's they are; null when it did not answer).
+async fn cluster(
+    State(services): State<Services>,
+    headers: HeaderMap,
+    leader: Arc<LeaderLink>,
+) -> ApiResult {
     let s = bounded(services.status(request(&headers, pb::StatusRequest { read: None }))).await?;
     let leader_client_addr = s
         .members
         .iter()
         .find(|m| Some(m.id) == s.leader_id)
         .map(|m| m.client_addr.clone());
+    let mut progress: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut lag_from = None;
+    if s.leader_id == Some(s.node_id) {
+        lag_from = Some(s.node_id);
+        progress.extend(s.members.iter().map(|m| (m.id, (m.matched_index, m.lag))));
+    } else if let (Some(id), Some(addr)) = (s.leader_id, &leader_client_addr) {
+        if let Some(l) = leader.status(addr, &headers).await {
+            if l.leader_id == Some(l.node_id) && l.node_id == id {
+                lag_from = Some(id);
+                progress.extend(l.members.iter().map(|m| (m.id, (m.matched_index, m.lag))));
+            }
+        }
+    }
     Ok(Json(json!({
         "node_id": s.node_id,
         "leader_id": s.leader_id,
@@ -372,14 +436,18 @@ async fn cluster(State(services): State<Services>, headers: HeaderMap) -> ApiRes
         "purged_index": s.purged_index,
         "state_digest": s.state_digest,
         "vote_guarded": s.vote_guarded,
-        "members": s.members.iter().map(|m| json!({
-            "id": m.id,
-            "peer_addr": m.peer_addr,
-            "client_addr": m.client_addr,
-            "role": m.role,
-            "matched_index": m.matched_index,
-            "lag": m.lag,
-        })).collect::<Vec<_>>(),
+        "lag_from": lag_from,
+        "members": s.members.iter().map(|m| {
+            let (matched, lag) = progress.get(&m.id).copied().unzip();
+            json!({
+                "id": m.id,
+                "peer_addr": m.peer_addr,
+                "client_addr": m.client_addr,
+                "role": m.role,
+                "matched_index": matched,
+                "lag": lag,
+            })
+        }).collect::<Vec<_>>(),
     })))
 }
 

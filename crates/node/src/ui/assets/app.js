@@ -109,8 +109,11 @@ async function pollCluster() {
       el('td', { class: 'role-' + m.role, 'data-field': 'role' }, m.role),
       el('td', {}, m.client_addr),
       el('td', {}, m.peer_addr),
-      num(m.matched_index, 'matched'),
-      num(m.lag, 'lag'))));
+      num(m.matched_index ?? '-', 'matched'),
+      num(m.lag ?? '-', 'lag'))));
+  $('#lag-from').textContent = s.lag_from === null || s.lag_from === undefined
+    ? 'the leader did not answer, so they are not shown'
+    : 'node ' + s.lag_from + (s.lag_from === s.node_id ? ' (this node)' : '');
 }
 
 // ---- Queues and their rates ----
