@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod breaker;
 mod client;
 mod config;
 mod error;
@@ -73,6 +74,10 @@ pub use tonic::Code;
 pub use batch::{
     AckBatcher, BatchConfig, EnqueueBatcher, BATCH_BUFFER_MAX_DEFAULT, BATCH_IN_FLIGHT_MAX_DEFAULT,
     BATCH_ITEMS_LIMIT, BATCH_ITEMS_MAX_DEFAULT, BATCH_LINGER_DEFAULT,
+};
+pub use breaker::{
+    BreakerConfig, BreakerState, BREAKER_COOL_DOWN_DEFAULT, BREAKER_FAILURES_LIMIT,
+    BREAKER_FAILURES_MAX_DEFAULT, BREAKER_WINDOW_DEFAULT,
 };
 pub use client::{Client, Consistency, EnqueueOutcome, Enqueued};
 pub use config::{

@@ -20,7 +20,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstep_proto as pb;
@@ -32,6 +32,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 use crate::batch::{AckBatcher, BatchConfig};
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, Change};
 use crate::client::Client;
 use crate::config::RetryPolicy;
 use crate::error::Error;
@@ -171,6 +172,10 @@ pub struct WorkerConfig {
     pub fetch_backoff_max: Duration,
     /// Bounds of the ack batcher. Default: 128 items, 1 ms linger.
     pub acks: BatchConfig,
+    /// The circuit breaker: when handlers keep answering `Retry`, stop
+    /// taking jobs for a cool-down and release what is held (see
+    /// [`BreakerConfig`]). Default: 10 failures in 10 s open it for 30 s.
+    pub breaker: BreakerConfig,
 }
 
 impl WorkerConfig {
@@ -192,6 +197,7 @@ impl WorkerConfig {
                 linger: ACK_LINGER_DEFAULT,
                 ..BatchConfig::default()
             },
+            breaker: BreakerConfig::default(),
         }
     }
 
@@ -226,6 +232,7 @@ impl WorkerConfig {
         }
         self.fetch_retry()
             .validate_backoff("worker.fetch_backoff_min", "worker.fetch_backoff_max")?;
+        self.breaker.validate()?;
         self.acks.validate("worker.acks.")
     }
 
@@ -255,8 +262,10 @@ pub struct WorkerReport {
     pub poisoned: u64,
     /// Jobs dropped because their lease was lost (never acked).
     pub lease_lost: u64,
-    /// Jobs given back at shutdown.
+    /// Jobs given back at shutdown, or when the breaker opened.
     pub released: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
     /// Finishing calls (ack, nack, dead-letter, release) that failed for
     /// another reason; the lease will expire and the job run again.
     pub failed: u64,
@@ -270,6 +279,7 @@ struct Counters {
     poisoned: AtomicU64,
     lease_lost: AtomicU64,
     released: AtomicU64,
+    breaker_opened: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -287,6 +297,7 @@ impl Counters {
             poisoned: get(&self.poisoned),
             lease_lost: get(&self.lease_lost),
             released: get(&self.released),
+            breaker_opened: get(&self.breaker_opened),
             failed: get(&self.failed),
         }
     }
@@ -331,6 +342,58 @@ struct Shared<H> {
     handler: H,
     acks: AckBatcher,
     counters: Counters,
+    breaker: Mutex<Breaker>,
+    /// Cancelled when the breaker opens: the jobs running then are
+    /// released. A child of the shutdown token, replaced at each opening.
+    generation: Mutex<CancellationToken>,
+}
+
+impl<H> Shared<H> {
+    /// The token of the jobs started now.
+    fn generation(&self) -> CancellationToken {
+        self.generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a handler's outcome with the breaker; when it opens, the
+    /// jobs running are cancelled and released.
+    fn judge(&self, outcome: &Outcome, abandon: &CancellationToken) {
+        let now = Instant::now();
+        let change = {
+            let mut breaker = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+            match outcome {
+                Outcome::Retry => breaker.failure(now),
+                Outcome::Ack => breaker.success(now),
+                Outcome::Poison(_) => Change::None,
+            }
+        };
+        let queue = &self.config.queue;
+        match change {
+            Change::Opened => {
+                Counters::add(&self.counters.breaker_opened);
+                let b = &self.config.breaker;
+                tracing::warn!(
+                    %queue,
+                    failures = b.failures_max,
+                    window = ?b.window,
+                    cool_down = ?b.cool_down,
+                    "circuit breaker open: the handler keeps failing; releasing held jobs and taking none for the cool-down"
+                );
+                let mut generation = self
+                    .generation
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                generation.cancel();
+                *generation = abandon.child_token();
+            }
+            Change::Closed => {
+                tracing::info!(%queue, "circuit breaker closed: the handler succeeded again");
+            }
+            Change::None => {}
+        }
+    }
 }
 
 impl<H, Fut> Worker<H>
@@ -362,14 +425,16 @@ where
             &self.config.queue,
             self.config.acks.clone(),
         )?;
+        let abandon = CancellationToken::new();
         let shared = Arc::new(Shared {
             client: self.client,
+            breaker: Mutex::new(Breaker::new(self.config.breaker.clone())),
             config: self.config,
             handler: self.handler,
             acks,
             counters: Counters::default(),
+            generation: Mutex::new(abandon.child_token()),
         });
-        let abandon = CancellationToken::new();
         let mut jobs = JoinSet::new();
         let outcome = fetch_loop(&shared, &stop, &abandon, &mut jobs).await;
         shut_down(&shared, &abandon, &mut jobs).await;
@@ -394,6 +459,28 @@ where
     let mut failures: u32 = 0;
     loop {
         while jobs.try_join_next().is_some() {}
+        let state = shared
+            .breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state(Instant::now());
+        let probing = match state {
+            BreakerState::Open { until } => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+            // One job at a time, once the released ones have ended.
+            BreakerState::HalfOpen if !jobs.is_empty() => {
+                tokio::select! {
+                    _ = jobs.join_next() => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+            BreakerState::HalfOpen => true,
+            BreakerState::Closed => false,
+        };
         // Wait for one free slot, then take every other free one.
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
@@ -403,7 +490,7 @@ where
             () = stop.cancelled() => return Ok(()),
         };
         let mut permits = vec![first];
-        while permits.len() < config.concurrency {
+        while permits.len() < config.concurrency && !probing {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
@@ -453,9 +540,24 @@ where
         for delivery in deliveries {
             Counters::add(&shared.counters.fetched);
             let job = Job::new(&config.queue, delivery);
+            // A fetch that long-polled while the breaker opened: give its
+            // jobs back at once.
+            let open = matches!(
+                shared
+                    .breaker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .state(Instant::now()),
+                BreakerState::Open { .. }
+            );
+            if open {
+                release(shared, &job).await;
+                continue;
+            }
             match permits.pop() {
                 Some(permit) if !stop.is_cancelled() => {
                     let shared = shared.clone();
+                    let generation = shared.generation();
                     let abandon = abandon.clone();
                     // The handler runs in a `job` span that continues the
                     // producer's trace (its `traceparent` header).
@@ -470,7 +572,7 @@ where
                     crate::trace::continue_trace(&span, job.traceparent());
                     jobs.spawn(
                         async move {
-                            run_job(&shared, job, abandon).await;
+                            run_job(&shared, job, generation, &abandon).await;
                             drop(permit);
                         }
                         .instrument(span),
@@ -543,8 +645,15 @@ enum LeaseEnd {
     Unconfirmed,
 }
 
-async fn run_job<H, Fut>(shared: &Shared<H>, job: Job, abandon: CancellationToken)
-where
+/// Runs one job until its handler answers, its lease is lost, or
+/// `release_now` (the breaker opened, or shutdown's grace ran out) asks for
+/// it back.
+async fn run_job<H, Fut>(
+    shared: &Shared<H>,
+    job: Job,
+    release_now: CancellationToken,
+    abandon: &CancellationToken,
+) where
     H: Fn(Job, CancellationToken) -> Fut,
     Fut: Future<Output = Outcome>,
 {
@@ -571,12 +680,13 @@ where
             return;
         }
         outcome = &mut handler => outcome,
-        () = abandon.cancelled() => {
+        () = release_now.cancelled() => {
             token.cancel();
             release(shared, &span_job).await;
             return;
         }
     };
+    shared.judge(&outcome, abandon);
     finish(shared, offset, fence, outcome).await;
 }
 

@@ -304,3 +304,116 @@ async fn a_failing_fetch_is_retried_with_backoff() {
     })
     .await;
 }
+
+/// Handlers that keep answering `Retry` open the breaker: the jobs still
+/// running are released (no attempt burnt), nothing is fetched during the
+/// cool-down, then one job at a time is tried, and its success closes it.
+#[tokio::test]
+async fn a_failing_handler_opens_the_breaker_which_releases_held_jobs_and_probes_one() {
+    bounded(async {
+        let node = FakeNode::start().await;
+        for (offset, payload) in [
+            (1, "hold"),
+            (2, "hold"),
+            (3, "fail"),
+            (4, "fail"),
+            (5, "fail"),
+        ] {
+            node.fake
+                .push_delivery(delivery(offset, 10 + offset, payload));
+        }
+        let mut config = config();
+        config.breaker.failures_max = 3;
+        config.breaker.window = Duration::from_secs(10);
+        config.breaker.cool_down = Duration::from_millis(300);
+        let worker = Worker::new(
+            client(&node),
+            config,
+            |job: Job, cancel: CancellationToken| async move {
+                match job.payload.as_slice() {
+                    b"fail" => Outcome::Retry,
+                    // Runs until the worker takes it back.
+                    b"hold" => {
+                        cancel.cancelled().await;
+                        Outcome::Ack
+                    }
+                    _ => Outcome::Ack,
+                }
+            },
+        )
+        .unwrap();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(worker.run(stop.clone()));
+        eventually("three failures and two releases", WITHIN, || {
+            node.fake.count("nack") == 3 && node.fake.count("release") == 2
+        })
+        .await;
+        let after_release = |calls: &[Call]| -> Vec<u32> {
+            let first = calls
+                .iter()
+                .position(|c| matches!(c, Call::Release(_)))
+                .unwrap();
+            calls[first..]
+                .iter()
+                .filter_map(|c| match c {
+                    Call::Fetch(f) => Some(f.max),
+                    _ => None,
+                })
+                .collect()
+        };
+        eventually("a half-open probe", WITHIN, || {
+            !after_release(&node.fake.calls()).is_empty()
+        })
+        .await;
+        node.fake.push_delivery(delivery(6, 16, "ok"));
+        eventually("the probe acked", WITHIN, || acks(&node).len() == 1).await;
+        let report = stop_and_report(stop, run).await;
+
+        let fetches = after_release(&node.fake.calls());
+        let until_ack = {
+            let calls = node.fake.calls();
+            let first = calls
+                .iter()
+                .position(|c| matches!(c, Call::Release(_)))
+                .unwrap();
+            let ack = calls
+                .iter()
+                .position(|c| matches!(c, Call::Ack(_)))
+                .unwrap();
+            calls[first..ack]
+                .iter()
+                .filter(|c| matches!(c, Call::Fetch(_)))
+                .count()
+        };
+        assert!(
+            fetches[..until_ack].iter().all(|max| *max == 1),
+            "while open nothing is fetched, then one job at a time: {fetches:?}"
+        );
+        let released: Vec<u64> = node
+            .fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Release(r) => Some(r.offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(released.len(), 2);
+        assert!(released.iter().all(|o| *o == 1 || *o == 2), "{released:?}");
+        assert_eq!(
+            acks(&node).iter().map(|i| i.offset).collect::<Vec<_>>(),
+            [6]
+        );
+        assert_eq!(
+            (
+                report.retried,
+                report.released,
+                report.breaker_opened,
+                report.acked
+            ),
+            (3, 2, 1, 1),
+            "{report:?}"
+        );
+    })
+    .await;
+}

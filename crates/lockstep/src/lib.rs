@@ -98,8 +98,8 @@
 #![warn(missing_docs)]
 
 pub use lockstep_client::{
-    pb, AckBatcher, BatchConfig, CancellationToken, Client, ClientConfig, ClientTls, Code,
-    Consistency, EnqueueBatcher, EnqueueOutcome, Enqueued, Error, Job, Outcome, RetryPolicy, Token,
-    Worker, WorkerConfig, WorkerReport,
+    pb, AckBatcher, BatchConfig, BreakerConfig, CancellationToken, Client, ClientConfig, ClientTls,
+    Code, Consistency, EnqueueBatcher, EnqueueOutcome, Enqueued, Error, Job, Outcome, RetryPolicy,
+    Token, Worker, WorkerConfig, WorkerReport,
 };
 pub use lockstep_node::embedded::{Embedded, EmbeddedBuilder, EmbeddedError, Member};
