@@ -494,3 +494,105 @@ async fn a_stopped_worker_loses_its_lease_and_its_late_ack_is_refused() {
     .await
     .expect("test timed out");
 }
+
+/// The Worker's circuit breaker on a real cluster: three handler failures
+/// open it, the two jobs still running are released, and their next
+/// delivery is still attempt 1 (a release counts no attempt); after the
+/// cool-down every job finishes and none is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_releases_held_jobs_without_using_their_attempts() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        const Q: &str = "breaker";
+        let (run, leader) = start3().await;
+        let c = &run.cluster;
+        create_queue(c, leader, Q, None).await;
+        let names = ["hold-1", "hold-2", "fail-1", "fail-2", "fail-3"];
+        let mut q = queue(c, leader).await;
+        let batch: Vec<pb::Job> = names.iter().map(|n| job(n, n)).collect();
+        for r in enqueue(&mut q, Q, batch).await {
+            assert_eq!(r.outcome, pb::EnqueueOutcome::Created as i32, "{r:?}");
+        }
+
+        // (id, attempt) of every delivery the handler saw.
+        let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+        let handler = {
+            let seen = seen.clone();
+            move |job: lockstep_client::Job, cancel: CancellationToken| {
+                seen.lock().unwrap().push((job.id.clone(), job.attempt));
+                let first = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(id, _)| *id == job.id)
+                    .count()
+                    == 1;
+                async move {
+                    match (job.id.starts_with("fail"), first) {
+                        (true, true) => Outcome::Retry,
+                        // Held until the worker takes it back.
+                        (false, true) => {
+                            cancel.cancelled().await;
+                            Outcome::Ack
+                        }
+                        _ => Outcome::Ack,
+                    }
+                }
+            }
+        };
+        let mut config = WorkerConfig::new(Q);
+        config.concurrency = 8;
+        config.wait = Duration::from_millis(200);
+        config.breaker.failures_max = 3;
+        config.breaker.window = Duration::from_secs(60);
+        config.breaker.cool_down = Duration::from_secs(1);
+        let worker = Worker::new(client_of(c, &[1, 2, 3]), config, handler).unwrap();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let stats = admin(c, leader)
+                .await
+                .get_queue(pb::GetQueueRequest {
+                    name: Q.into(),
+                    read: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .queue
+                .and_then(|q| q.stats)
+                .unwrap();
+            if stats.ready + stats.delayed + stats.leased + stats.dead == 0 {
+                assert_eq!(stats.next_offset, names.len() as u64, "{stats:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every job finished: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop.cancel();
+        let report: WorkerReport = running.await.unwrap().unwrap();
+        assert!(report.breaker_opened >= 1, "{report:?}");
+        assert!(report.released >= 2, "{report:?}");
+        let seen = seen.lock().unwrap().clone();
+        for hold in ["hold-1", "hold-2"] {
+            let attempts: Vec<u32> = seen
+                .iter()
+                .filter(|(id, _)| id == hold)
+                .map(|(_, a)| *a)
+                .collect();
+            assert!(
+                attempts.len() >= 2,
+                "{hold} was released and delivered again: {seen:?}"
+            );
+            assert!(
+                attempts.iter().all(|a| *a == 1),
+                "no attempt used: {seen:?}"
+            );
+        }
+    })
+    .await
+    .expect("the test finished in time");
+}
