@@ -10,7 +10,6 @@
 
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
@@ -23,6 +22,8 @@ const BIN = env('LOCKSTEP_BIN');
 const NET = env('UI_NET');
 const SHOTS = env('UI_SCREENSHOTS');
 const CHROMIUM = env('UI_CHROMIUM');
+// The script's temporary directory, removed by its trap however this ends.
+const TMP = env('UI_TMP');
 const TEST_TIMEOUT_S = Number(env('UI_TEST_TIMEOUT_S'));
 // id -> pid of each node process, "1=123 2=456 3=789".
 const NODE_PIDS = new Map(env('UI_NODE_PIDS').split(' ').map((p) => p.split('=').map(Number)));
@@ -115,7 +116,7 @@ async function main() {
   check(started.members.size === 3 && leader > 0, `a 3-node cluster with leader ${leader}`);
   // The page is opened on a follower, which outlives the leader's kill.
   const F = [1, 2, 3].find((id) => id !== leader);
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-ui-chromium-'));
+  const userDataDir = fs.mkdtempSync(path.join(TMP, 'chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
