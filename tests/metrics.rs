@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{metric_value, scrape_metrics};
+use common::{free_port, metric_value, scrape_metrics};
 use lockstep_node::pb;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,15 +30,6 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port nothing listens on right now (the listener is dropped at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn node_command(peer: &str, client: &str, metrics: &str, dir: &tempfile::TempDir) -> Command {

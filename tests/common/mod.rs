@@ -283,3 +283,13 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
                 .unwrap_or_else(|e| panic!("`{series}` has `{v}`, not a number: {e}"))
         })
 }
+
+/// A port nothing listens on right now on 127.0.0.1 (the listener is
+/// dropped at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -23,7 +23,7 @@ const RPC_PACKAGE: &str = "lockstep.v1";
 const METHOD_UNKNOWN: &str = "unknown";
 
 /// The canonical name of a gRPC status code, as gRPC's own docs spell it.
-pub(super) fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
         Code::Ok => "OK",

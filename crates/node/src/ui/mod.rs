@@ -163,29 +163,6 @@ impl From<Status> for ApiError {
     }
 }
 
-/// The name of a gRPC code as the protocol spells it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The HTTP status that says what `code` says.
 fn http_status(code: Code) -> StatusCode {
     match code {
@@ -205,7 +182,7 @@ fn http_status(code: Code) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": code_name(self.code), "message": self.message}});
+        let body = json!({"error": {"code": crate::metrics::layer::code_name(self.code), "message": self.message}});
         let mut response = (http_status(self.code), body.to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
