@@ -3,8 +3,9 @@
 //! token rules (no token: 401; a token without `admin`: 403 and nothing
 //! changes; an admin token: the change is made), that bad input gets a
 //! typed JSON error naming the parameter and its bound, that the page and
-//! its assets are served from the binary, and that a taken `ui_addr`, or
-//! `ui_addr` with TLS, stops start-up naming the key. The browser test of
+//! its assets are served from the binary, that a taken `ui_addr` stops
+//! start-up naming the key, and that a TLS node serves the dashboard over
+//! TLS with its own certificate. The browser test of
 //! the page itself is scripts/ui-test. Every wait is bounded.
 
 #![allow(clippy::unwrap_used)]
@@ -453,26 +454,96 @@ fn refused_start(mut command: Command, dir: &Path) -> String {
 }
 
 #[test]
-fn a_taken_ui_addr_or_ui_with_tls_stops_start_up_naming_the_key() {
+fn a_taken_ui_addr_stops_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let [peer, client] = [free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let ui = taken.local_addr().unwrap().to_string();
     let text = refused_start(node(dir.path(), &peer, &client, &ui, &[]), dir.path());
     assert!(text.contains("ui_addr"), "{text}");
+}
 
-    let free = format!("127.0.0.1:{}", free_port());
-    let tls = [
-        "--set",
-        "tls.cert_file=/nonexistent/node.pem",
-        "--set",
-        "tls.key_file=/nonexistent/node.key",
-        "--set",
-        "tls.ca_file=/nonexistent/ca.pem",
-    ];
-    let text = refused_start(node(dir.path(), &peer, &client, &free, &tls), dir.path());
-    assert!(
-        text.contains("ui_addr") && text.contains("plain HTTP"),
-        "{text}"
-    );
+/// With TLS on, the dashboard speaks TLS with the node's certificate, as
+/// the client port does: a client that trusts the cluster CA gets the
+/// page and its API over HTTPS, and plain HTTP gets no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_node_serves_its_dashboard_over_tls() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls;
+
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let made = Command::new(lockstep_harness::lockstep_binary())
+            .args(["dev-certs", "--out"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(made.success(), "dev-certs");
+        let file = |name: &str| certs.join(name).display().to_string();
+        let settings = [
+            format!("tls.cert_file={}", file("node-1.pem")),
+            format!("tls.key_file={}", file("node-1.key")),
+            format!("tls.ca_file={}", file("ca.pem")),
+        ];
+        let mut extra = Vec::new();
+        for s in &settings {
+            extra.extend(["--set", s.as_str()]);
+        }
+        let [peer, client, ui] =
+            [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+        let child = node(dir.path(), &peer, &client, &ui, &extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _node = NodeProcess { child };
+
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let request = "GET /api/ui HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let deadline = Instant::now() + HTTP_TIMEOUT;
+        let answer = loop {
+            let tried = async {
+                let tcp = tokio::net::TcpStream::connect(&ui).await.ok()?;
+                let mut tls = connector.connect(name.clone(), tcp).await.ok()?;
+                tls.write_all(request.as_bytes()).await.ok()?;
+                let mut answer = Vec::new();
+                let _ = tls.read_to_end(&mut answer).await;
+                Some(String::from_utf8_lossy(&answer).into_owned())
+            };
+            if let Some(answer) = tried.await {
+                break answer;
+            }
+            assert!(Instant::now() < deadline, "no TLS answer on {ui}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("poll_ms"), "{answer}");
+
+        // Plain HTTP to the same port gets no page.
+        let mut plain = tokio::net::TcpStream::connect(&ui).await.unwrap();
+        plain.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(HTTP_TIMEOUT, plain.read_to_end(&mut answer)).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("poll_ms"),
+            "plain HTTP was answered"
+        );
+    })
+    .await
+    .expect("the test finished in time");
 }

@@ -164,7 +164,8 @@ pub struct NodeConfig {
     /// Prometheus metrics over HTTP; empty turns them off.
     pub metrics_addr: String,
     /// The web dashboard and its JSON API over HTTP (`ui`); empty, the
-    /// default, turns them off. Plain HTTP only: refused with TLS on.
+    /// default, turns them off. Over TLS with the node's certificate when
+    /// `[tls]` is set, as the client port.
     pub ui_addr: String,
     /// An OTLP/gRPC collector (`http://host:4317`) that the node's spans
     /// are exported to, continuing each caller's trace; empty, the
@@ -475,16 +476,6 @@ impl NodeConfig {
         }
         if !self.ui_addr.is_empty() {
             parse_addr("ui_addr", &self.ui_addr)?;
-            // The dashboard's server speaks plain HTTP: with TLS on, a
-            // browser's bearer token would cross the network in clear.
-            if self.tls.enabled() {
-                return Err(invalid(
-                    "ui_addr",
-                    "the dashboard is served over plain HTTP only, and tls.cert_file is set: \
-                     leave ui_addr empty on a TLS node, or serve the dashboard of a loopback-only \
-                     node behind your own TLS proxy",
-                ));
-            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));

@@ -186,7 +186,13 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     if let Some(listener) = ui_listener {
         // The dashboard's JSON API calls the client port's own handlers,
         // with the same auth.
-        let task = crate::ui::serve(listener, services_for_ui, auth_on, servers.stop.clone());
+        let task = crate::ui::serve(
+            listener,
+            services_for_ui,
+            auth_on,
+            tls.as_ref().map(|t| t.ui_server.clone()),
+            servers.stop.clone(),
+        );
         servers.tasks.push((
             "ui server",
             tokio::spawn(async move { task.await.map_err(|e| e.to_string()) }),

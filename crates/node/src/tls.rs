@@ -17,6 +17,9 @@ pub const PEM_BYTES_MAX: u64 = 1024 * 1024;
 /// The TLS settings of a node, ready for tonic.
 #[derive(Clone, Debug)]
 pub struct NodeTls {
+    /// The dashboard's server (`ui_addr`): the client port's certificate,
+    /// no client certificate asked, HTTP/2 or HTTP/1.1.
+    pub ui_server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
     /// The client port: TLS with this node's certificate; clients need no
     /// certificate of their own (they authenticate with tokens).
     pub client_server: ServerTlsConfig,
@@ -59,6 +62,13 @@ pub fn load(config: &TlsConfig) -> Result<Option<NodeTls>, ConfigError> {
     let cert = read_pem("tls.cert_file", &config.cert_file, "CERTIFICATE-----")?;
     let key = read_pem("tls.key_file", &config.key_file, "PRIVATE KEY-----")?;
     let ca = read_pem("tls.ca_file", &config.ca_file, "CERTIFICATE-----")?;
+    let ui_server = ui_server_config(&cert, &key).map_err(|message| ConfigError::Invalid {
+        key: "tls.cert_file".into(),
+        message: format!(
+            "{} / tls.key_file {}: {message}",
+            config.cert_file, config.key_file
+        ),
+    })?;
     let identity = Identity::from_pem(cert, key);
     let ca = Certificate::from_pem(ca);
     let client_server = ServerTlsConfig::new().identity(identity.clone());
@@ -79,6 +89,7 @@ pub fn load(config: &TlsConfig) -> Result<Option<NodeTls>, ConfigError> {
             ),
         })?;
     Ok(Some(NodeTls {
+        ui_server,
         client_server,
         peer_server,
         peer_client,
@@ -92,6 +103,29 @@ pub fn exposed(addr: &str) -> bool {
         Ok(a) => !a.ip().is_loopback(),
         Err(_) => false,
     }
+}
+
+/// A rustls server configuration of the node's certificate chain and key,
+/// for the dashboard (tonic builds its own for the gRPC ports).
+fn ui_server_config(
+    cert: &[u8],
+    key: &[u8],
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key: {e}"))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
 
 #[cfg(test)]

@@ -72,14 +72,71 @@ pub async fn serve(
     listener: TcpListener,
     services: Services,
     auth: bool,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(services, auth))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+    let app = router(services, auth);
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    };
+    // With TLS on, the dashboard speaks TLS with the client port's
+    // certificate, as the API does; a bearer token never crosses in clear.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let connections = Arc::new(tokio::sync::Semaphore::new(TLS_CONNECTIONS_MAX));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: pause rather than spin.
+                    tracing::warn!(error = %e, "ui: accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return Ok(()),
+        };
+        // Past the bound a connection is closed at once.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let handshake = Duration::from_millis(TLS_HANDSHAKE_MS_MAX);
+            let Ok(Ok(stream)) = tokio::time::timeout(handshake, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = stopped(&mut stop) => {}
+            }
+            drop(permit);
+        });
+    }
 }
+
+/// Resolves once `stop` turns true (or its sender is gone); the guard
+/// `wait_for` returns is not `Send`, so it is dropped here.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Dashboard connections over TLS served at once; more are closed.
+pub const TLS_CONNECTIONS_MAX: usize = 256;
+/// How long a TLS handshake on `ui_addr` may take.
+pub const TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
+/// Pause after a failed accept on `ui_addr`.
+const ACCEPT_RETRY_MS: u64 = 100;
 
 /// The dashboard's routes over `services`.
 pub fn router(services: Services, auth: bool) -> axum::Router {
