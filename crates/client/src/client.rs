@@ -1002,7 +1002,6 @@ impl Client {
     }
 }
 
-/// The per-job results of an enqueue, checked against the ids sent.
 /// Gives every job without a `traceparent` header the producer's, so the
 /// worker's span continues the producer's trace. It counts against the
 /// job's header limits like any other header.
@@ -1026,6 +1025,7 @@ fn add_traceparent(jobs: &mut [pb::Job], traceparent: Option<String>) {
     }
 }
 
+/// The per-job results of an enqueue, checked against the ids sent.
 fn enqueued(response: pb::EnqueueResponse, ids: Vec<String>) -> Result<Vec<Enqueued>, Error> {
     if response.results.len() != ids.len() {
         return Err(Error::Protocol {

@@ -512,7 +512,7 @@ impl lockstep_raft::Forwarder for TracedForwarder {
         let span = tracing::info_span!("forward", leader = target);
         let traceparent = lockstep_client::trace::traceparent_of(&span);
         self.0
-            .forward_traced(target, &node.peer_addr, request, timeout, traceparent)
+            .forward(target, &node.peer_addr, request, timeout, traceparent)
             .instrument(span)
             .await
     }

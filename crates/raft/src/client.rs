@@ -118,21 +118,10 @@ impl PeerNetworkFactory {
     /// Sends a forwarded client request to `target` at `addr` (its peer
     /// address) and returns its answer. Waits at most `timeout`, then fails
     /// with `DEADLINE_EXCEEDED`; the remote's error status is relayed as is.
+    /// `traceparent`, the caller's W3C trace context, goes in the metadata
+    /// so the leader's spans of the request continue the caller's trace;
+    /// this crate only carries the text.
     pub async fn forward(
-        &self,
-        target: NodeId,
-        addr: &str,
-        bytes: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, Status> {
-        self.forward_traced(target, addr, bytes, timeout, None)
-            .await
-    }
-
-    /// [`PeerNetworkFactory::forward`] carrying the caller's W3C
-    /// `traceparent` in the metadata, so the leader's spans of the request
-    /// continue the caller's trace. This crate only carries the text.
-    pub async fn forward_traced(
         &self,
         target: NodeId,
         addr: &str,

@@ -18,8 +18,6 @@ use lockstep_types::{NodeId, NodeInfo, TypeConfig};
 use openraft::Raft;
 use tonic::Status;
 
-use crate::PeerNetworkFactory;
-
 /// First and largest pause between tries to reach a leader. The pause
 /// doubles after each failed try; it stays short because an election on
 /// loopback settles within a few hundred milliseconds.
@@ -32,7 +30,8 @@ pub const RETRY_BACKOFF_MS_MAX: u64 = 500;
 pub const LEADER_HEADER: &str = "x-lockstep-leader";
 
 /// How a node reaches another node's peer service to forward a request.
-/// The peer network implements it; a simulated network may too.
+/// The node implements it over [`crate::PeerNetworkFactory::forward`], in a
+/// span whose trace context it sends along; a simulated network may too.
 #[tonic::async_trait]
 pub trait Forwarder: Send + Sync + 'static {
     /// Sends the encoded `request` to `target` (described by `node`) and
@@ -44,19 +43,6 @@ pub trait Forwarder: Send + Sync + 'static {
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, Status>;
-}
-
-#[tonic::async_trait]
-impl Forwarder for PeerNetworkFactory {
-    async fn forward(
-        &self,
-        target: NodeId,
-        node: &NodeInfo,
-        request: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, Status> {
-        PeerNetworkFactory::forward(self, target, &node.peer_addr, request, timeout).await
-    }
 }
 
 /// Whether a failed forward certainly never reached the leader: the
