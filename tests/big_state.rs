@@ -212,6 +212,7 @@ async fn a_status_loop_on_a_million_jobs_changes_no_term() {
                         q.ack(pb::AckRequest {
                             queue: Q.into(),
                             items,
+                            then: Vec::new(),
                             session: None,
                         })
                         .await?;

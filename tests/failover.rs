@@ -105,6 +105,7 @@ async fn leader_kill_keeps_leases_offsets_and_ids() {
                     offset: held[0].offset,
                     fence: held[0].fence + 1_000,
                 }],
+                then: Vec::new(),
                 session: None,
             })
             .await

@@ -4,7 +4,9 @@
 //!    while the leader is killed with SIGKILL;
 //! 2. a handler that runs longer than its lease keeps it through extends;
 //! 3. a worker process stopped (SIGSTOP) past its lease loses the job to
-//!    another worker, and its late ack is refused.
+//!    another worker, and its late ack is refused;
+//! 4. chained jobs (an ack that enqueues the next step) are neither lost
+//!    nor doubled, and keep group order, while the leader is killed.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -187,6 +189,125 @@ async fn eight_workers_keep_group_order_and_exclusion_while_the_leader_is_killed
             (0, 0, 0, 0),
             "every job acked: {stats:?}"
         );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chained_jobs_are_neither_lost_nor_doubled_while_the_leader_is_killed() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut r, leader) = start3().await;
+        let c = &mut r.cluster;
+        const GROUPS: u64 = 30;
+        const PER_GROUP: u64 = 10;
+        const TOTAL: u64 = GROUPS * PER_GROUP;
+        let client = client_of(c, &[1, 2, 3]);
+        for queue in ["steps", "next"] {
+            client
+                .create_queue(queue, pb::QueueConfig::default())
+                .await
+                .unwrap();
+        }
+        client
+            .enqueue("steps", jobs(GROUPS, PER_GROUP))
+            .await
+            .unwrap();
+
+        // Each step hands off to the next: the chained job carries the
+        // step's id as its payload and no id of its own (the client makes
+        // one per call), so a step chained twice would show as two jobs.
+        let handled = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let mut config = WorkerConfig::new("steps");
+            config.consumer = format!("step-{w}");
+            config.concurrency = 4;
+            config.lease = Duration::from_secs(15);
+            config.wait = Duration::from_secs(2);
+            config.shutdown_grace = Duration::from_secs(5);
+            let handled = handled.clone();
+            let worker = Worker::new(client.clone(), config, move |job, _cancel| {
+                let handled = handled.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(2 + job.offset % 10)).await;
+                    handled.lock().unwrap().insert(job.offset);
+                    let next = pb::Job {
+                        group: job.group.clone(),
+                        payload: job.id.clone().into_bytes(),
+                        ..Default::default()
+                    };
+                    Outcome::AckThen(vec![pb::ChainedJobs {
+                        queue: "next".into(),
+                        jobs: vec![next],
+                    }])
+                }
+            })
+            .unwrap();
+            workers.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        let count =
+            |h: &Arc<Mutex<std::collections::BTreeSet<u64>>>| h.lock().unwrap().len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count(&handled) < TOTAL / 4 {
+            assert!(Instant::now() < deadline, "workers made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.kill(leader);
+        println!(
+            "killed leader {leader} after {} of {TOTAL} steps",
+            count(&handled)
+        );
+        let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let steps = client.get_queue("steps", Default::default()).await;
+            if let Ok(info) = steps {
+                let s = info.stats.unwrap();
+                if s.next_offset == TOTAL && (s.ready, s.delayed, s.leased, s.dead) == (0, 0, 0, 0)
+                {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the steps were not all finished");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.cancel();
+        for w in workers {
+            let report = w.await.unwrap().unwrap();
+            println!("worker: {report:?}");
+        }
+
+        // Every step's successor is in `next` exactly once, and each group's
+        // successors are in the order of their steps.
+        let new_leader = c.wait_leader(&survivors, ELECTION_MAX).await.unwrap();
+        let mut q = queue(c, new_leader).await;
+        let mut by_group: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        let mut drained = 0;
+        while drained < TOTAL + 1 {
+            let ds = fetch(&mut q, "next", "drain", 100).await;
+            if ds.is_empty() {
+                break;
+            }
+            let items: Vec<(u64, u64)> = ds.iter().map(|d| (d.offset, d.fence)).collect();
+            for d in ds {
+                let step = String::from_utf8(d.payload).unwrap();
+                by_group.entry(d.group).or_default().push((d.offset, step));
+                drained += 1;
+            }
+            ack(&mut q, "next", &items).await;
+        }
+        assert_eq!(drained, TOTAL, "successors: {by_group:?}");
+        for (group, mut successors) in by_group {
+            successors.sort();
+            let steps: Vec<String> = successors.into_iter().map(|(_, s)| s).collect();
+            let g = group.trim_start_matches('g');
+            let want: Vec<String> = (0..PER_GROUP).map(|k| format!("j{g}-{k}")).collect();
+            assert_eq!(steps, want, "group {group}");
+        }
+        let next = common::stats(c, new_leader, "next").await;
+        assert_eq!(next.next_offset, TOTAL, "no step chained twice: {next:?}");
     })
     .await
     .expect("test timed out");

@@ -126,6 +126,7 @@ pub async fn ack(q: &mut Queue, queue: &str, items: &[(u64, u64)]) -> Vec<pb::Ac
                 fence: *fence,
             })
             .collect(),
+        then: Vec::new(),
         session: None,
     })
     .await

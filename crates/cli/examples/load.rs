@@ -175,6 +175,7 @@ async fn load(args: Args) {
                     .ack(pb::AckRequest {
                         queue: queue.clone(),
                         items,
+                        then: Vec::new(),
                         session: None,
                     })
                     .await

@@ -94,6 +94,16 @@ pub struct Enqueued {
     pub outcome: EnqueueOutcome,
 }
 
+/// The answer to [`Client::ack_then`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainedAck {
+    /// The ack had happened before (every item already acked under its
+    /// fence): nothing was enqueued now, and `then` is empty.
+    pub repeat: bool,
+    /// Per chained queue, in the order sent, what happened to each job.
+    pub then: Vec<Vec<Enqueued>>,
+}
+
 /// The per-job result of an enqueue (SPEC 2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnqueueOutcome {
@@ -530,6 +540,7 @@ impl Client {
         let request = pb::AckRequest {
             queue: queue.to_string(),
             items,
+            then: Vec::new(),
             session: None,
         };
         let bytes_max = self.inner.config.message_bytes_max;
@@ -560,6 +571,87 @@ impl Client {
                 }),
             })
             .collect())
+    }
+
+    /// Acknowledges `items` and enqueues the `then` jobs in the same Raft
+    /// entry (chained jobs, SPEC 2.3a): a workflow step hands off to the
+    /// next with neither lost nor doubled. All or nothing: every item must
+    /// hold its lease ([`Error::is_lease_lost`] otherwise), and every
+    /// target queue must take its jobs; on any refusal nothing is acked
+    /// and nothing enqueued.
+    ///
+    /// Jobs without an id get one before the first try, and the call runs
+    /// under the client's session, so a retry after a lost answer gets the
+    /// first answer. A chained ack repeated after its session reply is gone
+    /// answers [`ChainedAck::repeat`] and enqueues nothing again.
+    pub async fn ack_then(
+        &self,
+        queue: &str,
+        items: Vec<pb::AckItem>,
+        mut then: Vec<pb::ChainedJobs>,
+    ) -> Result<ChainedAck, Error> {
+        let traceparent = crate::trace::current_traceparent();
+        for chained in &mut then {
+            fill_missing_ids(&mut chained.jobs);
+            add_traceparent(&mut chained.jobs, traceparent.clone());
+        }
+        let ids: Vec<Vec<String>> = then
+            .iter()
+            .map(|c| {
+                c.jobs
+                    .iter()
+                    .map(|j| j.id.clone().unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let count = items.len();
+        let request = pb::AckRequest {
+            queue: queue.to_string(),
+            items,
+            then,
+            session: None,
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .sequenced(
+                self.spec("ack", true),
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move { queue_api(ch, bytes_max).ack(req).await },
+            )
+            .await?;
+        if response.results.len() != count {
+            return Err(Error::Protocol {
+                call: "ack",
+                problem: format!("{} results for {count} items", response.results.len()),
+            });
+        }
+        if response.then.is_empty() {
+            return Ok(ChainedAck {
+                repeat: true,
+                then: Vec::new(),
+            });
+        }
+        if response.then.len() != ids.len() {
+            return Err(Error::Protocol {
+                call: "ack",
+                problem: format!(
+                    "{} answers for {} chained queues",
+                    response.then.len(),
+                    ids.len()
+                ),
+            });
+        }
+        let then = response
+            .then
+            .into_iter()
+            .zip(ids)
+            .map(|(r, ids)| enqueued(r, ids))
+            .collect::<Result<_, _>>()?;
+        Ok(ChainedAck {
+            repeat: false,
+            then,
+        })
     }
 
     /// Acknowledges one job.

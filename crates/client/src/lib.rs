@@ -79,7 +79,7 @@ pub use breaker::{
     BreakerConfig, BreakerState, BREAKER_COOL_DOWN_DEFAULT, BREAKER_FAILURES_LIMIT,
     BREAKER_FAILURES_MAX_DEFAULT, BREAKER_WINDOW_DEFAULT,
 };
-pub use client::{Client, Consistency, EnqueueOutcome, Enqueued};
+pub use client::{ChainedAck, Client, Consistency, EnqueueOutcome, Enqueued};
 pub use config::{
     ClientConfig, ClientTls, RetryPolicy, Token, ATTEMPTS_MAX_DEFAULT, BACKOFF_MAX_DEFAULT,
     BACKOFF_MIN_DEFAULT, CALL_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ENDPOINTS_MAX,

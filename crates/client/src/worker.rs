@@ -69,8 +69,9 @@ pub const ACK_LINGER_DEFAULT: Duration = Duration::from_millis(1);
 /// Default batch size of the worker's ack batcher.
 pub const ACK_ITEMS_MAX_DEFAULT: usize = 128;
 
-/// What the handler decided about a job.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the handler decided about a job. (`PartialEq` only: prost's
+/// messages, carried by `AckThen`, are not `Eq`.)
+#[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// Done: ack it.
     Ack,
@@ -80,6 +81,11 @@ pub enum Outcome {
     Retry,
     /// Can never succeed: dead-letter it now, with this reason.
     Poison(String),
+    /// Done, and these jobs come next: ack it and enqueue them in one Raft
+    /// entry ([`Client::ack_then`](crate::Client::ack_then)), so the next
+    /// step is enqueued exactly when this one is finished. If the lease
+    /// was lost, neither happens and the job runs again.
+    AckThen(Vec<pb::ChainedJobs>),
 }
 
 /// A delivered job, as a handler sees it.
@@ -365,7 +371,7 @@ impl<H> Shared<H> {
             let mut breaker = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
             match outcome {
                 Outcome::Retry => breaker.failure(now),
-                Outcome::Ack => breaker.success(now),
+                Outcome::Ack | Outcome::AckThen(_) => breaker.success(now),
                 Outcome::Poison(_) => Change::None,
             }
         };
@@ -755,6 +761,14 @@ async fn finish<H>(shared: &Shared<H>, offset: u64, fence: u64, outcome: Outcome
                 .dead_letter(queue, offset, fence, reason)
                 .await,
             &counters.poisoned,
+        ),
+        Outcome::AckThen(then) => (
+            shared
+                .client
+                .ack_then(queue, vec![pb::AckItem { offset, fence }], then.clone())
+                .await
+                .map(|_| ()),
+            &counters.acked,
         ),
     };
     match result {

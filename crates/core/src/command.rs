@@ -55,6 +55,14 @@ pub struct AckItem {
     pub fence: u64,
 }
 
+/// Jobs an [`Command::AckThen`] enqueues into one queue, in the same entry
+/// as its ack (SPEC 2.3a: chained jobs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chained {
+    pub queue: String,
+    pub jobs: Vec<NewJob>,
+}
+
 /// Which dead letters a purge removes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PurgeSelector {
@@ -142,6 +150,17 @@ pub enum Command {
         sequence: Sequence,
         command: Box<Command>,
     },
+    /// Acks `items` and enqueues the `then` jobs in one step: either all of
+    /// it happens or none of it does. Unlike a plain `Ack`, every item must
+    /// hold its lease; an ack repeated after it succeeded (every item
+    /// already acked under its fence) is answered `AlreadyAcked` and
+    /// enqueues nothing again. Last in the enum, so the encoding of every
+    /// older command is unchanged.
+    AckThen {
+        queue: String,
+        items: Vec<AckItem>,
+        then: Vec<Chained>,
+    },
 }
 
 impl Command {
@@ -169,6 +188,7 @@ impl Command {
             Command::Enqueue { queue, .. }
             | Command::Fetch { queue, .. }
             | Command::Ack { queue, .. }
+            | Command::AckThen { queue, .. }
             | Command::Nack { queue, .. }
             | Command::Extend { queue, .. }
             | Command::Release { queue, .. }
@@ -267,6 +287,13 @@ pub enum Reply {
     },
     SessionOpened {
         session: u64,
+    },
+    /// The answer to [`Command::AckThen`]: one result per item, then one
+    /// list of enqueue results per `then` entry, in order (empty when the
+    /// ack was a repeat and enqueued nothing).
+    AckedThen {
+        acked: Vec<AckResult>,
+        then: Vec<Vec<EnqueueResult>>,
     },
 }
 

@@ -29,6 +29,9 @@ pub const PAUSED_EMPTY_GROUPS_MAX: usize = 100_000;
 pub const PAGE_LIMIT_MAX: u32 = 1_000;
 /// Highest priority; priorities run 0..=PRIORITY_MAX.
 pub const PRIORITY_MAX: u8 = 9;
+/// Queues one ack may enqueue chained jobs into (`Command::AckThen`); the
+/// jobs per queue are bounded by that queue's `max_batch`.
+pub const CHAINED_QUEUES_MAX: usize = 16;
 /// Attempt records kept per job for its dead-letter history.
 pub const HISTORY_LEN_MAX: usize = 32;
 

@@ -74,6 +74,9 @@ fn weight(result: &Result<Reply>) -> u64 {
         Ok(Reply::Enqueued(r)) => r.len() as u64,
         Ok(Reply::Fetched(d)) => d.len() as u64,
         Ok(Reply::Acked(r)) => r.len() as u64,
+        Ok(Reply::AckedThen { acked, then }) => {
+            (acked.len() + then.iter().map(Vec::len).sum::<usize>()) as u64
+        }
         _ => 0,
     }
 }

@@ -256,6 +256,48 @@ fn validate_job(config: &QueueConfig, job: &NewJob, index: usize) -> Result<()> 
     Ok(())
 }
 
+/// The checks of an enqueue's jobs that need no state: the batch size and
+/// each job on its own.
+fn validate_jobs(config: &QueueConfig, jobs: &[NewJob]) -> Result<()> {
+    validate_batch("jobs", jobs.len(), config)?;
+    jobs.iter()
+        .enumerate()
+        .try_for_each(|(i, job)| validate_job(config, job, i))
+}
+
+/// The checks of an [`Command::AckThen`] that need no queue: at most
+/// [`CHAINED_QUEUES_MAX`] target queues, each named once, and no offset
+/// acked twice (an item cannot both hold its lease and repeat an ack).
+fn validate_chain(items: &[AckItem], then: &[Chained]) -> Result<()> {
+    if then.len() > CHAINED_QUEUES_MAX {
+        return Err(Error::invalid(
+            "then",
+            format!(
+                "{} queues exceed the limit of {CHAINED_QUEUES_MAX}",
+                then.len()
+            ),
+        ));
+    }
+    let mut offsets = BTreeSet::new();
+    if let Some(item) = items.iter().find(|i| !offsets.insert(i.offset)) {
+        return Err(Error::invalid(
+            "items",
+            format!("offset {} appears twice", item.offset),
+        ));
+    }
+    let mut queues = BTreeSet::new();
+    if let Some(c) = then.iter().find(|c| !queues.insert(c.queue.as_str())) {
+        return Err(Error::invalid(
+            "then",
+            format!(
+                "queue `{}` appears twice: put its jobs in one entry",
+                c.queue
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_batch(field: &str, len: usize, config: &QueueConfig) -> Result<()> {
     if len == 0 {
         return Err(Error::invalid(field, "must not be empty"));
@@ -622,15 +664,20 @@ impl Queue {
     }
 
     fn enqueue(&mut self, jobs: Vec<NewJob>, effects: &mut Vec<Effect>) -> Result<Reply> {
-        validate_batch("jobs", jobs.len(), &self.config)?;
-        for (i, job) in jobs.iter().enumerate() {
-            validate_job(&self.config, job, i)?;
-        }
+        validate_jobs(&self.config, &jobs)?;
+        self.check_capacity(&jobs)?;
+        Ok(Reply::Enqueued(self.enqueue_checked(jobs, effects)))
+    }
+
+    /// Refuses a batch whose new jobs (those whose ids the queue does not
+    /// hold) would pass `max_jobs` or `max_bytes`. Changes nothing, so a
+    /// batch is all or nothing.
+    fn check_capacity(&self, jobs: &[NewJob]) -> Result<()> {
         // Dry run: which jobs are new, so the capacity check covers the
         // whole batch before anything changes (a batch is all or nothing).
         let mut seen = BTreeSet::new();
         let (mut new_jobs, mut new_bytes) = (0u64, 0u64);
-        for job in &jobs {
+        for job in jobs {
             let id_hash = hash::id_hash(&job.id);
             let known = self.dedup.contains_key(&id_hash) && !crate::planted_ignore_dedup();
             if !known && seen.insert(id_hash) {
@@ -659,6 +706,16 @@ impl Queue {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Stores a batch that passed [`validate_jobs`] and
+    /// [`Queue::check_capacity`].
+    fn enqueue_checked(
+        &mut self,
+        jobs: Vec<NewJob>,
+        effects: &mut Vec<Effect>,
+    ) -> Vec<EnqueueResult> {
         let mut results = Vec::with_capacity(jobs.len());
         for new in jobs {
             let id_hash = hash::id_hash(&new.id);
@@ -719,7 +776,7 @@ impl Queue {
             });
             results.push(EnqueueResult::Created { offset });
         }
-        Ok(Reply::Enqueued(results))
+        results
     }
 
     fn fetch(&mut self, stamp: Stamp, consumer: String, max: u32, lease_ms: u64) -> Result<Reply> {
@@ -789,10 +846,20 @@ impl Queue {
             });
             return AckResult::Acked;
         }
-        match self.finished.get(&offset) {
-            Some(Finished::Acked { fence: f }) if *f == fence => AckResult::AlreadyAcked,
-            _ => AckResult::Failed(self.not_leased(offset, fence)),
+        if self.acked_with(&item) {
+            AckResult::AlreadyAcked
+        } else {
+            AckResult::Failed(self.not_leased(offset, fence))
         }
+    }
+
+    /// Whether `item` names a job this queue finished by an ack under that
+    /// very fence (still inside the dedup window): a repeated ack.
+    fn acked_with(&self, item: &AckItem) -> bool {
+        matches!(
+            self.finished.get(&item.offset),
+            Some(Finished::Acked { fence }) if *fence == item.fence
+        )
     }
 
     fn ack(&mut self, items: Vec<AckItem>, effects: &mut Vec<Effect>) -> Result<Reply> {
@@ -1044,6 +1111,7 @@ impl State {
                 .queue_mut(&queue)?
                 .fetch(stamp, consumer, max, lease_ms),
             Command::Ack { queue, items } => self.queue_mut(&queue)?.ack(items, effects),
+            Command::AckThen { queue, items, then } => self.ack_then(queue, items, then, effects),
             Command::Nack {
                 queue,
                 offset,
@@ -1096,6 +1164,77 @@ impl State {
                 self.queue_mut(&queue)?.purge(which, effects)
             }
         }
+    }
+
+    /// A chained ack (SPEC 2.3a). Every check runs before anything
+    /// changes, in [`precheck`]'s order and then the checks that need the
+    /// state (the leases, then each target's capacity), so the ack and its
+    /// jobs land together or not at all.
+    fn ack_then(
+        &mut self,
+        queue: String,
+        items: Vec<AckItem>,
+        then: Vec<Chained>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Reply> {
+        validate_chain(&items, &then)?;
+        let source = self.queue_mut(&queue)?;
+        validate_batch("items", items.len(), &source.config)?;
+        for chained in &then {
+            validate_queue_name(&chained.queue)?;
+            let target = self
+                .queues
+                .get(&chained.queue)
+                .ok_or_else(|| Error::queue_not_found(&chained.queue))?;
+            validate_jobs(&target.config, &chained.jobs)?;
+        }
+        // Every queue named moves to cluster time (dedup ids past their
+        // window are forgotten before the capacity check counts them).
+        let clock = self.clock_ms;
+        for chained in &then {
+            self.queues
+                .get_mut(&chained.queue)
+                .expect("checked above")
+                .advance(clock);
+        }
+        let source = &self.queues[&queue];
+        let repeats = items.iter().filter(|i| source.acked_with(i)).count();
+        if repeats == items.len() {
+            // The whole ack happened before: its jobs were enqueued then.
+            return Ok(Reply::AckedThen {
+                acked: vec![AckResult::AlreadyAcked; items.len()],
+                then: Vec::new(),
+            });
+        }
+        // Part repeated, part not: no earlier chained ack looks like this,
+        // so the repeated items' leases are simply gone.
+        if let Some(item) = items
+            .iter()
+            .find(|i| source.check_lease(i.offset, i.fence).is_err())
+        {
+            return Err(source.not_leased(item.offset, item.fence));
+        }
+        for chained in &then {
+            self.queues[&chained.queue].check_capacity(&chained.jobs)?;
+        }
+        let source = self.queues.get_mut(&queue).expect("checked above");
+        let acked = items
+            .into_iter()
+            .map(|item| source.ack_one(item, effects))
+            .collect();
+        let results = then
+            .into_iter()
+            .map(|chained| {
+                self.queues
+                    .get_mut(&chained.queue)
+                    .expect("checked above")
+                    .enqueue_checked(chained.jobs, effects)
+            })
+            .collect();
+        Ok(Reply::AckedThen {
+            acked,
+            then: results,
+        })
     }
 
     fn create_queue(&mut self, name: String, config: QueueConfig) -> Result<Reply> {
@@ -1228,12 +1367,16 @@ fn precheck<'a>(
             validate_queue_name(name)?;
             config.validate()
         }
-        Command::Enqueue { queue: name, jobs } => {
-            let q = queue(name)?;
-            validate_batch("jobs", jobs.len(), q)?;
-            jobs.iter()
-                .enumerate()
-                .try_for_each(|(i, job)| validate_job(q, job, i))
+        Command::Enqueue { queue: name, jobs } => validate_jobs(queue(name)?, jobs),
+        Command::AckThen {
+            queue: name,
+            items,
+            then,
+        } => {
+            validate_chain(items, then)?;
+            validate_batch("items", items.len(), queue(name)?)?;
+            then.iter()
+                .try_for_each(|c| validate_jobs(queue(&c.queue)?, &c.jobs))
         }
         Command::Fetch {
             queue: name,

@@ -26,7 +26,7 @@
 //! and the next run replays it first.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use lockstep_core::hash::id_hash;
 use lockstep_core::limits::{HEADERS_BYTES_MAX, HEADERS_COUNT_MAX, PAGE_LIMIT_MAX};
@@ -47,6 +47,7 @@ const QUEUE_NAME_BYTES_MAX: usize = 128;
 const PRIORITY_HIGHEST: u8 = 9;
 /// Attempt records kept per job (its dead-letter history).
 const HISTORY_LEN_MAX: usize = 32;
+const CHAINED_QUEUES_LIMIT: usize = 16;
 
 // ---------------------------------------------------------------------------
 // The model.
@@ -133,6 +134,8 @@ struct Model {
     offset_floor: u64,
     /// Whether the last command advanced the clock of the queue it named.
     advanced: bool,
+    /// The other queues the last command advanced (a chained ack's).
+    advanced_too: Vec<String>,
 }
 
 /// An error as the model predicts it: the code, plus the fields a client
@@ -601,13 +604,21 @@ impl MQueue {
             fx.push(Effect::DeleteBlob { queue_id, blob });
             return AckResult::Acked;
         }
-        if let Some(job) = self.jobs.get(&offset) {
-            let in_window = self.dedup.get(&job.id).is_some_and(|d| d.offset == offset);
-            if job.status == (Status::Acked { fence }) && in_window {
-                return AckResult::AlreadyAcked;
-            }
+        if self.acked_with(item) {
+            return AckResult::AlreadyAcked;
         }
         AckResult::Failed(error_of(self.lost(offset, fence)))
+    }
+
+    /// An ack of `item` would repeat one that finished the job.
+    fn acked_with(&self, item: AckItem) -> bool {
+        self.jobs.get(&item.offset).is_some_and(|job| {
+            let in_window = self
+                .dedup
+                .get(&job.id)
+                .is_some_and(|d| d.offset == item.offset);
+            job.status == (Status::Acked { fence: item.fence }) && in_window
+        })
     }
 
     fn nack(&mut self, offset: u64, fence: u64, delay_ms: u64) -> Result<Reply, Fail> {
@@ -835,6 +846,7 @@ impl Model {
         self.index = stamp.index;
         self.clock_ms = self.clock_ms.max(stamp.time_ms);
         self.advanced = false;
+        self.advanced_too.clear();
         let mut fx = Vec::new();
         let reply = self.dispatch(stamp.index, cmd, &mut fx);
         assert!(
@@ -851,6 +863,77 @@ impl Model {
         queue.advance(clock);
         self.advanced = true;
         Ok(queue)
+    }
+
+    /// A chained ack: all of it, or nothing but time.
+    fn ack_then(
+        &mut self,
+        queue: &str,
+        items: &[AckItem],
+        then: &[Chained],
+        fx: &mut Vec<Effect>,
+    ) -> Result<Reply, Fail> {
+        let mut offsets = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        if then.len() > CHAINED_QUEUES_LIMIT
+            || !items.iter().all(|i| offsets.insert(i.offset))
+            || !then.iter().all(|c| names.insert(c.queue.clone()))
+        {
+            return Err(Fail::Invalid);
+        }
+        let q = self.queue(queue)?;
+        batch_ok(items.len(), &q.config)?;
+        for c in then {
+            if !queue_name_ok(&c.queue) {
+                return Err(Fail::Invalid);
+            }
+            let t = self.queues.get(&c.queue).ok_or(Fail::NotFound)?;
+            batch_ok(c.jobs.len(), &t.config)?;
+            if !c.jobs.iter().all(|j| job_ok(&t.config, j)) {
+                return Err(Fail::Invalid);
+            }
+        }
+        let clock = self.clock_ms;
+        for c in then {
+            self.queues
+                .get_mut(&c.queue)
+                .expect("checked")
+                .advance(clock);
+            self.advanced_too.push(c.queue.clone());
+        }
+        let source = &self.queues[queue];
+        if items.iter().all(|i| source.acked_with(*i)) {
+            return Ok(Reply::AckedThen {
+                acked: vec![AckResult::AlreadyAcked; items.len()],
+                then: Vec::new(),
+            });
+        }
+        for i in items {
+            source.check_lease(i.offset, i.fence)?;
+        }
+        // Each target's limits, tried on a copy before anything changes.
+        for c in then {
+            self.queues[&c.queue]
+                .clone()
+                .enqueue(&c.jobs, &mut Vec::new())?;
+        }
+        let source = self.queues.get_mut(queue).expect("checked");
+        let acked = items.iter().map(|i| source.ack_one(*i, fx)).collect();
+        let then = then
+            .iter()
+            .map(|c| {
+                match self
+                    .queues
+                    .get_mut(&c.queue)
+                    .expect("checked")
+                    .enqueue(&c.jobs, fx)
+                {
+                    Ok(Reply::Enqueued(results)) => results,
+                    other => panic!("model: a checked enqueue answered {other:?}"),
+                }
+            })
+            .collect();
+        Ok(Reply::AckedThen { acked, then })
     }
 
     fn dispatch(&mut self, index: u64, cmd: &Command, fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
@@ -910,6 +993,7 @@ impl Model {
                     items.iter().map(|item| q.ack_one(*item, fx)).collect(),
                 ))
             }
+            Command::AckThen { queue, items, then } => self.ack_then(queue, items, then, fx),
             Command::Nack {
                 queue,
                 offset,
@@ -1048,6 +1132,12 @@ enum Op {
         q: usize,
         items: Vec<Target>,
     },
+    /// An ack with chained jobs: (queue, jobs) per target.
+    AckThen {
+        q: usize,
+        items: Vec<Target>,
+        then: Vec<(usize, Vec<NewJob>)>,
+    },
     Nack {
         q: usize,
         target: Target,
@@ -1102,6 +1192,7 @@ impl Op {
         match &mut self {
             Op::Fetch { q, .. }
             | Op::Ack { q, .. }
+            | Op::AckThen { q, .. }
             | Op::Nack { q, .. }
             | Op::Extend { q, .. }
             | Op::Release { q, .. }
@@ -1293,6 +1384,15 @@ fn lease_call_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         36 => (queue(), batch_len().prop_flat_map(|n| prop::collection::vec(target(), n)))
             .prop_map(|(q, items)| Op::Ack { q, items }),
+        12 => (
+            queue(),
+            prop::collection::vec(target(), 1..=2),
+            prop::collection::vec(
+                (queue(), batch_len().prop_flat_map(|n| prop::collection::vec(new_job(), n))),
+                0..=2,
+            ),
+        )
+            .prop_map(|(q, items, then)| Op::AckThen { q, items, then }),
         12 => (queue(), target(), nack_delay)
             .prop_map(|(q, target, delay_ms)| Op::Nack { q, target, delay_ms }),
         10 => (queue(), target(), lease_ms())
@@ -1495,6 +1595,23 @@ impl Run {
                     })
                     .collect(),
             },
+            Op::AckThen { q, items, then } => Command::AckThen {
+                queue: QUEUES[*q].to_string(),
+                items: items
+                    .iter()
+                    .map(|t| {
+                        let (offset, fence) = self.lease(t, QUEUES[*q]);
+                        AckItem { offset, fence }
+                    })
+                    .collect(),
+                then: then
+                    .iter()
+                    .map(|(q, jobs)| Chained {
+                        queue: QUEUES[*q].to_string(),
+                        jobs: jobs.clone(),
+                    })
+                    .collect(),
+            },
             Op::Nack {
                 q,
                 target,
@@ -1621,7 +1738,9 @@ impl Run {
             // Nothing changes but time: compare with a copy that only had
             // its clock moved (a probe that fails after the queue lookup).
             let mut probe = before;
-            if let (true, Some(queue)) = (self.model.advanced, cmd.queue()) {
+            let advanced = cmd.queue().filter(|_| self.model.advanced);
+            let too = self.model.advanced_too.iter().map(String::as_str);
+            for queue in advanced.into_iter().chain(too) {
                 let release = Command::Release {
                     queue: queue.to_string(),
                     offset: u64::MAX,

@@ -1019,3 +1019,195 @@ fn a_queue_created_again_never_reuses_an_offset() {
     };
     assert!(offset > 2, "a new queue starts above every deleted offset");
 }
+
+// ---------------------------------------------------------------- chained jobs
+
+const NEXT: &str = "next";
+
+fn chain(items: Vec<AckItem>, then: Vec<Chained>) -> Command {
+    Command::AckThen {
+        queue: Q.into(),
+        items,
+        then,
+    }
+}
+
+fn chained(queue: &str, ids: &[&str]) -> Chained {
+    Chained {
+        queue: queue.into(),
+        jobs: ids.iter().map(|id| job(id, Some("step"))).collect(),
+    }
+}
+
+fn with_next_queue(next: QueueConfig) -> Sim {
+    let mut sim = Sim::with_queue(config());
+    sim.run(Command::CreateQueue {
+        name: NEXT.into(),
+        config: next,
+    })
+    .unwrap();
+    sim
+}
+
+#[test]
+fn an_ack_with_chained_jobs_finishes_one_step_and_enqueues_the_next_together() {
+    let mut sim = with_next_queue(config());
+    let a = sim.enqueue("a", Some("g"));
+    let d = sim.fetch(1).remove(0);
+    let item = AckItem {
+        offset: a,
+        fence: d.fence,
+    };
+    let reply = sim
+        .run(chain(
+            vec![item],
+            vec![chained(NEXT, &["a.2"]), chained(Q, &["a.3"])],
+        ))
+        .unwrap();
+    let Reply::AckedThen { acked, then } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(acked, vec![AckResult::Acked]);
+    assert_eq!(then.len(), 2);
+    assert!(matches!(then[0][..], [EnqueueResult::Created { .. }]));
+    assert_eq!(sim.state.stats(NEXT).unwrap().ready, 1);
+    // The source queue lost `a` and gained `a.3`.
+    assert_eq!(sim.stats().counters.acked, 1);
+    assert_eq!(sim.stats().ready, 1);
+
+    // The same chained ack again (a retry whose answer was lost): answered
+    // as already acked, and the next step is not enqueued twice.
+    let again = sim
+        .run(chain(
+            vec![item],
+            vec![chained(NEXT, &["a.2"]), chained(Q, &["a.3"])],
+        ))
+        .unwrap();
+    assert_eq!(
+        again,
+        Reply::AckedThen {
+            acked: vec![AckResult::AlreadyAcked],
+            then: vec![]
+        }
+    );
+    assert_eq!(sim.state.stats(NEXT).unwrap().counters.enqueued, 1);
+    assert_eq!(sim.state.stats(NEXT).unwrap().counters.duplicates, 0);
+}
+
+#[test]
+fn a_chained_ack_whose_lease_is_lost_enqueues_nothing() {
+    let mut sim = with_next_queue(config());
+    let a = sim.enqueue("a", None);
+    let b = sim.enqueue("b", None);
+    let ds = sim.fetch(2);
+    // One of two items lost its lease (expired and granted again): the
+    // whole chained ack is refused, the other item stays leased.
+    sim.advance(1_000);
+    sim.tick();
+    sim.advance(200);
+    let again = sim.fetch(2);
+    let items = vec![
+        AckItem {
+            offset: a,
+            fence: again.iter().find(|d| d.offset == a).unwrap().fence,
+        },
+        AckItem {
+            offset: b,
+            fence: ds.iter().find(|d| d.offset == b).unwrap().fence,
+        },
+    ];
+    let err = sim
+        .run(chain(items, vec![chained(NEXT, &["a.2"])]))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(sim.state.stats(NEXT).unwrap().next_offset, 0);
+    assert_eq!(sim.stats().leased, 2);
+    // A mix of a repeated item and a live one is no repeat: refused too.
+    let fence_a = items_fence(&again, a);
+    assert_eq!(sim.ack(a, fence_a), AckResult::Acked);
+    let b_fence = items_fence(&again, b);
+    let mixed = vec![
+        AckItem {
+            offset: a,
+            fence: fence_a,
+        },
+        AckItem {
+            offset: b,
+            fence: b_fence,
+        },
+    ];
+    let err = sim
+        .run(chain(mixed, vec![chained(NEXT, &["a.2"])]))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::LeaseLost {
+            offset: a,
+            fence: fence_a
+        }
+    );
+    assert_eq!(sim.stats().leased, 1);
+}
+
+fn items_fence(deliveries: &[Delivery], offset: u64) -> u64 {
+    deliveries
+        .iter()
+        .find(|d| d.offset == offset)
+        .unwrap()
+        .fence
+}
+
+#[test]
+fn a_chained_ack_past_a_target_limit_acks_nothing() {
+    let mut sim = with_next_queue(QueueConfig {
+        max_jobs: 1,
+        ..config()
+    });
+    let a = sim.enqueue("a", None);
+    let d = sim.fetch(1).remove(0);
+    let item = AckItem {
+        offset: a,
+        fence: d.fence,
+    };
+    let err = sim
+        .run(chain(vec![item], vec![chained(NEXT, &["x", "y"])]))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.to_string().contains("max_jobs"), "{err}");
+    assert_eq!(sim.stats().leased, 1, "the ack did not happen");
+
+    // A missing target queue, an invalid job, a queue named twice and too
+    // many queues: each refused by name, before anything changes, and the
+    // leader's precheck refuses each the same way.
+    let missing = chain(vec![item], vec![chained("nowhere", &["x"])]);
+    let invalid = chain(vec![item], vec![chained(NEXT, &[""])]);
+    let twice = chain(
+        vec![item],
+        vec![chained(NEXT, &["x"]), chained(NEXT, &["y"])],
+    );
+    let many = chain(
+        vec![item],
+        (0..=limits::CHAINED_QUEUES_MAX)
+            .map(|i| chained(&format!("q{i}"), &["x"]))
+            .collect(),
+    );
+    for (command, code, names) in [
+        (missing, Code::NotFound, "nowhere"),
+        (invalid, Code::InvalidArgument, "jobs[0].id"),
+        (twice, Code::InvalidArgument, "appears twice"),
+        (many, Code::InvalidArgument, "then"),
+    ] {
+        let pre = sim.state.precheck(&command).unwrap_err();
+        let err = sim.run(command).unwrap_err();
+        assert_eq!(pre, err);
+        assert_eq!(err.code(), code, "{err}");
+        assert!(err.to_string().contains(names), "{err}");
+    }
+    assert_eq!(sim.stats().leased, 1);
+    // Within the limit it goes through.
+    let reply = sim
+        .run(chain(vec![item], vec![chained(NEXT, &["x"])]))
+        .unwrap();
+    assert!(matches!(reply, Reply::AckedThen { .. }), "{reply:?}");
+    assert_eq!(sim.stats().leased, 0);
+}

@@ -422,6 +422,7 @@ async fn ack_one(
                     fence: *fence,
                 })
                 .collect(),
+            then: Vec::new(),
             session: None,
         })
         .await;

@@ -62,6 +62,20 @@ pub struct AckArgs {
     queue: String,
     offset: u64,
     fence: u64,
+    /// Chained job: enqueue one job into this queue in the same Raft entry
+    /// as the ack (both happen or neither does). Needs --then-data.
+    #[arg(long, requires = "then_data")]
+    then_queue: Option<String>,
+    /// The chained job's payload.
+    #[arg(long, requires = "then_queue")]
+    then_data: Option<String>,
+    /// The chained job's group.
+    #[arg(long, default_value = "", requires = "then_queue")]
+    then_group: String,
+    /// The chained job's id (default: the client makes one). Give one to
+    /// make a rerun of this command answer DUPLICATE.
+    #[arg(long, requires = "then_queue")]
+    then_id: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,11 +132,7 @@ pub async fn enqueue(client: &Client, out: &Out, args: EnqueueArgs) -> Result<()
         };
         let r = client.enqueue(&queue, vec![job]).await?;
         let r = &r[0];
-        let outcome = match r.outcome {
-            EnqueueOutcome::Created => "created",
-            EnqueueOutcome::Duplicate { .. } => "duplicate",
-            EnqueueOutcome::IdConflict => "id-conflict",
-        };
+        let outcome = outcome_name(r.outcome);
         out.value(
             &json!({"id": r.id, "offset": r.offset, "outcome": outcome}),
             || format!("{outcome} offset {} id {}", r.offset, r.id),
@@ -135,6 +145,14 @@ pub async fn enqueue(client: &Client, out: &Out, args: EnqueueArgs) -> Result<()
         ));
     }
     bulk_enqueue(client, out, &queue, base, id_prefix, file).await
+}
+
+fn outcome_name(outcome: EnqueueOutcome) -> &'static str {
+    match outcome {
+        EnqueueOutcome::Created => "created",
+        EnqueueOutcome::Duplicate { .. } => "duplicate",
+        EnqueueOutcome::IdConflict => "id-conflict",
+    }
 }
 
 /// What a bulk enqueue's batches were answered, job by job.
@@ -270,9 +288,47 @@ pub async fn ack(client: &Client, out: &Out, args: AckArgs) -> Result<(), CliErr
         queue,
         offset,
         fence,
+        then_queue,
+        then_data,
+        then_group,
+        then_id,
     } = args;
-    client.ack_one(&queue, offset, fence).await?;
-    out.value(&json!({"acked": offset}), || format!("acked {offset}"));
+    let (Some(then_queue), Some(data)) = (then_queue, then_data) else {
+        client.ack_one(&queue, offset, fence).await?;
+        out.value(&json!({"acked": offset}), || format!("acked {offset}"));
+        return Ok(());
+    };
+    let job = pb::Job {
+        id: then_id,
+        group: then_group,
+        payload: data.into_bytes(),
+        headers: caller_trace(),
+        ..Default::default()
+    };
+    let chained = vec![pb::ChainedJobs {
+        queue: then_queue.clone(),
+        jobs: vec![job],
+    }];
+    let item = pb::AckItem { offset, fence };
+    let r = client.ack_then(&queue, vec![item], chained).await?;
+    match r.then.first().and_then(|jobs| jobs.first()) {
+        Some(job) => {
+            let outcome = outcome_name(job.outcome);
+            out.value(
+                &json!({"acked": offset, "then": {"queue": then_queue, "id": job.id,
+                    "offset": job.offset, "outcome": outcome}}),
+                || {
+                    format!(
+                        "acked {offset}; {outcome} offset {} id {} in `{then_queue}`",
+                        job.offset, job.id
+                    )
+                },
+            );
+        }
+        None => out.value(&json!({"acked": offset, "repeat": true}), || {
+            format!("acked {offset} before, with its chained job; nothing new enqueued")
+        }),
+    }
     Ok(())
 }
 

@@ -376,7 +376,13 @@ impl pb::queue_server::Queue for Fake {
             })
             .collect();
         drop(state);
-        answer(after, pb::AckResponse { results })
+        answer(
+            after,
+            pb::AckResponse {
+                results,
+                then: Vec::new(),
+            },
+        )
     }
 
     async fn nack(

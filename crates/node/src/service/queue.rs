@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lockstep_core::{AckItem, Command, Delivery, JobBlob, Reply};
+use lockstep_core::{AckItem, Chained, Command, Delivery, JobBlob, Reply};
 use tonic::{Request, Response, Status};
 
 use super::{wrong_reply, Services};
@@ -99,6 +99,31 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Makes the ids of jobs sent without one. Under a session an id comes
+    /// from the job's place (session, seq, index): a retry through another
+    /// node makes the same id, so the first answer, replayed, names the
+    /// right ids.
+    fn id_maker(&self, session: Option<pb::Session>) -> impl FnMut() -> String + '_ {
+        let mut index = 0;
+        move || match session {
+            Some(s) => {
+                index += 1;
+                format!("lockstep-s{}-{}-{}", s.id, s.seq, index - 1)
+            }
+            None => self.make_id(),
+        }
+    }
+}
+
+fn ack_results(offsets: Vec<u64>, results: &[lockstep_core::AckResult]) -> Vec<pb::AckResult> {
+    offsets
+        .into_iter()
+        .zip(results)
+        .map(|(o, r)| convert::ack_result(o, r))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl pb::queue_server::Queue for Services {
     async fn open_session(
@@ -124,18 +149,7 @@ impl pb::queue_server::Queue for Services {
         let (metadata, _, req) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Produce, &req.queue)?;
-        // Under a session, a job sent without an id gets one made from its
-        // place (session, seq, index): a retry through another node makes
-        // the same id, so the first answer, replayed, names the right ids.
-        let mut index = 0;
-        let session = req.session;
-        let mut make_id = || match session {
-            Some(s) => {
-                index += 1;
-                format!("lockstep-s{}-{}-{}", s.id, s.seq, index - 1)
-            }
-            None => self.make_id(),
-        };
+        let mut make_id = self.id_maker(req.session);
         let jobs = req
             .jobs
             .into_iter()
@@ -220,6 +234,10 @@ impl pb::queue_server::Queue for Services {
         let (metadata, _, req) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Consume, &req.queue)?;
+        for chained in &req.then {
+            self.auth
+                .authorize(&metadata, Permission::Produce, &chained.queue)?;
+        }
         let items: Vec<AckItem> = req
             .items
             .iter()
@@ -229,22 +247,57 @@ impl pb::queue_server::Queue for Services {
             })
             .collect();
         let offsets: Vec<u64> = items.iter().map(|i| i.offset).collect();
-        match self
-            .write_in(
-                req.session,
-                Command::Ack {
-                    queue: req.queue,
-                    items,
-                },
-            )
-            .await?
-            .0
-        {
-            Reply::Acked(results) => Ok(Response::new(pb::AckResponse {
-                results: offsets
+        if req.then.is_empty() {
+            let command = Command::Ack {
+                queue: req.queue,
+                items,
+            };
+            return match self.write_in(req.session, command).await?.0 {
+                Reply::Acked(results) => Ok(Response::new(pb::AckResponse {
+                    results: ack_results(offsets, &results),
+                    then: Vec::new(),
+                })),
+                other => Err(wrong_reply(other)),
+            };
+        }
+        // Ids made for chained jobs count across every `then` entry, so
+        // two entries of one request never make the same id.
+        let mut make_id = self.id_maker(req.session);
+        let mut then = Vec::with_capacity(req.then.len());
+        for chained in req.then {
+            let jobs = chained
+                .jobs
+                .into_iter()
+                .enumerate()
+                .map(|(i, job)| convert::new_job(job, i, &mut make_id))
+                .collect::<Result<Vec<_>, _>>()?;
+            then.push(Chained {
+                queue: chained.queue,
+                jobs,
+            });
+        }
+        let ids: Vec<Vec<String>> = then
+            .iter()
+            .map(|c| c.jobs.iter().map(|j| j.id.clone()).collect())
+            .collect();
+        let command = Command::AckThen {
+            queue: req.queue,
+            items,
+            then,
+        };
+        match self.write_in(req.session, command).await?.0 {
+            Reply::AckedThen { acked, then } => Ok(Response::new(pb::AckResponse {
+                results: ack_results(offsets, &acked),
+                then: then
                     .into_iter()
-                    .zip(results.iter())
-                    .map(|(o, r)| convert::ack_result(o, r))
+                    .zip(ids)
+                    .map(|(results, ids)| pb::EnqueueResponse {
+                        results: results
+                            .into_iter()
+                            .zip(ids)
+                            .map(|(r, id)| convert::enqueue_result(r, id))
+                            .collect(),
+                    })
                     .collect(),
             })),
             other => Err(wrong_reply(other)),
