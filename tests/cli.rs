@@ -197,3 +197,117 @@ async fn the_command_line_drives_a_real_cluster() {
     .await
     .expect("test timed out");
 }
+
+/// Group control (`groups get|top|drain|skip`) and a chained ack
+/// (`ack --then-queue`) against a real cluster, through any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_controlled_and_acks_chain_from_the_command_line() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (r, _leader) = start3().await;
+        let cli = Cli::new(&r.cluster);
+        cli.ok(&["queue", "create", "ops", "--group-policy", "park"]);
+        cli.ok(&["queue", "create", "next"]);
+        for (i, g) in ["a", "a", "a", "b", "c", "c"].iter().enumerate() {
+            cli.ok(&[
+                "enqueue",
+                "ops",
+                "--group",
+                g,
+                "--id",
+                &format!("o{i}"),
+                "--data",
+                "x",
+            ]);
+        }
+        let keys = |v: Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["group"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            keys(cli.json(&["groups", "top", "ops", "--limit", "2"])),
+            ["a", "c"]
+        );
+        assert_eq!(
+            keys(cli.json(&["groups", "top", "ops", "--by", "age"])),
+            ["a", "b", "c"]
+        );
+
+        let got = cli.json(&["fetch", "ops", "--max", "10", "--lease", "60s"]);
+        let head = |g: &str| {
+            got.as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["group"] == g)
+                .unwrap()
+                .clone()
+        };
+        let (a, b) = (head("a"), head("b"));
+        let info = cli.json(&["groups", "get", "ops", "a"]);
+        assert_eq!(
+            (info["lease_holder"].as_str(), info["backlog"].as_u64()),
+            (Some("cli"), Some(3))
+        );
+        assert!(info["lease_deadline_ms"].as_u64().unwrap() > 0, "{info}");
+
+        // A drain pauses the group; its job in flight still runs.
+        let d = cli.json(&["groups", "drain", "ops", "b", "--wait", "300ms"]);
+        assert_eq!(d["drained"], false, "{d}");
+        // Finishing it hands off to the next queue in the same entry.
+        let chained = cli.json(&[
+            "ack",
+            "ops",
+            &b["offset"].to_string(),
+            &b["fence"].to_string(),
+            "--then-queue",
+            "next",
+            "--then-data",
+            "step 2",
+            "--then-id",
+            "n-1",
+        ]);
+        assert_eq!(chained["then"]["outcome"], "created", "{chained}");
+        assert_eq!(chained["then"]["id"], "n-1");
+        let d = cli.json(&["groups", "drain", "ops", "b", "--wait", "2s"]);
+        assert_eq!(d["drained"], true, "{d}");
+        let next = cli.json(&["fetch", "next"]);
+        assert_eq!(next[0]["payload"], "step 2");
+        // A chained ack whose lease is gone enqueues nothing.
+        let err = cli.fails(&[
+            "ack",
+            "ops",
+            &b["offset"].to_string(),
+            &(b["fence"].as_u64().unwrap() + 1).to_string(),
+            "--then-queue",
+            "next",
+            "--then-data",
+            "never",
+        ]);
+        assert!(err.contains("fetch again"), "{err}");
+
+        // Skip the leased head of `a`: a dead letter, the group goes on
+        // (not parked), and the old holder's ack is refused.
+        let s = cli.json(&["groups", "skip", "ops", "a", "--reason", "stuck"]);
+        assert_eq!(s["skipped"], a["offset"]);
+        let dead = cli.json(&["dlq", "list", "ops"]);
+        assert_eq!(dead[0]["reason"], "skipped: stuck");
+        let info = cli.json(&["groups", "get", "ops", "a"]);
+        assert_eq!(
+            (info["paused"].as_bool(), info["backlog"].as_u64()),
+            (Some(false), Some(2))
+        );
+        let err = cli.fails(&[
+            "ack",
+            "ops",
+            &a["offset"].to_string(),
+            &a["fence"].to_string(),
+        ]);
+        assert!(err.contains("fetch again"), "{err}");
+        let err = cli.fails(&["groups", "get", "ops", "nobody"]);
+        assert!(err.contains("nobody"), "{err}");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -928,6 +928,113 @@ impl Client {
         Ok(())
     }
 
+    /// One group: its head, the head's attempts, lease holder and
+    /// deadline, backlog and paused flag ([`Error::is_not_found`] for a
+    /// group with no job that is not paused).
+    pub async fn get_group(
+        &self,
+        queue: &str,
+        group: &str,
+        read: Consistency,
+    ) -> Result<pb::GroupInfo, Error> {
+        let request = pb::GetGroupRequest {
+            queue: queue.to_string(),
+            group: group.to_string(),
+            read: read.options(),
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .call(
+                self.spec("get_group", true),
+                request,
+                move |ch, req| async move { admin_api(ch, bytes_max).get_group(req).await },
+            )
+            .await?;
+        response.group.ok_or_else(|| Error::Protocol {
+            call: "get_group",
+            problem: "no group in the answer".into(),
+        })
+    }
+
+    /// Moves the group's head to the dead letters ("skipped: `reason`"),
+    /// leased or not, so the group goes on; returns its offset. At most
+    /// once: it runs under the client's session.
+    pub async fn skip_group_head(
+        &self,
+        queue: &str,
+        group: &str,
+        reason: &str,
+    ) -> Result<u64, Error> {
+        let request = pb::SkipGroupHeadRequest {
+            queue: queue.to_string(),
+            group: group.to_string(),
+            reason: reason.to_string(),
+            session: None,
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .sequenced(
+                self.spec("skip_group_head", true),
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move { admin_api(ch, bytes_max).skip_group_head(req).await },
+            )
+            .await?;
+        Ok(response.offset)
+    }
+
+    /// Pauses the group and waits up to `wait` for its lease in flight to
+    /// end: `drained` says whether nothing of it runs now. The group stays
+    /// paused until [`Client::resume_group`].
+    pub async fn drain_group(
+        &self,
+        queue: &str,
+        group: &str,
+        wait: Duration,
+    ) -> Result<pb::DrainGroupResponse, Error> {
+        let request = pb::DrainGroupRequest {
+            queue: queue.to_string(),
+            group: group.to_string(),
+            wait_ms: millis(wait),
+        };
+        // A pause applied twice is a pause: safe to retry.
+        let mut spec = self.spec("drain_group", true);
+        spec.timeout = spec.timeout.saturating_add(wait);
+        let bytes_max = self.inner.config.message_bytes_max;
+        Ok(self
+            .call(spec, request, move |ch, req| async move {
+                admin_api(ch, bytes_max).drain_group(req).await
+            })
+            .await?
+            .0)
+    }
+
+    /// The `limit` groups with the most jobs ([`pb::GroupRank::Backlog`])
+    /// or the oldest heads ([`pb::GroupRank::Age`]), without a scan.
+    pub async fn top_groups(
+        &self,
+        queue: &str,
+        by: pb::GroupRank,
+        limit: u32,
+        read: Consistency,
+    ) -> Result<Vec<pb::GroupInfo>, Error> {
+        let request = pb::TopGroupsRequest {
+            queue: queue.to_string(),
+            by: by.into(),
+            limit,
+            read: read.options(),
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .call(
+                self.spec("top_groups", true),
+                request,
+                move |ch, req| async move { admin_api(ch, bytes_max).top_groups(req).await },
+            )
+            .await?;
+        Ok(response.groups)
+    }
+
     /// Lets a paused or parked group deliver again.
     pub async fn resume_group(&self, queue: &str, group: &str) -> Result<(), Error> {
         let request = pb::ResumeGroupRequest {

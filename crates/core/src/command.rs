@@ -161,6 +161,16 @@ pub enum Command {
         items: Vec<AckItem>,
         then: Vec<Chained>,
     },
+    /// An operator moves the head of `group` to the dead letters with
+    /// `reason`, leased or not (a lease it ends is lost to its holder), so
+    /// the group moves on. A `park` queue does not park the group: the
+    /// operator chose to go on. The attempt in flight, if any, ends as a
+    /// dead letter would end it.
+    SkipHead {
+        queue: String,
+        group: String,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -189,6 +199,7 @@ impl Command {
             | Command::Fetch { queue, .. }
             | Command::Ack { queue, .. }
             | Command::AckThen { queue, .. }
+            | Command::SkipHead { queue, .. }
             | Command::Nack { queue, .. }
             | Command::Extend { queue, .. }
             | Command::Release { queue, .. }
@@ -294,6 +305,10 @@ pub enum Reply {
     AckedThen {
         acked: Vec<AckResult>,
         then: Vec<Vec<EnqueueResult>>,
+    },
+    /// The head at `offset` is a dead letter now.
+    Skipped {
+        offset: u64,
     },
 }
 

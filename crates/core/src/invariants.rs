@@ -57,6 +57,17 @@ impl Queue {
                 );
             }
         }
+        // The top-k indexes hold exactly the groups with jobs.
+        let mut by_backlog = BTreeSet::new();
+        let mut by_head = BTreeSet::new();
+        for (id, group) in &self.groups {
+            if let Some(&head) = group.offsets.front() {
+                by_backlog.insert((group.offsets.len() as u64, *id));
+                by_head.insert((head, *id));
+            }
+        }
+        ensure!(by_backlog == self.by_backlog, "{q}: backlog index differs");
+        ensure!(by_head == self.by_head, "{q}: head index differs");
         let mut leases = BTreeSet::new();
         let mut delayed = BTreeSet::new();
         let mut ready = BTreeSet::new();

@@ -78,7 +78,8 @@ impl State {
     /// Rebuilds a state from [`State::snapshot`] bytes, refusing bytes that
     /// decode to a state that breaks an invariant.
     pub fn restore(bytes: &[u8]) -> std::result::Result<State, String> {
-        let state: State = codec::decode_snapshot(bytes).map_err(|e| e.to_string())?;
+        let mut state: State = codec::decode_snapshot(bytes).map_err(|e| e.to_string())?;
+        state.rebuild_derived();
         state
             .check_invariants()
             .map_err(|e| format!("snapshot breaks an invariant: {e}"))?;

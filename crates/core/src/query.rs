@@ -64,10 +64,21 @@ pub struct GroupInfo {
     pub head_offset: Option<u64>,
     pub head_age_ms: u64,
     pub lease_holder: Option<String>,
+    /// Cluster time at which the head's lease ends unless extended.
+    pub lease_deadline_ms: Option<u64>,
     /// Failed attempts of the head.
     pub attempts: u32,
     pub paused: bool,
     pub parked_reason: Option<String>,
+}
+
+/// How [`State::top_groups`] ranks groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRank {
+    /// Most jobs first (ties: the later group id first).
+    Backlog,
+    /// Oldest head first.
+    Age,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +123,22 @@ fn check_limit(limit: u32) -> Result<usize> {
 }
 
 impl Queue {
+    fn group_info(&self, id: u64) -> GroupInfo {
+        let group = &self.groups[&id];
+        let head = group.offsets.front().map(|o| (*o, &self.jobs[o]));
+        GroupInfo {
+            key: group.key.clone(),
+            backlog: group.offsets.len() as u64,
+            head_offset: head.map(|(o, _)| o),
+            head_age_ms: head.map_or(0, |(_, j)| self.clock_ms.saturating_sub(j.enqueued_ms)),
+            lease_holder: head.and_then(|(o, _)| self.holders.get(&o).cloned()),
+            lease_deadline_ms: head.and_then(|(_, j)| j.lease.map(|l| l.deadline_ms)),
+            attempts: head.map_or(0, |(_, j)| j.attempts),
+            paused: group.paused,
+            parked_reason: group.parked_reason.clone(),
+        }
+    }
+
     pub(crate) fn stats(&self) -> QueueStats {
         let leased = self.leases.len() as u64;
         let delayed = self.delayed.len() as u64;
@@ -212,18 +239,42 @@ impl State {
             if !shown {
                 continue;
             }
-            groups.push(GroupInfo {
-                key: key.clone(),
-                backlog: group.offsets.len() as u64,
-                head_offset: head.map(|(o, _)| o),
-                head_age_ms: head.map_or(0, |(_, j)| queue.clock_ms.saturating_sub(j.enqueued_ms)),
-                lease_holder: head.and_then(|(o, _)| queue.holders.get(&o).cloned()),
-                attempts: head.map_or(0, |(_, j)| j.attempts),
-                paused: group.paused,
-                parked_reason: group.parked_reason.clone(),
-            });
+            groups.push(queue.group_info(*id));
         }
         Ok(GroupPage { groups, next_after })
+    }
+
+    /// One group by its key: its state, head and lease.
+    pub fn get_group(&self, name: &str, key: &str) -> Result<GroupInfo> {
+        let queue = self.queue(name)?;
+        let id = queue.group_ids.get(key).ok_or_else(|| Error::NotFound {
+            what: format!("group `{key}` in queue `{name}`"),
+        })?;
+        Ok(queue.group_info(*id))
+    }
+
+    /// The `limit` groups with the most jobs, or with the oldest heads,
+    /// from indexes kept by every apply: O(limit log n), never a scan.
+    /// Only groups holding jobs are ranked.
+    pub fn top_groups(&self, name: &str, rank: GroupRank, limit: u32) -> Result<Vec<GroupInfo>> {
+        let queue = self.queue(name)?;
+        let limit = check_limit(limit)?;
+        let ids: Vec<u64> = match rank {
+            GroupRank::Backlog => queue
+                .by_backlog
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|&(_, id)| id)
+                .collect(),
+            GroupRank::Age => queue
+                .by_head
+                .iter()
+                .take(limit)
+                .map(|&(_, id)| id)
+                .collect(),
+        };
+        Ok(ids.into_iter().map(|id| queue.group_info(id)).collect())
     }
 
     /// Dead letters in offset order, after `after` (exclusive).

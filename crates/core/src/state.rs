@@ -146,6 +146,16 @@ pub(crate) struct Queue {
     /// Payload bytes of pending and dead-lettered jobs.
     pub bytes: u64,
     pub counters: Counters,
+    /// Groups with jobs by (backlog, group): the top groups by backlog
+    /// without a scan. Derived from `groups`, so not encoded: a restore
+    /// rebuilds it ([`Queue::rebuild_group_indexes`]).
+    #[serde(skip)]
+    pub by_backlog: BTreeSet<(u64, u64)>,
+    /// Groups with jobs by (head offset, group): offsets are given in
+    /// cluster-time order, so the first entries head the oldest groups.
+    /// Derived and rebuilt like `by_backlog`.
+    #[serde(skip)]
+    pub by_head: BTreeSet<(u64, u64)>,
 }
 
 /// The whole replicated state machine.
@@ -372,6 +382,37 @@ impl Queue {
             dedup_order: VecDeque::new(),
             bytes: 0,
             counters: Counters::default(),
+            by_backlog: BTreeSet::new(),
+            by_head: BTreeSet::new(),
+        }
+    }
+
+    /// Takes group `id` out of the top-k indexes, before its jobs change.
+    fn unindex_group(&mut self, id: u64) {
+        if let Some(head) = self.groups.get(&id).and_then(|g| g.offsets.front()) {
+            let backlog = self.groups[&id].offsets.len() as u64;
+            self.by_backlog.remove(&(backlog, id));
+            self.by_head.remove(&(*head, id));
+        }
+    }
+
+    /// Puts group `id` back into the top-k indexes, after its jobs changed.
+    fn index_group(&mut self, id: u64) {
+        if let Some(group) = self.groups.get(&id) {
+            if let Some(&head) = group.offsets.front() {
+                self.by_backlog.insert((group.offsets.len() as u64, id));
+                self.by_head.insert((head, id));
+            }
+        }
+    }
+
+    /// Rebuilds the derived group indexes (after a restore).
+    pub(crate) fn rebuild_group_indexes(&mut self) {
+        self.by_backlog.clear();
+        self.by_head.clear();
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            self.index_group(id);
         }
     }
 
@@ -567,9 +608,11 @@ impl Queue {
         self.ready.remove(&ready_key(&job, offset));
         self.delayed.remove(&(job.not_before_ms, offset));
         if job.group != NO_GROUP {
+            self.unindex_group(job.group);
             let group = self.groups.get_mut(&job.group).expect("group exists");
             let head = group.offsets.pop_front();
             debug_assert_eq!(head, Some(offset), "only a group head can finish");
+            self.index_group(job.group);
             self.refresh_group_head(job.group);
         }
         job
@@ -588,11 +631,16 @@ impl Queue {
     }
 
     fn kill(&mut self, offset: u64, fence: u64, reason: String) {
+        self.kill_as(offset, fence, reason, self.config.group_policy);
+    }
+
+    /// [`Queue::kill`] under group policy `policy`.
+    fn kill_as(&mut self, offset: u64, fence: u64, reason: String, policy: GroupPolicy) {
         let group_key = match self.jobs[&offset].group {
             NO_GROUP => None,
             g => Some(self.groups[&g].key.clone()),
         };
-        if let (Some(_), GroupPolicy::Park) = (&group_key, self.config.group_policy) {
+        if let (Some(_), GroupPolicy::Park) = (&group_key, policy) {
             let g = self.jobs[&offset].group;
             let group = self.groups.get_mut(&g).expect("group exists");
             group.paused = true;
@@ -643,11 +691,13 @@ impl Queue {
             None => NO_GROUP,
             Some(key) => {
                 let id = self.group_for(key);
+                self.unindex_group(id);
                 self.groups
                     .get_mut(&id)
                     .expect("just made")
                     .offsets
                     .push_back(offset);
+                self.index_group(id);
                 id
             }
         };
@@ -953,6 +1003,37 @@ impl Queue {
         Ok(Reply::GroupResumed)
     }
 
+    fn skip_head(&mut self, key: String, reason: String) -> Result<Reply> {
+        check_text("group", &key, GROUP_BYTES_MAX, false)?;
+        check_text("reason", &reason, REASON_BYTES_MAX, true)?;
+        let head = self
+            .group_ids
+            .get(&key)
+            .and_then(|id| self.groups[id].offsets.front().copied())
+            .ok_or_else(|| Error::NotFound {
+                what: format!("a job in group `{key}` of queue `{}`", self.name),
+            })?;
+        let job = &self.jobs[&head];
+        let fence = match job.lease {
+            Some(_) => {
+                // The attempt in flight ends here, as a dead letter would
+                // end it; a head not leased gets no attempt.
+                let fence = self.end_lease(head);
+                self.record_attempt(head, fence, AttemptOutcome::DeadLettered);
+                self.jobs.get_mut(&head).expect("the head").attempts += 1;
+                fence
+            }
+            None => job.last_fence,
+        };
+        self.kill_as(
+            head,
+            fence,
+            format!("skipped: {reason}"),
+            GroupPolicy::Continue,
+        );
+        Ok(Reply::Skipped { offset: head })
+    }
+
     fn requeue(&mut self, offset: u64) -> Result<Reply> {
         let Some(dead) = self.dead.remove(&offset) else {
             return Err(Error::NotFound {
@@ -1013,6 +1094,14 @@ impl Queue {
 impl State {
     pub fn new() -> State {
         State::default()
+    }
+
+    /// Rebuilds what a snapshot leaves out because it follows from the
+    /// rest (the group indexes); [`State::restore`] calls it.
+    pub(crate) fn rebuild_derived(&mut self) {
+        for queue in self.queues.values_mut() {
+            queue.rebuild_group_indexes();
+        }
     }
 
     /// Cluster time as of the last applied command.
@@ -1158,6 +1247,11 @@ impl State {
                 }
             }
             Command::PauseGroup { queue, group } => self.queue_mut(&queue)?.pause(group),
+            Command::SkipHead {
+                queue,
+                group,
+                reason,
+            } => self.queue_mut(&queue)?.skip_head(group, reason),
             Command::ResumeGroup { queue, group } => self.queue_mut(&queue)?.resume(group),
             Command::RequeueDeadLetter { queue, offset } => self.queue_mut(&queue)?.requeue(offset),
             Command::PurgeDeadLetters { queue, which } => {
@@ -1406,6 +1500,15 @@ fn precheck<'a>(
             ..
         } => {
             queue(name)?;
+            check_text("reason", reason, REASON_BYTES_MAX, true)
+        }
+        Command::SkipHead {
+            queue: name,
+            group,
+            reason,
+        } => {
+            queue(name)?;
+            check_text("group", group, GROUP_BYTES_MAX, false)?;
             check_text("reason", reason, REASON_BYTES_MAX, true)
         }
         Command::Nack { queue: name, .. }

@@ -400,8 +400,12 @@ impl MQueue {
     }
 
     fn kill(&mut self, offset: u64, reason: String) {
-        let clock = self.clock_ms;
         let park = self.config.group_policy == GroupPolicy::Park;
+        self.kill_as(offset, reason, park);
+    }
+
+    fn kill_as(&mut self, offset: u64, reason: String, park: bool) {
+        let clock = self.clock_ms;
         let job = self.job(offset);
         job.status = Status::Dead;
         job.reason = reason.clone();
@@ -674,6 +678,25 @@ impl MQueue {
         Ok(Reply::GroupPaused)
     }
 
+    /// An operator's skip: the head goes to the dead letters, its attempt
+    /// in flight counted, and the group goes on even under `park`.
+    fn skip_head(&mut self, key: &str, reason: &str) -> Result<Reply, Fail> {
+        if !text_ok(key, TEXT_BYTES_MAX, false) || !text_ok(reason, REASON_BYTES_MAX, true) {
+            return Err(Fail::Invalid);
+        }
+        let head = self
+            .groups
+            .get(key)
+            .and_then(|g| g.offsets.front().copied())
+            .ok_or(Fail::NotFound)?;
+        if let Some(lease) = self.job(head).lease.take() {
+            self.record(head, lease.fence, AttemptOutcome::DeadLettered);
+            self.job(head).attempts += 1;
+        }
+        self.kill_as(head, format!("skipped: {reason}"), false);
+        Ok(Reply::Skipped { offset: head })
+    }
+
     fn resume(&mut self, key: &str) -> Result<Reply, Fail> {
         if !text_ok(key, TEXT_BYTES_MAX, false) {
             return Err(Fail::Invalid);
@@ -799,6 +822,7 @@ impl MQueue {
                 head_offset: head.map(|(o, _)| o),
                 head_age_ms: head.map_or(0, |(_, j)| self.clock_ms - j.enqueued_ms),
                 lease_holder: head.and_then(|(_, j)| j.lease.as_ref().map(|l| l.holder.clone())),
+                lease_deadline_ms: head.and_then(|(_, j)| j.lease.as_ref().map(|l| l.deadline_ms)),
                 attempts: head.map_or(0, |(_, j)| j.attempts),
                 paused: group.paused,
                 parked_reason: group
@@ -1023,6 +1047,11 @@ impl Model {
                 Ok(Reply::Ticked { expired })
             }
             Command::PauseGroup { queue, group } => self.queue(queue)?.pause(group),
+            Command::SkipHead {
+                queue,
+                group,
+                reason,
+            } => self.queue(queue)?.skip_head(group, reason),
             Command::ResumeGroup { queue, group } => self.queue(queue)?.resume(group),
             Command::RequeueDeadLetter { queue, offset } => self.queue(queue)?.requeue(*offset),
             Command::PurgeDeadLetters { queue, which } => self.queue(queue)?.purge(which, fx),
@@ -1168,6 +1197,11 @@ enum Op {
         q: usize,
         group: usize,
         bad: bool,
+    },
+    Skip {
+        q: usize,
+        group: usize,
+        reason: usize,
     },
     Requeue {
         q: usize,
@@ -1434,6 +1468,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(q, group, bad)| Op::Pause { q, group, bad }),
         8 => (queue(), 0usize..GROUPS.len(), prop::bool::weighted(0.05))
             .prop_map(|(q, group, bad)| Op::Resume { q, group, bad }),
+        4 => (queue(), 0usize..GROUPS.len(), prop_oneof![10 => Just(0usize), 1 => Just(2)])
+            .prop_map(|(q, group, reason)| Op::Skip { q, group, reason }),
         8 => (queue(), dead_target()).prop_map(|(q, target)| Op::Requeue { q, target }),
         6 => (queue(), prop::option::weighted(0.6, dead_targets()))
             .prop_map(|(q, which)| Op::Purge { q, which }),
@@ -1660,6 +1696,11 @@ impl Run {
                 queue: QUEUES[*q].to_string(),
                 group: if *bad { "" } else { GROUPS[*group] }.to_string(),
             },
+            Op::Skip { q, group, reason } => Command::SkipHead {
+                queue: QUEUES[*q].to_string(),
+                group: GROUPS[*group].to_string(),
+                reason: REASONS[*reason].to_string(),
+            },
             Op::Resume { q, group, bad } => Command::ResumeGroup {
                 queue: QUEUES[*q].to_string(),
                 group: if *bad { "" } else { GROUPS[*group] }.to_string(),
@@ -1835,6 +1876,49 @@ impl Run {
     }
 
     fn check_groups(&self, n: usize, name: &str, q: &MQueue) -> Result<(), String> {
+        // One group at a time, and the top groups from their indexes.
+        let all = q.groups(&GroupFilter::default());
+        for key in GROUPS {
+            let want = all
+                .iter()
+                .find(|g| g.key == key)
+                .cloned()
+                .ok_or(Fail::NotFound);
+            let got = self.state.get_group(name, key).map_err(|e| fail_of(&e));
+            same!(got, want, "step {n}: group {key} of {name}");
+        }
+        let mut busy: Vec<GroupInfo> = all.into_iter().filter(|g| g.backlog > 0).collect();
+        busy.sort_by_key(|g| g.head_offset);
+        let by_age = self
+            .state
+            .top_groups(name, GroupRank::Age, 3)
+            .map_err(|e| e.to_string())?;
+        same!(
+            by_age,
+            busy.iter().take(3).cloned().collect::<Vec<_>>(),
+            "step {n}: top by age of {name}"
+        );
+        // By backlog: the same backlogs, largest first; ties in any order.
+        let by_backlog = self
+            .state
+            .top_groups(name, GroupRank::Backlog, 3)
+            .map_err(|e| e.to_string())?;
+        let mut backlogs: Vec<u64> = busy.iter().map(|g| g.backlog).collect();
+        backlogs.sort_by(|a, b| b.cmp(a));
+        backlogs.truncate(3);
+        same!(
+            by_backlog.iter().map(|g| g.backlog).collect::<Vec<_>>(),
+            backlogs,
+            "step {n}: top by backlog of {name}"
+        );
+        for g in &by_backlog {
+            same!(
+                Some(g),
+                busy.iter().find(|b| b.key == g.key),
+                "step {n}: top group {}",
+                g.key
+            );
+        }
         let statuses = [
             GroupStatus::Any,
             GroupStatus::Leased,

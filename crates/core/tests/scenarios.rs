@@ -1211,3 +1211,89 @@ fn a_chained_ack_past_a_target_limit_acks_nothing() {
     assert!(matches!(reply, Reply::AckedThen { .. }), "{reply:?}");
     assert_eq!(sim.stats().leased, 0);
 }
+
+// ---------------------------------------------------------------- group control
+
+#[test]
+fn a_skipped_head_goes_to_the_dead_letters_and_its_group_moves_on() {
+    let mut sim = Sim::with_queue(QueueConfig {
+        group_policy: GroupPolicy::Park,
+        ..config()
+    });
+    let a = sim.enqueue("a", Some("g"));
+    let b = sim.enqueue("b", Some("g"));
+    let held = sim.fetch(1).remove(0);
+    let info = sim.state.get_group(Q, "g").unwrap();
+    assert_eq!(info.head_offset, Some(a));
+    assert_eq!(info.lease_holder.as_deref(), Some("worker"));
+    assert_eq!(info.lease_deadline_ms, Some(held.deadline_ms));
+
+    let skip = Command::SkipHead {
+        queue: Q.into(),
+        group: "g".into(),
+        reason: "poison, by hand".into(),
+    };
+    assert_eq!(sim.run(skip).unwrap(), Reply::Skipped { offset: a });
+    // The holder's lease is gone: its late ack is refused.
+    assert!(matches!(
+        sim.ack(a, held.fence),
+        AckResult::Failed(Error::LeaseLost { .. })
+    ));
+    // A park queue does not park the group: the next job runs.
+    let info = sim.state.get_group(Q, "g").unwrap();
+    assert!(!info.paused, "{info:?}");
+    assert_eq!(offsets(&sim.fetch(1)), vec![b]);
+    let dead = sim
+        .state
+        .list_dead_letters(Q, None, 10)
+        .unwrap()
+        .dead_letters;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "skipped: poison, by hand");
+    assert_eq!(dead[0].attempts, 1, "the attempt in flight ended");
+
+    // Nothing to skip: named errors.
+    let missing = Command::SkipHead {
+        queue: Q.into(),
+        group: "nobody".into(),
+        reason: String::new(),
+    };
+    let err = sim.run(missing).unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.to_string().contains("group `nobody`"), "{err}");
+    assert!(sim.state.get_group(Q, "nobody").is_err());
+}
+
+#[test]
+fn the_top_groups_come_by_backlog_and_by_age_and_survive_a_restore() {
+    let mut sim = Sim::with_queue(config());
+    for (group, n) in [("old", 2), ("big", 5), ("mid", 3)] {
+        for i in 0..n {
+            sim.enqueue(&format!("{group}-{i}"), Some(group));
+        }
+        sim.advance(10);
+    }
+    let keys =
+        |groups: Vec<GroupInfo>| -> Vec<String> { groups.into_iter().map(|g| g.key).collect() };
+    let by_backlog = sim.state.top_groups(Q, GroupRank::Backlog, 2).unwrap();
+    assert_eq!(keys(by_backlog), vec!["big", "mid"]);
+    let by_age = sim.state.top_groups(Q, GroupRank::Age, 10).unwrap();
+    assert_eq!(keys(by_age), vec!["old", "big", "mid"]);
+    // Finishing the old group's head keeps it first by age (its next job
+    // is still older than the others' heads) and shrinks its backlog.
+    let d = sim.fetch(3);
+    for delivery in d.iter().filter(|d| d.group.as_deref() == Some("big")) {
+        assert_eq!(sim.ack(delivery.offset, delivery.fence), AckResult::Acked);
+    }
+    let restored = State::restore(&sim.state.snapshot()).unwrap();
+    assert_eq!(restored, sim.state, "the indexes are rebuilt on restore");
+    let by_backlog = restored.top_groups(Q, GroupRank::Backlog, 3).unwrap();
+    assert_eq!(keys(by_backlog), vec!["big", "mid", "old"]);
+    assert_eq!(
+        restored
+            .top_groups(Q, GroupRank::Age, 0)
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+}

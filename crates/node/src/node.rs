@@ -485,6 +485,10 @@ impl Node {
                 } => s
                     .list_dead_letters(&queue, after, limit)
                     .map(|page| ReadReply::DeadLetters(page, Vec::new())),
+                Read::Group { queue, key } => s.get_group(&queue, &key).map(ReadReply::Group),
+                Read::TopGroups { queue, rank, limit } => {
+                    s.top_groups(&queue, rank, limit).map(ReadReply::TopGroups)
+                }
             })
             .map_err(store_status)?;
         // Payloads are read outside the state lock.

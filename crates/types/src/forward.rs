@@ -108,6 +108,22 @@ pub enum Read {
         /// The most dead letters on the page.
         limit: u32,
     },
+    /// One group of a queue.
+    Group {
+        /// The queue's name.
+        queue: String,
+        /// The group's key.
+        key: String,
+    },
+    /// The top groups of a queue by backlog or by age.
+    TopGroups {
+        /// The queue's name.
+        queue: String,
+        /// How groups are ranked.
+        rank: core::GroupRank,
+        /// The most groups answered.
+        limit: u32,
+    },
 }
 
 impl Request {
@@ -147,7 +163,10 @@ impl Read {
         match self {
             Read::Queue { name } => Some(name),
             Read::ListQueues | Read::ConfirmedCommit => None,
-            Read::Groups { queue, .. } | Read::DeadLetters { queue, .. } => Some(queue),
+            Read::Groups { queue, .. }
+            | Read::DeadLetters { queue, .. }
+            | Read::Group { queue, .. }
+            | Read::TopGroups { queue, .. } => Some(queue),
         }
     }
 }
@@ -165,6 +184,10 @@ pub enum ReadReply {
     ConfirmedCommit(u64),
     /// The page, and the stored job of each dead letter, in order.
     DeadLetters(core::DeadLetterPage, Vec<Option<JobBlob>>),
+    /// One group.
+    Group(core::GroupInfo),
+    /// Groups, ranked.
+    TopGroups(Vec<core::GroupInfo>),
 }
 
 /// The answer to a [`Request`].

@@ -1,6 +1,8 @@
 //! `lockstep.v1.Admin`: queues, groups and dead letters, as an operator
 //! manages them.
 
+use std::time::Duration;
+
 use lockstep_core::{self as core, Command, JobBlob, PurgeSelector, Reply};
 use lockstep_types::forward::{Read, ReadReply};
 use tonic::{Request, Response, Status};
@@ -138,20 +140,7 @@ impl pb::admin_server::Admin for Services {
         };
         match self.read(read, r.read).await? {
             ReadReply::Groups(page) => Ok(Response::new(pb::ListGroupsResponse {
-                groups: page
-                    .groups
-                    .into_iter()
-                    .map(|g| pb::GroupInfo {
-                        key: g.key,
-                        backlog: g.backlog,
-                        head_offset: g.head_offset,
-                        head_age_ms: g.head_age_ms,
-                        lease_holder: g.lease_holder.unwrap_or_default(),
-                        attempts: g.attempts,
-                        paused: g.paused,
-                        parked_reason: g.parked_reason.unwrap_or_default(),
-                    })
-                    .collect(),
+                groups: page.groups.into_iter().map(group_to_pb).collect(),
                 next_after: page.next_after.unwrap_or_default(),
             })),
             _ => Err(Status::internal("unexpected read reply")),
@@ -178,6 +167,114 @@ impl pb::admin_server::Admin for Services {
         {
             Reply::GroupPaused => Ok(Response::new(pb::PauseGroupResponse {})),
             other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::GetGroupResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_read(&metadata, &r.queue)?;
+        let read = Read::Group {
+            queue: r.queue,
+            key: r.group,
+        };
+        match self.read(read, r.read).await? {
+            ReadReply::Group(g) => Ok(Response::new(pb::GetGroupResponse {
+                group: Some(group_to_pb(g)),
+            })),
+            _ => Err(Status::internal("unexpected read reply")),
+        }
+    }
+
+    async fn skip_group_head(
+        &self,
+        request: Request<pb::SkipGroupHeadRequest>,
+    ) -> Result<Response<pb::SkipGroupHeadResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
+        let command = Command::SkipHead {
+            queue: r.queue,
+            group: r.group,
+            reason: r.reason,
+        };
+        match self.write_in(r.session, command).await?.0 {
+            Reply::Skipped { offset } => Ok(Response::new(pb::SkipGroupHeadResponse { offset })),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn drain_group(
+        &self,
+        request: Request<pb::DrainGroupRequest>,
+    ) -> Result<Response<pb::DrainGroupResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
+        let pause = Command::PauseGroup {
+            queue: r.queue.clone(),
+            group: r.group.clone(),
+        };
+        match self.write(pause).await?.0 {
+            Reply::GroupPaused => {}
+            other => return Err(wrong_reply(other)),
+        }
+        // Paused: no new head goes out. Wait for the lease in flight, with
+        // a linearizable read each time this node applies something (an
+        // ack, a nack, an expiry) and at least every DRAIN_POLL_MS.
+        let wait_ms = r.wait_ms.min(self.node.config.limits.fetch_wait_ms_max);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let mut applied = self.node.applied_watch();
+        loop {
+            let read = Read::Group {
+                queue: r.queue.clone(),
+                key: r.group.clone(),
+            };
+            let group = match self.read(read, None).await? {
+                ReadReply::Group(g) => g,
+                _ => return Err(Status::internal("unexpected read reply")),
+            };
+            let drained = group.lease_holder.is_none();
+            if drained || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(pb::DrainGroupResponse {
+                    drained,
+                    group: Some(group_to_pb(group)),
+                }));
+            }
+            let poll =
+                (tokio::time::Instant::now() + Duration::from_millis(DRAIN_POLL_MS)).min(deadline);
+            let _ = tokio::time::timeout_at(poll, applied.changed()).await;
+        }
+    }
+
+    async fn top_groups(
+        &self,
+        request: Request<pb::TopGroupsRequest>,
+    ) -> Result<Response<pb::TopGroupsResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_read(&metadata, &r.queue)?;
+        let rank = match pb::GroupRank::try_from(r.by) {
+            Ok(pb::GroupRank::Backlog) => core::GroupRank::Backlog,
+            Ok(pb::GroupRank::Age) => core::GroupRank::Age,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid argument `by`: unknown value {}",
+                    r.by
+                )))
+            }
+        };
+        let read = Read::TopGroups {
+            queue: r.queue,
+            rank,
+            limit: r.limit,
+        };
+        match self.read(read, r.read).await? {
+            ReadReply::TopGroups(groups) => Ok(Response::new(pb::TopGroupsResponse {
+                groups: groups.into_iter().map(group_to_pb).collect(),
+            })),
+            _ => Err(Status::internal("unexpected read reply")),
         }
     }
 
@@ -311,5 +408,24 @@ impl pb::admin_server::Admin for Services {
             Reply::Purged { count } => Ok(Response::new(pb::PurgeDeadLettersResponse { count })),
             other => Err(wrong_reply(other)),
         }
+    }
+}
+
+/// The longest a drain waits between two looks at its group, in case an
+/// apply that ends the lease is missed (a notification lost to a lagging
+/// watch, or a lease ended on the leader that this node applies later).
+const DRAIN_POLL_MS: u64 = 200;
+
+fn group_to_pb(g: core::GroupInfo) -> pb::GroupInfo {
+    pb::GroupInfo {
+        key: g.key,
+        backlog: g.backlog,
+        head_offset: g.head_offset,
+        head_age_ms: g.head_age_ms,
+        lease_holder: g.lease_holder.unwrap_or_default(),
+        attempts: g.attempts,
+        paused: g.paused,
+        parked_reason: g.parked_reason.unwrap_or_default(),
+        lease_deadline_ms: g.lease_deadline_ms.unwrap_or_default(),
     }
 }
