@@ -6,7 +6,9 @@
 //! 3. a worker process stopped (SIGSTOP) past its lease loses the job to
 //!    another worker, and its late ack is refused;
 //! 4. chained jobs (an ack that enqueues the next step) are neither lost
-//!    nor doubled, and keep group order, while the leader is killed.
+//!    nor doubled, and keep group order, while the leader is killed;
+//! 5. rate limits: an enqueue past the queue's rate is refused by name,
+//!    and a rate-limited group's deliveries are spaced in cluster time.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -308,6 +310,84 @@ async fn chained_jobs_are_neither_lost_nor_doubled_while_the_leader_is_killed() 
         }
         let next = common::stats(c, new_leader, "next").await;
         assert_eq!(next.next_offset, TOTAL, "no step chained twice: {next:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_enqueues_by_name_and_space_a_group_in_cluster_time() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (r, _leader) = start3().await;
+        let client = client_of(&r.cluster, &[1, 2, 3]);
+        let limited = pb::QueueConfig {
+            enqueue_rate_max: 20,
+            rate_window_ms: 60_000,
+            ..Default::default()
+        };
+        client.create_queue("in", limited).await.unwrap();
+        let twenty: Vec<pb::Job> = (0..20).map(|i| job(&format!("i{i}"), "")).collect();
+        client.enqueue("in", twenty).await.unwrap();
+        let err = client
+            .enqueue("in", vec![job("one-more", "")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("enqueue_rate_max") && text.contains("retry in"),
+            "{text}"
+        );
+        // A duplicate takes no token.
+        client.enqueue("in", vec![job("i0", "")]).await.unwrap();
+
+        // Five deliveries a second per group, one at a time (burst 1):
+        // grants of one group at least 200 ms apart in cluster time, as
+        // their lease deadlines (grant time + the same lease) show, and in
+        // order. The other group is not held back by it.
+        let spaced = pb::QueueConfig {
+            group_rate_max: 5,
+            group_burst: 1,
+            ..Default::default()
+        };
+        client.create_queue("out", spaced).await.unwrap();
+        let jobs: Vec<pb::Job> = (0..6)
+            .map(|i| job(&format!("g{i}"), "g"))
+            .chain([job("h0", "h")])
+            .collect();
+        client.enqueue("out", jobs).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let mut grants: Vec<(u64, u64)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut other = None;
+        while grants.len() < 6 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} grants: {grants:?}",
+                grants.len()
+            );
+            let ds = client
+                .fetch("out", "w", 10, lease, Duration::from_millis(500))
+                .await
+                .unwrap();
+            for d in ds {
+                if d.group == "h" {
+                    other = Some(d.lease_deadline_ms);
+                } else {
+                    grants.push((d.offset, d.lease_deadline_ms));
+                }
+                client.ack_one("out", d.offset, d.fence).await.unwrap();
+            }
+        }
+        println!("grants of g (offset, lease deadline): {grants:?}");
+        assert!(other.is_some(), "group h was delivered beside g");
+        for pair in grants.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "out of order: {grants:?}");
+            assert!(
+                pair[1].1 - pair[0].1 >= 200,
+                "closer than the rate allows: {grants:?}"
+            );
+        }
     })
     .await
     .expect("test timed out");

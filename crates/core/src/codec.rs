@@ -16,9 +16,12 @@ use serde::{de::DeserializeOwned, Serialize};
 ///
 /// 2: the state holds client sessions and their reply cache, and commands
 /// may be `OpenSession` or `Sequenced`; it keeps the offset floor of
-/// deleted queues. A node refuses a data directory of
-/// version 1 with "unknown format version 1" rather than misreading it.
-pub const FORMAT_VERSION: u8 = 2;
+/// deleted queues.
+///
+/// 3: a queue's configuration carries rate limits, and a queue keeps its
+/// token buckets. A node refuses a data directory of an older version
+/// with "unknown format version 2" rather than misreading it.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The largest single record (a Raft entry, a vote, a payload): 64 MiB.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;

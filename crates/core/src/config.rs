@@ -45,6 +45,94 @@ pub struct QueueConfig {
     /// Jobs in one enqueue, acks in one ack, deliveries in one fetch.
     pub max_batch: u32,
     pub group_policy: GroupPolicy,
+    /// Token buckets on enqueues and on each group's deliveries. Last, so
+    /// the fields before it keep their encoding.
+    pub rates: RateLimits,
+}
+
+/// Token-bucket rate limits in cluster time (SPEC 2.3a), each `rate_max`
+/// tokens per `rate_window_ms`, refilled smoothly, holding at most `burst`
+/// (0: `rate_max`). A `rate_max` of 0 turns that limit off.
+///
+/// Applied as GCRA (the generic cell rate algorithm: one "theoretical
+/// arrival time" per bucket, in microseconds), so a bucket is one integer
+/// and every replica computes the same answer from the stamps alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    /// New jobs a queue takes per window (duplicates take none). An enqueue
+    /// past it is refused whole with RESOURCE_EXHAUSTED naming
+    /// `enqueue_rate_max` and when to retry.
+    pub enqueue_rate_max: u32,
+    pub enqueue_burst: u32,
+    /// Deliveries each group gets per window. A group past it is not ready
+    /// (its head waits, shown as delayed), so order is kept.
+    pub group_rate_max: u32,
+    pub group_burst: u32,
+    /// The window both rates count in; 0 means [`RATE_WINDOW_MS_DEFAULT`].
+    pub rate_window_ms: u64,
+}
+
+/// One token bucket's shape, in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    /// Microseconds per token.
+    pub interval_us: u64,
+    /// Tokens it holds when full.
+    pub burst: u64,
+}
+
+impl Bucket {
+    fn of(rate_max: u32, burst: u32, window_ms: u64) -> Option<Bucket> {
+        // `window_ms` is filled in by `RateLimits::window_ms`.
+        if rate_max == 0 {
+            return None;
+        }
+        Some(Bucket {
+            interval_us: (window_ms * 1_000 / u64::from(rate_max)).max(1),
+            burst: u64::from(if burst == 0 { rate_max } else { burst }),
+        })
+    }
+
+    /// GCRA: with the bucket's arrival time at `tat_us`, when (µs) `n`
+    /// tokens may be taken, and the arrival time after taking them then.
+    pub fn take(self, tat_us: u64, now_us: u64, n: u64) -> (u64, u64) {
+        let next = tat_us
+            .max(now_us)
+            .saturating_add(n.saturating_mul(self.interval_us));
+        let allowed_at = next.saturating_sub(self.burst.saturating_mul(self.interval_us));
+        (allowed_at, next)
+    }
+}
+
+impl RateLimits {
+    /// The window in ms, its default filled in.
+    pub fn window_ms(&self) -> u64 {
+        match self.rate_window_ms {
+            0 => RATE_WINDOW_MS_DEFAULT,
+            ms => ms,
+        }
+    }
+
+    pub(crate) fn enqueue_bucket(&self) -> Option<Bucket> {
+        Bucket::of(self.enqueue_rate_max, self.enqueue_burst, self.window_ms())
+    }
+
+    pub(crate) fn group_bucket(&self) -> Option<Bucket> {
+        Bucket::of(self.group_rate_max, self.group_burst, self.window_ms())
+    }
+
+    fn validate(&self) -> Result<()> {
+        range("enqueue_rate_max", self.enqueue_rate_max, 0, RATE_MAX_LIMIT)?;
+        range("enqueue_burst", self.enqueue_burst, 0, RATE_MAX_LIMIT)?;
+        range("group_rate_max", self.group_rate_max, 0, RATE_MAX_LIMIT)?;
+        range("group_burst", self.group_burst, 0, RATE_MAX_LIMIT)?;
+        range(
+            "rate_window_ms",
+            self.rate_window_ms,
+            0,
+            RATE_WINDOW_MS_LIMIT,
+        )
+    }
 }
 
 impl Default for QueueConfig {
@@ -63,6 +151,7 @@ impl Default for QueueConfig {
             max_payload_bytes: PAYLOAD_BYTES_MAX_DEFAULT,
             max_batch: BATCH_MAX_DEFAULT,
             group_policy: GroupPolicy::Continue,
+            rates: RateLimits::default(),
         }
     }
 }
@@ -123,6 +212,6 @@ impl QueueConfig {
             PAYLOAD_BYTES_MAX_LIMIT,
         )?;
         range("max_batch", self.max_batch, 1, BATCH_MAX_LIMIT)?;
-        Ok(())
+        self.rates.validate()
     }
 }

@@ -57,6 +57,21 @@ impl Queue {
                 );
             }
         }
+        // Group buckets: one entry per group in both maps, none full.
+        ensure!(
+            self.group_tats.len() == self.group_tat_order.len()
+                && self
+                    .group_tat_order
+                    .iter()
+                    .all(|(tat, key)| self.group_tats.get(key) == Some(tat)),
+            "{q}: group buckets and their order differ"
+        );
+        ensure!(
+            self.group_tat_order
+                .first()
+                .is_none_or(|(tat, _)| *tat > self.clock_ms.saturating_mul(1_000)),
+            "{q}: a full group bucket is kept"
+        );
         // The top-k indexes hold exactly the groups with jobs.
         let mut by_backlog = BTreeSet::new();
         let mut by_head = BTreeSet::new();

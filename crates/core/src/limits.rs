@@ -63,6 +63,15 @@ pub const BACKOFF_FACTOR_LIMIT: u32 = 16;
 pub const BACKOFF_CAP_MS_DEFAULT: u64 = 5 * 60_000;
 pub const BACKOFF_JITTER_PCT_DEFAULT: u32 = 20;
 
+/// Rate limits (`RateLimits`): tokens per window, and the longest window.
+pub const RATE_MAX_LIMIT: u32 = 1_000_000;
+pub const RATE_WINDOW_MS_DEFAULT: u64 = 1_000;
+pub const RATE_WINDOW_MS_LIMIT: u64 = 24 * 3_600_000;
+/// Groups whose delivery bucket is not yet full again, per queue: past it
+/// the group rate limit cannot be kept, and a fetch that would pass it
+/// takes fewer heads (`group_rate_max`).
+pub const RATE_GROUPS_MAX: usize = 1_000_000;
+
 /// Client sessions open at once (see `session.rs`); opening one more evicts
 /// the longest-idle session.
 pub const SESSIONS_COUNT_MAX: usize = 10_000;

@@ -146,6 +146,16 @@ pub(crate) struct Queue {
     /// Payload bytes of pending and dead-lettered jobs.
     pub bytes: u64,
     pub counters: Counters,
+    /// GCRA arrival time (µs of cluster time) of the enqueue bucket
+    /// (`rates.enqueue_rate_max`).
+    pub enqueue_tat_us: u64,
+    /// GCRA arrival time of each group's delivery bucket
+    /// (`rates.group_rate_max`), while the bucket is not full again; a
+    /// group missing here has a full bucket. Keyed by the group's key, as
+    /// a group without jobs is forgotten but its rate must hold.
+    pub group_tats: BTreeMap<String, u64>,
+    /// The same entries by time, so full buckets are dropped in order.
+    pub group_tat_order: BTreeSet<(u64, String)>,
     /// Groups with jobs by (backlog, group): the top groups by backlog
     /// without a scan. Derived from `groups`, so not encoded: a restore
     /// rebuilds it ([`Queue::rebuild_group_indexes`]).
@@ -382,6 +392,9 @@ impl Queue {
             dedup_order: VecDeque::new(),
             bytes: 0,
             counters: Counters::default(),
+            enqueue_tat_us: 0,
+            group_tats: BTreeMap::new(),
+            group_tat_order: BTreeSet::new(),
             by_backlog: BTreeSet::new(),
             by_head: BTreeSet::new(),
         }
@@ -438,12 +451,57 @@ impl Queue {
         let Some(job) = self.jobs.get(&offset) else {
             return;
         };
+        // A head whose group is past its rate waits as a delayed head
+        // until its bucket holds a token again (SPEC 2.3a), so nothing
+        // behind it overtakes it.
+        if job.lease.is_none() && job.group != NO_GROUP && self.is_head(offset, job) {
+            let gate = self.group_gate_ms(job.group);
+            if gate > job.not_before_ms && gate > self.clock_ms {
+                self.delayed.remove(&(job.not_before_ms, offset));
+                self.delayed.insert((gate, offset));
+                self.jobs.get_mut(&offset).expect("just read").not_before_ms = gate;
+            }
+        }
+        let Some(job) = self.jobs.get(&offset) else {
+            return;
+        };
         let key = ready_key(job, offset);
         if self.should_be_ready(offset, job) {
             self.ready.insert(key);
         } else {
             self.ready.remove(&key);
         }
+    }
+
+    /// When (cluster ms) group `group` may next be delivered: 0 when it
+    /// has no rate or a token now.
+    fn group_gate_ms(&self, group: u64) -> u64 {
+        let Some(bucket) = self.config.rates.group_bucket() else {
+            return 0;
+        };
+        let Some(&tat) = self.group_tats.get(&self.groups[&group].key) else {
+            return 0;
+        };
+        let (allowed_at_us, _) = bucket.take(tat, self.clock_ms.saturating_mul(1_000), 1);
+        allowed_at_us.div_ceil(1_000)
+    }
+
+    /// Takes a token from the delivery bucket of the group keyed `key`.
+    fn take_group_token(&mut self, key: &str) {
+        let Some(bucket) = self.config.rates.group_bucket() else {
+            return;
+        };
+        let now_us = self.clock_ms.saturating_mul(1_000);
+        let tat = match self.group_tats.get(key) {
+            Some(&tat) => {
+                self.group_tat_order.remove(&(tat, key.to_string()));
+                tat
+            }
+            None => 0,
+        };
+        let (_, next) = bucket.take(tat, now_us, 1);
+        self.group_tats.insert(key.to_string(), next);
+        self.group_tat_order.insert((next, key.to_string()));
     }
 
     fn refresh_group_head(&mut self, group: u64) {
@@ -492,6 +550,15 @@ impl Queue {
     /// number of leases expired.
     fn advance(&mut self, now: u64) -> u32 {
         self.clock_ms = self.clock_ms.max(now);
+        // A bucket whose arrival time has passed is full: forget it.
+        let now_us = self.clock_ms.saturating_mul(1_000);
+        while let Some((tat, _)) = self.group_tat_order.first() {
+            if *tat > now_us {
+                break;
+            }
+            let (_, key) = self.group_tat_order.pop_first().expect("just seen");
+            self.group_tats.remove(&key);
+        }
         let mut expired = 0;
         while let Some(&(deadline, offset)) = self.leases.first() {
             if deadline > self.clock_ms {
@@ -756,6 +823,36 @@ impl Queue {
                 ),
             ));
         }
+        if let (Some(bucket), true) = (self.config.rates.enqueue_bucket(), new_jobs > 0) {
+            let rates = &self.config.rates;
+            let now_us = self.clock_ms.saturating_mul(1_000);
+            let (allowed_at, _) = bucket.take(self.enqueue_tat_us, now_us, new_jobs);
+            if new_jobs > bucket.burst {
+                return Err(Error::exhausted(
+                    "enqueue_rate_max",
+                    u64::from(rates.enqueue_rate_max),
+                    format!(
+                        "queue `{}` takes at most {} new jobs at once (its enqueue burst) and \
+                         the batch adds {new_jobs}: split it",
+                        self.name, bucket.burst
+                    ),
+                ));
+            }
+            if allowed_at > now_us {
+                return Err(Error::exhausted(
+                    "enqueue_rate_max",
+                    u64::from(rates.enqueue_rate_max),
+                    format!(
+                        "queue `{}` takes {} new jobs per {} ms and the batch adds {new_jobs}: \
+                         retry in {} ms",
+                        self.name,
+                        rates.enqueue_rate_max,
+                        rates.window_ms(),
+                        (allowed_at - now_us).div_ceil(1_000)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -826,6 +923,16 @@ impl Queue {
             });
             results.push(EnqueueResult::Created { offset });
         }
+        if let Some(bucket) = self.config.rates.enqueue_bucket() {
+            let created = results
+                .iter()
+                .filter(|r| matches!(r, EnqueueResult::Created { .. }))
+                .count() as u64;
+            if created > 0 {
+                let now_us = self.clock_ms.saturating_mul(1_000);
+                self.enqueue_tat_us = bucket.take(self.enqueue_tat_us, now_us, created).1;
+            }
+        }
         results
     }
 
@@ -841,11 +948,20 @@ impl Queue {
         // Heads whose lease ended earlier in this same entry are skipped:
         // granting them again would repeat the fence. At most one skip per
         // command earlier in the entry, so this stays O(log n + max).
+        // With group rates, a group not yet tracked needs room in the
+        // bounded bucket map; without it the group waits for a later fetch.
+        let rated = self.config.rates.group_bucket().is_some();
+        let full = self.group_tats.len() >= RATE_GROUPS_MAX;
         let picked: Vec<u64> = self
             .ready
             .iter()
             .map(|&(_, offset)| offset)
             .filter(|offset| self.jobs[offset].last_fence < stamp.index)
+            .filter(|offset| {
+                let group = self.jobs[offset].group;
+                !(rated && full && group != NO_GROUP)
+                    || self.group_tats.contains_key(&self.groups[&group].key)
+            })
             .take(max as usize)
             .collect();
         let deadline_ms = self.clock_ms.saturating_add(lease_ms);
@@ -867,11 +983,15 @@ impl Queue {
             if attempt > 1 {
                 self.counters.redelivered += 1;
             }
+            let key = (group != NO_GROUP).then(|| self.groups[&group].key.clone());
+            if let Some(key) = &key {
+                self.take_group_token(key);
+            }
             deliveries.push(Delivery {
                 queue_id: self.id,
                 offset,
                 blob,
-                group: (group != NO_GROUP).then(|| self.groups[&group].key.clone()),
+                group: key,
                 priority,
                 attempt,
                 fence: stamp.index,
@@ -1177,7 +1297,16 @@ impl State {
                 // (found by the `command` fuzz target).
                 validate_queue_name(&name)?;
                 config.validate()?;
-                self.queue_mut(&name)?.config = config;
+                let queue = self.queue_mut(&name)?;
+                let rates_changed = queue.config.rates != config.rates;
+                queue.config = config;
+                if rates_changed {
+                    // A lower group rate holds back the heads waiting now.
+                    let ids: Vec<u64> = queue.groups.keys().copied().collect();
+                    for id in ids {
+                        queue.refresh_group_head(id);
+                    }
+                }
                 Ok(Reply::QueueUpdated)
             }
             Command::DeleteQueue { name } => {

@@ -121,6 +121,29 @@ struct MQueue {
     groups: BTreeMap<String, MGroup>,
     dedup: BTreeMap<String, MDedup>,
     counters: Counters,
+    /// Token buckets as GCRA arrival times (µs): the enqueue bucket, and
+    /// each group's delivery bucket by key (never pruned here: a bucket
+    /// whose time has passed acts as a full one).
+    enqueue_tat_us: u64,
+    group_tats: BTreeMap<String, u64>,
+}
+
+/// A bucket's (µs per token, tokens when full), or `None` when off.
+fn bucket(rate_max: u32, burst: u32, window_ms: u64) -> Option<(u64, u64)> {
+    let window_ms = if window_ms == 0 { 1_000 } else { window_ms };
+    (rate_max > 0).then(|| {
+        let interval = (window_ms * 1_000 / u64::from(rate_max)).max(1);
+        (
+            interval,
+            u64::from(if burst == 0 { rate_max } else { burst }),
+        )
+    })
+}
+
+/// GCRA: (when `n` tokens may be taken, the arrival time after).
+fn take((interval, burst): (u64, u64), tat: u64, now: u64, n: u64) -> (u64, u64) {
+    let next = tat.max(now) + n * interval;
+    (next.saturating_sub(burst * interval), next)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -233,6 +256,15 @@ fn config_ok(c: &QueueConfig) -> bool {
         && (1..=1024 * 1024 * 1024 * 1024).contains(&c.max_bytes)
         && (1..=4 * 1024 * 1024).contains(&c.max_payload_bytes)
         && (1..=10_000).contains(&c.max_batch)
+        && [
+            c.rates.enqueue_rate_max,
+            c.rates.enqueue_burst,
+            c.rates.group_rate_max,
+            c.rates.group_burst,
+        ]
+        .iter()
+        .all(|r| *r <= 1_000_000)
+        && c.rates.rate_window_ms <= 24 * 3_600_000
 }
 
 fn job_ok(c: &QueueConfig, job: &NewJob) -> bool {
@@ -271,6 +303,43 @@ impl MQueue {
             groups: BTreeMap::new(),
             dedup: BTreeMap::new(),
             counters: Counters::default(),
+            enqueue_tat_us: 0,
+            group_tats: BTreeMap::new(),
+        }
+    }
+
+    fn group_bucket(&self) -> Option<(u64, u64)> {
+        let r = &self.config.rates;
+        bucket(r.group_rate_max, r.group_burst, r.rate_window_ms)
+    }
+
+    fn enqueue_bucket(&self) -> Option<(u64, u64)> {
+        let r = &self.config.rates;
+        bucket(r.enqueue_rate_max, r.enqueue_burst, r.rate_window_ms)
+    }
+
+    /// A head not leased whose group is past its rate waits, as a delayed
+    /// job, until the group's bucket holds a token.
+    fn settle(&mut self) {
+        let Some(b) = self.group_bucket() else {
+            return;
+        };
+        let now = self.clock_ms * 1_000;
+        let clock = self.clock_ms;
+        let heads: Vec<(String, u64)> = self
+            .groups
+            .iter()
+            .filter_map(|(k, g)| g.offsets.front().map(|o| (k.clone(), *o)))
+            .collect();
+        for (key, head) in heads {
+            let Some(&tat) = self.group_tats.get(&key) else {
+                continue;
+            };
+            let gate = take(b, tat, now, 1).0.div_ceil(1_000);
+            let job = self.job(head);
+            if job.lease.is_none() && gate > job.not_before_ms && gate > clock {
+                job.not_before_ms = gate;
+            }
         }
     }
 
@@ -350,6 +419,8 @@ impl MQueue {
         let window = self.config.dedup_window_ms;
         self.dedup
             .retain(|_, d| d.first_ms.saturating_add(window) > clock);
+        // (4) Heads whose lease ended wait for their group's rate.
+        self.settle();
         due.len() as u32
     }
 
@@ -451,6 +522,9 @@ impl MQueue {
     }
 
     fn enqueue(&mut self, jobs: &[NewJob], fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
+        // A duplicate's state is read after this command's own head
+        // changes (a chained ack's) have met their group's rate.
+        self.settle();
         batch_ok(jobs.len(), &self.config)?;
         if !jobs.iter().all(|j| job_ok(&self.config, j)) {
             return Err(Fail::Invalid);
@@ -477,8 +551,24 @@ impl MQueue {
                 max: self.config.max_bytes,
             });
         }
+        let new = new_ids.len() as u64;
+        if let (Some(b), true) = (self.enqueue_bucket(), new > 0) {
+            let refused = Fail::Exhausted {
+                limit: "enqueue_rate_max".into(),
+                max: u64::from(self.config.rates.enqueue_rate_max),
+            };
+            if new > b.1
+                || take(b, self.enqueue_tat_us, self.clock_ms * 1_000, new).0
+                    > self.clock_ms * 1_000
+            {
+                return Err(refused);
+            }
+            self.enqueue_tat_us = take(b, self.enqueue_tat_us, self.clock_ms * 1_000, new).1;
+        }
         let mut results = Vec::new();
         for new in jobs {
+            // A job this batch just made a head may wait for its rate.
+            self.settle();
             if let Some(d) = self.dedup.get(&new.id) {
                 if d.group == new.group && d.payload == new.payload {
                     self.counters.duplicates += 1;
@@ -565,6 +655,11 @@ impl MQueue {
         let queue_id = self.id;
         let mut deliveries = Vec::new();
         for (_, offset) in picked {
+            let now = self.clock_ms * 1_000;
+            if let (Some(b), Some(key)) = (self.group_bucket(), self.jobs[&offset].group.clone()) {
+                let tat = self.group_tats.get(&key).copied().unwrap_or(0);
+                self.group_tats.insert(key, take(b, tat, now, 1).1);
+            }
             let job = self.job(offset);
             job.lease = Some(MLease {
                 fence: index,
@@ -873,6 +968,9 @@ impl Model {
         self.advanced_too.clear();
         let mut fx = Vec::new();
         let reply = self.dispatch(stamp.index, cmd, &mut fx);
+        for queue in self.queues.values_mut() {
+            queue.settle();
+        }
         assert!(
             reply.is_ok() || fx.is_empty(),
             "model: a failure left effects"
@@ -1265,10 +1363,30 @@ fn config_valid() -> impl Strategy<Value = QueueConfig> {
         prop_oneof![1 => Just(1u32), 1 => Just(2), 10 => Just(4)],
         prop_oneof![Just(GroupPolicy::Continue), Just(GroupPolicy::Park)],
     );
-    (retry, limits).prop_map(
+    let rates = prop_oneof![
+        6 => Just(RateLimits::default()),
+        2 => (1u32..=3, 0u32..=3, prop_oneof![Just(0u64), Just(3_000)]).prop_map(
+            |(rate, burst, window)| RateLimits {
+                enqueue_rate_max: rate,
+                enqueue_burst: burst,
+                rate_window_ms: window,
+                ..RateLimits::default()
+            }
+        ),
+        2 => (1u32..=3, 0u32..=2, prop_oneof![Just(0u64), Just(500), Just(2_000)]).prop_map(
+            |(rate, burst, window)| RateLimits {
+                group_rate_max: rate,
+                group_burst: burst,
+                rate_window_ms: window,
+                ..RateLimits::default()
+            }
+        ),
+    ];
+    (retry, limits, rates).prop_map(
         |(
             (max_attempts, base, factor, cap_x, jitter),
             (lease_default, lease_max, dedup, jobs, bytes, payload, batch, policy),
+            rates,
         )| QueueConfig {
             max_attempts,
             backoff_base_ms: base,
@@ -1283,6 +1401,7 @@ fn config_valid() -> impl Strategy<Value = QueueConfig> {
             max_payload_bytes: payload,
             max_batch: batch,
             group_policy: policy,
+            rates,
         },
     )
 }

@@ -1297,3 +1297,76 @@ fn the_top_groups_come_by_backlog_and_by_age_and_survive_a_restore() {
         Code::InvalidArgument
     );
 }
+
+// ---------------------------------------------------------------- rate limits
+
+fn rated(rates: RateLimits) -> Sim {
+    Sim::with_queue(QueueConfig { rates, ..config() })
+}
+
+#[test]
+fn an_enqueue_past_the_queue_rate_is_refused_with_the_limit_and_the_retry_time() {
+    let mut sim = rated(RateLimits {
+        enqueue_rate_max: 10,
+        rate_window_ms: 1_000,
+        ..RateLimits::default()
+    });
+    let ten: Vec<NewJob> = (0..10).map(|i| job(&format!("j{i}"), None)).collect();
+    sim.enqueue_jobs(ten).unwrap();
+    // The bucket is empty: one more job waits a tenth of the window.
+    let err = sim.enqueue_jobs(vec![job("late", None)]).unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.to_string().contains("enqueue_rate_max"), "{err}");
+    assert!(err.to_string().contains("retry in 100 ms"), "{err}");
+    assert_eq!(sim.stats().next_offset, 10, "nothing stored");
+    // A duplicate takes no token.
+    let again = sim.enqueue_jobs(vec![job("j0", None)]).unwrap();
+    assert!(matches!(again[0], EnqueueResult::Duplicate { .. }));
+    sim.advance(100);
+    sim.enqueue("late", None);
+    // A batch larger than the burst can never pass: it says to split it.
+    sim.advance(10_000);
+    let eleven: Vec<NewJob> = (0..11).map(|i| job(&format!("k{i}"), None)).collect();
+    let err = sim.enqueue_jobs(eleven).unwrap_err();
+    assert!(err.to_string().contains("split it"), "{err}");
+}
+
+#[test]
+fn a_group_past_its_rate_waits_as_a_delayed_head_and_keeps_its_order() {
+    let mut sim = rated(RateLimits {
+        group_rate_max: 2,
+        group_burst: 1,
+        rate_window_ms: 1_000,
+        ..RateLimits::default()
+    });
+    let a = sim.enqueue("a", Some("g"));
+    let b = sim.enqueue("b", Some("g"));
+    let other = sim.enqueue("o", Some("h"));
+    let first = sim.fetch(10);
+    assert_eq!(offsets(&first), vec![a, other]);
+    let fence = first[0].fence;
+    assert_eq!(sim.ack(a, fence), AckResult::Acked);
+    // `g` took its one token: `b` waits 500 ms, shown as delayed, and no
+    // other job of `g` overtakes it.
+    sim.enqueue("c", Some("g"));
+    assert!(sim.fetch(10).is_empty());
+    assert_eq!(sim.stats().delayed, 1);
+    assert_eq!(sim.state.next_due_ms(), Some(sim.now_ms + 500));
+    sim.advance(499);
+    sim.tick();
+    assert!(sim.fetch(10).is_empty());
+    sim.advance(1);
+    sim.tick();
+    let next = sim.fetch(10);
+    assert_eq!(offsets(&next), vec![b]);
+    // A nack's retry waits for the later of its backoff and the rate.
+    sim.nack(&next[0], 10).unwrap();
+    sim.advance(10);
+    assert!(
+        sim.fetch(10).is_empty(),
+        "the backoff ended, the rate did not"
+    );
+    sim.advance(490);
+    sim.tick();
+    assert_eq!(offsets(&sim.fetch(10)), vec![b]);
+}

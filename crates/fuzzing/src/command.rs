@@ -41,6 +41,7 @@ pub fn tight_config() -> QueueConfig {
         max_payload_bytes: 16,
         max_batch: 4,
         group_policy: GroupPolicy::Park,
+        rates: Default::default(),
     }
 }
 

@@ -181,6 +181,14 @@ pub fn queue_config(c: Option<pb::QueueConfig>) -> Result<core::QueueConfig, Sta
         max_payload_bytes: or32(c.max_payload_bytes, d.max_payload_bytes),
         max_batch: or32(c.max_batch, d.max_batch),
         group_policy,
+        // Zero is the default of each: no limit, a 1 s window.
+        rates: core::RateLimits {
+            enqueue_rate_max: c.enqueue_rate_max,
+            enqueue_burst: c.enqueue_burst,
+            group_rate_max: c.group_rate_max,
+            group_burst: c.group_burst,
+            rate_window_ms: c.rate_window_ms,
+        },
     })
 }
 
@@ -203,6 +211,11 @@ pub fn queue_config_to_pb(c: &core::QueueConfig) -> pb::QueueConfig {
             core::GroupPolicy::Park => pb::GroupPolicy::Park,
         }
         .into(),
+        enqueue_rate_max: c.rates.enqueue_rate_max,
+        enqueue_burst: c.rates.enqueue_burst,
+        group_rate_max: c.rates.group_rate_max,
+        group_burst: c.rates.group_burst,
+        rate_window_ms: c.rates.rate_window_ms,
     }
 }
 

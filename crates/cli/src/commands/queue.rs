@@ -31,6 +31,21 @@ pub struct QueueFlags {
     /// `continue` (later jobs of a group run after a dead letter) or `park`.
     #[arg(long)]
     group_policy: Option<String>,
+    /// New jobs the queue takes per --rate-window (0: no limit).
+    #[arg(long)]
+    enqueue_rate: Option<u32>,
+    /// Jobs the enqueue bucket holds when full (0: --enqueue-rate).
+    #[arg(long)]
+    enqueue_burst: Option<u32>,
+    /// Deliveries each group gets per --rate-window (0: no limit).
+    #[arg(long)]
+    group_rate: Option<u32>,
+    /// Deliveries a group's bucket holds when full (0: --group-rate).
+    #[arg(long)]
+    group_burst: Option<u32>,
+    /// The window the rates count in (default 1s).
+    #[arg(long, value_parser = duration)]
+    rate_window: Option<Duration>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -90,6 +105,22 @@ pub async fn run(client: &Client, out: &Out, cmd: QueueCmd) -> Result<(), CliErr
                 max_payload_bytes,
                 group_policy
             );
+            // A rate given as 0 turns its limit off, so these go by
+            // whether the flag was given at all.
+            let rates = [
+                (flags.enqueue_rate, &mut current.enqueue_rate_max),
+                (flags.enqueue_burst, &mut current.enqueue_burst),
+                (flags.group_rate, &mut current.group_rate_max),
+                (flags.group_burst, &mut current.group_burst),
+            ];
+            for (flag, field) in rates {
+                if let Some(v) = flag {
+                    *field = v;
+                }
+            }
+            if let Some(window) = flags.rate_window {
+                current.rate_window_ms = window.as_millis() as u64;
+            }
             client.update_queue(&name, current).await?;
             out.value(&json!({"name": name, "updated": true}), || {
                 format!("queue `{name}` updated")
@@ -145,6 +176,11 @@ fn config(flags: &QueueFlags) -> Result<pb::QueueConfig, CliError> {
         max_jobs: flags.max_jobs.unwrap_or(0),
         max_payload_bytes: flags.max_payload_bytes.unwrap_or(0),
         group_policy: group_policy.into(),
+        enqueue_rate_max: flags.enqueue_rate.unwrap_or(0),
+        enqueue_burst: flags.enqueue_burst.unwrap_or(0),
+        group_rate_max: flags.group_rate.unwrap_or(0),
+        group_burst: flags.group_burst.unwrap_or(0),
+        rate_window_ms: ms(flags.rate_window),
         ..Default::default()
     })
 }
@@ -161,6 +197,9 @@ fn queue_json(q: &pb::QueueInfo) -> Value {
             "backoff_cap_ms": c.backoff_cap_ms, "dedup_window_ms": c.dedup_window_ms,
             "max_jobs": c.max_jobs, "max_payload_bytes": c.max_payload_bytes,
             "group_policy": pb::GroupPolicy::try_from(c.group_policy).map_or("unknown", |p| p.as_str_name()),
+            "enqueue_rate_max": c.enqueue_rate_max, "enqueue_burst": c.enqueue_burst,
+            "group_rate_max": c.group_rate_max, "group_burst": c.group_burst,
+            "rate_window_ms": c.rate_window_ms,
         },
         "stats": {
             "ready": s.ready, "delayed": s.delayed, "leased": s.leased, "dead": s.dead,
