@@ -1682,6 +1682,16 @@ impl Run {
         }
     }
 
+    fn ack_items(&self, targets: &[Target], queue: &str) -> Vec<AckItem> {
+        targets
+            .iter()
+            .map(|t| {
+                let (offset, fence) = self.lease(t, queue);
+                AckItem { offset, fence }
+            })
+            .collect()
+    }
+
     fn dead(&self, target: &DeadTarget, queue: &str) -> u64 {
         let dead: Vec<u64> = self.model.queues.get(queue).map_or(Vec::new(), |q| {
             q.dead_letters().iter().map(|d| d.offset).collect()
@@ -1742,23 +1752,11 @@ impl Run {
             },
             Op::Ack { q, items } => Command::Ack {
                 queue: QUEUES[*q].to_string(),
-                items: items
-                    .iter()
-                    .map(|t| {
-                        let (offset, fence) = self.lease(t, QUEUES[*q]);
-                        AckItem { offset, fence }
-                    })
-                    .collect(),
+                items: self.ack_items(items, QUEUES[*q]),
             },
             Op::AckThen { q, items, then } => Command::AckThen {
                 queue: QUEUES[*q].to_string(),
-                items: items
-                    .iter()
-                    .map(|t| {
-                        let (offset, fence) = self.lease(t, QUEUES[*q]);
-                        AckItem { offset, fence }
-                    })
-                    .collect(),
+                items: self.ack_items(items, QUEUES[*q]),
                 then: then
                     .iter()
                     .map(|(q, jobs)| Chained {
