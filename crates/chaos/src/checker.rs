@@ -94,15 +94,18 @@ pub struct Counts {
     pub stats_mismatch: u64,
     #[serde(default)]
     pub stale_refusal: u64,
+    #[serde(default)]
+    pub chained: u64,
 }
 
 impl Counts {
     /// The class letters, in the order of [`Counts::in_order`].
-    pub const LETTERS: [&'static str; 11] = ["L", "U", "D", "R", "O", "F", "X", "T", "A", "S", "N"];
+    pub const LETTERS: [&'static str; 12] =
+        ["L", "U", "D", "R", "O", "F", "X", "T", "A", "S", "N", "C"];
 
     /// The counts in the order of their letters: L, U, D, R, O, F, X, T, A,
-    /// S, N.
-    pub fn in_order(&self) -> [u64; 11] {
+    /// S, N, C.
+    pub fn in_order(&self) -> [u64; 12] {
         [
             self.lost,
             self.unexpected,
@@ -115,6 +118,7 @@ impl Counts {
             self.unexplained_attempts,
             self.stats_mismatch,
             self.stale_refusal,
+            self.chained,
         ]
     }
 
@@ -249,6 +253,13 @@ struct Facts {
     created: BTreeMap<String, u64>,
     /// Calls answered NOT_FOUND: (queue, sent at, answered at).
     not_found: Vec<(String, u64, u64)>,
+    /// Chained jobs sent, by the (queue, id) of the job whose ack carried
+    /// them: (queue, id) of each.
+    chained: BTreeMap<(String, String), BTreeSet<(String, String)>>,
+    /// (queue, id) of every job delivered by the harness's drain.
+    drain_delivered: BTreeSet<(String, String)>,
+    /// (queue, id) of every job delivered or dead-lettered.
+    present: BTreeSet<(String, String)>,
 }
 
 pub fn check(history: &[Op]) -> Report {
@@ -268,6 +279,7 @@ pub fn check(history: &[Op]) -> Report {
     check_attempts(&facts, &mut report);
     check_stats(&facts, &mut report);
     check_stale_refusals(&facts, &mut report);
+    check_chained(&facts, &mut report);
     report
 }
 
@@ -284,6 +296,12 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
             } => {
                 for j in jobs {
                     let key = (queue.clone(), j.id.clone());
+                    if let Some(source) = &j.chained_from {
+                        f.chained
+                            .entry(source.clone())
+                            .or_default()
+                            .insert(key.clone());
+                    }
                     f.sent.insert(key.clone());
                     let t = f.first_sent.entry(key.clone()).or_insert(op.invoke_ms);
                     *t = (*t).min(op.invoke_ms);
@@ -316,15 +334,21 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
             }
             Call::Fetch {
                 queue,
+                consumer,
                 deliveries: ds,
                 lease_ms,
                 invoke_unknown,
                 max,
                 retried,
-                ..
             } => {
                 if !maybe {
                     continue;
+                }
+                for d in ds {
+                    f.present.insert((queue.clone(), d.id.clone()));
+                    if consumer == DRAIN_CONSUMER {
+                        f.drain_delivered.insert((queue.clone(), d.id.clone()));
+                    }
                 }
                 let sent_ms = (!invoke_unknown).then_some(op.invoke_ms);
                 // A fetch of unknown outcome, one inside the library, or
@@ -442,6 +466,7 @@ fn gather(history: &[Op], report: &mut Report) -> Facts {
                 }
                 f.dead_listed.insert(queue.clone());
                 for j in jobs {
+                    f.present.insert((queue.clone(), j.id.clone()));
                     f.offsets_of
                         .entry((queue.clone(), j.id.clone()))
                         .or_default()
@@ -1059,6 +1084,60 @@ fn check_stale_refusals(f: &Facts, report: &mut Report) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// The consumer name of the harness's drain: a job it delivered was still
+/// pending when the run ended.
+pub const DRAIN_CONSUMER: &str = "drain";
+
+/// C: a chained step lost or doubled. A job whose ack carried chained jobs
+/// (each sent with an id of its own, so a second enqueue of the step is a
+/// second job, not a duplicate) must have exactly one of them in the end
+/// if that ack landed, and none if it never did. The ack landed exactly
+/// when the job finished during the run and not as a dead letter: a job
+/// the drain delivered was still pending, and a dead-lettered one was
+/// never acked (the workload only chains every ack of a job it chains).
+/// Judged once the source's queue and every chained job's queue were
+/// drained and their dead letters read.
+fn check_chained(f: &Facts, report: &mut Report) {
+    for (source, successors) in &f.chained {
+        let judged = std::iter::once(&source.0)
+            .chain(successors.iter().map(|(q, _)| q))
+            .all(|q| f.drained.contains(q) && f.dead_listed.contains(q));
+        if !judged {
+            continue;
+        }
+        let dead = f
+            .dead
+            .iter()
+            .any(|((q, _), d)| *q == source.0 && d.id == source.1);
+        let landed = !dead && !f.drain_delivered.contains(source);
+        let expected = usize::from(landed);
+        let found: Vec<&String> = successors
+            .iter()
+            .filter(|s| f.present.contains(*s))
+            .map(|(_, id)| id)
+            .collect();
+        if found.len() != expected {
+            report.counts.chained += found.len().abs_diff(expected) as u64;
+            let what = if found.len() > expected {
+                "doubled"
+            } else {
+                "lost"
+            };
+            report.note(
+                "C",
+                format!(
+                    "{}/{}: chained step {what}: its ack {} and {} of its chained jobs are \
+                     there ({found:?})",
+                    source.0,
+                    source.1,
+                    if landed { "landed" } else { "never landed" },
+                    found.len()
+                ),
+            );
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct Op {
 pub struct SentJob {
     pub id: String,
     pub group: String,
+    /// A chained job (enqueued by a chained ack): the (queue, id) of the
+    /// job whose ack carried it. The checker's C count holds every such
+    /// job to its source's fate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chained_from: Option<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -122,7 +122,11 @@ fn produce(world: &mut World, cx: usize) {
         queue,
         jobs: jobs
             .into_iter()
-            .map(|(id, group)| SentJob { id, group })
+            .map(|(id, group)| SentJob {
+                id,
+                group,
+                chained_from: None,
+            })
             .collect(),
     };
     start(world, cx, what, command, true);
@@ -473,6 +477,7 @@ fn finish(world: &mut World, cx: usize, answer: Option<Answer>) {
                 What::Probe { queue } => vec![SentJob {
                     id: format!("{queue}-0"),
                     group: "probe".into(),
+                    chained_from: None,
                 }],
                 _ => jobs_of(&p.what),
             };

@@ -31,6 +31,7 @@ fn enq(t0: u64, t1: u64, outcome: Outcome, jobs: &[(&str, &str, u64)]) -> Op {
                 .map(|(id, g, _)| SentJob {
                     id: (*id).into(),
                     group: (*g).into(),
+                    chained_from: None,
                 })
                 .collect(),
             results: if outcome == Outcome::Ok {
@@ -684,7 +685,7 @@ fn the_next_job_of_a_group_granted_while_the_head_s_lease_runs_overlaps() {
     let r = check(&h);
     assert_eq!(
         r.counts.in_order(),
-        [0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0],
         "{r:?}"
     );
 }
@@ -859,4 +860,135 @@ fn a_fetch_of_unknown_outcome_explains_at_most_the_jobs_it_asked_for() {
     assert_clean(&h(2));
     // Unknown (0): no limit.
     assert_clean(&h(0));
+}
+
+// ---------------------------------------------------------------- C
+
+const NEXT: &str = "next";
+
+/// The chained job `id` of `source` (on `Q`), enqueued with unknown outcome.
+fn chained(t: u64, id: &str, source: &str) -> Op {
+    op(
+        t,
+        t,
+        Outcome::Indeterminate,
+        Call::Enqueue {
+            queue: NEXT.into(),
+            jobs: vec![SentJob {
+                id: id.into(),
+                group: "g".into(),
+                chained_from: Some((Q.into(), source.into())),
+            }],
+            results: Vec::new(),
+        },
+    )
+}
+
+/// The harness's drain of `queue`, delivering (offset, id, attempt).
+fn drain_of(t: u64, queue: &str, jobs: &[(u64, &str, u32)]) -> Vec<Op> {
+    let deliveries = jobs
+        .iter()
+        .map(|&(offset, id, attempt)| Delivery {
+            offset,
+            id: id.into(),
+            group: "g".into(),
+            fence: t,
+            lease_deadline_ms: t + 30_000,
+            attempt,
+        })
+        .collect();
+    let fetch = Call::Fetch {
+        queue: queue.into(),
+        consumer: DRAIN_CONSUMER.into(),
+        deliveries,
+        lease_ms: 30_000,
+        invoke_unknown: false,
+        max: 100,
+        retried: false,
+    };
+    let items = jobs
+        .iter()
+        .map(|&(offset, _, _)| AckItem {
+            offset,
+            fence: t,
+            ok: true,
+        })
+        .collect();
+    vec![
+        op(t, t, Outcome::Ok, fetch),
+        op(
+            t + 1,
+            t + 1,
+            Outcome::Ok,
+            Call::Ack {
+                queue: queue.into(),
+                items,
+            },
+        ),
+        op(
+            t + 2,
+            t + 2,
+            Outcome::Ok,
+            Call::DeadLetters {
+                queue: queue.into(),
+                jobs: vec![],
+            },
+        ),
+        op(
+            t + 3,
+            t + 3,
+            Outcome::Ok,
+            Call::Drained {
+                queue: queue.into(),
+            },
+        ),
+    ]
+}
+
+/// A job handled by the `Worker` with two chained acks (the first lost
+/// its lease), then `tail`.
+fn chain_history(next_ids: &[&str], source_drained: bool) -> Vec<Op> {
+    let next: Vec<(u64, &str, u32)> = next_ids
+        .iter()
+        .map(|id| (if *id == "a>0" { 0 } else { 1 }, *id, 1))
+        .collect();
+    let mut h = vec![
+        enq(0, 10, Outcome::Ok, &[("a", "g", 0)]),
+        worker_fetch(20, &[(0, "a", "g", 5, 2_020, 1)]),
+        chained(30, "a>0", "a"),
+        worker_fetch(3_000, &[(0, "a", "g", 9, 5_000, 2)]),
+        chained(3_010, "a>1", "a"),
+    ];
+    h.extend(drain_of(
+        10_000,
+        Q,
+        if source_drained { &[(0, "a", 3)] } else { &[] },
+    ));
+    h.extend(drain_of(11_000, NEXT, &next));
+    h
+}
+
+#[test]
+fn c_counts_a_chained_step_lost_or_doubled() {
+    // The ack landed once (the job finished in the run): one next step.
+    let r = check(&chain_history(&["a>1"], false));
+    assert_eq!(r.counts.chained, 0, "{r:?}");
+    // Lost: the job finished, its next step is nowhere.
+    let r = check(&chain_history(&[], false));
+    assert_eq!(r.counts.chained, 1, "{:?}", r.examples);
+    assert!(r.examples["C"][0].contains("lost"), "{:?}", r.examples);
+    // Doubled: both chained acks enqueued their step.
+    let r = check(&chain_history(&["a>0", "a>1"], false));
+    assert_eq!(r.counts.chained, 1, "{:?}", r.examples);
+    assert!(r.examples["C"][0].contains("doubled"), "{:?}", r.examples);
+    // No ack landed (the drain found the job pending): no next step is
+    // right, and one is a step without its ack.
+    let r = check(&chain_history(&[], true));
+    assert_eq!(r.counts.chained, 0, "{r:?}");
+    let r = check(&chain_history(&["a>0"], true));
+    assert_eq!(r.counts.chained, 1, "{:?}", r.examples);
+    // Not judged before both queues are drained.
+    let mut h = chain_history(&[], false);
+    h.retain(|o| !matches!(&o.call, Call::Drained { queue } if queue == NEXT));
+    assert_eq!(check(&h).counts.chained, 0);
 }

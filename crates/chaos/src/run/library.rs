@@ -12,7 +12,7 @@
 //! unknown outcome).
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +27,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::common::now_ms;
-use super::workload::{batch, fetch_op, Recorder, LIB_QUEUE as QUEUE, WORKER_QUEUE};
+use super::workload::{batch, fetch_op, Recorder, CHAIN_QUEUE, LIB_QUEUE as QUEUE, WORKER_QUEUE};
 use crate::history::{
-    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome,
+    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
 };
 
 /// Deadline of one try of a library call.
@@ -345,6 +345,7 @@ pub(super) fn client_worker(
     config.wait = Duration::from_millis(WORKER_WAIT_MS);
     config.shutdown_grace = Duration::from_millis(WORKER_GRACE_MS);
     let rng = Arc::new(Mutex::new(rng));
+    let chained = Arc::new(AtomicU64::new(0));
     // The token is not watched: the `Worker` cancels it only as it drops
     // the handler (lease lost, or shutdown past the grace), which it never
     // polls again, so nothing the handler did after could be recorded.
@@ -356,10 +357,20 @@ pub(super) fn client_worker(
         );
         recorder.push(worker_fetch_op(&job, now_ms()));
         let recorder = recorder.clone();
+        let chained = chained.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(plan.work_ms)).await;
-            recorder.push(worker_decision_op(&job, &plan.decision, now_ms()));
-            plan.decision
+            let decision = match plan.decision {
+                Decision::Ack if chains(&job.id) => {
+                    let n = chained.fetch_add(1, Ordering::Relaxed);
+                    let (decision, op) = chained_ack(&job, n, now_ms());
+                    recorder.push(op);
+                    decision
+                }
+                other => other,
+            };
+            recorder.push(worker_decision_op(&job, &decision, now_ms()));
+            decision
         }
     };
     let worker = Worker::new(client, config, handler).map_err(|e| e.to_string())?;
@@ -369,6 +380,51 @@ pub(super) fn client_worker(
     Ok(async move {
         let _ = worker.run(stop).await;
     })
+}
+
+/// Whether the `Worker` hands off every ack of this job to a next step
+/// (about half the jobs, by their id, so all acks of one job agree: the C
+/// check reads a finished job's ack as its chained one).
+fn chains(id: &str) -> bool {
+    id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 2
+        == 0
+}
+
+/// A chained ack of `job`: its decision, and the enqueue the history
+/// records for the next step (of unknown outcome: it lands exactly when
+/// the ack does). Each chained ack gets an id of its own (`n` counts them),
+/// so a step enqueued twice shows as two jobs rather than a duplicate.
+fn chained_ack(job: &Job, n: u64, at_ms: u64) -> (Decision, Op) {
+    let id = format!("{}>{n}", job.id);
+    let next = pb::Job {
+        id: Some(id.clone()),
+        group: job.group.clone(),
+        payload: job.id.clone().into_bytes(),
+        ..Default::default()
+    };
+    let decision = Decision::AckThen(vec![pb::ChainedJobs {
+        queue: CHAIN_QUEUE.into(),
+        jobs: vec![next],
+    }]);
+    let op = Op {
+        invoke_ms: at_ms,
+        complete_ms: at_ms,
+        node: ANY_NODE,
+        process: WORKER_PROCESS,
+        outcome: Outcome::Indeterminate,
+        call: Call::Enqueue {
+            queue: CHAIN_QUEUE.into(),
+            jobs: vec![SentJob {
+                id,
+                group: job.group.clone(),
+                chained_from: Some((job.queue.clone(), job.id.clone())),
+            }],
+            results: Vec::new(),
+        },
+    };
+    (decision, op)
 }
 
 /// The fetch the history records for a job the `Worker` handed its
@@ -413,8 +469,8 @@ fn worker_decision_op(job: &Job, decision: &Decision, at_ms: u64) -> Op {
     let (offset, fence) = (job.offset, job.fence);
     let queue = job.queue.clone();
     let call = match decision {
-        // The chaos workload draws no chained acks; one would record as
-        // its ack.
+        // A chained ack is an ack; its chained job is recorded apart
+        // (`chained_ack`).
         Decision::Ack | Decision::AckThen(_) => Call::Ack {
             queue,
             items: vec![AckItem {
@@ -482,6 +538,7 @@ mod tests {
                     .map(|(id, g)| SentJob {
                         id,
                         group: (*g).into(),
+                        chained_from: None,
                     })
                     .collect(),
                 results: ids

@@ -99,7 +99,7 @@ pub fn summary(r: &ChaosReport) -> String {
 
 /// What each anomaly class means, for the one-page summary, in the order
 /// of `Counts::in_order`.
-const CLASSES: [(&str, &str); 11] = [
+const CLASSES: [(&str, &str); 12] = [
     (
         "L",
         "acknowledged enqueue neither delivered nor dead-lettered after the drain",
@@ -128,6 +128,10 @@ const CLASSES: [(&str, &str); 11] = [
     (
         "N",
         "NOT_FOUND for a queue whose creation was acknowledged before",
+    ),
+    (
+        "C",
+        "a chained step lost (its ack landed, its next job is missing) or doubled",
     ),
 ];
 

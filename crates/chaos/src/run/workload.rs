@@ -15,6 +15,7 @@ use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
 use super::common::{now_ms, LEADER_MS_MAX};
+use crate::checker::DRAIN_CONSUMER;
 use crate::history::{
     AckItem, Call, DeadJob, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
 };
@@ -32,9 +33,13 @@ pub const LIB_QUEUE: &str = "chaos-lib";
 /// unknown send time and capacity, which would explain away any orphaned
 /// lease of a queue they shared (the A check `LIB_QUEUE` relies on).
 pub const WORKER_QUEUE: &str = "chaos-worker";
+/// The queue the `Worker`'s chained acks enqueue into (the next step of
+/// about half of its jobs); only the drain consumes it.
+pub const CHAIN_QUEUE: &str = "chaos-chain";
 /// Every queue the workload uses: each is created before the run and
-/// drained after it.
-pub const QUEUES: [&str; 3] = [QUEUE, LIB_QUEUE, WORKER_QUEUE];
+/// drained after it, the chained jobs' queue after the queue of the jobs
+/// whose acks carry them.
+pub const QUEUES: [&str; 4] = [QUEUE, LIB_QUEUE, WORKER_QUEUE, CHAIN_QUEUE];
 /// Deadline of one client call; past it the outcome is indeterminate.
 pub(super) const CALL_MS_MAX: u64 = 3_000;
 /// One batch in this many is sent again after it succeeded.
@@ -221,6 +226,7 @@ pub(super) fn batch(rng: &mut StdRng, prefix: &str, groups: u64) -> (Vec<pb::Job
         .map(|j| SentJob {
             id: j.id.clone().unwrap_or_default(),
             group: j.group.clone(),
+            chained_from: None,
         })
         .collect();
     (jobs, sent)
@@ -469,7 +475,7 @@ pub(super) async fn drain(
     let process = 9_999;
     while Instant::now() < deadline {
         let node = rng.random_range(0..channels.len());
-        let request = fetch_request(queue, "drain", 100, 30_000, 200);
+        let request = fetch_request(queue, DRAIN_CONSUMER, 100, 30_000, 200);
         let Some(ds) = fetch_recorded(&channels[node], node, process, request, recorder).await
         else {
             continue;
