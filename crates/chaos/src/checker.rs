@@ -1102,6 +1102,11 @@ pub const DRAIN_CONSUMER: &str = "drain";
 /// Judged once the source's queue and every chained job's queue were
 /// drained and their dead letters read.
 fn check_chained(f: &Facts, report: &mut Report) {
+    let dead: BTreeSet<(&str, &str)> = f
+        .dead
+        .iter()
+        .map(|((q, _), d)| (q.as_str(), d.id.as_str()))
+        .collect();
     for (source, successors) in &f.chained {
         let judged = std::iter::once(&source.0)
             .chain(successors.iter().map(|(q, _)| q))
@@ -1109,11 +1114,8 @@ fn check_chained(f: &Facts, report: &mut Report) {
         if !judged {
             continue;
         }
-        let dead = f
-            .dead
-            .iter()
-            .any(|((q, _), d)| *q == source.0 && d.id == source.1);
-        let landed = !dead && !f.drain_delivered.contains(source);
+        let landed = !dead.contains(&(source.0.as_str(), source.1.as_str()))
+            && !f.drain_delivered.contains(source);
         let expected = usize::from(landed);
         let found: Vec<&String> = successors
             .iter()

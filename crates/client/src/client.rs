@@ -467,12 +467,7 @@ impl Client {
         queue: &str,
         mut jobs: Vec<pb::Job>,
     ) -> Result<Vec<Enqueued>, Error> {
-        fill_missing_ids(&mut jobs);
-        add_traceparent(&mut jobs, crate::trace::current_traceparent());
-        let ids: Vec<String> = jobs
-            .iter()
-            .map(|j| j.id.clone().unwrap_or_default())
-            .collect();
+        let ids = prepare_jobs(&mut jobs, crate::trace::current_traceparent());
         let request = pb::EnqueueRequest {
             queue: queue.to_string(),
             jobs,
@@ -536,28 +531,7 @@ impl Client {
         queue: &str,
         items: Vec<pb::AckItem>,
     ) -> Result<Vec<Result<(), Error>>, Error> {
-        let count = items.len();
-        let request = pb::AckRequest {
-            queue: queue.to_string(),
-            items,
-            then: Vec::new(),
-            session: None,
-        };
-        let bytes_max = self.inner.config.message_bytes_max;
-        let (response, endpoint) = self
-            .sequenced(
-                self.spec("ack", true),
-                request,
-                |r, s| r.session = Some(s),
-                move |ch, req| async move { queue_api(ch, bytes_max).ack(req).await },
-            )
-            .await?;
-        if response.results.len() != count {
-            return Err(Error::Protocol {
-                call: "ack",
-                problem: format!("{} results for {count} items", response.results.len()),
-            });
-        }
+        let (response, endpoint) = self.send_ack(queue, items, Vec::new()).await?;
         Ok(response
             .results
             .into_iter()
@@ -591,41 +565,11 @@ impl Client {
         mut then: Vec<pb::ChainedJobs>,
     ) -> Result<ChainedAck, Error> {
         let traceparent = crate::trace::current_traceparent();
-        for chained in &mut then {
-            fill_missing_ids(&mut chained.jobs);
-            add_traceparent(&mut chained.jobs, traceparent.clone());
-        }
         let ids: Vec<Vec<String>> = then
-            .iter()
-            .map(|c| {
-                c.jobs
-                    .iter()
-                    .map(|j| j.id.clone().unwrap_or_default())
-                    .collect()
-            })
+            .iter_mut()
+            .map(|c| prepare_jobs(&mut c.jobs, traceparent.clone()))
             .collect();
-        let count = items.len();
-        let request = pb::AckRequest {
-            queue: queue.to_string(),
-            items,
-            then,
-            session: None,
-        };
-        let bytes_max = self.inner.config.message_bytes_max;
-        let (response, _) = self
-            .sequenced(
-                self.spec("ack", true),
-                request,
-                |r, s| r.session = Some(s),
-                move |ch, req| async move { queue_api(ch, bytes_max).ack(req).await },
-            )
-            .await?;
-        if response.results.len() != count {
-            return Err(Error::Protocol {
-                call: "ack",
-                problem: format!("{} results for {count} items", response.results.len()),
-            });
-        }
+        let (response, _) = self.send_ack(queue, items, then).await?;
         if response.then.is_empty() {
             return Ok(ChainedAck {
                 repeat: true,
@@ -652,6 +596,39 @@ impl Client {
             repeat: false,
             then,
         })
+    }
+
+    /// One `Ack` call under the client's session, its answer checked to
+    /// hold one result per item; also the endpoint that answered.
+    async fn send_ack(
+        &self,
+        queue: &str,
+        items: Vec<pb::AckItem>,
+        then: Vec<pb::ChainedJobs>,
+    ) -> Result<(pb::AckResponse, String), Error> {
+        let count = items.len();
+        let request = pb::AckRequest {
+            queue: queue.to_string(),
+            items,
+            then,
+            session: None,
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, endpoint) = self
+            .sequenced(
+                self.spec("ack", true),
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move { queue_api(ch, bytes_max).ack(req).await },
+            )
+            .await?;
+        if response.results.len() != count {
+            return Err(Error::Protocol {
+                call: "ack",
+                problem: format!("{} results for {count} items", response.results.len()),
+            });
+        }
+        Ok((response, endpoint))
     }
 
     /// Acknowledges one job.
@@ -1222,6 +1199,17 @@ fn add_traceparent(jobs: &mut [pb::Job], traceparent: Option<String>) {
             });
         }
     }
+}
+
+/// Gives every job without an id one and the caller's trace context, and
+/// returns the ids in order: done once before the first try, so every
+/// retry sends the same jobs.
+fn prepare_jobs(jobs: &mut [pb::Job], traceparent: Option<String>) -> Vec<String> {
+    fill_missing_ids(jobs);
+    add_traceparent(jobs, traceparent);
+    jobs.iter()
+        .map(|j| j.id.clone().unwrap_or_default())
+        .collect()
 }
 
 /// The per-job results of an enqueue, checked against the ids sent.

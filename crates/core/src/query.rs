@@ -167,12 +167,12 @@ impl Queue {
 
 impl State {
     /// The queue `name`; a name no queue could have is `INVALID_ARGUMENT`,
-    /// as on every write (`State::queue_mut`).
-    fn queue(&self, name: &str) -> Result<&Queue> {
+    /// as on every write (`State::queue_mut`). Its clock is not moved.
+    pub(crate) fn queue(&self, name: &str) -> Result<&Queue> {
         crate::state::validate_queue_name(name)?;
-        self.queues.get(name).ok_or_else(|| Error::NotFound {
-            what: format!("queue `{name}`"),
-        })
+        self.queues
+            .get(name)
+            .ok_or_else(|| Error::queue_not_found(name))
     }
 
     pub fn queue_info(&self, name: &str) -> Result<QueueInfo> {

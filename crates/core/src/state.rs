@@ -453,8 +453,13 @@ impl Queue {
         };
         // A head whose group is past its rate waits as a delayed head
         // until its bucket holds a token again (SPEC 2.3a), so nothing
-        // behind it overtakes it.
-        if job.lease.is_none() && job.group != NO_GROUP && self.is_head(offset, job) {
+        // behind it overtakes it. Refresh runs on every enqueue and ack:
+        // a queue without a group rate pays one field test here.
+        if self.config.rates.group_rate_max > 0
+            && job.lease.is_none()
+            && job.group != NO_GROUP
+            && self.is_head(offset, job)
+        {
             let gate = self.group_gate_ms(job.group);
             if gate > job.not_before_ms && gate > self.clock_ms {
                 self.delayed.remove(&(job.not_before_ms, offset));
@@ -1404,12 +1409,7 @@ impl State {
         let source = self.queue_mut(&queue)?;
         validate_batch("items", items.len(), &source.config)?;
         for chained in &then {
-            validate_queue_name(&chained.queue)?;
-            let target = self
-                .queues
-                .get(&chained.queue)
-                .ok_or_else(|| Error::queue_not_found(&chained.queue))?;
-            validate_jobs(&target.config, &chained.jobs)?;
+            validate_jobs(&self.queue(&chained.queue)?.config, &chained.jobs)?;
         }
         // Every queue named moves to cluster time (dedup ids past their
         // window are forgotten before the capacity check counts them).

@@ -221,18 +221,20 @@ impl pb::admin_server::Admin for Services {
             Reply::GroupPaused => {}
             other => return Err(wrong_reply(other)),
         }
-        // Paused: no new head goes out. Wait for the lease in flight, with
-        // a linearizable read each time this node applies something (an
-        // ack, a nack, an expiry) and at least every DRAIN_POLL_MS.
+        // Paused: no new head goes out. Wait for the lease in flight: the
+        // answer is a linearizable read, taken when this node's own state
+        // shows the lease gone (it applies the ack, nack or expiry that
+        // ends it) or when the wait runs out, as a fetch's long poll looks
+        // at the local state before it proposes again.
         let wait_ms = r.wait_ms.min(self.node.config.limits.fetch_wait_ms_max);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.node.applied_watch();
+        let read = || Read::Group {
+            queue: r.queue.clone(),
+            key: r.group.clone(),
+        };
         loop {
-            let read = Read::Group {
-                queue: r.queue.clone(),
-                key: r.group.clone(),
-            };
-            let group = match self.read(read, None).await? {
+            let group = match self.read(read(), None).await? {
                 ReadReply::Group(g) => g,
                 _ => return Err(Status::internal("unexpected read reply")),
             };
@@ -243,9 +245,20 @@ impl pb::admin_server::Admin for Services {
                     group: Some(group_to_pb(group)),
                 }));
             }
-            let poll =
-                (tokio::time::Instant::now() + Duration::from_millis(DRAIN_POLL_MS)).min(deadline);
-            let _ = tokio::time::timeout_at(poll, applied.changed()).await;
+            loop {
+                match tokio::time::timeout_at(deadline, applied.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                    Err(_) => break,
+                }
+                let leased = matches!(
+                    self.node.read_local(read())?,
+                    Ok(ReadReply::Group(g)) if g.lease_holder.is_some()
+                );
+                if !leased {
+                    break;
+                }
+            }
         }
     }
 
@@ -410,11 +423,6 @@ impl pb::admin_server::Admin for Services {
         }
     }
 }
-
-/// The longest a drain waits between two looks at its group, in case an
-/// apply that ends the lease is missed (a notification lost to a lagging
-/// watch, or a lease ended on the leader that this node applies later).
-const DRAIN_POLL_MS: u64 = 200;
 
 fn group_to_pb(g: core::GroupInfo) -> pb::GroupInfo {
     pb::GroupInfo {
