@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lockstep_client::{
-    CancellationToken, Client, ClientConfig, Code, Outcome, Worker, WorkerConfig, WorkerReport,
+    CancellationToken, Client, ClientConfig, Code, ConsumeMode, Consumer, Outcome, Worker,
+    WorkerConfig, WorkerReport,
 };
+use pb::consume_request::Call;
+use pb::consume_response::Event;
 
 /// The environment variable that makes `stopped_worker_process` run.
 const CHILD_VAR: &str = "LOCKSTEP_WORKER_CHILD";
@@ -111,6 +114,10 @@ async fn eight_workers_keep_group_order_and_exclusion_while_the_leader_is_killed
         for w in 0..8 {
             let mut config = WorkerConfig::new("w");
             config.consumer = format!("worker-{w}");
+            // Half on consume streams (the default), half on long polls.
+            if w % 2 == 1 {
+                config.consume = ConsumeMode::Fetch;
+            }
             config.concurrency = 4;
             config.lease = Duration::from_secs(15);
             config.wait = Duration::from_secs(2);
@@ -793,6 +800,143 @@ async fn an_open_breaker_releases_held_jobs_without_using_their_attempts() {
                 "no attempt used: {seen:?}"
             );
         }
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+/// The next pushed deliveries on `stream`, skipping nothing: any other
+/// message is a failure. Bounded by `within`.
+async fn pushed(stream: &mut Consumer, within: Duration) -> Vec<pb::Delivery> {
+    let message = tokio::time::timeout(within, stream.next())
+        .await
+        .expect("a push within the bound")
+        .expect("the stream is healthy")
+        .expect("the stream is open");
+    match message.event {
+        Some(Event::Deliveries(f)) => f.deliveries,
+        other => panic!("expected deliveries, got {other:?}"),
+    }
+}
+
+/// The consume stream on a real cluster, opened on a follower: it pushes
+/// no more than the credits granted, answers calls riding it by tag (an
+/// ack through a follower, a call naming another queue refused by name),
+/// pushes again as credits come back, and a clean close releases what it
+/// still holds without using an attempt. Bad opens are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consume_stream_keeps_to_its_credits_and_a_clean_close_releases() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        const Q: &str = "stream";
+        let (run, leader) = start3().await;
+        let c = &run.cluster;
+        let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+        create_queue(c, leader, Q, None).await;
+        let client = client_of(c, &[follower]);
+        let lease = Duration::from_secs(30);
+
+        // Bad opens, each refused by name.
+        let err = client
+            .consume("no-such-queue", "c", lease, 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        let err = client.consume(Q, "c", lease, 1_000_000).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        assert!(err.to_string().contains("CONSUME_CREDITS_MAX"), "{err}");
+
+        // Two credits, five ready groups: two pushes' worth, no more.
+        let mut stream = client.consume(Q, "c", lease, 2).await.unwrap();
+        let mut q = queue(c, leader).await;
+        let batch: Vec<pb::Job> = (0..5)
+            .map(|i| job(&format!("s{i}"), &format!("g{i}")))
+            .collect();
+        enqueue(&mut q, Q, batch).await;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(pushed(&mut stream, Duration::from_secs(10)).await);
+        }
+        assert_eq!(got.len(), 2, "no more than the credits: {got:?}");
+        let st = common::stats(c, leader, Q).await;
+        assert_eq!((st.leased, st.ready), (2, 3), "{st:?}");
+
+        // An ack riding the stream, with one credit back; answered by tag.
+        let first = got[0].clone();
+        let tag = stream
+            .call(
+                1,
+                Call::Ack(pb::AckRequest {
+                    queue: String::new(),
+                    items: vec![pb::AckItem {
+                        offset: first.offset,
+                        fence: first.fence,
+                    }],
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        // A call naming another queue: refused by name, the stream goes on.
+        let bad = stream
+            .call(
+                0,
+                Call::Extend(pb::ExtendRequest {
+                    queue: "other".into(),
+                    offset: got[1].offset,
+                    fence: got[1].fence,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        let mut answered = BTreeMap::new();
+        let mut more = Vec::new();
+        while answered.len() < 2 || more.is_empty() {
+            let m = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("within the bound")
+                .unwrap()
+                .unwrap();
+            match m.event {
+                Some(Event::Deliveries(f)) => more.extend(f.deliveries),
+                Some(event) => {
+                    answered.insert(m.tag, event);
+                }
+                None => panic!("an empty message"),
+            }
+        }
+        match &answered[&tag] {
+            Event::Ack(a) => assert_eq!(a.results[0].code, Code::Ok as i32, "{a:?}"),
+            other => panic!("the ack's answer: {other:?}"),
+        }
+        match &answered[&bad] {
+            Event::Error(e) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+                assert!(e.message.contains("`other`"), "{e:?}");
+            }
+            other => panic!("the bad call's answer: {other:?}"),
+        }
+        assert_eq!(more.len(), 1, "one credit back, one more push: {more:?}");
+        let st = common::stats(c, leader, Q).await;
+        assert_eq!(
+            (st.leased, st.ready, st.ack_floor > 0 || st.ready < 4),
+            (2, 2, true),
+            "{st:?}"
+        );
+
+        // A clean close releases both held jobs; no attempt was used, so
+        // each is delivered again as attempt 1.
+        stream.close().await.unwrap();
+        let st = common::stats(c, leader, Q).await;
+        assert_eq!((st.leased, st.ready), (0, 4), "{st:?}");
+        let again = fetch(&mut q, Q, "other", 10).await;
+        assert_eq!(again.len(), 4, "{again:?}");
+        assert!(again.iter().all(|d| d.attempt == 1), "{again:?}");
+        let held: Vec<u64> = [got[1].offset, more[0].offset].into();
+        assert!(
+            held.iter().all(|o| again.iter().any(|d| d.offset == *o)),
+            "{again:?}"
+        );
     })
     .await
     .expect("the test finished in time");

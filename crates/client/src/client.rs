@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::config::{self, normalize_endpoint, ClientConfig, ENDPOINTS_MAX};
+use crate::consume::Consumer;
 use crate::error::Error;
 use crate::ids::fill_missing_ids;
 use crate::session::Session;
@@ -520,6 +521,100 @@ impl Client {
             )
             .await?;
         Ok(response.deliveries)
+    }
+
+    /// Opens a consume stream on `queue` for `consumer` (SPEC 2.3): the
+    /// node pushes up to `credits` deliveries, and more as the consumer
+    /// grants them ([`Consumer::grant`]); each lease is for `lease` (zero:
+    /// the queue's default). See [`Consumer`].
+    ///
+    /// The stream opens on the leader when the client knows it (each of the
+    /// stream's fetches and calls is then served without a hop), else on
+    /// the next endpoint; opening is retried as an idempotent call is
+    /// ([`RetryPolicy`](crate::RetryPolicy)). A stream is never moved once
+    /// open: when it breaks, open another.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        consumer: &str,
+        lease: Duration,
+        credits: u32,
+    ) -> Result<Consumer, Error> {
+        let policy = &self.inner.config.retry;
+        let authorization = self.inner.authorization()?;
+        let bytes_max = self.inner.config.message_bytes_max;
+        let timeout = self.inner.config.call_timeout;
+        let open = pb::ConsumeRequest {
+            credits,
+            tag: 0,
+            call: Some(pb::consume_request::Call::Open(pb::ConsumeOpen {
+                queue: queue.to_string(),
+                consumer: consumer.to_string(),
+                lease_ms: millis(lease),
+            })),
+        };
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let (index, addr, channel) = self.inner.pick();
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::consume::CONSUME_SEND_BUFFER);
+            tx.try_send(open.clone())
+                .expect("a new channel has room for the first message");
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            if let Some(value) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+            }
+            let error =
+                match tokio::time::timeout(timeout, queue_api(channel, bytes_max).consume(request))
+                    .await
+                {
+                    Ok(Ok(response)) => {
+                        return Ok(Consumer::new(
+                            tx,
+                            response.into_inner(),
+                            addr,
+                            queue.to_string(),
+                        ))
+                    }
+                    Ok(Err(status)) => Error::from_status(status, &addr),
+                    Err(_) => Error::Transport {
+                        code: Code::DeadlineExceeded,
+                        message: format!(
+                            "the stream did not open within {timeout:?} (call_timeout)"
+                        ),
+                        endpoint: addr.clone(),
+                    },
+                };
+            if !error.retry_allowed(true, false) || attempt >= policy.attempts_max {
+                return Err(error);
+            }
+            let hinted = self.inner.on_failure(index, error.leader_hint());
+            let pause = if hinted {
+                Duration::ZERO
+            } else {
+                policy.backoff_random(attempt)
+            };
+            if started.elapsed() + pause >= policy.retry_elapsed_max {
+                return Err(error);
+            }
+            tracing::debug!(call = "consume", attempt, ?pause, %error, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// After a stream opened on `endpoint` broke: try the next node (or the
+    /// leader, if known) for the next one.
+    pub(crate) fn stream_failed(&self, endpoint: &str, error: &Error) {
+        let index = {
+            let routes = self.inner.routes();
+            routes.nodes.iter().position(|n| n.addr == endpoint)
+        };
+        if let Some(index) = index {
+            self.inner.on_failure(index, error.leader_hint());
+        }
     }
 
     /// Acknowledges finished jobs, each by its offset and the fence of its

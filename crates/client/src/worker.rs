@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstep_proto as pb;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ use crate::batch::{AckBatcher, BatchConfig};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Change};
 use crate::client::Client;
 use crate::config::RetryPolicy;
+use crate::consume::Consumer;
 use crate::error::Error;
 use crate::ids::new_job_id;
 
@@ -182,6 +183,23 @@ pub struct WorkerConfig {
     /// taking jobs for a cool-down and release what is held (see
     /// [`BreakerConfig`]). Default: 10 failures in 10 s open it for 30 s.
     pub breaker: BreakerConfig,
+    /// How jobs reach the worker: pushed on a consume stream (the
+    /// default), or fetched with long polls.
+    pub consume: ConsumeMode,
+}
+
+/// How a [`Worker`] gets its jobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsumeMode {
+    /// A `Queue.Consume` stream ([`Client::consume`]): the worker grants
+    /// one credit per free slot and the node pushes jobs as groups become
+    /// ready, with no poll. A stream that breaks is opened again (on the
+    /// next node) with the fetch backoff.
+    #[default]
+    Stream,
+    /// Long-poll `Fetch` calls, each asking for as many jobs as there are
+    /// free slots and waiting up to `wait`.
+    Fetch,
 }
 
 impl WorkerConfig {
@@ -204,6 +222,7 @@ impl WorkerConfig {
                 ..BatchConfig::default()
             },
             breaker: BreakerConfig::default(),
+            consume: ConsumeMode::default(),
         }
     }
 
@@ -442,11 +461,196 @@ where
             generation: Mutex::new(abandon.child_token()),
         });
         let mut jobs = JoinSet::new();
-        let outcome = fetch_loop(&shared, &stop, &abandon, &mut jobs).await;
+        let mut stream = None;
+        let outcome = match shared.config.consume {
+            ConsumeMode::Stream => {
+                stream_loop(&shared, &stop, &abandon, &mut jobs, &mut stream).await
+            }
+            ConsumeMode::Fetch => fetch_loop(&shared, &stop, &abandon, &mut jobs).await,
+        };
         shut_down(&shared, &abandon, &mut jobs).await;
+        // Closed only now, so the node's clean-close release never takes a
+        // job a handler was still finishing; what it pushed meanwhile is
+        // released by the node.
+        if let Some(stream) = stream {
+            close_stream(&shared.config.queue, stream).await;
+        }
         let report = shared.counters.report();
         tracing::info!(queue = %shared.config.queue, ?report, "worker stopped");
         outcome.map(|()| report)
+    }
+}
+
+/// The worker's loop over a consume stream: one credit per free slot
+/// (one in all while the breaker probes), each delivery started with the
+/// slot its credit came from. The stream is closed cleanly while the
+/// breaker is open (the node releases what it pushed and nobody started),
+/// and left in `stream` at stop, for `run` to close after shutdown.
+async fn stream_loop<H, Fut>(
+    shared: &Arc<Shared<H>>,
+    stop: &CancellationToken,
+    abandon: &CancellationToken,
+    jobs: &mut JoinSet<()>,
+    stream: &mut Option<Consumer>,
+) -> Result<(), Error>
+where
+    H: Fn(Job, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let config = &shared.config;
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    // Slots whose credit the node holds: one per job it may still push.
+    let mut granted: Vec<OwnedSemaphorePermit> = Vec::new();
+    // Of those, the ones not yet granted to the node.
+    let mut ungranted: u32 = 0;
+    let mut failures: u32 = 0;
+    loop {
+        while jobs.try_join_next().is_some() {}
+        let state = shared
+            .breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state(Instant::now());
+        // While the breaker is not closed the stream may hold at most the
+        // one probe's credit, and none while the worker waits without
+        // reading it (the cool-down, or the released jobs ending): a push
+        // nobody reads would hold its leases until they expire. Closing
+        // cleanly has the node release what it pushed.
+        let quiet = match state {
+            BreakerState::Open { .. } => true,
+            BreakerState::HalfOpen => !jobs.is_empty() || granted.len() > 1,
+            BreakerState::Closed => false,
+        };
+        if quiet {
+            if let Some(s) = stream.take() {
+                granted.clear();
+                ungranted = 0;
+                close_stream(&config.queue, s).await;
+            }
+        }
+        let room = match state {
+            BreakerState::Open { until } => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+            // One job at a time, once the released ones have ended.
+            BreakerState::HalfOpen if !jobs.is_empty() => {
+                tokio::select! {
+                    _ = jobs.join_next() => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+            BreakerState::HalfOpen => 1,
+            BreakerState::Closed => config.concurrency,
+        };
+        if stream.is_none() {
+            let opened = tokio::select! {
+                opened = shared.client.consume(&config.queue, &config.consumer, config.lease, 0) => opened,
+                () = stop.cancelled() => return Ok(()),
+            };
+            match opened {
+                Ok(s) => {
+                    tracing::debug!(queue = %config.queue, endpoint = s.endpoint(), "consume stream open");
+                    *stream = Some(s);
+                }
+                Err(e) if fetch_error_is_final(&e) => {
+                    tracing::error!(queue = %config.queue, error = %e, "consume stream cannot open; stopping");
+                    return Err(e);
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let pause = fetch_backoff(config, failures);
+                    tracing::warn!(queue = %config.queue, error = %e, ?pause, "consume stream did not open");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+        let consumer = stream.as_mut().expect("opened above");
+        // Every free slot becomes a credit.
+        let mut more: u32 = std::mem::take(&mut ungranted);
+        while granted.len() < room {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => {
+                    granted.push(p);
+                    more += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let sent = if more > 0 {
+            consumer.grant(more).await
+        } else {
+            Ok(())
+        };
+        let message = match sent {
+            Err(e) => Err(e),
+            Ok(()) => tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                permit = slots.clone().acquire_owned(), if granted.len() < room => {
+                    // A slot came free: granted at the top of the loop.
+                    if let Ok(p) = permit {
+                        granted.push(p);
+                        ungranted += 1;
+                    }
+                    continue;
+                }
+                message = consumer.next() => message,
+            },
+        };
+        match message {
+            Ok(Some(response)) => {
+                let Some(pb::consume_response::Event::Deliveries(fetched)) = response.event else {
+                    // The worker sends no calls on the stream; nothing
+                    // else is answered to it.
+                    continue;
+                };
+                failures = 0;
+                for delivery in fetched.deliveries {
+                    start(shared, stop, abandon, jobs, delivery, granted.pop()).await;
+                }
+            }
+            end => {
+                let endpoint = consumer.endpoint().to_string();
+                *stream = None;
+                granted.clear();
+                ungranted = 0;
+                let e = match end {
+                    Err(e) => e,
+                    // The node ended the stream without an error: it is
+                    // shutting down. Open another, elsewhere.
+                    _ => Error::Transport {
+                        code: Code::Unavailable,
+                        message: "the node ended the consume stream".into(),
+                        endpoint: endpoint.clone(),
+                    },
+                };
+                if fetch_error_is_final(&e) {
+                    tracing::error!(queue = %config.queue, error = %e, "consume stream cannot go on; stopping");
+                    return Err(e);
+                }
+                shared.client.stream_failed(&endpoint, &e);
+                failures = failures.saturating_add(1);
+                let pause = fetch_backoff(config, failures);
+                tracing::warn!(queue = %config.queue, error = %e, ?pause, "consume stream broke; opening another");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Closes a consume stream cleanly (the node releases what it pushed that
+/// is still leased under the pushed fence).
+async fn close_stream(queue: &str, stream: Consumer) {
+    if let Err(e) = stream.close().await {
+        tracing::debug!(%queue, error = %e, "consume stream did not close cleanly; its leases will expire");
     }
 }
 
@@ -544,50 +748,62 @@ where
             }
         };
         for delivery in deliveries {
-            Counters::add(&shared.counters.fetched);
-            let job = Job::new(&config.queue, delivery);
-            // A fetch that long-polled while the breaker opened: give its
-            // jobs back at once.
-            let open = matches!(
-                shared
-                    .breaker
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .state(Instant::now()),
-                BreakerState::Open { .. }
-            );
-            if open {
-                release(shared, &job).await;
-                continue;
-            }
-            match permits.pop() {
-                Some(permit) if !stop.is_cancelled() => {
-                    let shared = shared.clone();
-                    let generation = shared.generation();
-                    let abandon = abandon.clone();
-                    // The handler runs in a `job` span that continues the
-                    // producer's trace (its `traceparent` header).
-                    let span = tracing::info_span!(
-                        "job",
-                        queue = %job.queue,
-                        offset = job.offset,
-                        id = %job.id,
-                        group = %job.group,
-                        attempt = job.attempt,
-                    );
-                    crate::trace::continue_trace(&span, job.traceparent());
-                    jobs.spawn(
-                        async move {
-                            run_job(&shared, job, generation, &abandon).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
-                }
-                // Stopping, or more jobs than asked for: give it back now.
-                _ => release(shared, &job).await,
-            }
+            start(shared, stop, abandon, jobs, delivery, permits.pop()).await;
         }
+    }
+}
+
+/// Starts a delivered job's task holding `permit`, its slot; or, with no
+/// permit (more jobs than asked for), while stopping, or while the breaker
+/// is open, releases the job at once.
+async fn start<H, Fut>(
+    shared: &Arc<Shared<H>>,
+    stop: &CancellationToken,
+    abandon: &CancellationToken,
+    jobs: &mut JoinSet<()>,
+    delivery: pb::Delivery,
+    permit: Option<OwnedSemaphorePermit>,
+) where
+    H: Fn(Job, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    Counters::add(&shared.counters.fetched);
+    let job = Job::new(&shared.config.queue, delivery);
+    // A fetch that long-polled while the breaker opened: give its jobs
+    // back at once.
+    let open = matches!(
+        shared
+            .breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state(Instant::now()),
+        BreakerState::Open { .. }
+    );
+    match permit {
+        Some(permit) if !open && !stop.is_cancelled() => {
+            let shared = shared.clone();
+            let generation = shared.generation();
+            let abandon = abandon.clone();
+            // The handler runs in a `job` span that continues the
+            // producer's trace (its `traceparent` header).
+            let span = tracing::info_span!(
+                "job",
+                queue = %job.queue,
+                offset = job.offset,
+                id = %job.id,
+                group = %job.group,
+                attempt = job.attempt,
+            );
+            crate::trace::continue_trace(&span, job.traceparent());
+            jobs.spawn(
+                async move {
+                    run_job(&shared, job, generation, &abandon).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        _ => release(shared, &job).await,
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_client::{
-    pb, CancellationToken, Client, ClientConfig, Code, Job, Outcome, Worker, WorkerConfig,
-    WorkerReport,
+    pb, CancellationToken, Client, ClientConfig, Code, ConsumeMode, Job, Outcome, Worker,
+    WorkerConfig, WorkerReport,
 };
 use support::fake_node::{delivery, Call, FakeNode, Scripted};
 use support::{bounded, eventually};
@@ -36,6 +36,9 @@ fn config() -> WorkerConfig {
     c.release_timeout = Duration::from_secs(2);
     c.fetch_backoff_min = Duration::from_millis(10);
     c.fetch_backoff_max = Duration::from_millis(50);
+    // The fake node scripts fetches; the stream runs on real nodes
+    // (tests/worker.rs at the workspace root).
+    c.consume = ConsumeMode::Fetch;
     c
 }
 

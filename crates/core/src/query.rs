@@ -199,6 +199,23 @@ impl State {
         Ok(self.queue(name)?.stats())
     }
 
+    /// Whether job `offset` of queue `name` is leased right now under
+    /// `fence`. A consume stream asks it of its node's local state before
+    /// it releases what it delivered, so a job finished some other way (a
+    /// unary ack) costs no write.
+    pub fn holds_lease(&self, name: &str, offset: u64, fence: u64) -> bool {
+        self.queue(name)
+            .ok()
+            .and_then(|q| q.jobs.get(&offset))
+            .and_then(|j| j.lease)
+            .is_some_and(|l| l.fence == fence)
+    }
+
+    /// The largest batch queue `name` takes (its `max_batch`).
+    pub fn max_batch(&self, name: &str) -> Result<u32> {
+        Ok(self.queue(name)?.config.max_batch)
+    }
+
     /// Groups in key order, after `after` (exclusive).
     pub fn list_groups(
         &self,

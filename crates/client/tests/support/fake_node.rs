@@ -279,6 +279,21 @@ fn answer<T>(after: Option<Status>, value: T) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for Fake {
+    type ConsumeStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ConsumeResponse, Status>> + Send>,
+    >;
+
+    /// The fake serves no consume stream: the worker tests run in
+    /// `ConsumeMode::Fetch`, and the stream is tested on real nodes.
+    async fn consume(
+        &self,
+        _request: Request<tonic::Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        Err(Status::unimplemented(
+            "the fake node serves no consume stream",
+        ))
+    }
+
     async fn open_session(
         &self,
         _request: Request<pb::OpenSessionRequest>,

@@ -7,6 +7,7 @@
 
 mod admin;
 mod cluster;
+mod consume;
 mod queue;
 
 use std::sync::Arc;

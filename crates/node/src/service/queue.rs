@@ -29,7 +29,7 @@ impl Services {
     /// payload is missing keeps its lease, so it is not handed out again at
     /// once, and its expiries count attempts until the queue's dead-letter
     /// rule takes it out of the way.
-    async fn with_payloads(
+    pub(super) async fn with_payloads(
         &self,
         queue: &str,
         deliveries: Vec<Delivery>,
@@ -302,6 +302,15 @@ impl pb::queue_server::Queue for Services {
             })),
             other => Err(wrong_reply(other)),
         }
+    }
+
+    type ConsumeStream = super::consume::ConsumeStream;
+
+    async fn consume(
+        &self,
+        request: Request<tonic::Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        super::consume::open(self, request).await
     }
 
     async fn nack(
