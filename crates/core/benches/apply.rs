@@ -107,6 +107,7 @@ impl Bench {
                     headers: vec![],
                     priority: 0,
                     delay_ms: 0,
+                    fairness_key: None,
                 }
             })
             .collect()

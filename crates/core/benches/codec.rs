@@ -21,6 +21,7 @@ fn command() -> Command {
                 headers: vec![("trace".into(), format!("t-{n}"))],
                 priority: 0,
                 delay_ms: 0,
+                fairness_key: None,
             })
             .collect(),
     }

@@ -21,7 +21,12 @@ use serde::{de::DeserializeOwned, Serialize};
 /// 3: a queue's configuration carries rate limits, and a queue keeps its
 /// token buckets. A node refuses a data directory of an older version
 /// with "unknown format version 2" rather than misreading it.
-pub const FORMAT_VERSION: u8 = 3;
+///
+/// 4: a job may carry a fairness key (`NewJob::fairness_key`, and the
+/// stored job its interned id), a queue's configuration carries fairness
+/// weights, and a queue keeps its interned fairness keys and each priority
+/// band's virtual times. A version-3 data directory is refused as such.
+pub const FORMAT_VERSION: u8 = 4;
 
 /// The largest single record (a Raft entry, a vote, a payload): 64 MiB.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;

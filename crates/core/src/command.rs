@@ -47,6 +47,14 @@ pub struct NewJob {
     pub priority: u8,
     /// The job is `DELAYED` until cluster time passes enqueue time plus this.
     pub delay_ms: u64,
+    /// Who the job is for (a tenant, say; SPEC 2.3a): among ready heads of
+    /// equal priority, deliveries are shared across keys by the queue's
+    /// `fairness` weights. `None` is the key `""`, shared by every job
+    /// without one; `Some` is 1 to `FAIRNESS_KEY_BYTES_MAX` bytes with no
+    /// control characters. Fixed at enqueue, and not part of what makes a
+    /// repeated id a `DUPLICATE` rather than an `ID_CONFLICT` (group and
+    /// payload are). Last, so the fields before it keep their encoding.
+    pub fairness_key: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,10 @@
-//! Per-queue configuration (SPEC 2.4, 2.6) and its validation.
+//! Per-queue configuration (SPEC 2.3a, 2.4, 2.6) and its validation.
 //!
 //! Field names follow the public API (`max_jobs`, `lease_ms_max`, ...), since
 //! the proto and the TOML files use them; the constants behind them live in
 //! [`crate::limits`].
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,71 @@ pub struct QueueConfig {
     /// Token buckets on enqueues and on each group's deliveries. Last, so
     /// the fields before it keep their encoding.
     pub rates: RateLimits,
+    /// How deliveries are shared across fairness keys. Last, after
+    /// `rates`, for the same reason.
+    pub fairness: Fairness,
+}
+
+/// Weights of fairness keys (SPEC 2.3a). Among ready group heads of equal
+/// priority, each fairness key with ready heads gets deliveries in
+/// proportion to its weight, whatever the number of its ready groups. Jobs
+/// without a key share the key `""`, which may be weighted too.
+///
+/// A change applies to the virtual time of future deliveries only: what a
+/// key was charged before stays charged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fairness {
+    /// Weight of each named key, 1 to [`FAIRNESS_WEIGHT_MAX`]; at most
+    /// [`FAIRNESS_WEIGHTS_MAX`] names.
+    pub weights: BTreeMap<String, u32>,
+    /// Weight of every key not named; 0 means [`FAIRNESS_WEIGHT_DEFAULT`]
+    /// (so an API that sends 0 for "unset" gets the default).
+    pub weight_default: u32,
+}
+
+impl Fairness {
+    /// The weight deliveries to `key` are charged by.
+    pub fn weight_of(&self, key: &str) -> u32 {
+        match self.weights.get(key) {
+            Some(&weight) => weight,
+            None if self.weight_default == 0 => FAIRNESS_WEIGHT_DEFAULT,
+            None => self.weight_default,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.weights.len() > FAIRNESS_WEIGHTS_MAX {
+            return Err(Error::invalid(
+                "fairness.weights",
+                format!(
+                    "{} weights exceed the limit of {FAIRNESS_WEIGHTS_MAX}",
+                    self.weights.len()
+                ),
+            ));
+        }
+        range(
+            "fairness.weight_default",
+            self.weight_default,
+            0,
+            FAIRNESS_WEIGHT_MAX,
+        )?;
+        for (key, &weight) in &self.weights {
+            // The empty key is allowed: it is the key of jobs without one.
+            crate::state::check_text(
+                &format!("fairness.weights[{key:?}]"),
+                key,
+                FAIRNESS_KEY_BYTES_MAX,
+                true,
+            )?;
+            range(
+                &format!("fairness.weights[{key:?}]"),
+                weight,
+                1,
+                FAIRNESS_WEIGHT_MAX,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Token-bucket rate limits in cluster time (SPEC 2.3a), each `rate_max`
@@ -152,6 +219,7 @@ impl Default for QueueConfig {
             max_batch: BATCH_MAX_DEFAULT,
             group_policy: GroupPolicy::Continue,
             rates: RateLimits::default(),
+            fairness: Fairness::default(),
         }
     }
 }
@@ -212,6 +280,7 @@ impl QueueConfig {
             PAYLOAD_BYTES_MAX_LIMIT,
         )?;
         range("max_batch", self.max_batch, 1, BATCH_MAX_LIMIT)?;
-        self.rates.validate()
+        self.rates.validate()?;
+        self.fairness.validate()
     }
 }

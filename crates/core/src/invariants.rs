@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::limits::PRIORITY_MAX;
-use crate::state::{Finished, Queue, State, NO_GROUP};
+use crate::state::{Finished, Job, Queue, State, NO_GROUP};
 
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
@@ -154,6 +154,7 @@ impl Queue {
             ready == self.ready,
             "{q}: ready index disagrees with the jobs"
         );
+        self.check_fairness(&ready)?;
         for (&offset, dead) in &self.dead {
             ensure!(
                 offset < self.next_offset,
@@ -227,6 +228,83 @@ impl Queue {
                     "{q}: dead record for pending job {offset}"
                 );
             }
+        }
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// Fair sharing (SPEC 2.3a): interned keys counted by their held jobs,
+    /// lanes counted by their pending jobs, the lanes' ready heads and the
+    /// bands' order equal to what the jobs imply (`ready`, from the jobs),
+    /// and no lane with ready heads behind its band's clock.
+    fn check_fairness(&self, ready: &BTreeSet<(u8, u64)>) -> Result<(), String> {
+        let q = &self.name;
+        ensure!(
+            self.fair_keys.len() == self.fair_ids.len()
+                && self
+                    .fair_ids
+                    .iter()
+                    .all(|(key, id)| self.fair_keys.get(id).is_some_and(|k| &k.key == key)),
+            "{q}: fairness keys and their ids differ"
+        );
+        let band = |job: &Job| PRIORITY_MAX - job.priority;
+        let mut held: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut pending: BTreeMap<(u8, u32), u64> = BTreeMap::new();
+        for job in self.jobs.values() {
+            *held.entry(job.fair).or_default() += 1;
+            *pending.entry((band(job), job.fair)).or_default() += 1;
+        }
+        for dead in self.dead.values() {
+            *held.entry(dead.job.fair).or_default() += 1;
+        }
+        ensure!(
+            held.len() == self.fair_keys.len()
+                && held
+                    .iter()
+                    .all(|(id, n)| self.fair_keys.get(id).is_some_and(|k| k.held == *n)),
+            "{q}: fairness keys disagree with the jobs that hold them"
+        );
+        let lanes: BTreeMap<(u8, u32), u64> = self
+            .bands
+            .iter()
+            .flat_map(|(b, band)| band.lanes.iter().map(|(id, l)| ((*b, *id), l.pending)))
+            .collect();
+        ensure!(
+            lanes == pending,
+            "{q}: fairness lanes disagree with the pending jobs"
+        );
+        ensure!(
+            self.bands.values().all(|b| !b.lanes.is_empty()),
+            "{q}: an empty fairness band is kept"
+        );
+        let mut lane_ready: BTreeMap<(u8, u32), BTreeSet<u64>> = BTreeMap::new();
+        for &(b, offset) in ready {
+            lane_ready
+                .entry((b, self.jobs[&offset].fair))
+                .or_default()
+                .insert(offset);
+        }
+        for (b, band) in &self.bands {
+            let mut order = BTreeSet::new();
+            for (id, lane) in &band.lanes {
+                let want = lane_ready.remove(&(*b, *id)).unwrap_or_default();
+                ensure!(
+                    lane.ready == want,
+                    "{q}: ready heads of fairness lane {id} in band {b} disagree with the jobs"
+                );
+                if let Some(&head) = lane.ready.first() {
+                    ensure!(
+                        lane.vtime >= band.vclock,
+                        "{q}: fairness lane {id} in band {b} is ready behind the band's clock"
+                    );
+                    order.insert((lane.vtime, head));
+                }
+            }
+            ensure!(
+                order == band.order,
+                "{q}: fairness order of band {b} disagrees with its lanes"
+            );
         }
         Ok(())
     }

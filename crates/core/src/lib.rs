@@ -28,7 +28,7 @@ mod state;
 
 pub use blob::{BlobStore, MemBlobStore};
 pub use command::*;
-pub use config::{GroupPolicy, QueueConfig, RateLimits};
+pub use config::{Fairness, GroupPolicy, QueueConfig, RateLimits};
 pub use error::{Code, Error, Result};
 pub use query::*;
 pub use state::{

@@ -34,6 +34,8 @@ pub const PRIORITY_MAX: u8 = 9;
 pub const CHAINED_QUEUES_MAX: usize = 16;
 /// Attempt records kept per job for its dead-letter history.
 pub const HISTORY_LEN_MAX: usize = 32;
+/// Bytes in a fairness key (a tenant's name, SPEC 2.3a).
+pub const FAIRNESS_KEY_BYTES_MAX: usize = 128;
 
 /// The longest delay a job may be enqueued with: 30 days.
 pub const DELAY_MS_MAX: u64 = 30 * 24 * 3_600_000;
@@ -71,6 +73,19 @@ pub const RATE_WINDOW_MS_LIMIT: u64 = 24 * 3_600_000;
 /// the group rate limit cannot be kept, and a fetch that would pass it
 /// takes fewer heads (`group_rate_max`).
 pub const RATE_GROUPS_MAX: usize = 1_000_000;
+
+/// Fairness (`Fairness`): named weights per queue, and the heaviest weight,
+/// so one key gets at most this many deliveries per delivery of another.
+pub const FAIRNESS_WEIGHTS_MAX: usize = 1_000;
+pub const FAIRNESS_WEIGHT_MAX: u32 = 1_000;
+/// The weight of a key the queue does not name (`weight_default` = 0).
+pub const FAIRNESS_WEIGHT_DEFAULT: u32 = 1;
+/// The virtual time one delivery costs a key of weight 1; a key of weight
+/// `w` pays `FAIRNESS_VTIME_SCALE / w`. Large enough that the rounding of
+/// that division is under a millionth of a step for every allowed weight,
+/// and virtual times are `u128`, so they cannot overflow in any lifetime
+/// (2^96 deliveries).
+pub const FAIRNESS_VTIME_SCALE: u128 = 1 << 32;
 
 /// Client sessions open at once (see `session.rs`); opening one more evicts
 /// the longest-idle session.

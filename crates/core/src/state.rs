@@ -49,6 +49,56 @@ pub(crate) struct Job {
     /// Failed attempts so far.
     pub attempts: u32,
     pub priority: u8,
+    /// The job's fairness key, interned ([`Queue::fair_keys`]) so the
+    /// record stays fixed-size: a `u32` fits in the record's padding.
+    pub fair: u32,
+}
+
+/// A fairness key some held (pending or dead-lettered) job carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FairKey {
+    pub key: String,
+    /// Pending and dead-lettered jobs that carry it; at 0 it is forgotten.
+    pub held: u64,
+}
+
+/// One priority band's share of deliveries across fairness keys (SPEC
+/// 2.3a): start-time fair queueing over the keys with ready heads.
+///
+/// Each key with pending jobs at this priority has a lane holding its
+/// virtual time, the start tag of its next delivery. A pick takes the lane
+/// with the smallest (virtual time, oldest ready head), delivers that
+/// lane's oldest ready head and charges the lane `FAIRNESS_VTIME_SCALE /
+/// weight`. The band's virtual clock is then raised to the smallest
+/// virtual time among lanes with ready heads, and a lane that gets a ready
+/// head after having none starts at no less than that clock, so a key
+/// cannot bank credit while it has nothing to deliver.
+///
+/// Virtual times and the clock decide future picks, so they are encoded
+/// (replicas and restored snapshots pick alike); the ready heads and the
+/// order follow from the jobs, so a restore rebuilds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Band {
+    /// Never above the virtual time of a lane with ready heads.
+    pub vclock: u128,
+    /// By interned fairness key; only keys with pending jobs at this
+    /// priority, so the map is bounded by the pending jobs.
+    pub lanes: BTreeMap<u32, Lane>,
+    /// Lanes with ready heads by (virtual time, oldest ready head): the
+    /// head names the lane (`Job::fair`), and at equal virtual time the
+    /// older head goes first. Derived.
+    #[serde(skip)]
+    pub order: BTreeSet<(u128, u64)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lane {
+    pub vtime: u128,
+    /// Pending jobs of this key at this priority; at 0 the lane goes.
+    pub pending: u64,
+    /// This key's ready group heads at this priority, by offset. Derived.
+    #[serde(skip)]
+    pub ready: BTreeSet<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +178,11 @@ pub(crate) struct Queue {
     pub group_ids: BTreeMap<String, u64>,
     pub next_group_id: u64,
     /// Ready group heads: (PRIORITY_MAX - priority, offset), so iteration
-    /// order is priority descending, then oldest head first.
+    /// order is priority descending, then oldest head first. Fetch picks
+    /// from `bands`; this serves the oldest ready age. Derived from the
+    /// jobs, so not encoded: a restore rebuilds it with the lanes' ready
+    /// heads ([`Queue::rebuild_ready`]).
+    #[serde(skip)]
     pub ready: BTreeSet<(u8, u64)>,
     /// Pending, unleased jobs whose `not_before_ms` is after `clock_ms`.
     pub delayed: BTreeSet<(u64, u64)>,
@@ -156,6 +210,16 @@ pub(crate) struct Queue {
     pub group_tats: BTreeMap<String, u64>,
     /// The same entries by time, so full buckets are dropped in order.
     pub group_tat_order: BTreeSet<(u64, String)>,
+    /// Fairness keys of held jobs, interned: by id, and ids by key. A key
+    /// no held job carries is forgotten.
+    pub fair_keys: BTreeMap<u32, FairKey>,
+    pub fair_ids: BTreeMap<String, u32>,
+    /// Where the search for a free id starts.
+    pub next_fair_id: u32,
+    /// Fair sharing per priority band, by `PRIORITY_MAX - priority` (so
+    /// the first band is the highest priority); only bands with pending
+    /// jobs.
+    pub bands: BTreeMap<u8, Band>,
     /// Groups with jobs by (backlog, group): the top groups by backlog
     /// without a scan. Derived from `groups`, so not encoded: a restore
     /// rebuilds it ([`Queue::rebuild_group_indexes`]).
@@ -184,11 +248,17 @@ pub struct State {
     pub(crate) offset_floor: u64,
 }
 
-fn ready_key(job: &Job, offset: u64) -> (u8, u64) {
-    (PRIORITY_MAX - job.priority, offset)
+/// The fair-sharing band of a job: higher priority, lower band.
+fn band_of(job: &Job) -> u8 {
+    PRIORITY_MAX - job.priority
 }
 
-fn check_text(field: &str, value: &str, bytes_max: usize, allow_empty: bool) -> Result<()> {
+pub(crate) fn check_text(
+    field: &str,
+    value: &str,
+    bytes_max: usize,
+    allow_empty: bool,
+) -> Result<()> {
     if value.is_empty() && !allow_empty {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -228,6 +298,9 @@ fn validate_job(config: &QueueConfig, job: &NewJob, index: usize) -> Result<()> 
     check_text(&field("id"), &job.id, ID_BYTES_MAX, false)?;
     if let Some(group) = &job.group {
         check_text(&field("group"), group, GROUP_BYTES_MAX, false)?;
+    }
+    if let Some(key) = &job.fairness_key {
+        check_text(&field("fairness_key"), key, FAIRNESS_KEY_BYTES_MAX, false)?;
     }
     if job.payload.len() > config.max_payload_bytes as usize {
         return Err(Error::invalid(
@@ -395,6 +468,10 @@ impl Queue {
             enqueue_tat_us: 0,
             group_tats: BTreeMap::new(),
             group_tat_order: BTreeSet::new(),
+            fair_keys: BTreeMap::new(),
+            fair_ids: BTreeMap::new(),
+            next_fair_id: 0,
+            bands: BTreeMap::new(),
             by_backlog: BTreeSet::new(),
             by_head: BTreeSet::new(),
         }
@@ -470,11 +547,197 @@ impl Queue {
         let Some(job) = self.jobs.get(&offset) else {
             return;
         };
-        let key = ready_key(job, offset);
-        if self.should_be_ready(offset, job) {
-            self.ready.insert(key);
+        let ready = self.should_be_ready(offset, job);
+        self.set_ready(offset, ready);
+    }
+
+    /// Puts the pending job at `offset` into the ready indexes or takes it
+    /// out: the queue's and its lane's, keeping the band's order.
+    fn set_ready(&mut self, offset: u64, ready: bool) {
+        let job = &self.jobs[&offset];
+        let (band, fair) = (band_of(job), job.fair);
+        let changed = if ready {
+            self.ready.insert((band, offset))
         } else {
-            self.ready.remove(&key);
+            self.ready.remove(&(band, offset))
+        };
+        if changed {
+            self.change_lane(band, fair, |lane| {
+                if ready {
+                    lane.ready.insert(offset);
+                } else {
+                    lane.ready.remove(&offset);
+                }
+            });
+        }
+    }
+
+    /// Changes a lane's ready heads or virtual time through `change`,
+    /// keeping its band's order. A lane that had no ready head and now has
+    /// one starts no earlier than the band's clock (it banks no credit
+    /// while idle).
+    fn change_lane(&mut self, band: u8, fair: u32, change: impl FnOnce(&mut Lane)) {
+        let Band {
+            vclock,
+            lanes,
+            order,
+        } = self
+            .bands
+            .get_mut(&band)
+            .expect("a pending job's band exists");
+        let lane = lanes.get_mut(&fair).expect("a pending job's lane exists");
+        let idle = match lane.ready.first() {
+            Some(&head) => {
+                order.remove(&(lane.vtime, head));
+                false
+            }
+            None => true,
+        };
+        change(lane);
+        if let Some(&head) = lane.ready.first() {
+            if idle {
+                lane.vtime = lane.vtime.max(*vclock);
+            }
+            order.insert((lane.vtime, head));
+        }
+    }
+
+    /// The interned id of fairness key `key`, counting one more held job.
+    fn hold_fair_key(&mut self, key: &str) -> u32 {
+        if let Some(&id) = self.fair_ids.get(key) {
+            self.fair_keys.get_mut(&id).expect("interned").held += 1;
+            return id;
+        }
+        // Held keys are at most the held jobs, fewer than 2^32
+        // (`JOBS_MAX_LIMIT`), so a free id exists; ids are only reused
+        // once forgotten, and the search is the same on every replica.
+        let mut id = self.next_fair_id;
+        while self.fair_keys.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_fair_id = id.wrapping_add(1);
+        self.fair_ids.insert(key.to_string(), id);
+        self.fair_keys.insert(
+            id,
+            FairKey {
+                key: key.to_string(),
+                held: 1,
+            },
+        );
+        id
+    }
+
+    /// One held job carrying fairness key `fair` is gone (acked or purged).
+    fn release_fair_key(&mut self, fair: u32) {
+        let entry = self.fair_keys.get_mut(&fair).expect("interned");
+        entry.held -= 1;
+        if entry.held == 0 {
+            let key = self.fair_keys.remove(&fair).expect("just seen").key;
+            self.fair_ids.remove(&key);
+        }
+    }
+
+    /// A job of key `fair` became pending in `band`.
+    fn enter_lane(&mut self, band: u8, fair: u32) {
+        self.bands
+            .entry(band)
+            .or_default()
+            .lanes
+            .entry(fair)
+            .or_default()
+            .pending += 1;
+    }
+
+    /// A job of key `fair` in `band`, no longer ready, stopped being
+    /// pending: a lane with no pending job is forgotten with its virtual
+    /// time, and a band with no lane with its clock. (A key that comes back
+    /// starts at the band's clock then, so forgetting sheds at most the one
+    /// step its last delivery charged it.)
+    fn leave_lane(&mut self, band: u8, fair: u32) {
+        let b = self.bands.get_mut(&band).expect("a pending job's band");
+        let lane = b.lanes.get_mut(&fair).expect("a pending job's lane");
+        lane.pending -= 1;
+        if lane.pending == 0 {
+            debug_assert!(lane.ready.is_empty());
+            b.lanes.remove(&fair);
+            if b.lanes.is_empty() {
+                self.bands.remove(&band);
+            }
+        }
+    }
+
+    /// The next head a fetch takes (SPEC 2.3a, 2.5), among the ready heads
+    /// `eligible` lets through: the highest priority band that has one;
+    /// in it, the first lane in (virtual time, oldest ready head) order
+    /// that has one; that lane's oldest such head. So priority ranks
+    /// first, keys share a band by weight, and within one key (and so for
+    /// a queue where no job has a key) the older head goes first.
+    ///
+    /// Cost: at most one lookup per band (10), then O(log keys + log
+    /// heads), plus one step per head `eligible` refuses.
+    fn pick(&self, eligible: impl Fn(u64) -> bool) -> Option<u64> {
+        self.bands.values().find_map(|band| {
+            band.order.iter().find_map(|&(_, head)| {
+                let lane = &band.lanes[&self.jobs[&head].fair];
+                lane.ready.iter().copied().find(|&offset| eligible(offset))
+            })
+        })
+    }
+
+    /// Charges the lane of the just-leased job at `offset` for one delivery
+    /// at its key's current weight, takes the job out of the ready
+    /// indexes, and moves the band's clock up to the lanes still ready.
+    fn charge_delivery(&mut self, offset: u64) {
+        let job = &self.jobs[&offset];
+        let (band, fair) = (band_of(job), job.fair);
+        let weight = self.config.fairness.weight_of(&self.fair_keys[&fair].key);
+        let step = FAIRNESS_VTIME_SCALE / u128::from(weight);
+        self.ready.remove(&(band, offset));
+        self.change_lane(band, fair, |lane| {
+            lane.ready.remove(&offset);
+            lane.vtime = lane.vtime.saturating_add(step);
+        });
+        let b = self.bands.get_mut(&band).expect("the job's band");
+        if let Some(&(vtime, _)) = b.order.first() {
+            b.vclock = b.vclock.max(vtime);
+        }
+    }
+
+    /// Rebuilds the derived ready indexes (the queue's, each lane's, each
+    /// band's order) from the jobs, after a restore. Virtual times are
+    /// encoded and left alone.
+    pub(crate) fn rebuild_ready(&mut self) {
+        self.ready.clear();
+        for band in self.bands.values_mut() {
+            band.order.clear();
+            for lane in band.lanes.values_mut() {
+                lane.ready.clear();
+            }
+        }
+        let ready: Vec<(u8, u32, u64)> = self
+            .jobs
+            .iter()
+            .filter(|(&offset, job)| self.should_be_ready(offset, job))
+            .map(|(&offset, job)| (band_of(job), job.fair, offset))
+            .collect();
+        for (band, fair, offset) in ready {
+            self.ready.insert((band, offset));
+            // A snapshot that names a lane or band it does not hold is
+            // refused by `check_invariants`, not here.
+            if let Some(lane) = self
+                .bands
+                .get_mut(&band)
+                .and_then(|b| b.lanes.get_mut(&fair))
+            {
+                lane.ready.insert(offset);
+            }
+        }
+        for band in self.bands.values_mut() {
+            for lane in band.lanes.values() {
+                if let Some(&head) = lane.ready.first() {
+                    band.order.insert((lane.vtime, head));
+                }
+            }
         }
     }
 
@@ -675,9 +938,10 @@ impl Queue {
 
     /// Removes a finished head from its group and lets the next job lead.
     fn remove_pending(&mut self, offset: u64) -> Job {
+        self.set_ready(offset, false);
         let job = self.jobs.remove(&offset).expect("job is pending");
         debug_assert!(job.lease.is_none());
-        self.ready.remove(&ready_key(&job, offset));
+        self.leave_lane(band_of(&job), job.fair);
         self.delayed.remove(&(job.not_before_ms, offset));
         if job.group != NO_GROUP {
             self.unindex_group(job.group);
@@ -776,6 +1040,7 @@ impl Queue {
         if job.not_before_ms > self.clock_ms {
             self.delayed.insert((job.not_before_ms, offset));
         }
+        self.enter_lane(band_of(&job), job.fair);
         self.jobs.insert(offset, job);
         self.refresh(offset);
         offset
@@ -892,6 +1157,7 @@ impl Queue {
                 continue;
             }
             let payload_bytes = new.payload.len() as u32;
+            let fair = self.hold_fair_key(new.fairness_key.as_deref().unwrap_or(""));
             let job = Job {
                 id_hash,
                 group: NO_GROUP,
@@ -903,6 +1169,7 @@ impl Queue {
                 payload_bytes,
                 attempts: 0,
                 priority: new.priority,
+                fair,
             };
             let offset = self.push_job(job, new.group.as_deref());
             self.bytes += u64::from(payload_bytes);
@@ -952,28 +1219,28 @@ impl Queue {
         let lease_ms = self.resolve_lease(lease_ms)?;
         // Heads whose lease ended earlier in this same entry are skipped:
         // granting them again would repeat the fence. At most one skip per
-        // command earlier in the entry, so this stays O(log n + max).
+        // command earlier in the entry, so each pick stays O(log keys +
+        // log heads) plus those few skips.
         // With group rates, a group not yet tracked needs room in the
         // bounded bucket map; without it the group waits for a later fetch.
         let rated = self.config.rates.group_bucket().is_some();
         let full = self.group_tats.len() >= RATE_GROUPS_MAX;
-        let picked: Vec<u64> = self
-            .ready
-            .iter()
-            .map(|&(_, offset)| offset)
-            .filter(|offset| self.jobs[offset].last_fence < stamp.index)
-            .filter(|offset| {
-                let group = self.jobs[offset].group;
-                !(rated && full && group != NO_GROUP)
-                    || self.group_tats.contains_key(&self.groups[&group].key)
-            })
-            .take(max as usize)
-            .collect();
         let deadline_ms = self.clock_ms.saturating_add(lease_ms);
-        let mut deliveries = Vec::with_capacity(picked.len());
-        for offset in picked {
+        let mut deliveries = Vec::new();
+        // One pick at a time: each delivery moves its key's virtual time,
+        // which decides the next pick.
+        while deliveries.len() < max as usize {
+            let eligible = |offset: u64| {
+                let job = &self.jobs[&offset];
+                job.last_fence < stamp.index
+                    && (!(rated && full && job.group != NO_GROUP)
+                        || self.group_tats.contains_key(&self.groups[&job.group].key))
+            };
+            let Some(offset) = self.pick(eligible) else {
+                break;
+            };
+            self.charge_delivery(offset);
             let job = self.jobs.get_mut(&offset).expect("ready job is pending");
-            let key = ready_key(job, offset);
             job.lease = Some(Lease {
                 fence: stamp.index,
                 deadline_ms,
@@ -981,7 +1248,6 @@ impl Queue {
             job.last_fence = stamp.index;
             let (group, priority, attempt, blob) =
                 (job.group, job.priority, job.attempts + 1, job.blob);
-            self.ready.remove(&key);
             self.leases.insert((deadline_ms, offset));
             self.holders.insert(offset, consumer.clone());
             self.counters.delivered += 1;
@@ -1011,6 +1277,7 @@ impl Queue {
         if self.check_lease(offset, fence).is_ok() {
             self.end_lease(offset);
             let job = self.remove_pending(offset);
+            self.release_fair_key(job.fair);
             self.mark_finished(&job, offset, Finished::Acked { fence });
             self.history.remove(&offset);
             self.bytes -= u64::from(job.payload_bytes);
@@ -1194,6 +1461,7 @@ impl Queue {
         let mut count = 0;
         for offset in offsets {
             if let Some(dead) = self.dead.remove(&offset) {
+                self.release_fair_key(dead.job.fair);
                 self.bytes -= u64::from(dead.job.payload_bytes);
                 effects.push(Effect::DeleteBlob {
                     queue_id: self.id,
@@ -1222,10 +1490,12 @@ impl State {
     }
 
     /// Rebuilds what a snapshot leaves out because it follows from the
-    /// rest (the group indexes); [`State::restore`] calls it.
+    /// rest (the group indexes, the ready indexes); [`State::restore`]
+    /// calls it.
     pub(crate) fn rebuild_derived(&mut self) {
         for queue in self.queues.values_mut() {
             queue.rebuild_group_indexes();
+            queue.rebuild_ready();
         }
     }
 
@@ -1662,4 +1932,20 @@ fn not_sequenceable() -> Error {
         "command",
         "only a plain state-changing command can be sequenced",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interned_fairness_key_costs_a_job_record_no_memory() {
+        // The `u32` id sits in the padding after `attempts`, `priority`
+        // and `payload_bytes` (SPEC 7: bytes per pending job).
+        assert!(
+            std::mem::size_of::<Job>() <= 96,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
+    }
 }

@@ -4,9 +4,12 @@
 //! naive model written from SPEC section 2 alone: per queue a map of every
 //! offset ever given to a plain job record, a `VecDeque` of offsets per
 //! group, and a map from job id to its dedup entry. The model picks the next
-//! jobs of a fetch by scanning every job and sorting, not with an index, so
-//! it shares no data structure with `state.rs`; the only shared code is the
-//! public backoff formula.
+//! jobs of a fetch by scanning every job, not with an index, so it shares no
+//! data structure with `state.rs`; the only shared code is the public
+//! backoff formula. Fair sharing across fairness keys (SPEC 2.3a) is a map
+//! of virtual times per (priority, key) and a clock per priority, written
+//! from the rule: a fetch takes the highest priority, then the key with the
+//! smallest (virtual time, oldest ready head), then that key's oldest head.
 //!
 //! After every step the test compares the reply (errors by code and the
 //! fields a client acts on), the effects, the payload store, the stats, the
@@ -25,7 +28,6 @@
 //! also stores its seed in `crates/core/tests/model.proptest-regressions`,
 //! and the next run replays it first.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use lockstep_core::hash::id_hash;
@@ -48,6 +50,12 @@ const PRIORITY_HIGHEST: u8 = 9;
 /// Attempt records kept per job (its dead-letter history).
 const HISTORY_LEN_MAX: usize = 32;
 const CHAINED_QUEUES_LIMIT: usize = 16;
+/// Fairness: key bytes, named weights, the heaviest weight, and the
+/// virtual time one delivery costs a key of weight 1.
+const FAIRNESS_KEY_BYTES: usize = 128;
+const FAIRNESS_WEIGHTS: usize = 1_000;
+const FAIRNESS_WEIGHT_HEAVIEST: u32 = 1_000;
+const FAIRNESS_SCALE: u128 = 1 << 32;
 
 // ---------------------------------------------------------------------------
 // The model.
@@ -81,6 +89,8 @@ struct MJob {
     payload: Vec<u8>,
     headers: Vec<(String, String)>,
     priority: u8,
+    /// `""` for a job without a fairness key.
+    fairness: String,
     blob: u64,
     enqueued_ms: u64,
     not_before_ms: u64,
@@ -126,6 +136,13 @@ struct MQueue {
     /// whose time has passed acts as a full one).
     enqueue_tat_us: u64,
     group_tats: BTreeMap<String, u64>,
+    /// Virtual time of each (priority, fairness key) that has pending
+    /// jobs (missing: 0), and each priority's virtual clock (missing: 0);
+    /// both forgotten when no pending job has that priority (and key).
+    vtimes: BTreeMap<(u8, String), u128>,
+    vclocks: BTreeMap<u8, u128>,
+    /// The (priority, key) pairs that had a ready head when last looked.
+    was_ready: BTreeSet<(u8, String)>,
 }
 
 /// A bucket's (µs per token, tokens when full), or `None` when off.
@@ -265,6 +282,11 @@ fn config_ok(c: &QueueConfig) -> bool {
         .iter()
         .all(|r| *r <= 1_000_000)
         && c.rates.rate_window_ms <= 24 * 3_600_000
+        && c.fairness.weights.len() <= FAIRNESS_WEIGHTS
+        && c.fairness.weight_default <= FAIRNESS_WEIGHT_HEAVIEST
+        && c.fairness.weights.iter().all(|(k, w)| {
+            text_ok(k, FAIRNESS_KEY_BYTES, true) && (1..=FAIRNESS_WEIGHT_HEAVIEST).contains(w)
+        })
 }
 
 fn job_ok(c: &QueueConfig, job: &NewJob) -> bool {
@@ -283,6 +305,10 @@ fn job_ok(c: &QueueConfig, job: &NewJob) -> bool {
             .headers
             .iter()
             .all(|(k, _)| text_ok(k, HEADERS_BYTES_MAX, false))
+        && job
+            .fairness_key
+            .as_deref()
+            .is_none_or(|k| text_ok(k, FAIRNESS_KEY_BYTES, false))
 }
 
 fn batch_ok(len: usize, c: &QueueConfig) -> Result<(), Fail> {
@@ -305,6 +331,104 @@ impl MQueue {
             counters: Counters::default(),
             enqueue_tat_us: 0,
             group_tats: BTreeMap::new(),
+            vtimes: BTreeMap::new(),
+            vclocks: BTreeMap::new(),
+            was_ready: BTreeSet::new(),
+        }
+    }
+
+    /// The (priority, fairness key) of every head a fetch could take now.
+    fn ready_lanes(&self) -> BTreeSet<(u8, String)> {
+        self.jobs
+            .iter()
+            .filter(|(o, j)| self.fetchable(**o, j))
+            .map(|(_, j)| (j.priority, j.fairness.clone()))
+            .collect()
+    }
+
+    /// A key that has a ready head again after having none starts no
+    /// earlier than its priority's clock: it banks no credit while idle.
+    fn sync_fairness(&mut self) {
+        let now = self.ready_lanes();
+        for lane in now.difference(&self.was_ready) {
+            let clock = self.vclocks.get(&lane.0).copied().unwrap_or(0);
+            let vtime = self.vtimes.entry(lane.clone()).or_insert(0);
+            *vtime = (*vtime).max(clock);
+        }
+        self.was_ready = now;
+    }
+
+    /// Keys and priorities with no pending job forget their virtual times.
+    fn forget_idle_fairness(&mut self) {
+        let pending: BTreeSet<(u8, String)> = self
+            .pending()
+            .map(|(_, j)| (j.priority, j.fairness.clone()))
+            .collect();
+        self.vtimes.retain(|lane, _| pending.contains(lane));
+        self.was_ready.retain(|lane| pending.contains(lane));
+        self.vclocks
+            .retain(|p, _| pending.iter().any(|(priority, _)| priority == p));
+    }
+
+    /// The next head a fetch at `index` takes: the highest priority with a
+    /// head it may take; there, the key with the smallest (virtual time,
+    /// oldest ready head) that has one; that key's oldest such head.
+    fn pick(&self, index: u64) -> Option<u64> {
+        let ready: Vec<(u64, &MJob)> = self
+            .jobs
+            .iter()
+            .filter(|(o, j)| self.fetchable(**o, j))
+            .map(|(o, j)| (*o, j))
+            .collect();
+        let takeable = |j: &MJob| j.last_fence < index;
+        let priority = ready
+            .iter()
+            .filter(|(_, j)| takeable(j))
+            .map(|(_, j)| j.priority)
+            .max()?;
+        let mut lanes: BTreeMap<&str, u64> = BTreeMap::new();
+        for (o, j) in ready.iter().filter(|(_, j)| j.priority == priority) {
+            let oldest = lanes.entry(&j.fairness).or_insert(*o);
+            *oldest = (*oldest).min(*o);
+        }
+        let mut order: Vec<(u128, u64, &str)> = lanes
+            .into_iter()
+            .map(|(key, oldest)| {
+                let vtime = self.vtimes.get(&(priority, key.to_string()));
+                (vtime.copied().unwrap_or(0), oldest, key)
+            })
+            .collect();
+        order.sort();
+        order.into_iter().find_map(|(_, _, key)| {
+            ready
+                .iter()
+                .filter(|(_, j)| j.priority == priority && j.fairness == key && takeable(j))
+                .map(|(o, _)| *o)
+                .min()
+        })
+    }
+
+    /// Charges the key of the just-leased job at `offset` one delivery at
+    /// its current weight, and moves its priority's clock up to the
+    /// smallest virtual time of a key that still has a ready head.
+    fn charge(&mut self, offset: u64) {
+        let job = &self.jobs[&offset];
+        let lane = (job.priority, job.fairness.clone());
+        let weight = match self.config.fairness.weights.get(&job.fairness) {
+            Some(w) => *w,
+            None if self.config.fairness.weight_default == 0 => 1,
+            None => self.config.fairness.weight_default,
+        };
+        *self.vtimes.entry(lane.clone()).or_insert(0) += FAIRNESS_SCALE / u128::from(weight);
+        let least = self
+            .ready_lanes()
+            .into_iter()
+            .filter(|(p, _)| *p == lane.0)
+            .map(|l| self.vtimes.get(&l).copied().unwrap_or(0))
+            .min();
+        if let Some(least) = least {
+            let clock = self.vclocks.entry(lane.0).or_insert(0);
+            *clock = (*clock).max(least);
         }
     }
 
@@ -421,6 +545,8 @@ impl MQueue {
             .retain(|_, d| d.first_ms.saturating_add(window) > clock);
         // (4) Heads whose lease ended wait for their group's rate.
         self.settle();
+        // (5) Keys with a ready head again start at their band's clock.
+        self.sync_fairness();
         due.len() as u32
     }
 
@@ -491,6 +617,7 @@ impl MQueue {
         }
         self.counters.dead_lettered += 1;
         self.tidy();
+        self.forget_idle_fairness();
     }
 
     fn lost(&self, offset: u64, fence: u64) -> Fail {
@@ -591,6 +718,7 @@ impl MQueue {
                     payload: new.payload.clone(),
                     headers: new.headers.clone(),
                     priority: new.priority,
+                    fairness: new.fairness_key.clone().unwrap_or_default(),
                     blob: offset,
                     enqueued_ms: self.clock_ms,
                     not_before_ms: self.clock_ms.saturating_add(new.delay_ms),
@@ -642,19 +770,14 @@ impl MQueue {
             return Err(Fail::Invalid);
         }
         let lease_ms = self.resolve_lease(lease_ms)?;
-        // Scan every job, keep the heads a fetch may take, sort.
-        let mut picked: Vec<(Reverse<u8>, u64)> = self
-            .jobs
-            .iter()
-            .filter(|(o, j)| self.fetchable(**o, j) && j.last_fence < index)
-            .map(|(o, j)| (Reverse(j.priority), *o))
-            .collect();
-        picked.sort();
-        picked.truncate(max as usize);
         let deadline_ms = self.clock_ms.saturating_add(lease_ms);
         let queue_id = self.id;
         let mut deliveries = Vec::new();
-        for (_, offset) in picked {
+        // One at a time: each delivery moves its key's virtual time.
+        while deliveries.len() < max as usize {
+            let Some(offset) = self.pick(index) else {
+                break;
+            };
             let now = self.clock_ms * 1_000;
             if let (Some(b), Some(key)) = (self.group_bucket(), self.jobs[&offset].group.clone()) {
                 let tat = self.group_tats.get(&key).copied().unwrap_or(0);
@@ -682,6 +805,8 @@ impl MQueue {
                 self.counters.redelivered += 1;
             }
             deliveries.push(delivery);
+            self.charge(offset);
+            self.sync_fairness();
         }
         Ok(Reply::Fetched(deliveries))
     }
@@ -699,6 +824,7 @@ impl MQueue {
                 assert_eq!(group.offsets.pop_front(), Some(offset), "model: not head");
             }
             self.tidy();
+            self.forget_idle_fairness();
             self.counters.acked += 1;
             fx.push(Effect::DeleteBlob { queue_id, blob });
             return AckResult::Acked;
@@ -970,6 +1096,7 @@ impl Model {
         let reply = self.dispatch(stamp.index, cmd, &mut fx);
         for queue in self.queues.values_mut() {
             queue.settle();
+            queue.sync_fairness();
         }
         assert!(
             reply.is_ok() || fx.is_empty(),
@@ -1171,6 +1298,8 @@ const IDS: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", 
 /// exercises groups without jobs.
 const GROUPS: [&str; 6] = ["g1", "g2", "g3", "g4", "g5", "g6"];
 const CONSUMERS: [&str; 4] = ["w1", "w2", "", "bad\nname"];
+/// Fairness keys; `""` is also what a job without one shares.
+const TENANTS: [&str; 4] = ["", "t1", "t2", "t3"];
 const REASONS: [&str; 3] = ["poison", "", "bad\u{7}reason"];
 
 /// One way to make a job invalid.
@@ -1185,6 +1314,8 @@ enum Fault {
     Delay,
     HeaderKey,
     HeaderCount,
+    EmptyFairnessKey,
+    LongFairnessKey,
 }
 
 impl Fault {
@@ -1202,6 +1333,8 @@ impl Fault {
             Fault::HeaderCount => {
                 job.headers = vec![("k".into(), "v".into()); HEADERS_COUNT_MAX + 1];
             }
+            Fault::EmptyFairnessKey => job.fairness_key = Some(String::new()),
+            Fault::LongFairnessKey => job.fairness_key = Some("t".repeat(FAIRNESS_KEY_BYTES + 1)),
         }
     }
 }
@@ -1382,28 +1515,47 @@ fn config_valid() -> impl Strategy<Value = QueueConfig> {
             }
         ),
     ];
-    (retry, limits, rates).prop_map(
-        |(
-            (max_attempts, base, factor, cap_x, jitter),
-            (lease_default, lease_max, dedup, jobs, bytes, payload, batch, policy),
-            rates,
-        )| QueueConfig {
-            max_attempts,
-            backoff_base_ms: base,
-            backoff_factor: factor,
-            backoff_cap_ms: base * cap_x,
-            backoff_jitter_pct: jitter,
-            lease_ms_default: lease_default,
-            lease_ms_max: lease_max,
-            dedup_window_ms: dedup,
-            max_jobs: jobs,
-            max_bytes: bytes,
-            max_payload_bytes: payload,
-            max_batch: batch,
-            group_policy: policy,
-            rates,
-        },
-    )
+    // Weights of 1 to 4 for some keys (often `""`), and a default of 0
+    // (which is 1) to 3 for the rest.
+    let fairness = prop_oneof![
+        2 => Just(Fairness::default()),
+        3 => (
+            prop::collection::btree_map(prop::sample::select(TENANTS.to_vec()), 1u32..=4, 0..=3),
+            0u32..=3,
+        )
+            .prop_map(|(weights, weight_default)| Fairness {
+                weights: weights.into_iter().map(|(k, w)| (k.to_string(), w)).collect(),
+                weight_default,
+            }),
+    ];
+    (retry, limits, rates, fairness)
+        .prop_map(
+            |(
+                (max_attempts, base, factor, cap_x, jitter),
+                (lease_default, lease_max, dedup, jobs, bytes, payload, batch, policy),
+                rates,
+                fairness,
+            )| QueueConfig {
+                max_attempts,
+                backoff_base_ms: base,
+                backoff_factor: factor,
+                backoff_cap_ms: base * cap_x,
+                backoff_jitter_pct: jitter,
+                lease_ms_default: lease_default,
+                lease_ms_max: lease_max,
+                dedup_window_ms: dedup,
+                max_jobs: jobs,
+                max_bytes: bytes,
+                max_payload_bytes: payload,
+                max_batch: batch,
+                group_policy: policy,
+                rates,
+                fairness,
+            },
+        )
+        // Boxed, as is `new_job`: the value trees of the whole step strategy
+        // otherwise overflow a test thread's stack in a debug build.
+        .boxed()
 }
 
 fn config() -> impl Strategy<Value = QueueConfig> {
@@ -1413,6 +1565,10 @@ fn config() -> impl Strategy<Value = QueueConfig> {
         1 => config_valid().prop_map(|c| QueueConfig {
             lease_ms_default: c.lease_ms_max + 1,
             ..c
+        }),
+        1 => config_valid().prop_map(|mut c| {
+            c.fairness.weights.insert("t1".into(), 0);
+            c
         }),
     ]
 }
@@ -1437,6 +1593,12 @@ fn new_job() -> impl Strategy<Value = NewJob> {
         3 => Just(vec![]),
         1 => Just(vec![("k".to_string(), "v".to_string())]),
     ];
+    // Mostly a few tenants, so heads of one priority often belong to
+    // several keys; sometimes none, which is the key `""`.
+    let fairness_key = prop_oneof![
+        3 => Just(None),
+        6 => prop::sample::select(TENANTS[1..].to_vec()).prop_map(|k| Some(k.to_string())),
+    ];
     (
         0usize..IDS.len(),
         prop::bool::weighted(0.8),
@@ -1445,9 +1607,10 @@ fn new_job() -> impl Strategy<Value = NewJob> {
         priority,
         delay,
         headers,
+        fairness_key,
     )
         .prop_map(
-            |(id, canonical, group, payload, priority, delay_ms, headers)| {
+            |(id, canonical, group, payload, priority, delay_ms, headers, fairness_key)| {
                 let (group, payload) = if canonical {
                     // Ids 3, 7 and 11 have no group; the others share g1..g3.
                     let group = (id % 4 != 3).then(|| GROUPS[id % 3].to_string());
@@ -1462,9 +1625,11 @@ fn new_job() -> impl Strategy<Value = NewJob> {
                     headers,
                     priority,
                     delay_ms,
+                    fairness_key,
                 }
             },
         )
+        .boxed()
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -1478,6 +1643,8 @@ fn fault() -> impl Strategy<Value = Fault> {
         Just(Fault::Delay),
         Just(Fault::HeaderKey),
         Just(Fault::HeaderCount),
+        Just(Fault::EmptyFairnessKey),
+        Just(Fault::LongFairnessKey),
     ]
 }
 

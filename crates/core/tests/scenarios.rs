@@ -1370,3 +1370,335 @@ fn a_group_past_its_rate_waits_as_a_delayed_head_and_keeps_its_order() {
     sim.tick();
     assert_eq!(offsets(&sim.fetch(10)), vec![b]);
 }
+
+// ---------------------------------------------------------------- fairness
+
+/// A queue sharing deliveries by `weights` (every other key weighs 1).
+fn fair(weights: &[(&str, u32)]) -> Sim {
+    Sim::with_queue(QueueConfig {
+        fairness: Fairness {
+            weights: weights.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
+            weight_default: 0,
+        },
+        ..config()
+    })
+}
+
+fn tenant_job(id: &str, group: &str, key: Option<&str>, priority: u8) -> NewJob {
+    NewJob {
+        fairness_key: key.map(Into::into),
+        priority,
+        ..job(id, Some(group))
+    }
+}
+
+/// Enqueues `groups` groups of `per_group` jobs each for `tenant` at
+/// `priority` and returns the offset of each job with its tenant.
+fn backlog(
+    sim: &mut Sim,
+    tenant: &str,
+    groups: usize,
+    per_group: usize,
+    priority: u8,
+) -> Vec<(u64, String)> {
+    let jobs: Vec<NewJob> = (0..groups)
+        .flat_map(|g| {
+            (0..per_group).map(move |j| {
+                tenant_job(
+                    &format!("{tenant}-{priority}-{g}-{j}"),
+                    &format!("{tenant}-{g}"),
+                    Some(tenant),
+                    priority,
+                )
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for chunk in jobs.chunks(1_000) {
+        for result in sim.enqueue_jobs(chunk.to_vec()).unwrap() {
+            let EnqueueResult::Created { offset } = result else {
+                panic!("expected CREATED, got {result:?}");
+            };
+            out.push((offset, tenant.to_string()));
+        }
+    }
+    out
+}
+
+/// Fetches one job at a time and acks it, `n` times: the deliveries.
+fn deliver_one_by_one(sim: &mut Sim, n: usize) -> Vec<Delivery> {
+    (0..n)
+        .map(|_| {
+            let d = sim.fetch(1).remove(0);
+            assert_eq!(sim.ack(d.offset, d.fence), AckResult::Acked);
+            d
+        })
+        .collect()
+}
+
+fn tenants_of(deliveries: &[Delivery], owners: &[(u64, String)]) -> Vec<String> {
+    let owner: std::collections::BTreeMap<u64, &str> =
+        owners.iter().map(|(o, t)| (*o, t.as_str())).collect();
+    deliveries
+        .iter()
+        .map(|d| owner[&d.offset].to_string())
+        .collect()
+}
+
+fn count(tenants: &[String], tenant: &str) -> usize {
+    tenants.iter().filter(|t| *t == tenant).count()
+}
+
+#[test]
+fn a_tenant_with_a_hundred_times_the_groups_does_not_starve_a_small_one() {
+    // Regression: by offset alone, the 1,000 older heads of `big` would
+    // take the first 1,000 deliveries and `small` none of the first 20.
+    let mut sim = fair(&[]);
+    let mut owners = backlog(&mut sim, "big", 1_000, 1, 0);
+    owners.extend(backlog(&mut sim, "small", 10, 2, 0));
+    let tenants = tenants_of(&deliver_one_by_one(&mut sim, 20), &owners);
+    let small = count(&tenants, "small");
+    assert!(
+        (9..=11).contains(&small),
+        "small got {small} of 20: {tenants:?}"
+    );
+    // One fetch of many shares the same way.
+    let mut sim = fair(&[]);
+    let mut owners = backlog(&mut sim, "big", 1_000, 1, 0);
+    owners.extend(backlog(&mut sim, "small", 10, 1, 0));
+    let tenants = tenants_of(&sim.fetch(20), &owners);
+    assert_eq!(count(&tenants, "small"), 10, "{tenants:?}");
+}
+
+#[test]
+fn weights_three_to_one_share_deliveries_three_to_one() {
+    let mut sim = fair(&[("gold", 3), ("free", 1)]);
+    let mut owners = backlog(&mut sim, "free", 100, 1, 0);
+    owners.extend(backlog(&mut sim, "gold", 100, 1, 0));
+    let tenants = tenants_of(&deliver_one_by_one(&mut sim, 40), &owners);
+    let gold = count(&tenants, "gold");
+    assert!(
+        (29..=31).contains(&gold),
+        "gold got {gold} of 40: {tenants:?}"
+    );
+    // A weight change applies from then on.
+    let mut equal = QueueConfig {
+        fairness: Fairness::default(),
+        ..config()
+    };
+    equal.fairness.weight_default = 1;
+    sim.run(Command::UpdateQueue {
+        name: Q.into(),
+        config: equal,
+    })
+    .unwrap();
+    let tenants = tenants_of(&deliver_one_by_one(&mut sim, 40), &owners);
+    let gold = count(&tenants, "gold");
+    assert!(
+        (19..=21).contains(&gold),
+        "gold got {gold} of 40: {tenants:?}"
+    );
+}
+
+#[test]
+fn priority_ranks_before_fairness() {
+    let mut sim = fair(&[]);
+    let mut owners = backlog(&mut sim, "big", 100, 1, 0);
+    owners.extend(backlog(&mut sim, "small", 10, 1, 0));
+    // `big` has had its share of the low band: `small` is next there.
+    let first = tenants_of(&deliver_one_by_one(&mut sim, 5), &owners);
+    assert_eq!(first, ["big", "small", "big", "small", "big"]);
+    // A high-priority head of `big` still goes before every lower head.
+    owners.extend(backlog(&mut sim, "big", 1, 1, 5));
+    let ds = deliver_one_by_one(&mut sim, 3);
+    assert_eq!(ds[0].priority, 5);
+    assert_eq!(tenants_of(&ds, &owners), ["big", "small", "big"]);
+}
+
+#[test]
+fn fairness_never_reorders_a_group() {
+    let mut sim = fair(&[("heavy", 5)]);
+    let jobs: Vec<NewJob> = (0..3)
+        .flat_map(|i| {
+            [
+                tenant_job(&format!("g{i}"), "g", Some("heavy"), 0),
+                tenant_job(&format!("h{i}"), "h", Some("light"), 0),
+            ]
+        })
+        .collect();
+    sim.enqueue_jobs(jobs).unwrap();
+    // Only heads are candidates, whatever the weights.
+    let heads = sim.fetch(10);
+    assert_eq!(offsets(&heads), vec![0, 1]);
+    // A nacked head keeps its group waiting, and comes back first.
+    sim.nack(&heads[0], 50).unwrap();
+    sim.ack(heads[1].offset, heads[1].fence);
+    sim.advance(50);
+    let mut order = offsets(&heads[1..]);
+    loop {
+        let ds = sim.fetch(10);
+        if ds.is_empty() {
+            break;
+        }
+        for d in ds {
+            order.push(d.offset);
+            sim.ack(d.offset, d.fence);
+        }
+    }
+    let g: Vec<u64> = order.iter().copied().filter(|o| o % 2 == 0).collect();
+    let h: Vec<u64> = order.iter().copied().filter(|o| o % 2 == 1).collect();
+    assert_eq!(g, vec![0, 2, 4]);
+    assert_eq!(h, vec![1, 3, 5]);
+}
+
+#[test]
+fn without_fairness_keys_the_older_head_goes_first_as_before() {
+    // Mixed priorities and groups, no key anywhere (and weights set for a
+    // key nobody uses): priority, then offset, exactly as before.
+    let mut sim = fair(&[("unused", 7)]);
+    let priorities = [0u8, 3, 0, 9, 3, 0, 9, 1];
+    let jobs: Vec<NewJob> = priorities
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NewJob {
+            priority: *p,
+            ..job(&format!("j{i}"), Some(&format!("g{i}")))
+        })
+        .collect();
+    sim.enqueue_jobs(jobs.clone()).unwrap();
+    let mut want: Vec<(std::cmp::Reverse<u8>, u64)> = priorities
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (std::cmp::Reverse(*p), i as u64))
+        .collect();
+    want.sort();
+    let want: Vec<u64> = want.into_iter().map(|(_, o)| o).collect();
+    let got: Vec<u64> = deliver_one_by_one(&mut sim, 8)
+        .iter()
+        .map(|d| d.offset)
+        .collect();
+    assert_eq!(got, want);
+    // One key for every job is the same as none.
+    let mut sim = fair(&[]);
+    let keyed = jobs
+        .into_iter()
+        .map(|j| NewJob {
+            fairness_key: Some("only".into()),
+            ..j
+        })
+        .collect();
+    sim.enqueue_jobs(keyed).unwrap();
+    assert_eq!(offsets(&sim.fetch(8)), want);
+}
+
+#[test]
+fn virtual_times_survive_a_snapshot_so_a_restored_replica_picks_alike() {
+    let mut sim = fair(&[("a", 2)]);
+    let mut owners = backlog(&mut sim, "a", 20, 2, 0);
+    owners.extend(backlog(&mut sim, "b", 20, 2, 0));
+    owners.extend(backlog(&mut sim, "c", 5, 1, 3));
+    deliver_one_by_one(&mut sim, 13);
+    let mut restored = Sim {
+        state: State::restore(&sim.state.snapshot()).unwrap(),
+        store: sim.store.clone(),
+        index: sim.index,
+        now_ms: sim.now_ms,
+    };
+    assert_eq!(restored.state, sim.state);
+    let here = deliver_one_by_one(&mut sim, 30);
+    let there = deliver_one_by_one(&mut restored, 30);
+    assert_eq!(here, there);
+    assert_eq!(restored.state.snapshot(), sim.state.snapshot());
+}
+
+#[test]
+fn bad_fairness_input_is_refused_by_name() {
+    let mut sim = fair(&[]);
+    let long = "k".repeat(limits::FAIRNESS_KEY_BYTES_MAX + 1);
+    let weights = |pairs: Vec<(String, u32)>| QueueConfig {
+        fairness: Fairness {
+            weights: pairs.into_iter().collect(),
+            weight_default: 0,
+        },
+        ..config()
+    };
+    let too_many = (0..=limits::FAIRNESS_WEIGHTS_MAX)
+        .map(|i| (format!("t{i}"), 1))
+        .collect();
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            Command::Enqueue {
+                queue: Q.into(),
+                jobs: vec![job("ok", None), tenant_job("x", "g", Some(&long), 0)],
+            },
+            "jobs[1].fairness_key",
+        ),
+        (
+            Command::Enqueue {
+                queue: Q.into(),
+                jobs: vec![tenant_job("x", "g", Some(""), 0)],
+            },
+            "jobs[0].fairness_key",
+        ),
+        (
+            Command::Enqueue {
+                queue: Q.into(),
+                jobs: vec![tenant_job("x", "g", Some("bad\nkey"), 0)],
+            },
+            "jobs[0].fairness_key",
+        ),
+        (
+            Command::UpdateQueue {
+                name: Q.into(),
+                config: weights(vec![("acme".into(), 0)]),
+            },
+            "fairness.weights[\"acme\"]",
+        ),
+        (
+            Command::CreateQueue {
+                name: "q2".into(),
+                config: weights(vec![("acme".into(), limits::FAIRNESS_WEIGHT_MAX + 1)]),
+            },
+            "fairness.weights[\"acme\"]",
+        ),
+        (
+            Command::UpdateQueue {
+                name: Q.into(),
+                config: weights(vec![(long.clone(), 1)]),
+            },
+            "fairness.weights",
+        ),
+        (
+            Command::UpdateQueue {
+                name: Q.into(),
+                config: weights(too_many),
+            },
+            "fairness.weights",
+        ),
+        (
+            Command::UpdateQueue {
+                name: Q.into(),
+                config: QueueConfig {
+                    fairness: Fairness {
+                        weights: Default::default(),
+                        weight_default: limits::FAIRNESS_WEIGHT_MAX + 1,
+                    },
+                    ..config()
+                },
+            },
+            "fairness.weight_default",
+        ),
+    ];
+    for (command, names) in cases {
+        let before = sim.state.queues_snapshot();
+        let precheck = sim.state.precheck(&command);
+        let err = sim.run(command).unwrap_err();
+        assert_eq!(precheck, Err(err.clone()), "precheck answers as apply");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(
+            err.to_string().contains(names),
+            "`{err}` should name `{names}`"
+        );
+        assert_eq!(sim.state.queues_snapshot(), before, "{err} changed state");
+    }
+}

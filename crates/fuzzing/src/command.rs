@@ -42,6 +42,7 @@ pub fn tight_config() -> QueueConfig {
         max_batch: 4,
         group_policy: GroupPolicy::Park,
         rates: Default::default(),
+        fairness: Default::default(),
     }
 }
 
@@ -53,6 +54,7 @@ pub(crate) fn job(id: &str, group: Option<&str>, priority: u8, delay_ms: u64) ->
         headers: vec![("k".to_string(), "v".to_string())],
         priority,
         delay_ms,
+        fairness_key: None,
     }
 }
 

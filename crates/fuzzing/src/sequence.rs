@@ -94,6 +94,7 @@ fn new_job(u: &mut Unstructured<'_>) -> Result<NewJob> {
         // 10 is one past the highest priority.
         priority: u.int_in_range(0..=10)?,
         delay_ms: pick(u, &DELAYS_MS)?,
+        fairness_key: None,
     })
 }
 

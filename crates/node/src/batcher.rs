@@ -237,6 +237,7 @@ mod tests {
                 headers: Vec::new(),
                 priority: 0,
                 delay_ms: 0,
+                fairness_key: None,
             }],
         };
         let sequenced = Command::Sequenced {

@@ -80,6 +80,8 @@ pub fn new_job(
         headers: job.headers.into_iter().map(|h| (h.key, h.value)).collect(),
         priority,
         delay_ms: job.delay_ms,
+        // The public API carries no fairness key yet: every job shares "".
+        fairness_key: None,
     })
 }
 
@@ -189,6 +191,8 @@ pub fn queue_config(c: Option<pb::QueueConfig>) -> Result<core::QueueConfig, Sta
             group_burst: c.group_burst,
             rate_window_ms: c.rate_window_ms,
         },
+        // The public API carries no fairness weights yet.
+        fairness: core::Fairness::default(),
     })
 }
 

@@ -140,6 +140,7 @@ fn new_job(id: &str, group: &str) -> NewJob {
         headers: Vec::new(),
         priority: 0,
         delay_ms: 0,
+        fairness_key: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn entry(index: u64) -> Entry {
             headers: Vec::new(),
             priority: 0,
             delay_ms: 0,
+            fairness_key: None,
         })
         .collect();
     Entry {

@@ -964,6 +964,7 @@ mod tests {
                 headers: Vec::new(),
                 priority: 0,
                 delay_ms: 0,
+                fairness_key: None,
             }],
         };
         vec![

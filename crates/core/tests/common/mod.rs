@@ -161,6 +161,7 @@ pub fn job(id: &str, group: Option<&str>) -> NewJob {
         headers: vec![],
         priority: 0,
         delay_ms: 0,
+        fairness_key: None,
     }
 }
 

@@ -115,6 +115,7 @@ impl Driver {
                         headers: vec![("n".into(), n.to_string())],
                         priority: (n % 10) as u8,
                         delay_ms: 0,
+                        fairness_key: None,
                     }
                 })
                 .collect();
