@@ -62,6 +62,17 @@ pub enum Mode {
     Consume,
     Both,
     Mixed,
+    /// Two tenants at 100:1 backlog (see `fairness`): the share of
+    /// deliveries each gets, with fairness keys and without.
+    Fairness,
+}
+
+/// How the consume phase's workers get their jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumeVia {
+    Fetch,
+    Stream,
 }
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -104,9 +115,15 @@ pub struct BenchArgs {
     pub rate: Option<u64>,
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Jobs asked for per fetch.
+    /// Jobs asked for per fetch (with `--consume stream`: the credits each
+    /// worker's stream holds).
     #[arg(long, default_value_t = 32)]
     pub fetch_batch: u32,
+    /// How workers get jobs: `fetch` (long polls, acks as calls) or
+    /// `stream` (a Consume stream, acks riding it with one credit back per
+    /// job acked).
+    #[arg(long, value_enum, default_value = "fetch")]
+    pub consume: ConsumeVia,
     /// Share of the enqueued ids sent again, which must come back DUPLICATE.
     #[arg(long, default_value_t = 1.0)]
     pub redup_pct: f64,
@@ -193,6 +210,7 @@ pub struct Results {
     pub started_unix_s: u64,
     pub phases: Vec<Phase>,
     pub redup: Option<Redup>,
+    pub fairness: Option<FairnessResult>,
     pub passed: bool,
     pub problems: Vec<String>,
 }
@@ -453,6 +471,7 @@ async fn bench(args: BenchArgs) -> Result<Results, String> {
         started_unix_s,
         phases: Vec::new(),
         redup: None,
+        fairness: None,
         passed: true,
         problems: Vec::new(),
     };
@@ -471,6 +490,17 @@ async fn bench(args: BenchArgs) -> Result<Results, String> {
             }
         }
         Mode::Consume => results.phases.push(consume_phase(&args, None, None).await?),
+        Mode::Fairness => {
+            let f = fairness(&args, &client, &run_id).await?;
+            if f.keyed.small_share < FAIR_SHARE_MIN {
+                results.problems.push(format!(
+                    "fairness: the small tenant got {:.2} of the deliveries while it had work, \
+                     below {FAIR_SHARE_MIN}",
+                    f.keyed.small_share
+                ));
+            }
+            results.fairness = Some(f);
+        }
         Mode::Mixed => {
             let deadline = Instant::now() + duration(&args);
             let consume_args = args.clone();
@@ -708,6 +738,17 @@ async fn consume_phase(
             let mut per_call = histogram();
             let mut per_job = histogram();
             let consumer = format!("bench-{w}");
+            let check = Check {
+                heads: &heads,
+                violations: &violations,
+                redeliveries: &redeliveries,
+            };
+            if args.consume == ConsumeVia::Stream {
+                return consume_stream(
+                    &args, &client, &consumer, &shared, &check, target, deadline,
+                )
+                .await;
+            }
             let mut empty = 0;
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -741,22 +782,7 @@ async fn consume_phase(
                     continue;
                 }
                 empty = 0;
-                {
-                    let mut heads = heads.lock().unwrap_or_else(PoisonError::into_inner);
-                    for d in &got {
-                        if d.attempt > 1 {
-                            redeliveries.fetch_add(1, Ordering::Relaxed);
-                        }
-                        match heads.get(&d.group) {
-                            Some(h) if d.offset < *h || (d.offset == *h && d.attempt == 1) => {
-                                violations.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {
-                                heads.insert(d.group.clone(), d.offset);
-                            }
-                        }
-                    }
-                }
+                check.deliveries(&got);
                 let items: Vec<pb::AckItem> = got
                     .iter()
                     .map(|d| pb::AckItem {
@@ -766,20 +792,9 @@ async fn consume_phase(
                     .collect();
                 match client.ack(&args.queue, items).await {
                     Ok(results) => {
-                        let now_us = unix_micros();
+                        let oks: Vec<bool> = results.iter().map(Result::is_ok).collect();
+                        let acked = record_acked(&mut per_job, &got, &oks);
                         let _ = per_call.record(micros(call.elapsed()));
-                        let mut acked = 0;
-                        for (d, r) in got.iter().zip(results) {
-                            if r.is_ok() {
-                                acked += 1;
-                                let sent = d
-                                    .payload
-                                    .get(..8)
-                                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                                    .map_or(now_us, u64::from_le_bytes);
-                                let _ = per_job.record(now_us.saturating_sub(sent).max(1));
-                            }
-                        }
                         shared.ok(acked);
                     }
                     Err(e) => shared.error(&e),
@@ -800,6 +815,292 @@ async fn consume_phase(
     phase.order_violations = violations.load(Ordering::Relaxed);
     phase.redeliveries = redeliveries.load(Ordering::Relaxed);
     Ok(phase)
+}
+
+/// Groups of the big tenant in the fairness scenario, 10 jobs each.
+const FAIR_BIG_GROUPS: u64 = 1_000;
+/// Groups of the small tenant, 10 jobs each: a 100:1 backlog.
+const FAIR_SMALL_GROUPS: u64 = 10;
+const FAIR_JOBS_PER_GROUP: u64 = 10;
+/// Jobs per enqueue call of the scenario's backlog.
+const FAIR_BATCH: usize = 500;
+/// The small tenant's share below which the scenario fails (equal
+/// weights: about a half is expected).
+const FAIR_SHARE_MIN: f64 = 0.4;
+
+/// Deliveries each tenant got until the small one's last job.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FairShare {
+    pub big: u64,
+    pub small: u64,
+    pub small_share: f64,
+}
+
+/// The fairness scenario (SPEC 2.3a): tenant `big` has 100 times the
+/// backlog of tenant `small`, enqueued first; one consumer fetches and
+/// acks. With fairness keys at equal weights the small tenant should get
+/// about half the deliveries while it has work; on a queue where the jobs
+/// carry no key (one tenant) it waits behind the whole big backlog.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FairnessResult {
+    pub big_jobs: u64,
+    pub small_jobs: u64,
+    pub keyed: FairShare,
+    pub unkeyed: FairShare,
+}
+
+async fn fairness(
+    args: &BenchArgs,
+    client: &Client,
+    run_id: &str,
+) -> Result<FairnessResult, String> {
+    let backlog = |keyed: bool| -> Vec<pb::Job> {
+        let tenant = |name: &str, groups: u64| {
+            let name = name.to_string();
+            (0..groups * FAIR_JOBS_PER_GROUP).map(move |n| pb::Job {
+                id: Some(format!("{run_id}-{name}-{n}")),
+                group: format!("{name}-{}", n % groups),
+                payload: vec![b'x'; args.payload],
+                fairness_key: if keyed { name.clone() } else { String::new() },
+                ..Default::default()
+            })
+        };
+        tenant("big", FAIR_BIG_GROUPS)
+            .chain(tenant("small", FAIR_SMALL_GROUPS))
+            .collect()
+    };
+    let mut result = FairnessResult {
+        big_jobs: FAIR_BIG_GROUPS * FAIR_JOBS_PER_GROUP,
+        small_jobs: FAIR_SMALL_GROUPS * FAIR_JOBS_PER_GROUP,
+        ..Default::default()
+    };
+    for keyed in [true, false] {
+        let queue = format!(
+            "{}-{}-{run_id}",
+            args.queue,
+            if keyed { "fair" } else { "onekey" }
+        );
+        client
+            .create_queue(&queue, pb::QueueConfig::default())
+            .await
+            .map_err(|e| format!("create queue `{queue}`: {e}"))?;
+        for chunk in backlog(keyed).chunks(FAIR_BATCH) {
+            client
+                .enqueue(&queue, chunk.to_vec())
+                .await
+                .map_err(|e| format!("enqueue into `{queue}`: {e}"))?;
+        }
+        let mut share = FairShare::default();
+        while share.small < result.small_jobs {
+            let got = client
+                .fetch(
+                    &queue,
+                    "fairness",
+                    args.fetch_batch,
+                    FETCH_LEASE,
+                    FETCH_WAIT,
+                )
+                .await
+                .map_err(|e| format!("fetch from `{queue}`: {e}"))?;
+            if got.is_empty() {
+                return Err(format!(
+                    "`{queue}` ran dry before the small tenant was done"
+                ));
+            }
+            for d in &got {
+                if d.group.starts_with("small-") {
+                    share.small += 1;
+                } else {
+                    share.big += 1;
+                }
+            }
+            let items = got
+                .iter()
+                .map(|d| pb::AckItem {
+                    offset: d.offset,
+                    fence: d.fence,
+                })
+                .collect();
+            client
+                .ack(&queue, items)
+                .await
+                .map_err(|e| format!("ack on `{queue}`: {e}"))?;
+        }
+        share.small_share = share.small as f64 / (share.small + share.big) as f64;
+        if let Err(e) = client.delete_queue(&queue).await {
+            eprintln!("could not delete `{queue}`: {e}");
+        }
+        if keyed {
+            result.keyed = share;
+        } else {
+            result.unkeyed = share;
+        }
+    }
+    Ok(result)
+}
+
+/// The consume phase's order check, shared by its workers.
+struct Check<'a> {
+    heads: &'a Heads,
+    violations: &'a AtomicU64,
+    redeliveries: &'a AtomicU64,
+}
+
+impl Check<'_> {
+    /// Counts deliveries that broke group order, and redeliveries.
+    fn deliveries(&self, got: &[pb::Delivery]) {
+        let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        for d in got {
+            if d.attempt > 1 {
+                self.redeliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            match heads.get(&d.group) {
+                Some(h) if d.offset < *h || (d.offset == *h && d.attempt == 1) => {
+                    self.violations.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    heads.insert(d.group.clone(), d.offset);
+                }
+            }
+        }
+    }
+}
+
+/// Records the enqueued-to-acked latency of each delivery acked (`oks`, in
+/// the order of `got`); returns how many were.
+fn record_acked(per_job: &mut Histogram<u64>, got: &[pb::Delivery], oks: &[bool]) -> u64 {
+    let now_us = unix_micros();
+    let mut acked = 0;
+    for (d, ok) in got.iter().zip(oks) {
+        if *ok {
+            acked += 1;
+            let sent = d
+                .payload
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(now_us, u64::from_le_bytes);
+            let _ = per_job.record(now_us.saturating_sub(sent).max(1));
+        }
+    }
+    acked
+}
+
+/// One worker of the consume phase on a Consume stream: `fetch_batch`
+/// credits, each push acked by a call riding the stream that grants its
+/// credits back. Per call is push to ack answer. A broken stream is
+/// counted as an error and opened again.
+async fn consume_stream(
+    args: &BenchArgs,
+    client: &Client,
+    consumer: &str,
+    shared: &Shared,
+    check: &Check<'_>,
+    target: Option<u64>,
+    deadline: Option<Instant>,
+) -> (Histogram<u64>, Histogram<u64>) {
+    use pb::consume_request::Call;
+    use pb::consume_response::Event;
+    let mut per_call = histogram();
+    let mut per_job = histogram();
+    // Acks in flight by tag: when their push arrived, and its deliveries.
+    let mut pending: HashMap<u64, (Instant, Vec<pb::Delivery>)> = HashMap::new();
+    let mut stream = None;
+    let mut idle = 0;
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if target.is_some_and(|t| shared.done.load(Ordering::Relaxed) >= t) {
+            break;
+        }
+        let s = match &mut stream {
+            Some(s) => s,
+            None => match client
+                .consume(&args.queue, consumer, FETCH_LEASE, args.fetch_batch)
+                .await
+            {
+                Ok(s) => stream.insert(s),
+                Err(e) => {
+                    shared.error(&e);
+                    tokio::time::sleep(FETCH_WAIT / 10).await;
+                    continue;
+                }
+            },
+        };
+        let message = match tokio::time::timeout(FETCH_WAIT, s.next()).await {
+            Err(_) => {
+                idle += 1;
+                if target.is_none() && deadline.is_none() && idle >= EMPTY_FETCHES_DONE {
+                    break;
+                }
+                continue;
+            }
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let e = lockstep_client::Error::Protocol {
+                    call: "consume",
+                    problem: "the stream ended".into(),
+                };
+                shared.error(&e);
+                stream = None;
+                pending.clear();
+                continue;
+            }
+        };
+        idle = 0;
+        match message.event {
+            Some(Event::Deliveries(f)) => {
+                check.deliveries(&f.deliveries);
+                let items = f
+                    .deliveries
+                    .iter()
+                    .map(|d| pb::AckItem {
+                        offset: d.offset,
+                        fence: d.fence,
+                    })
+                    .collect();
+                let credits = u32::try_from(f.deliveries.len()).unwrap_or(u32::MAX);
+                let ack = Call::Ack(pb::AckRequest {
+                    items,
+                    ..Default::default()
+                });
+                match s.call(credits, ack).await {
+                    Ok(tag) => {
+                        pending.insert(tag, (Instant::now(), f.deliveries));
+                    }
+                    Err(e) => {
+                        shared.error(&e);
+                        stream = None;
+                        pending.clear();
+                    }
+                }
+            }
+            Some(Event::Ack(answer)) => {
+                if let Some((pushed, got)) = pending.remove(&message.tag) {
+                    let oks: Vec<bool> = answer
+                        .results
+                        .iter()
+                        .map(|r| r.code == lockstep_client::Code::Ok as i32)
+                        .collect();
+                    let acked = record_acked(&mut per_job, &got, &oks);
+                    let _ = per_call.record(micros(pushed.elapsed()));
+                    shared.ok(acked);
+                }
+            }
+            Some(Event::Error(e)) => {
+                pending.remove(&message.tag);
+                shared.error(&lockstep_client::Error::Protocol {
+                    call: "ack on the stream",
+                    problem: format!("code {}: {}", e.code, e.message),
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = stream {
+        let _ = s.close().await;
+    }
+    (per_call, per_job)
 }
 
 /// The phases a row: throughput, then the latency percentiles per call and
@@ -837,9 +1138,10 @@ fn phases_table(phases: &[Phase]) -> String {
 pub fn summary(r: &Results) -> String {
     let a = &r.args;
     let mut out = format!(
-        "lockstep bench {}: mode {:?}, {} producers x {} in flight, batch {}, payload {} B, {} groups, {} workers, fetch batch {}{}\n",
+        "lockstep bench {}: mode {:?}, consume via {:?}, {} producers x {} in flight, batch {}, payload {} B, {} groups, {} workers, fetch batch {}{}\n",
         r.label,
         a.mode,
+        a.consume,
         a.producers,
         a.in_flight,
         a.batch,
@@ -871,6 +1173,24 @@ pub fn summary(r: &Results) -> String {
                     p.not_created, p.duplicates_on_retry
                 )
             }
+        ));
+    }
+    if let Some(f) = &r.fairness {
+        out.push_str(&format!(
+            "fairness: tenant `big` {} jobs in {} groups, tenant `small` {} jobs in {} groups, \
+             enqueued big first; deliveries until small was done:\n  \
+             with fairness keys (equal weights): big {}, small {}: small's share {:.2}\n  \
+             without (one key):                  big {}, small {}: small's share {:.2}\n",
+            f.big_jobs,
+            FAIR_BIG_GROUPS,
+            f.small_jobs,
+            FAIR_SMALL_GROUPS,
+            f.keyed.big,
+            f.keyed.small,
+            f.keyed.small_share,
+            f.unkeyed.big,
+            f.unkeyed.small,
+            f.unkeyed.small_share,
         ));
     }
     if let Some(d) = &r.redup {

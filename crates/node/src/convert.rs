@@ -80,8 +80,7 @@ pub fn new_job(
         headers: job.headers.into_iter().map(|h| (h.key, h.value)).collect(),
         priority,
         delay_ms: job.delay_ms,
-        // The public API carries no fairness key yet: every job shares "".
-        fairness_key: None,
+        fairness_key: (!job.fairness_key.is_empty()).then_some(job.fairness_key),
     })
 }
 
@@ -191,8 +190,28 @@ pub fn queue_config(c: Option<pb::QueueConfig>) -> Result<core::QueueConfig, Sta
             group_burst: c.group_burst,
             rate_window_ms: c.rate_window_ms,
         },
-        // The public API carries no fairness weights yet.
-        fairness: core::Fairness::default(),
+        fairness: fairness(c.fairness_weights, c.fairness_weight_default)?,
+    })
+}
+
+/// Fairness weights from the wire; the core checks their bounds, this only
+/// that no key is given twice (the wire form is a list).
+fn fairness(
+    weights: Vec<pb::FairnessWeight>,
+    weight_default: u32,
+) -> Result<core::Fairness, Status> {
+    let mut map = std::collections::BTreeMap::new();
+    for w in weights {
+        if map.insert(w.key.clone(), w.weight).is_some() {
+            return Err(invalid(
+                "config.fairness_weights",
+                format!("key `{}` is given twice", w.key),
+            ));
+        }
+    }
+    Ok(core::Fairness {
+        weights: map,
+        weight_default,
     })
 }
 
@@ -220,6 +239,16 @@ pub fn queue_config_to_pb(c: &core::QueueConfig) -> pb::QueueConfig {
         group_rate_max: c.rates.group_rate_max,
         group_burst: c.rates.group_burst,
         rate_window_ms: c.rates.rate_window_ms,
+        fairness_weights: c
+            .fairness
+            .weights
+            .iter()
+            .map(|(key, weight)| pb::FairnessWeight {
+                key: key.clone(),
+                weight: *weight,
+            })
+            .collect(),
+        fairness_weight_default: c.fairness.weight_default,
     }
 }
 

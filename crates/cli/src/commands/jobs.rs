@@ -34,6 +34,10 @@ pub struct EnqueueArgs {
     id_prefix: Option<String>,
     #[arg(long, default_value_t = 0)]
     priority: u32,
+    /// The tenant (or any key) deliveries are shared across by the
+    /// queue's fairness weights.
+    #[arg(long, default_value = "")]
+    fairness_key: String,
     /// Not before this long from now (e.g. 30s).
     #[arg(long, value_parser = duration)]
     delay: Option<Duration>,
@@ -113,6 +117,7 @@ pub async fn enqueue(client: &Client, out: &Out, args: EnqueueArgs) -> Result<()
         id,
         id_prefix,
         priority,
+        fairness_key,
         delay,
         data,
         file,
@@ -120,6 +125,7 @@ pub async fn enqueue(client: &Client, out: &Out, args: EnqueueArgs) -> Result<()
     let base = pb::Job {
         group,
         priority,
+        fairness_key,
         delay_ms: delay.map_or(0, |d| d.as_millis() as u64),
         headers: caller_trace(),
         ..Default::default()

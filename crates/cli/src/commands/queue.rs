@@ -46,6 +46,24 @@ pub struct QueueFlags {
     /// The window the rates count in (default 1s).
     #[arg(long, value_parser = duration)]
     rate_window: Option<Duration>,
+    /// `KEY=WEIGHT`: deliveries are shared across jobs' fairness keys by
+    /// weight (repeat for each key). On update, the weights given replace
+    /// all of the queue's named weights.
+    #[arg(long = "fairness-weight", value_parser = fairness_weight)]
+    fairness_weights: Vec<(String, u32)>,
+    /// Weight of every fairness key not named (default 1).
+    #[arg(long)]
+    fairness_weight_default: Option<u32>,
+}
+
+fn fairness_weight(s: &str) -> Result<(String, u32), String> {
+    let (key, weight) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{s}`: expected KEY=WEIGHT"))?;
+    let weight = weight
+        .parse()
+        .map_err(|_| format!("`{s}`: the weight `{weight}` is not a whole number"))?;
+    Ok((key.to_string(), weight))
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -121,6 +139,12 @@ pub async fn run(client: &Client, out: &Out, cmd: QueueCmd) -> Result<(), CliErr
             if let Some(window) = flags.rate_window {
                 current.rate_window_ms = window.as_millis() as u64;
             }
+            if !flags.fairness_weights.is_empty() {
+                current.fairness_weights = given.fairness_weights;
+            }
+            if let Some(w) = flags.fairness_weight_default {
+                current.fairness_weight_default = w;
+            }
             client.update_queue(&name, current).await?;
             out.value(&json!({"name": name, "updated": true}), || {
                 format!("queue `{name}` updated")
@@ -181,14 +205,28 @@ fn config(flags: &QueueFlags) -> Result<pb::QueueConfig, CliError> {
         group_rate_max: flags.group_rate.unwrap_or(0),
         group_burst: flags.group_burst.unwrap_or(0),
         rate_window_ms: ms(flags.rate_window),
+        fairness_weights: flags
+            .fairness_weights
+            .iter()
+            .map(|(key, weight)| pb::FairnessWeight {
+                key: key.clone(),
+                weight: *weight,
+            })
+            .collect(),
+        fairness_weight_default: flags.fairness_weight_default.unwrap_or(0),
         ..Default::default()
     })
 }
 
 /// The one JSON form of a queue, for `get` and `list` alike.
 fn queue_json(q: &pb::QueueInfo) -> Value {
-    let c = q.config.unwrap_or_default();
+    let c = q.config.clone().unwrap_or_default();
     let s = q.stats.unwrap_or_default();
+    let weights: serde_json::Map<String, Value> = c
+        .fairness_weights
+        .iter()
+        .map(|w| (w.key.clone(), json!(w.weight)))
+        .collect();
     json!({
         "name": q.name,
         "config": {
@@ -200,6 +238,7 @@ fn queue_json(q: &pb::QueueInfo) -> Value {
             "enqueue_rate_max": c.enqueue_rate_max, "enqueue_burst": c.enqueue_burst,
             "group_rate_max": c.group_rate_max, "group_burst": c.group_burst,
             "rate_window_ms": c.rate_window_ms,
+            "fairness_weights": weights, "fairness_weight_default": c.fairness_weight_default,
         },
         "stats": {
             "ready": s.ready, "delayed": s.delayed, "leased": s.leased, "dead": s.dead,
