@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lockstep_client::{
-    CancellationToken, Client, ClientConfig, Code, ConsumeMode, Consumer, Outcome, Worker,
-    WorkerConfig, WorkerReport,
+    CancellationToken, Client, ClientConfig, Code, Consistency, ConsumeMode, Consumer, Outcome,
+    Worker, WorkerConfig, WorkerReport,
 };
 use pb::consume_request::Call;
 use pb::consume_response::Event;
@@ -940,4 +940,85 @@ async fn the_consume_stream_keeps_to_its_credits_and_a_clean_close_releases() {
     })
     .await
     .expect("the test finished in time");
+}
+
+/// Fairness on a real cluster, through a leader kill: tenant `big` has 100
+/// times the ready groups of tenant `small` and was enqueued first, yet
+/// with equal weights `small` gets about half of the deliveries while it
+/// has work, before and after the leader dies (the virtual times are
+/// replicated state). The weights round-trip through the API, and a key
+/// given twice is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_shares_deliveries_across_tenants_through_a_leader_kill() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        const Q: &str = "fair";
+        let (mut r, leader) = start3().await;
+        let c = &mut r.cluster;
+        let client = client_of(c, &[1, 2, 3]);
+        let weight = |key: &str, weight| pb::FairnessWeight {
+            key: key.into(),
+            weight,
+        };
+        let twice = pb::QueueConfig {
+            fairness_weights: vec![weight("big", 1), weight("big", 2)],
+            ..Default::default()
+        };
+        let err = client.create_queue(Q, twice).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("`big` is given twice"), "{err}");
+        let config = pb::QueueConfig {
+            fairness_weights: vec![weight("big", 1), weight("small", 1)],
+            ..Default::default()
+        };
+        client.create_queue(Q, config).await.unwrap();
+        let got = client
+            .get_queue(Q, Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(
+            got.config.unwrap().fairness_weights,
+            vec![weight("big", 1), weight("small", 1)]
+        );
+        let tenant = |name: &str, groups: u32| -> Vec<pb::Job> {
+            (0..groups * 2)
+                .map(|n| pb::Job {
+                    id: Some(format!("{name}-{n}")),
+                    group: format!("{name}-{}", n % groups),
+                    fairness_key: name.into(),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        for chunk in tenant("big", 1_000).chunks(500) {
+            client.enqueue(Q, chunk.to_vec()).await.unwrap();
+        }
+        client.enqueue(Q, tenant("small", 10)).await.unwrap();
+
+        let lease = Duration::from_secs(30);
+        let mut small = 0;
+        let mut take = async |client: &Client, n: usize| {
+            for _ in 0..n {
+                let ds = client
+                    .fetch(Q, "w", 1, lease, Duration::from_secs(2))
+                    .await
+                    .unwrap();
+                assert_eq!(ds.len(), 1, "a ready head each time");
+                if ds[0].group.starts_with("small-") {
+                    small += 1;
+                }
+                client.ack_one(Q, ds[0].offset, ds[0].fence).await.unwrap();
+            }
+        };
+        take(&client, 10).await;
+        c.kill(leader);
+        let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        c.wait_leader(&survivors, ELECTION_MAX).await.unwrap();
+        take(&client, 10).await;
+        assert!(
+            (9..=11).contains(&small),
+            "the small tenant got {small} of 20 deliveries, not about half"
+        );
+    })
+    .await
+    .expect("test timed out");
 }

@@ -817,11 +817,14 @@ async fn consume_phase(
     Ok(phase)
 }
 
-/// Groups of the big tenant in the fairness scenario, 10 jobs each.
+/// Groups of the big tenant in the fairness scenario.
 const FAIR_BIG_GROUPS: u64 = 1_000;
-/// Groups of the small tenant, 10 jobs each: a 100:1 backlog.
-const FAIR_SMALL_GROUPS: u64 = 10;
-const FAIR_JOBS_PER_GROUP: u64 = 10;
+const FAIR_BIG_PER_GROUP: u64 = 10;
+/// Groups of the small tenant, 2 jobs each: a 100:1 backlog. Enough
+/// groups that a fetch of 32 can find 16 of its heads ready (a tenant
+/// with fewer ready heads than its share of a fetch gets what it has).
+const FAIR_SMALL_GROUPS: u64 = 50;
+const FAIR_SMALL_PER_GROUP: u64 = 2;
 /// Jobs per enqueue call of the scenario's backlog.
 const FAIR_BATCH: usize = 500;
 /// The small tenant's share below which the scenario fails (equal
@@ -855,9 +858,9 @@ async fn fairness(
     run_id: &str,
 ) -> Result<FairnessResult, String> {
     let backlog = |keyed: bool| -> Vec<pb::Job> {
-        let tenant = |name: &str, groups: u64| {
+        let tenant = |name: &str, groups: u64, per_group: u64| {
             let name = name.to_string();
-            (0..groups * FAIR_JOBS_PER_GROUP).map(move |n| pb::Job {
+            (0..groups * per_group).map(move |n| pb::Job {
                 id: Some(format!("{run_id}-{name}-{n}")),
                 group: format!("{name}-{}", n % groups),
                 payload: vec![b'x'; args.payload],
@@ -865,13 +868,13 @@ async fn fairness(
                 ..Default::default()
             })
         };
-        tenant("big", FAIR_BIG_GROUPS)
-            .chain(tenant("small", FAIR_SMALL_GROUPS))
+        tenant("big", FAIR_BIG_GROUPS, FAIR_BIG_PER_GROUP)
+            .chain(tenant("small", FAIR_SMALL_GROUPS, FAIR_SMALL_PER_GROUP))
             .collect()
     };
     let mut result = FairnessResult {
-        big_jobs: FAIR_BIG_GROUPS * FAIR_JOBS_PER_GROUP,
-        small_jobs: FAIR_SMALL_GROUPS * FAIR_JOBS_PER_GROUP,
+        big_jobs: FAIR_BIG_GROUPS * FAIR_BIG_PER_GROUP,
+        small_jobs: FAIR_SMALL_GROUPS * FAIR_SMALL_PER_GROUP,
         ..Default::default()
     };
     for keyed in [true, false] {

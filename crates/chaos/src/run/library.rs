@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use lockstep_client::{
-    CancellationToken, Client, ClientConfig, EnqueueOutcome as LibOutcome, Job,
+    CancellationToken, Client, ClientConfig, ConsumeMode, EnqueueOutcome as LibOutcome, Job,
     Outcome as Decision, RetryPolicy, Worker, WorkerConfig,
 };
 use lockstep_proto as pb;
@@ -333,7 +333,7 @@ fn draw_plan(rng: &mut StdRng) -> Plan {
 /// acts on ([`worker_decision_op`]). Its extends are not recorded: they
 /// only lengthen a lease, so the recorded deadline stays a lower bound.
 pub(super) fn client_worker(
-    rng: StdRng,
+    mut rng: StdRng,
     client: Client,
     recorder: Recorder,
     stop: CancellationToken,
@@ -344,6 +344,14 @@ pub(super) fn client_worker(
     config.lease = Duration::from_millis(WORKER_LEASE_MS);
     config.wait = Duration::from_millis(WORKER_WAIT_MS);
     config.shutdown_grace = Duration::from_millis(WORKER_GRACE_MS);
+    // Half the runs take jobs on a consume stream (the `Worker`'s
+    // default), half with long polls, drawn from the seed: both paths
+    // meet every fault.
+    config.consume = if rng.random_ratio(1, 2) {
+        ConsumeMode::Stream
+    } else {
+        ConsumeMode::Fetch
+    };
     let rng = Arc::new(Mutex::new(rng));
     let chained = Arc::new(AtomicU64::new(0));
     // The token is not watched: the `Worker` cancels it only as it drops
