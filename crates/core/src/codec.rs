@@ -26,7 +26,13 @@ use serde::{de::DeserializeOwned, Serialize};
 /// stored job its interned id), a queue's configuration carries fairness
 /// weights, and a queue keeps its interned fairness keys and each priority
 /// band's virtual times. A version-3 data directory is refused as such.
-pub const FORMAT_VERSION: u8 = 4;
+///
+/// 5: a queue keeps named subscriptions (each with its own consumer
+/// state over the queue's jobs) and the payload holds they share, and
+/// commands and replies gained `InSubscription`, `CreateSubscription`,
+/// `DeleteSubscription` and their answers. A version-4 data directory is
+/// refused as such.
+pub const FORMAT_VERSION: u8 = 5;
 
 /// The largest single record (a Raft entry, a vote, a payload): 64 MiB.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::limits::PRIORITY_MAX;
-use crate::state::{Finished, Job, Queue, State, NO_GROUP};
+use crate::limits::{PRIORITY_MAX, SUBSCRIPTIONS_MAX};
+use crate::state::{Finished, Holds, Job, Queue, State, NO_GROUP};
 
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
@@ -17,7 +17,23 @@ macro_rules! ensure {
 
 impl Queue {
     fn check_invariants(&self, last_index: u64) -> Result<(), String> {
-        let q = &self.name;
+        let by_offset = self.check_dedup()?;
+        self.check_consumer(last_index, &by_offset)?;
+        self.check_subscriptions(last_index, &by_offset)
+    }
+
+    /// A queue's or a subscription's consumer state; `by_offset` is the
+    /// queue's dedup ids by the offset they name.
+    fn check_consumer(
+        &self,
+        last_index: u64,
+        by_offset: &BTreeMap<u64, u128>,
+    ) -> Result<(), String> {
+        let label = match &self.subscription {
+            Some(sub) => format!("{}/{sub}", self.name),
+            None => self.name.clone(),
+        };
+        let q = &label;
         // Groups: ordered offsets of pending jobs of that group; only the
         // head may be leased, so at most one lease per group.
         ensure!(
@@ -188,8 +204,26 @@ impl Queue {
                 "{q}: history kept for finished job {offset}"
             );
         }
-        // Dedup: one expiry slot per id, every id names a known offset, and
-        // a finished record exists only while its id is remembered.
+        for (offset, how) in &self.finished {
+            ensure!(
+                by_offset.contains_key(offset),
+                "{q}: finished record {offset} outlived its dedup id"
+            );
+            if let Finished::Dead { .. } = how {
+                ensure!(
+                    !self.jobs.contains_key(offset),
+                    "{q}: dead record for pending job {offset}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Dedup: one expiry slot per id, and every id names a known offset.
+    /// Returns the ids by offset: a finished record, in the queue or a
+    /// subscription, exists only while its id is remembered.
+    fn check_dedup(&self) -> Result<BTreeMap<u64, u128>, String> {
+        let q = &self.name;
         ensure!(
             self.dedup_order.len() == self.dedup.len(),
             "{q}: dedup order and index differ in size"
@@ -217,18 +251,103 @@ impl Queue {
             );
             by_offset.insert(entry.offset, id_hash);
         }
-        for (offset, how) in &self.finished {
-            ensure!(
-                by_offset.contains_key(offset),
-                "{q}: finished record {offset} outlived its dedup id"
-            );
-            if let Finished::Dead { .. } = how {
-                ensure!(
-                    !self.jobs.contains_key(offset),
-                    "{q}: dead record for pending job {offset}"
-                );
+        Ok(by_offset)
+    }
+
+    /// Subscriptions (SPEC 2.3a): each a consumer over the queue's offsets
+    /// and blobs under the queue's configuration and time, holding nothing
+    /// of the queue's own; and the payload holds equal to the real holders.
+    fn check_subscriptions(
+        &self,
+        last_index: u64,
+        by_offset: &BTreeMap<u64, u128>,
+    ) -> Result<(), String> {
+        let q = &self.name;
+        ensure!(
+            self.subscription.is_none(),
+            "{q}: a queue marked as a subscription"
+        );
+        ensure!(
+            self.subscriptions.len() <= SUBSCRIPTIONS_MAX,
+            "{q}: {} subscriptions",
+            self.subscriptions.len()
+        );
+        // Holders of each blob, and its bytes; the default subscription's
+        // blobs apart.
+        let mut holders: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+        let mut own = BTreeSet::new();
+        let mut hold = |consumer: &Queue, own: Option<&mut BTreeSet<u64>>| {
+            let mut seen = BTreeSet::new();
+            let jobs = consumer
+                .jobs
+                .values()
+                .chain(consumer.dead.values().map(|d| &d.job));
+            for job in jobs {
+                if !seen.insert(job.blob) {
+                    return Err(format!(
+                        "{q}: blob {} held twice by one subscription",
+                        job.blob
+                    ));
+                }
+                let entry = holders.entry(job.blob).or_insert((0, job.payload_bytes));
+                entry.0 += 1;
+                if entry.1 != job.payload_bytes {
+                    return Err(format!("{q}: blob {} sizes differ", job.blob));
+                }
             }
+            if let Some(own) = own {
+                *own = seen;
+            }
+            Ok(())
+        };
+        hold(self, Some(&mut own))?;
+        for (name, sub) in &self.subscriptions {
+            ensure!(
+                sub.subscription.as_deref() == Some(name.as_str()),
+                "{q}: subscription `{name}` stored under another name"
+            );
+            ensure!(
+                sub.name == self.name && sub.id == self.id,
+                "{q}: subscription `{name}` names another queue"
+            );
+            ensure!(
+                sub.config == self.config,
+                "{q}: subscription `{name}` has another configuration"
+            );
+            ensure!(
+                sub.clock_ms == self.clock_ms && sub.next_offset == self.next_offset,
+                "{q}: subscription `{name}` clock or next offset differs from the queue's"
+            );
+            ensure!(
+                sub.dedup.is_empty()
+                    && sub.dedup_order.is_empty()
+                    && sub.holds == Holds::default()
+                    && sub.subscriptions.is_empty()
+                    && sub.enqueue_tat_us == 0,
+                "{q}: subscription `{name}` keeps what only the queue keeps"
+            );
+            sub.check_consumer(last_index, by_offset)?;
+            hold(sub, None)?;
         }
+        let shared: BTreeMap<u64, u32> = holders
+            .iter()
+            .filter(|(_, (n, _))| *n >= 2)
+            .map(|(blob, (n, _))| (*blob, *n))
+            .collect();
+        ensure!(
+            shared == self.holds.shared,
+            "{q}: payload holds disagree with the subscriptions that hold them"
+        );
+        let orphans = holders.iter().filter(|(blob, _)| !own.contains(*blob));
+        let (count, bytes) = orphans.fold((0u64, 0u64), |(c, b), (_, (_, size))| {
+            (c + 1, b + u64::from(*size))
+        });
+        ensure!(
+            (count, bytes) == (self.holds.orphans, self.holds.orphan_bytes),
+            "{q}: {} jobs of {} bytes counted as held by subscriptions only, but they hold {count} of {bytes}",
+            self.holds.orphans,
+            self.holds.orphan_bytes
+        );
         Ok(())
     }
 }
@@ -338,8 +457,10 @@ impl State {
     pub fn referenced_blobs(&self) -> BTreeSet<(u64, u64)> {
         let mut out = BTreeSet::new();
         for queue in self.queues.values() {
-            out.extend(queue.jobs.values().map(|j| (queue.id, j.blob)));
-            out.extend(queue.dead.values().map(|d| (queue.id, d.job.blob)));
+            for consumer in std::iter::once(queue).chain(queue.subscriptions.values()) {
+                out.extend(consumer.jobs.values().map(|j| (queue.id, j.blob)));
+                out.extend(consumer.dead.values().map(|d| (queue.id, d.job.blob)));
+            }
         }
         out
     }

@@ -32,7 +32,8 @@ pub use config::{Fairness, GroupPolicy, QueueConfig, RateLimits};
 pub use error::{Code, Error, Result};
 pub use query::*;
 pub use state::{
-    backoff_ms, validate_queue_name, Attempt, AttemptOutcome, Configs, Counters, State,
+    backoff_ms, validate_queue_name, validate_subscription_name, Attempt, AttemptOutcome, Configs,
+    Counters, State,
 };
 
 /// Whether the planted bug named by `bug` is on; always false without the

@@ -32,6 +32,13 @@ pub const PRIORITY_MAX: u8 = 9;
 /// Queues one ack may enqueue chained jobs into (`Command::AckThen`); the
 /// jobs per queue are bounded by that queue's `max_batch`.
 pub const CHAINED_QUEUES_MAX: usize = 16;
+/// Named subscriptions per queue (SPEC 2.3a), besides its default one.
+/// Each costs every job enqueued after it one more record (see
+/// ARCHITECTURE.md), so the bound keeps a queue's memory a small multiple
+/// of its jobs.
+pub const SUBSCRIPTIONS_MAX: usize = 16;
+/// Bytes in a subscription name (the queue-name rules apply).
+pub const SUBSCRIPTION_NAME_BYTES_MAX: usize = 128;
 /// Attempt records kept per job for its dead-letter history.
 pub const HISTORY_LEN_MAX: usize = 32;
 /// Bytes in a fairness key (a tenant's name, SPEC 2.3a).

@@ -39,6 +39,15 @@ pub struct QueueInfo {
     pub stats: QueueStats,
 }
 
+/// One named subscription of a queue (SPEC 2.3a) and its stats, computed
+/// as a queue's are, over the subscription's own jobs, leases and dead
+/// letters. `queue_id` and `next_offset` are the queue's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    pub name: String,
+    pub stats: QueueStats,
+}
+
 /// Which groups a listing shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum GroupStatus {
@@ -203,12 +212,55 @@ impl State {
     /// `fence`. A consume stream asks it of its node's local state before
     /// it releases what it delivered, so a job finished some other way (a
     /// unary ack) costs no write.
+    /// Of the default subscription; [`State::holds_lease_in`] asks a named
+    /// one.
     pub fn holds_lease(&self, name: &str, offset: u64, fence: u64) -> bool {
-        self.queue(name)
+        self.holds_lease_in(name, None, offset, fence)
+    }
+
+    /// [`State::holds_lease`] in subscription `subscription` of queue
+    /// `queue` (`None`: the default subscription). False when either does
+    /// not exist.
+    pub fn holds_lease_in(
+        &self,
+        queue: &str,
+        subscription: Option<&str>,
+        offset: u64,
+        fence: u64,
+    ) -> bool {
+        self.queue(queue)
             .ok()
+            .and_then(|q| q.consumer(subscription))
             .and_then(|q| q.jobs.get(&offset))
             .and_then(|j| j.lease)
             .is_some_and(|l| l.fence == fence)
+    }
+
+    /// The named subscriptions of queue `queue`, by name, with their stats.
+    pub fn list_subscriptions(&self, queue: &str) -> Result<Vec<SubscriptionInfo>> {
+        Ok(self
+            .queue(queue)?
+            .subscriptions
+            .iter()
+            .map(|(name, sub)| SubscriptionInfo {
+                name: name.clone(),
+                stats: sub.stats(),
+            })
+            .collect())
+    }
+
+    /// The stats of subscription `name` of queue `queue`. A name no
+    /// subscription could have is `INVALID_ARGUMENT` naming
+    /// `subscription`; a well-formed one the queue lacks is `NOT_FOUND`.
+    pub fn subscription_stats(&self, queue: &str, name: &str) -> Result<QueueStats> {
+        let q = self.queue(queue)?;
+        crate::state::validate_subscription_name("subscription", name)?;
+        q.subscriptions
+            .get(name)
+            .map(Queue::stats)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("subscription `{name}` of queue `{queue}`"),
+            })
     }
 
     /// The largest batch queue `name` takes (its `max_batch`).

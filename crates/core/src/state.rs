@@ -230,6 +230,72 @@ pub(crate) struct Queue {
     /// Derived and rebuilt like `by_backlog`.
     #[serde(skip)]
     pub by_head: BTreeSet<(u64, u64)>,
+    /// `None` for a queue; `Some(name)` for the consumer side of its
+    /// subscription `name` (SPEC 2.3a), which is a `Queue` too: its jobs,
+    /// groups, leases, attempts, dead letters, buckets and fairness are its
+    /// own, over the queue's offsets and blobs. A subscription's own
+    /// `dedup`, `holds` and `subscriptions` stay empty: the queue lends it
+    /// its `dedup` and `holds` while it runs ([`Queue::lend_to`]).
+    pub subscription: Option<String>,
+    /// The queue's named subscriptions. The queue's own consumer state
+    /// above is the default subscription.
+    pub subscriptions: BTreeMap<String, Queue>,
+    /// Who holds each payload, when the queue has subscriptions.
+    pub holds: Holds,
+}
+
+/// Payload holds across a queue's subscriptions (SPEC 2.3a: a job is
+/// removed once every subscription has finished it).
+///
+/// A job enqueued while the queue has `n` named subscriptions is held by
+/// `1 + n` holders, the default subscription and each named one. Only
+/// blobs with two or more holders are listed, so a queue without
+/// subscriptions keeps nothing here; a blob missing here has one holder,
+/// and its release deletes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Holds {
+    /// Holders of each blob held by two or more subscriptions.
+    pub shared: BTreeMap<u64, u32>,
+    /// Jobs the default subscription finished (acked or purged) that a
+    /// named subscription still holds, and their payload bytes. They still
+    /// occupy storage, so `max_jobs` and `max_bytes` count them.
+    pub orphans: u64,
+    pub orphan_bytes: u64,
+}
+
+impl Holds {
+    /// One holder of `blob` (the default subscription when `by_default`)
+    /// finished it: the payload is deleted when it was the last.
+    fn release(
+        &mut self,
+        queue_id: QueueId,
+        blob: u64,
+        payload_bytes: u32,
+        by_default: bool,
+        effects: &mut Vec<Effect>,
+    ) {
+        match self.shared.get_mut(&blob) {
+            Some(holders) => {
+                *holders -= 1;
+                if *holders == 1 {
+                    self.shared.remove(&blob);
+                }
+                if by_default {
+                    self.orphans += 1;
+                    self.orphan_bytes += u64::from(payload_bytes);
+                }
+            }
+            None => {
+                if !by_default {
+                    // The last holder is a named subscription, so the
+                    // default one finished the job before.
+                    self.orphans -= 1;
+                    self.orphan_bytes -= u64::from(payload_bytes);
+                }
+                effects.push(Effect::DeleteBlob { queue_id, blob });
+            }
+        }
+    }
 }
 
 /// The whole replicated state machine.
@@ -280,17 +346,68 @@ pub(crate) fn check_text(
 /// Queue names: 1 to `QUEUE_NAME_BYTES_MAX` of `[A-Za-z0-9._-]`, so they are
 /// safe in metrics labels, paths and shell commands.
 pub fn validate_queue_name(name: &str) -> Result<()> {
-    check_text("queue", name, QUEUE_NAME_BYTES_MAX, false)?;
+    validate_name("queue", name, QUEUE_NAME_BYTES_MAX)
+}
+
+/// Subscription names follow the queue-name rules: 1 to
+/// `SUBSCRIPTION_NAME_BYTES_MAX` of `[A-Za-z0-9._-]`. `field` is the
+/// request field that carries it.
+pub fn validate_subscription_name(field: &str, name: &str) -> Result<()> {
+    validate_name(field, name, SUBSCRIPTION_NAME_BYTES_MAX)
+}
+
+fn validate_name(field: &str, name: &str, bytes_max: usize) -> Result<()> {
+    check_text(field, name, bytes_max, false)?;
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
         return Err(Error::invalid(
-            "queue",
+            field,
             format!("`{name}` may use only A-Z a-z 0-9 . _ -"),
         ));
     }
     Ok(())
+}
+
+/// The commands a subscription runs (`Command::InSubscription`): the
+/// consumer side. Anything else is refused by name.
+fn check_subscribable(command: &Command) -> Result<()> {
+    match command {
+        Command::Fetch { .. }
+        | Command::Ack { .. }
+        | Command::AckThen { .. }
+        | Command::Nack { .. }
+        | Command::Extend { .. }
+        | Command::Release { .. }
+        | Command::DeadLetter { .. }
+        | Command::SkipHead { .. }
+        | Command::PauseGroup { .. }
+        | Command::ResumeGroup { .. }
+        | Command::RequeueDeadLetter { .. }
+        | Command::PurgeDeadLetters { .. } => Ok(()),
+        Command::InSubscription { .. } => Err(Error::invalid(
+            "command",
+            "InSubscription cannot hold another InSubscription",
+        )),
+        Command::Sequenced { .. } => Err(Error::invalid(
+            "command",
+            "InSubscription cannot hold Sequenced: put InSubscription inside Sequenced",
+        )),
+        other => Err(Error::invalid(
+            "command",
+            format!(
+                "{} is not a consumer command and cannot run in a subscription",
+                other.kind()
+            ),
+        )),
+    }
+}
+
+fn subscription_not_found(queue: &str, name: &str) -> Error {
+    Error::NotFound {
+        what: format!("subscription `{name}` of queue `{queue}`"),
+    }
 }
 
 fn validate_job(config: &QueueConfig, job: &NewJob, index: usize) -> Result<()> {
@@ -474,6 +591,118 @@ impl Queue {
             bands: BTreeMap::new(),
             by_backlog: BTreeSet::new(),
             by_head: BTreeSet::new(),
+            subscription: None,
+            subscriptions: BTreeMap::new(),
+            holds: Holds::default(),
+        }
+    }
+
+    /// What messages call this consumer: the queue, or one of its
+    /// subscriptions.
+    fn label(&self) -> String {
+        match &self.subscription {
+            None => format!("queue `{}`", self.name),
+            Some(sub) => format!("subscription `{sub}` of queue `{}`", self.name),
+        }
+    }
+
+    /// Runs `f` on subscription `sub` (taken out of `subscriptions`) with
+    /// the queue's dedup index and payload holds lent to it, so the
+    /// subscription's finished records follow the queue's dedup window and
+    /// its finished payloads go through the holds. Lending swaps two maps,
+    /// O(1). An offset the subscription gives (a requeue) is the queue's
+    /// next one.
+    fn lend_to<R>(&mut self, sub: &mut Queue, f: impl FnOnce(&mut Queue) -> R) -> R {
+        std::mem::swap(&mut sub.dedup, &mut self.dedup);
+        std::mem::swap(&mut sub.holds, &mut self.holds);
+        sub.next_offset = self.next_offset;
+        let result = f(sub);
+        std::mem::swap(&mut sub.dedup, &mut self.dedup);
+        std::mem::swap(&mut sub.holds, &mut self.holds);
+        self.next_offset = self.next_offset.max(sub.next_offset);
+        result
+    }
+
+    /// [`Queue::lend_to`] subscription `name`, if it exists; every
+    /// subscription then agrees on the next offset.
+    fn in_subscription<R>(&mut self, name: &str, f: impl FnOnce(&mut Queue) -> R) -> Option<R> {
+        let mut sub = self.subscriptions.remove(name)?;
+        let result = self.lend_to(&mut sub, f);
+        self.subscriptions.insert(name.to_string(), sub);
+        self.sync_offsets();
+        Some(result)
+    }
+
+    fn sync_offsets(&mut self) {
+        let next = self.next_offset;
+        for sub in self.subscriptions.values_mut() {
+            sub.next_offset = next;
+        }
+    }
+
+    /// The consumer `subscription` names: the queue itself for `None`.
+    pub(crate) fn consumer(&self, subscription: Option<&str>) -> Option<&Queue> {
+        match subscription {
+            None => Some(self),
+            Some(name) => self.subscriptions.get(name),
+        }
+    }
+
+    /// One holder of the payload of a job this consumer finished is gone.
+    fn release_blob(&mut self, blob: u64, payload_bytes: u32, effects: &mut Vec<Effect>) {
+        let by_default = self.subscription.is_none();
+        self.holds
+            .release(self.id, blob, payload_bytes, by_default, effects);
+    }
+
+    /// Applies a consumer-side command (see [`check_subscribable`]) other
+    /// than a chained ack to this consumer, which the caller has moved to
+    /// cluster time.
+    fn consume(
+        &mut self,
+        stamp: Stamp,
+        command: Command,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Reply> {
+        match command {
+            Command::Fetch {
+                consumer,
+                max,
+                lease_ms,
+                ..
+            } => self.fetch(stamp, consumer, max, lease_ms),
+            Command::Ack { items, .. } => self.ack(items, effects),
+            Command::Nack {
+                offset,
+                fence,
+                delay_ms,
+                ..
+            } => self.nack(offset, fence, delay_ms),
+            Command::Extend {
+                offset,
+                fence,
+                lease_ms,
+                ..
+            } => self.extend(offset, fence, lease_ms),
+            Command::Release { offset, fence, .. } => self.release(offset, fence),
+            Command::DeadLetter {
+                offset,
+                fence,
+                reason,
+                ..
+            } => self.dead_letter(offset, fence, reason),
+            Command::PauseGroup { group, .. } => self.pause(group),
+            Command::ResumeGroup { group, .. } => self.resume(group),
+            Command::SkipHead { group, reason, .. } => self.skip_head(group, reason),
+            Command::RequeueDeadLetter { offset, .. } => self.requeue(offset),
+            Command::PurgeDeadLetters { which, .. } => self.purge(which, effects),
+            other => {
+                check_subscribable(&other)?;
+                Err(Error::invalid(
+                    "command",
+                    format!("{} is not applied here", other.kind()),
+                ))
+            }
         }
     }
 
@@ -772,6 +1001,13 @@ impl Queue {
         self.group_tat_order.insert((next, key.to_string()));
     }
 
+    fn refresh_all_group_heads(&mut self) {
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            self.refresh_group_head(id);
+        }
+    }
+
     fn refresh_group_head(&mut self, group: u64) {
         if group == NO_GROUP {
             return;
@@ -849,7 +1085,19 @@ impl Queue {
             self.dedup_order.pop_front();
             if let Some(entry) = self.dedup.remove(&id_hash) {
                 self.finished.remove(&entry.offset);
+                for sub in self.subscriptions.values_mut() {
+                    sub.finished.remove(&entry.offset);
+                }
             }
+        }
+        // Subscriptions keep the queue's time: their leases expire and
+        // their delays end on the same commands and ticks.
+        if !self.subscriptions.is_empty() {
+            let mut subs = std::mem::take(&mut self.subscriptions);
+            for sub in subs.values_mut() {
+                expired += self.lend_to(sub, |sub| sub.advance(now));
+            }
+            self.subscriptions = subs;
         }
         expired
     }
@@ -882,7 +1130,7 @@ impl Queue {
     fn not_leased(&self, offset: u64, fence: u64) -> Error {
         if offset >= self.next_offset {
             Error::NotFound {
-                what: format!("job at offset {offset} in queue `{}`", self.name),
+                what: format!("job at offset {offset} in {}", self.label()),
             }
         } else {
             Error::LeaseLost { offset, fence }
@@ -1020,9 +1268,17 @@ impl Queue {
     }
 
     /// Adds a job at the tail of its group under a fresh offset.
-    fn push_job(&mut self, mut job: Job, group_key: Option<&str>) -> u64 {
+    fn push_job(&mut self, job: Job, group_key: Option<&str>) -> u64 {
         let offset = self.next_offset;
-        self.next_offset += 1;
+        self.push_job_at(job, group_key, offset);
+        offset
+    }
+
+    /// Adds a job at the tail of its group under `offset`, which is above
+    /// every offset this consumer holds (a subscription gets each job under
+    /// the queue's offset).
+    fn push_job_at(&mut self, mut job: Job, group_key: Option<&str>, offset: u64) {
+        self.next_offset = self.next_offset.max(offset + 1);
         job.group = match group_key {
             None => NO_GROUP,
             Some(key) => {
@@ -1043,11 +1299,36 @@ impl Queue {
         self.enter_lane(band_of(&job), job.fair);
         self.jobs.insert(offset, job);
         self.refresh(offset);
-        offset
     }
 
+    /// Distinct jobs whose payload is still held: the default
+    /// subscription's pending and dead-lettered jobs, and those only named
+    /// subscriptions still hold.
     fn held(&self) -> u64 {
-        (self.jobs.len() + self.dead.len()) as u64
+        (self.jobs.len() + self.dead.len()) as u64 + self.holds.orphans
+    }
+
+    /// Their payload bytes.
+    fn held_bytes(&self) -> u64 {
+        self.bytes + self.holds.orphan_bytes
+    }
+
+    /// Gives a job just stored under `offset` to every subscription as
+    /// well, with the same blob: `job` as stored, before its group and
+    /// fairness key are interned by each subscription.
+    fn fan_out(&mut self, offset: u64, job: &Job, group_key: Option<&str>, fair_key: &str) {
+        if self.subscriptions.is_empty() {
+            return;
+        }
+        for sub in self.subscriptions.values_mut() {
+            let mut copy = job.clone();
+            copy.fair = sub.hold_fair_key(fair_key);
+            sub.push_job_at(copy, group_key, offset);
+            sub.bytes += u64::from(job.payload_bytes);
+            sub.counters.enqueued += 1;
+        }
+        let holders = 1 + self.subscriptions.len() as u32;
+        self.holds.shared.insert(job.blob, holders);
     }
 
     fn enqueue(&mut self, jobs: Vec<NewJob>, effects: &mut Vec<Effect>) -> Result<Reply> {
@@ -1083,13 +1364,14 @@ impl Queue {
                 ),
             ));
         }
-        if self.bytes + new_bytes > self.config.max_bytes {
+        if self.held_bytes() + new_bytes > self.config.max_bytes {
             return Err(Error::exhausted(
                 "max_bytes",
                 self.config.max_bytes,
                 format!(
                     "queue `{}` holds {} bytes and the batch adds {new_bytes}",
-                    self.name, self.bytes
+                    self.name,
+                    self.held_bytes()
                 ),
             ));
         }
@@ -1157,7 +1439,8 @@ impl Queue {
                 continue;
             }
             let payload_bytes = new.payload.len() as u32;
-            let fair = self.hold_fair_key(new.fairness_key.as_deref().unwrap_or(""));
+            let fair_key = new.fairness_key.as_deref().unwrap_or("");
+            let fair = self.hold_fair_key(fair_key);
             let job = Job {
                 id_hash,
                 group: NO_GROUP,
@@ -1171,7 +1454,9 @@ impl Queue {
                 priority: new.priority,
                 fair,
             };
-            let offset = self.push_job(job, new.group.as_deref());
+            let offset = self.next_offset;
+            self.fan_out(offset, &job, new.group.as_deref(), fair_key);
+            self.push_job(job, new.group.as_deref());
             self.bytes += u64::from(payload_bytes);
             // Always vacant, except with the planted ignore-dedup bug: then
             // the id keeps its first offset and its one expiry slot.
@@ -1282,10 +1567,7 @@ impl Queue {
             self.history.remove(&offset);
             self.bytes -= u64::from(job.payload_bytes);
             self.counters.acked += 1;
-            effects.push(Effect::DeleteBlob {
-                queue_id: self.id,
-                blob: job.blob,
-            });
+            self.release_blob(job.blob, job.payload_bytes, effects);
             return AckResult::Acked;
         }
         if self.acked_with(&item) {
@@ -1369,10 +1651,7 @@ impl Queue {
             return Err(Error::exhausted(
                 "paused_empty_groups_max",
                 PAUSED_EMPTY_GROUPS_MAX as u64,
-                format!(
-                    "queue `{}` keeps too many paused groups without jobs",
-                    self.name
-                ),
+                format!("{} keeps too many paused groups without jobs", self.label()),
             ));
         }
         let id = self.group_for(&key);
@@ -1385,7 +1664,7 @@ impl Queue {
         check_text("group", &key, GROUP_BYTES_MAX, false)?;
         let Some(&id) = self.group_ids.get(&key) else {
             return Err(Error::NotFound {
-                what: format!("group `{key}` in queue `{}`", self.name),
+                what: format!("group `{key}` in {}", self.label()),
             });
         };
         let group = self.groups.get_mut(&id).expect("indexed");
@@ -1403,7 +1682,7 @@ impl Queue {
             .get(&key)
             .and_then(|id| self.groups[id].offsets.front().copied())
             .ok_or_else(|| Error::NotFound {
-                what: format!("a job in group `{key}` of queue `{}`", self.name),
+                what: format!("a job in group `{key}` of {}", self.label()),
             })?;
         let job = &self.jobs[&head];
         let fence = match job.lease {
@@ -1429,7 +1708,7 @@ impl Queue {
     fn requeue(&mut self, offset: u64) -> Result<Reply> {
         let Some(dead) = self.dead.remove(&offset) else {
             return Err(Error::NotFound {
-                what: format!("dead letter at offset {offset} in queue `{}`", self.name),
+                what: format!("dead letter at offset {offset} in {}", self.label()),
             });
         };
         let DeadJob {
@@ -1442,10 +1721,20 @@ impl Queue {
         job.last_fence = 0;
         let id_hash = job.id_hash;
         let new_offset = self.push_job(job, group_key.as_deref());
-        if let Some(entry) = self.dedup.get_mut(&id_hash) {
-            if entry.offset == offset {
-                entry.offset = new_offset;
+        // The id's entry follows the default subscription's job; a named
+        // subscription's requeue leaves it (it names the queue's offset).
+        if self.subscription.is_none() {
+            if let Some(entry) = self.dedup.get_mut(&id_hash) {
+                if entry.offset == offset {
+                    entry.offset = new_offset;
+                    // The subscriptions' records of the old offset go
+                    // with its entry (they are kept only while it is).
+                    for sub in self.subscriptions.values_mut() {
+                        sub.finished.remove(&offset);
+                    }
+                }
             }
+            self.sync_offsets();
         }
         Ok(Reply::Requeued { offset: new_offset })
     }
@@ -1463,10 +1752,7 @@ impl Queue {
             if let Some(dead) = self.dead.remove(&offset) {
                 self.release_fair_key(dead.job.fair);
                 self.bytes -= u64::from(dead.job.payload_bytes);
-                effects.push(Effect::DeleteBlob {
-                    queue_id: self.id,
-                    blob: dead.job.blob,
-                });
+                self.release_blob(dead.job.blob, dead.job.payload_bytes, effects);
                 count += 1;
             }
         }
@@ -1477,10 +1763,8 @@ impl Queue {
     fn next_due_ms(&self) -> Option<u64> {
         let lease = self.leases.first().map(|&(t, _)| t);
         let delayed = self.delayed.first().map(|&(t, _)| t);
-        match (lease, delayed) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let subs = self.subscriptions.values().filter_map(Queue::next_due_ms);
+        lease.into_iter().chain(delayed).chain(subs).min()
     }
 }
 
@@ -1496,6 +1780,10 @@ impl State {
         for queue in self.queues.values_mut() {
             queue.rebuild_group_indexes();
             queue.rebuild_ready();
+            for sub in queue.subscriptions.values_mut() {
+                sub.rebuild_group_indexes();
+                sub.rebuild_ready();
+            }
         }
     }
 
@@ -1574,13 +1862,17 @@ impl State {
                 config.validate()?;
                 let queue = self.queue_mut(&name)?;
                 let rates_changed = queue.config.rates != config.rates;
+                // Subscriptions run under their queue's configuration. A
+                // lower group rate holds back the heads waiting now.
+                for sub in queue.subscriptions.values_mut() {
+                    sub.config = config.clone();
+                    if rates_changed {
+                        sub.refresh_all_group_heads();
+                    }
+                }
                 queue.config = config;
                 if rates_changed {
-                    // A lower group rate holds back the heads waiting now.
-                    let ids: Vec<u64> = queue.groups.keys().copied().collect();
-                    for id in ids {
-                        queue.refresh_group_head(id);
-                    }
+                    queue.refresh_all_group_heads();
                 }
                 Ok(Reply::QueueUpdated)
             }
@@ -1604,7 +1896,9 @@ impl State {
                 .queue_mut(&queue)?
                 .fetch(stamp, consumer, max, lease_ms),
             Command::Ack { queue, items } => self.queue_mut(&queue)?.ack(items, effects),
-            Command::AckThen { queue, items, then } => self.ack_then(queue, items, then, effects),
+            Command::AckThen { queue, items, then } => {
+                self.ack_then(queue, None, items, then, effects)
+            }
             Command::Nack {
                 queue,
                 offset,
@@ -1661,6 +1955,78 @@ impl State {
             Command::PurgeDeadLetters { queue, which } => {
                 self.queue_mut(&queue)?.purge(which, effects)
             }
+            Command::InSubscription {
+                subscription,
+                command,
+            } => self.in_subscription(stamp, subscription, *command, effects),
+            Command::CreateSubscription { queue, name } => {
+                let queue = self.queue_mut(&queue)?;
+                validate_subscription_name("name", &name)?;
+                if queue.subscriptions.contains_key(&name) {
+                    return Ok(Reply::SubscriptionCreated { created: false });
+                }
+                check_subscription_room(&queue.name, queue.subscriptions.len())?;
+                // It starts at the queue's next offset, as a Kafka consumer
+                // group at "latest": the jobs enqueued from now on.
+                let mut sub = Queue::new(
+                    queue.id,
+                    queue.name.clone(),
+                    queue.config.clone(),
+                    queue.clock_ms,
+                    queue.next_offset,
+                );
+                sub.subscription = Some(name.clone());
+                queue.subscriptions.insert(name, sub);
+                Ok(Reply::SubscriptionCreated { created: true })
+            }
+            Command::DeleteSubscription { queue, name } => {
+                let queue = self.queue_mut(&queue)?;
+                validate_subscription_name("name", &name)?;
+                let sub = queue
+                    .subscriptions
+                    .remove(&name)
+                    .ok_or_else(|| subscription_not_found(&queue.name, &name))?;
+                // Its holds go, in blob order; a payload nobody else holds
+                // is deleted.
+                let mut held: Vec<(u64, u32)> = sub
+                    .jobs
+                    .values()
+                    .chain(sub.dead.values().map(|d| &d.job))
+                    .map(|j| (j.blob, j.payload_bytes))
+                    .collect();
+                held.sort_unstable();
+                for (blob, bytes) in held {
+                    queue.holds.release(queue.id, blob, bytes, false, effects);
+                }
+                Ok(Reply::SubscriptionDeleted)
+            }
+        }
+    }
+
+    /// A consumer command in a named subscription, checked in
+    /// [`precheck`]'s order: the command's kind, the queue, the
+    /// subscription's name, that it exists, then the command itself.
+    fn in_subscription(
+        &mut self,
+        stamp: Stamp,
+        subscription: String,
+        command: Command,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Reply> {
+        check_subscribable(&command)?;
+        let name = command.queue().expect("a consumer command names its queue");
+        let queue = self.queue_mut(name)?;
+        validate_subscription_name("subscription", &subscription)?;
+        if !queue.subscriptions.contains_key(&subscription) {
+            return Err(subscription_not_found(&queue.name, &subscription));
+        }
+        match command {
+            Command::AckThen { queue, items, then } => {
+                self.ack_then(queue, Some(&subscription), items, then, effects)
+            }
+            command => queue
+                .in_subscription(&subscription, |sub| sub.consume(stamp, command, effects))
+                .expect("checked above"),
         }
     }
 
@@ -1671,6 +2037,7 @@ impl State {
     fn ack_then(
         &mut self,
         queue: String,
+        subscription: Option<&str>,
         items: Vec<AckItem>,
         then: Vec<Chained>,
         effects: &mut Vec<Effect>,
@@ -1690,7 +2057,9 @@ impl State {
                 .expect("checked above")
                 .advance(clock);
         }
-        let source = &self.queues[&queue];
+        let source = self.queues[&queue]
+            .consumer(subscription)
+            .expect("checked by the caller");
         let repeats = items.iter().filter(|i| source.acked_with(i)).count();
         if repeats == items.len() {
             // The whole ack happened before: its jobs were enqueued then.
@@ -1711,10 +2080,18 @@ impl State {
             self.queues[&chained.queue].check_capacity(&chained.jobs)?;
         }
         let source = self.queues.get_mut(&queue).expect("checked above");
-        let acked = items
-            .into_iter()
-            .map(|item| source.ack_one(item, effects))
-            .collect();
+        let ack_all = |consumer: &mut Queue| -> Vec<AckResult> {
+            items
+                .into_iter()
+                .map(|item| consumer.ack_one(item, effects))
+                .collect()
+        };
+        let acked = match subscription {
+            None => ack_all(source),
+            Some(name) => source
+                .in_subscription(name, ack_all)
+                .expect("checked by the caller"),
+        };
         let results = then
             .into_iter()
             .map(|chained| {
@@ -1777,7 +2154,7 @@ impl State {
                 return Ok(());
             }
         }
-        precheck(&|name| self.queues.get(name).map(|q| &q.config), command)
+        precheck(self, command)
     }
 
     /// What [`State::precheck`] reads, copied: one configuration per
@@ -1786,7 +2163,10 @@ impl State {
         Configs(
             self.queues
                 .iter()
-                .map(|(name, q)| (name.clone(), q.config.clone()))
+                .map(|(name, q)| {
+                    let subs = q.subscriptions.keys().cloned().collect();
+                    (name.clone(), (q.config.clone(), subs))
+                })
                 .collect(),
         )
     }
@@ -1798,18 +2178,41 @@ impl State {
     fn replay(&self, command: &Command, reply: Reply) -> Reply {
         match (command, reply) {
             (Command::Fetch { queue, .. }, Reply::Fetched(deliveries)) => {
-                let held = |d: &Delivery| {
-                    self.queues
-                        .get(queue)
-                        .filter(|q| q.id == d.queue_id)
-                        .and_then(|q| q.jobs.get(&d.offset))
-                        .and_then(|j| j.lease)
-                        .is_some_and(|l| l.fence == d.fence)
-                };
-                Reply::Fetched(deliveries.into_iter().filter(held).collect())
+                Reply::Fetched(self.still_held(queue, None, deliveries))
+            }
+            (
+                Command::InSubscription {
+                    subscription,
+                    command,
+                },
+                Reply::Fetched(deliveries),
+            ) if matches!(**command, Command::Fetch { .. }) => {
+                let queue = command.queue().expect("a fetch names its queue");
+                Reply::Fetched(self.still_held(queue, Some(subscription), deliveries))
             }
             (_, reply) => reply,
         }
+    }
+
+    /// The deliveries whose leases are still held under their fences.
+    fn still_held(
+        &self,
+        queue: &str,
+        subscription: Option<&str>,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<Delivery> {
+        let consumer = self
+            .queues
+            .get(queue)
+            .and_then(|q| q.consumer(subscription));
+        let held = |d: &Delivery| {
+            consumer
+                .filter(|q| q.id == d.queue_id)
+                .and_then(|q| q.jobs.get(&d.offset))
+                .and_then(|j| j.lease)
+                .is_some_and(|l| l.fence == d.fence)
+        };
+        deliveries.into_iter().filter(held).collect()
     }
 
     /// Client sessions open now.
@@ -1824,12 +2227,12 @@ impl State {
     }
 }
 
-/// Each queue's configuration: all that [`State::precheck`] reads of the
-/// state. The node publishes one after every apply that changes it and
-/// answers prechecks from it without the state lock (`lockstep-store`'s
-/// `StateHandle::precheck`).
+/// Each queue's configuration and subscription names: all that
+/// [`State::precheck`] reads of the state. The node publishes one after
+/// every apply that changes it and answers prechecks from it without the
+/// state lock (`lockstep-store`'s `StateHandle::precheck`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Configs(BTreeMap<String, QueueConfig>);
+pub struct Configs(BTreeMap<String, (QueueConfig, BTreeSet<String>)>);
 
 impl Configs {
     /// [`State::precheck`] against the state these configurations were
@@ -1840,20 +2243,48 @@ impl Configs {
     /// request is final only once [`State::precheck`] agrees (the request
     /// may have been answered before, and a repeat gets that answer).
     pub fn precheck(&self, command: &Command) -> Result<()> {
-        precheck(&|name| self.0.get(name), command)
+        precheck(self, command)
     }
 }
 
-/// The body of [`State::precheck`] and [`Configs::precheck`], over a
-/// lookup of a queue's configuration by name.
-fn precheck<'a>(
-    config_of: &dyn Fn(&str) -> Option<&'a QueueConfig>,
-    command: &Command,
-) -> Result<()> {
+/// What [`precheck`] reads: a queue's configuration, and its subscriptions.
+trait Facts {
+    fn config_of(&self, queue: &str) -> Option<&QueueConfig>;
+    /// Whether existing queue `queue` has subscription `name`, and how
+    /// many it has.
+    fn subscription_of(&self, queue: &str, name: &str) -> (bool, usize);
+}
+
+impl Facts for State {
+    fn config_of(&self, queue: &str) -> Option<&QueueConfig> {
+        self.queues.get(queue).map(|q| &q.config)
+    }
+    fn subscription_of(&self, queue: &str, name: &str) -> (bool, usize) {
+        self.queues.get(queue).map_or((false, 0), |q| {
+            (q.subscriptions.contains_key(name), q.subscriptions.len())
+        })
+    }
+}
+
+impl Facts for Configs {
+    fn config_of(&self, queue: &str) -> Option<&QueueConfig> {
+        self.0.get(queue).map(|(config, _)| config)
+    }
+    fn subscription_of(&self, queue: &str, name: &str) -> (bool, usize) {
+        self.0
+            .get(queue)
+            .map_or((false, 0), |(_, subs)| (subs.contains(name), subs.len()))
+    }
+}
+
+/// The body of [`State::precheck`] and [`Configs::precheck`].
+fn precheck(facts: &impl Facts, command: &Command) -> Result<()> {
     // The name first, as in `apply` (`queue_mut`).
     let queue = |name: &str| {
         validate_queue_name(name)?;
-        config_of(name).ok_or_else(|| Error::queue_not_found(name))
+        facts
+            .config_of(name)
+            .ok_or_else(|| Error::queue_not_found(name))
     };
     match command {
         Command::CreateQueue { name, config } | Command::UpdateQueue { name, config } => {
@@ -1922,9 +2353,51 @@ fn precheck<'a>(
             if !session::sequenceable(command) {
                 return Err(not_sequenceable());
             }
-            precheck(config_of, command)
+            precheck(facts, command)
+        }
+        Command::InSubscription {
+            subscription,
+            command,
+        } => {
+            check_subscribable(command)?;
+            let name = command.queue().expect("a consumer command names its queue");
+            queue(name)?;
+            validate_subscription_name("subscription", subscription)?;
+            if !facts.subscription_of(name, subscription).0 {
+                return Err(subscription_not_found(name, subscription));
+            }
+            precheck(facts, command)
+        }
+        Command::CreateSubscription { queue: q, name } => {
+            queue(q)?;
+            validate_subscription_name("name", name)?;
+            match facts.subscription_of(q, name) {
+                (true, _) => Ok(()),
+                (false, count) => check_subscription_room(q, count),
+            }
+        }
+        Command::DeleteSubscription { queue: q, name } => {
+            queue(q)?;
+            validate_subscription_name("name", name)?;
+            if !facts.subscription_of(q, name).0 {
+                return Err(subscription_not_found(q, name));
+            }
+            Ok(())
         }
     }
+}
+
+/// Refuses a subscription past [`SUBSCRIPTIONS_MAX`] on queue `queue`,
+/// which has `count`.
+fn check_subscription_room(queue: &str, count: usize) -> Result<()> {
+    if count >= SUBSCRIPTIONS_MAX {
+        return Err(Error::exhausted(
+            "subscriptions_max",
+            SUBSCRIPTIONS_MAX as u64,
+            format!("queue `{queue}` has {count} subscriptions"),
+        ));
+    }
+    Ok(())
 }
 
 fn not_sequenceable() -> Error {

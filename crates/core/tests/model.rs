@@ -10,6 +10,9 @@
 //! of virtual times per (priority, key) and a clock per priority, written
 //! from the rule: a fetch takes the highest priority, then the key with the
 //! smallest (virtual time, oldest ready head), then that key's oldest head.
+//! Named subscriptions (SPEC 2.3a) are further model queues that receive a
+//! copy of every later job under the same offset; a payload is predicted
+//! deleted when a scan finds no subscription still holding its job.
 //!
 //! After every step the test compares the reply (errors by code and the
 //! fields a client acts on), the effects, the payload store, the stats, the
@@ -50,6 +53,8 @@ const PRIORITY_HIGHEST: u8 = 9;
 /// Attempt records kept per job (its dead-letter history).
 const HISTORY_LEN_MAX: usize = 32;
 const CHAINED_QUEUES_LIMIT: usize = 16;
+/// Named subscriptions per queue.
+const SUBSCRIPTIONS_LIMIT: usize = 16;
 /// Fairness: key bytes, named weights, the heaviest weight, and the
 /// virtual time one delivery costs a key of weight 1.
 const FAIRNESS_KEY_BYTES: usize = 128;
@@ -143,6 +148,12 @@ struct MQueue {
     vclocks: BTreeMap<u8, u128>,
     /// The (priority, key) pairs that had a ready head when last looked.
     was_ready: BTreeSet<(u8, String)>,
+    /// Named subscriptions (SPEC 2.3a): each an independent model
+    /// consumer, an `MQueue` that receives a copy of every job enqueued
+    /// after its creation under the same offset and blob. Its `dedup` is
+    /// a copy of the queue's, taken before each of its commands
+    /// ([`MQueue::sub_mut`]); its own changes to it are thrown away.
+    subs: BTreeMap<String, MQueue>,
 }
 
 /// A bucket's (µs per token, tokens when full), or `None` when off.
@@ -334,6 +345,82 @@ impl MQueue {
             vtimes: BTreeMap::new(),
             vclocks: BTreeMap::new(),
             was_ready: BTreeSet::new(),
+            subs: BTreeMap::new(),
+        }
+    }
+
+    /// Subscription `name`, ready for a command: the queue's dedup ids
+    /// copied in, and the queue's next offset.
+    fn sub_mut(&mut self, name: &str) -> Option<&mut MQueue> {
+        let dedup = self.dedup.clone();
+        let next_offset = self.next_offset;
+        let sub = self.subs.get_mut(name)?;
+        sub.dedup = dedup;
+        sub.next_offset = next_offset;
+        Some(sub)
+    }
+
+    /// Whether the default subscription or a named one still holds `blob`
+    /// (pending or dead-lettered): a scan, not a count.
+    fn holds(&self, blob: u64) -> bool {
+        std::iter::once(self)
+            .chain(self.subs.values())
+            .any(|c| c.held().any(|j| j.blob == blob))
+    }
+
+    /// Distinct held jobs of every subscription, and their payload bytes:
+    /// what the queue's limits count.
+    fn held_everywhere(&self) -> (u64, u64) {
+        let mut blobs: BTreeMap<u64, u64> = BTreeMap::new();
+        for c in std::iter::once(self).chain(self.subs.values()) {
+            for j in c.held() {
+                blobs.insert(j.blob, j.payload.len() as u64);
+            }
+        }
+        (blobs.len() as u64, blobs.values().sum())
+    }
+
+    /// A consumer-side command on this consumer (the queue's default
+    /// subscription, or a named one).
+    fn consume(&mut self, index: u64, cmd: &Command, fx: &mut Vec<Effect>) -> Result<Reply, Fail> {
+        match cmd {
+            Command::Fetch {
+                consumer,
+                max,
+                lease_ms,
+                ..
+            } => self.fetch(index, consumer, *max, *lease_ms),
+            Command::Ack { items, .. } => {
+                batch_ok(items.len(), &self.config)?;
+                Ok(Reply::Acked(
+                    items.iter().map(|item| self.ack_one(*item, fx)).collect(),
+                ))
+            }
+            Command::Nack {
+                offset,
+                fence,
+                delay_ms,
+                ..
+            } => self.nack(*offset, *fence, *delay_ms),
+            Command::Extend {
+                offset,
+                fence,
+                lease_ms,
+                ..
+            } => self.extend(*offset, *fence, *lease_ms),
+            Command::Release { offset, fence, .. } => self.release(*offset, *fence),
+            Command::DeadLetter {
+                offset,
+                fence,
+                reason,
+                ..
+            } => self.dead_letter(*offset, *fence, reason),
+            Command::PauseGroup { group, .. } => self.pause(group),
+            Command::SkipHead { group, reason, .. } => self.skip_head(group, reason),
+            Command::ResumeGroup { group, .. } => self.resume(group),
+            Command::RequeueDeadLetter { offset, .. } => self.requeue(*offset),
+            Command::PurgeDeadLetters { which, .. } => self.purge(which, fx),
+            other => panic!("model: {other:?} is not a consumer command"),
         }
     }
 
@@ -547,7 +634,14 @@ impl MQueue {
         self.settle();
         // (5) Keys with a ready head again start at their band's clock.
         self.sync_fairness();
-        due.len() as u32
+        // (6) Subscriptions keep the queue's time.
+        let dedup = self.dedup.clone();
+        let mut expired = due.len() as u32;
+        for sub in self.subs.values_mut() {
+            sub.dedup = dedup.clone();
+            expired += sub.advance(now);
+        }
+        expired
     }
 
     fn job(&mut self, offset: u64) -> &mut MJob {
@@ -664,8 +758,7 @@ impl MQueue {
                 new_bytes += job.payload.len() as u64;
             }
         }
-        let held = self.held().count() as u64;
-        let bytes: u64 = self.held().map(|j| j.payload.len() as u64).sum();
+        let (held, bytes) = self.held_everywhere();
         if held + new_ids.len() as u64 > self.config.max_jobs {
             return Err(Fail::Exhausted {
                 limit: "max_jobs".into(),
@@ -734,6 +827,19 @@ impl MQueue {
             if let Some(key) = &new.group {
                 let group = self.groups.entry(key.clone()).or_default();
                 group.offsets.push_back(offset);
+            }
+            let copy = self.jobs[&offset].clone();
+            for sub in self.subs.values_mut() {
+                sub.jobs.insert(offset, copy.clone());
+                if let Some(key) = &new.group {
+                    sub.groups
+                        .entry(key.clone())
+                        .or_default()
+                        .offsets
+                        .push_back(offset);
+                }
+                sub.next_offset = offset + 1;
+                sub.counters.enqueued += 1;
             }
             self.dedup.insert(
                 new.id.clone(),
@@ -1082,6 +1188,7 @@ impl MQueue {
                 None if j.not_before_ms > self.clock_ms => Some(j.not_before_ms),
                 None => None,
             })
+            .chain(self.subs.values().filter_map(MQueue::next_due_ms))
             .min()
     }
 }
@@ -1097,7 +1204,25 @@ impl Model {
         for queue in self.queues.values_mut() {
             queue.settle();
             queue.sync_fairness();
+            let next = std::iter::once(queue.next_offset)
+                .chain(queue.subs.values().map(|s| s.next_offset))
+                .max()
+                .expect("one at least");
+            queue.next_offset = next;
+            for sub in queue.subs.values_mut() {
+                sub.next_offset = next;
+                sub.settle();
+                sub.sync_fairness();
+            }
         }
+        // A payload goes once no subscription holds its job any more.
+        fx.retain(|e| match e {
+            Effect::DeleteBlob { queue_id, blob } => !self
+                .queues
+                .values()
+                .any(|q| q.id == *queue_id && q.holds(*blob)),
+            _ => true,
+        });
         assert!(
             reply.is_ok() || fx.is_empty(),
             "model: a failure left effects"
@@ -1118,6 +1243,7 @@ impl Model {
     fn ack_then(
         &mut self,
         queue: &str,
+        sub: Option<&str>,
         items: &[AckItem],
         then: &[Chained],
         fx: &mut Vec<Effect>,
@@ -1150,7 +1276,17 @@ impl Model {
                 .advance(clock);
             self.advanced_too.push(c.queue.clone());
         }
-        let source = &self.queues[queue];
+        if let Some(name) = sub {
+            self.queues
+                .get_mut(queue)
+                .expect("checked")
+                .sub_mut(name)
+                .expect("checked by the caller");
+        }
+        let source = match sub {
+            None => &self.queues[queue],
+            Some(name) => &self.queues[queue].subs[name],
+        };
         if items.iter().all(|i| source.acked_with(*i)) {
             return Ok(Reply::AckedThen {
                 acked: vec![AckResult::AlreadyAcked; items.len()],
@@ -1166,7 +1302,11 @@ impl Model {
                 .clone()
                 .enqueue(&c.jobs, &mut Vec::new())?;
         }
-        let source = self.queues.get_mut(queue).expect("checked");
+        let q = self.queues.get_mut(queue).expect("checked");
+        let source = match sub {
+            None => q,
+            Some(name) => q.subs.get_mut(name).expect("checked"),
+        };
         let acked = items.iter().map(|i| source.ack_one(*i, fx)).collect();
         let then = then
             .iter()
@@ -1219,7 +1359,11 @@ impl Model {
                 if !config_ok(config) {
                     return Err(Fail::Invalid);
                 }
-                self.queue(name)?.config = config.clone();
+                let q = self.queue(name)?;
+                q.config = config.clone();
+                for sub in q.subs.values_mut() {
+                    sub.config = config.clone();
+                }
                 Ok(Reply::QueueUpdated)
             }
             Command::DeleteQueue { name } => {
@@ -1242,7 +1386,7 @@ impl Model {
                     items.iter().map(|item| q.ack_one(*item, fx)).collect(),
                 ))
             }
-            Command::AckThen { queue, items, then } => self.ack_then(queue, items, then, fx),
+            Command::AckThen { queue, items, then } => self.ack_then(queue, None, items, then, fx),
             Command::Nack {
                 queue,
                 offset,
@@ -1280,6 +1424,77 @@ impl Model {
             Command::ResumeGroup { queue, group } => self.queue(queue)?.resume(group),
             Command::RequeueDeadLetter { queue, offset } => self.queue(queue)?.requeue(*offset),
             Command::PurgeDeadLetters { queue, which } => self.queue(queue)?.purge(which, fx),
+            Command::InSubscription {
+                subscription,
+                command,
+            } => {
+                let allowed = matches!(
+                    **command,
+                    Command::Fetch { .. }
+                        | Command::Ack { .. }
+                        | Command::AckThen { .. }
+                        | Command::Nack { .. }
+                        | Command::Extend { .. }
+                        | Command::Release { .. }
+                        | Command::DeadLetter { .. }
+                        | Command::SkipHead { .. }
+                        | Command::PauseGroup { .. }
+                        | Command::ResumeGroup { .. }
+                        | Command::RequeueDeadLetter { .. }
+                        | Command::PurgeDeadLetters { .. }
+                );
+                if !allowed {
+                    return Err(Fail::Invalid);
+                }
+                let queue = command.queue().expect("names a queue");
+                let q = self.queue(queue)?;
+                if !queue_name_ok(subscription) {
+                    return Err(Fail::Invalid);
+                }
+                let sub = q.sub_mut(subscription).ok_or(Fail::NotFound)?;
+                match &**command {
+                    Command::AckThen { items, then, .. } => {
+                        self.ack_then(queue, Some(subscription), items, then, fx)
+                    }
+                    inner => sub.consume(index, inner, fx),
+                }
+            }
+            Command::CreateSubscription { queue, name } => {
+                let q = self.queue(queue)?;
+                if !queue_name_ok(name) {
+                    return Err(Fail::Invalid);
+                }
+                if q.subs.contains_key(name) {
+                    return Ok(Reply::SubscriptionCreated { created: false });
+                }
+                if q.subs.len() >= SUBSCRIPTIONS_LIMIT {
+                    return Err(Fail::Exhausted {
+                        limit: "subscriptions_max".into(),
+                        max: SUBSCRIPTIONS_LIMIT as u64,
+                    });
+                }
+                let sub = MQueue::new(q.id, q.config.clone(), q.clock_ms, q.next_offset);
+                q.subs.insert(name.clone(), sub);
+                Ok(Reply::SubscriptionCreated { created: true })
+            }
+            Command::DeleteSubscription { queue, name } => {
+                let q = self.queue(queue)?;
+                if !queue_name_ok(name) {
+                    return Err(Fail::Invalid);
+                }
+                let sub = q.subs.remove(name).ok_or(Fail::NotFound)?;
+                let mut blobs: Vec<u64> = sub.held().map(|j| j.blob).collect();
+                blobs.sort_unstable();
+                for blob in blobs {
+                    if !q.holds(blob) {
+                        fx.push(Effect::DeleteBlob {
+                            queue_id: q.id,
+                            blob,
+                        });
+                    }
+                }
+                Ok(Reply::SubscriptionDeleted)
+            }
         }
     }
 }
@@ -1301,6 +1516,9 @@ const CONSUMERS: [&str; 4] = ["w1", "w2", "", "bad\nname"];
 /// Fairness keys; `""` is also what a job without one shares.
 const TENANTS: [&str; 4] = ["", "t1", "t2", "t3"];
 const REASONS: [&str; 3] = ["poison", "", "bad\u{7}reason"];
+/// Subscription names: `s3` is rarely created, and the last is no valid
+/// name.
+const SUBS: [&str; 4] = ["s1", "s2", "s3", "bad name"];
 
 /// One way to make a job invalid.
 #[derive(Clone, Copy, Debug)]
@@ -1449,6 +1667,19 @@ enum Op {
     Entry(Vec<Op>),
     /// Snapshot, restore, and carry on with the restored state.
     Snapshot,
+    CreateSub {
+        q: usize,
+        s: usize,
+    },
+    DeleteSub {
+        q: usize,
+        s: usize,
+    },
+    /// `op` in subscription `s` (`Command::InSubscription`).
+    InSub {
+        s: usize,
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -1462,6 +1693,10 @@ impl Op {
             | Op::Extend { q, .. }
             | Op::Release { q, .. }
             | Op::DeadLetter { q, .. } => *q = queue,
+            Op::InSub { op, .. } => {
+                let inner = std::mem::replace(&mut **op, Op::Tick);
+                **op = inner.on(queue);
+            }
             _ => {}
         }
         self
@@ -1721,18 +1956,57 @@ fn lease_call_op() -> impl Strategy<Value = Op> {
         8 => (queue(), target(), reason)
             .prop_map(|(q, target, reason)| Op::DeadLetter { q, target, reason }),
     ]
+    .boxed()
+}
+
+/// A subscription name, by index into `SUBS`.
+fn sub() -> impl Strategy<Value = usize> {
+    prop_oneof![12 => Just(0usize), 8 => Just(1), 1 => Just(2), 1 => Just(3)]
+}
+
+/// A command in a subscription: mostly the consumer side; sometimes a
+/// command no subscription runs, or a nested wrapper.
+fn in_sub_op() -> impl Strategy<Value = Op> {
+    let inner = prop_oneof![
+        20 => fetch_op(),
+        36 => lease_call_op(),
+        2 => (queue(), 0usize..GROUPS.len())
+            .prop_map(|(q, group)| Op::Pause { q, group, bad: false }),
+        3 => (queue(), 0usize..GROUPS.len())
+            .prop_map(|(q, group)| Op::Resume { q, group, bad: false }),
+        2 => (queue(), 0usize..GROUPS.len())
+            .prop_map(|(q, group)| Op::Skip { q, group, reason: 0 }),
+        4 => (queue(), dead_target()).prop_map(|(q, target)| Op::Requeue { q, target }),
+        3 => (queue(), prop::option::weighted(0.6, dead_targets()))
+            .prop_map(|(q, which)| Op::Purge { q, which }),
+        1 => queue().prop_map(|q| Op::Enqueue { q, jobs: Vec::new(), fault: None }),
+        1 => (sub(), fetch_op()).prop_map(|(s, op)| Op::InSub { s, op: Box::new(op) }),
+    ];
+    // Boxed, as `config_valid` is: the value trees nest deeply.
+    (sub(), inner)
+        .prop_map(|(s, op)| Op::InSub {
+            s,
+            op: Box::new(op),
+        })
+        .boxed()
 }
 
 /// What one log entry of a busy server is made of. Half the entries
 /// fetch, end a lease and fetch again, which is where a job released in
 /// the entry that granted it must not be granted twice.
 fn entry_op() -> impl Strategy<Value = Op> {
-    let any_op = prop_oneof![1 => fetch_op(), 2 => lease_call_op()];
+    let any_op = prop_oneof![
+        1 => fetch_op(),
+        2 => lease_call_op(),
+        1 => (sub(), prop_oneof![fetch_op(), lease_call_op()])
+            .prop_map(|(s, op)| Op::InSub { s, op: Box::new(op) }),
+    ];
     prop_oneof![
         prop::collection::vec(any_op, 2..=4).prop_map(Op::Entry),
         (queue(), fetch_op(), lease_call_op(), fetch_op())
             .prop_map(|(q, a, b, c)| Op::Entry(vec![a.on(q), b.on(q), c.on(q)])),
     ]
+    .boxed()
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1761,6 +2035,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(q, which)| Op::Purge { q, which }),
         12 => entry_op(),
         4 => Just(Op::Snapshot),
+        4 => (queue(), sub()).prop_map(|(q, s)| Op::CreateSub { q, s }),
+        1 => (queue(), sub()).prop_map(|(q, s)| Op::DeleteSub { q, s }),
+        60 => in_sub_op(),
     ]
 }
 
@@ -1809,7 +2086,8 @@ struct Run {
     /// The current leader's clock; stamps may lag it by a step's skew.
     leader_ms: u64,
     index: u64,
-    /// Every delivery so far: (queue, offset, fence).
+    /// Every delivery so far: (consumer, offset, fence), the consumer
+    /// being `queue` or `queue/subscription`.
     delivered: Vec<(String, u64, u64)>,
 }
 
@@ -1825,6 +2103,14 @@ impl Run {
         }
     }
 
+    /// The model consumer `key` names (`queue` or `queue/subscription`).
+    fn consumer(&self, key: &str) -> Option<&MQueue> {
+        match key.split_once('/') {
+            None => self.model.queues.get(key),
+            Some((queue, sub)) => self.model.queues.get(queue)?.subs.get(sub),
+        }
+    }
+
     fn lease(&self, target: &Target, queue: &str) -> (u64, u64) {
         let pool: Vec<(u64, u64)> = self
             .delivered
@@ -1832,7 +2118,7 @@ impl Run {
             .filter(|(q, _, _)| q == queue)
             .map(|(_, o, f)| (*o, *f))
             .collect();
-        let live: Vec<(u64, u64)> = self.model.queues.get(queue).map_or(Vec::new(), |q| {
+        let live: Vec<(u64, u64)> = self.consumer(queue).map_or(Vec::new(), |q| {
             q.pending()
                 .filter_map(|(o, j)| j.lease.as_ref().map(|l| (o, l.fence)))
                 .collect()
@@ -1860,7 +2146,7 @@ impl Run {
     }
 
     fn dead(&self, target: &DeadTarget, queue: &str) -> u64 {
-        let dead: Vec<u64> = self.model.queues.get(queue).map_or(Vec::new(), |q| {
+        let dead: Vec<u64> = self.consumer(queue).map_or(Vec::new(), |q| {
             q.dead_letters().iter().map(|d| d.offset).collect()
         });
         match target {
@@ -1871,7 +2157,29 @@ impl Run {
     }
 
     fn command(&self, op: &Op) -> Command {
+        self.command_at(op, None)
+    }
+
+    /// `op` as a command; its leases and dead letters are those of
+    /// subscription `sub` (`None`: the default one).
+    fn command_at(&self, op: &Op, sub: Option<&str>) -> Command {
+        let key = |q: usize| match sub {
+            None => QUEUES[q].to_string(),
+            Some(s) => format!("{}/{s}", QUEUES[q]),
+        };
         match op {
+            Op::CreateSub { q, s } => Command::CreateSubscription {
+                queue: QUEUES[*q].to_string(),
+                name: SUBS[*s].to_string(),
+            },
+            Op::DeleteSub { q, s } => Command::DeleteSubscription {
+                queue: QUEUES[*q].to_string(),
+                name: SUBS[*s].to_string(),
+            },
+            Op::InSub { s, op } => Command::InSubscription {
+                subscription: SUBS[*s].to_string(),
+                command: Box::new(self.command_at(op, Some(SUBS[*s]))),
+            },
             Op::Create {
                 q,
                 config,
@@ -1919,11 +2227,11 @@ impl Run {
             },
             Op::Ack { q, items } => Command::Ack {
                 queue: QUEUES[*q].to_string(),
-                items: self.ack_items(items, QUEUES[*q]),
+                items: self.ack_items(items, &key(*q)),
             },
             Op::AckThen { q, items, then } => Command::AckThen {
                 queue: QUEUES[*q].to_string(),
-                items: self.ack_items(items, QUEUES[*q]),
+                items: self.ack_items(items, &key(*q)),
                 then: then
                     .iter()
                     .map(|(q, jobs)| Chained {
@@ -1937,7 +2245,7 @@ impl Run {
                 target,
                 delay_ms,
             } => {
-                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                let (offset, fence) = self.lease(target, &key(*q));
                 Command::Nack {
                     queue: QUEUES[*q].to_string(),
                     offset,
@@ -1950,7 +2258,7 @@ impl Run {
                 target,
                 lease_ms,
             } => {
-                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                let (offset, fence) = self.lease(target, &key(*q));
                 Command::Extend {
                     queue: QUEUES[*q].to_string(),
                     offset,
@@ -1959,7 +2267,7 @@ impl Run {
                 }
             }
             Op::Release { q, target } => {
-                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                let (offset, fence) = self.lease(target, &key(*q));
                 Command::Release {
                     queue: QUEUES[*q].to_string(),
                     offset,
@@ -1967,7 +2275,7 @@ impl Run {
                 }
             }
             Op::DeadLetter { q, target, reason } => {
-                let (offset, fence) = self.lease(target, QUEUES[*q]);
+                let (offset, fence) = self.lease(target, &key(*q));
                 Command::DeadLetter {
                     queue: QUEUES[*q].to_string(),
                     offset,
@@ -1991,14 +2299,14 @@ impl Run {
             },
             Op::Requeue { q, target } => Command::RequeueDeadLetter {
                 queue: QUEUES[*q].to_string(),
-                offset: self.dead(target, QUEUES[*q]),
+                offset: self.dead(target, &key(*q)),
             },
             Op::Purge { q, which } => Command::PurgeDeadLetters {
                 queue: QUEUES[*q].to_string(),
                 which: match which {
                     None => PurgeSelector::All,
                     Some(list) => PurgeSelector::Offsets(
-                        list.iter().map(|t| self.dead(t, QUEUES[*q])).collect(),
+                        list.iter().map(|t| self.dead(t, &key(*q))).collect(),
                     ),
                 },
             },
@@ -2084,11 +2392,12 @@ impl Run {
         }
         if let Ok(Reply::Fetched(deliveries)) = &got {
             let queue = cmd.queue().expect("a fetch names its queue");
-            self.delivered.extend(
-                deliveries
-                    .iter()
-                    .map(|d| (queue.to_string(), d.offset, d.fence)),
-            );
+            let key = match &cmd {
+                Command::InSubscription { subscription, .. } => format!("{queue}/{subscription}"),
+                _ => queue.to_string(),
+            };
+            self.delivered
+                .extend(deliveries.iter().map(|d| (key.clone(), d.offset, d.fence)));
         }
         self.store.apply_effects(&effects);
         self.check(n).map_err(|e| format!("{e}\n  after {cmd:?}"))
@@ -2155,6 +2464,55 @@ impl Run {
             }
             self.check_groups(n, name, q)?;
             self.check_dead_letters(n, name, q)?;
+            self.check_subscriptions(n, name, q)?;
+        }
+        Ok(())
+    }
+
+    /// Each subscription's stats, leases and payloads.
+    fn check_subscriptions(&self, n: usize, name: &str, q: &MQueue) -> Result<(), String> {
+        let listed = self
+            .state
+            .list_subscriptions(name)
+            .map_err(|e| e.to_string())?;
+        let want: Vec<SubscriptionInfo> = q
+            .subs
+            .iter()
+            .map(|(s, sub)| SubscriptionInfo {
+                name: s.clone(),
+                stats: sub.stats(),
+            })
+            .collect();
+        same!(listed, want, "step {n}: subscriptions of {name}");
+        for s in SUBS {
+            let got = self
+                .state
+                .subscription_stats(name, s)
+                .map_err(|e| fail_of(&e));
+            let want = match q.subs.get(s) {
+                Some(sub) => Ok(sub.stats()),
+                None if s.contains(' ') => Err(Fail::Invalid),
+                None => Err(Fail::NotFound),
+            };
+            same!(got, want, "step {n}: stats of {name}/{s}");
+        }
+        for (s, sub) in &q.subs {
+            for (offset, job) in sub.pending() {
+                let fence = job.lease.as_ref().map_or(0, |l| l.fence);
+                same!(
+                    self.state.holds_lease_in(name, Some(s), offset, fence),
+                    job.lease.is_some(),
+                    "step {n}: lease of {name}/{s} at {offset}"
+                );
+            }
+            for job in sub.held() {
+                same!(
+                    self.store.get(q.id, job.blob).map(|b| b.payload),
+                    Some(job.payload.clone()),
+                    "step {n}: payload of {name}/{s} blob {}",
+                    job.blob
+                );
+            }
         }
         Ok(())
     }
@@ -2273,19 +2631,30 @@ impl Run {
     }
 }
 
-fn run(config_1: &QueueConfig, config_2: &QueueConfig, steps: &[Step]) -> Result<(), String> {
+fn run(
+    config_1: &QueueConfig,
+    config_2: &QueueConfig,
+    subs: &[(usize, usize)],
+    steps: &[Step],
+) -> Result<(), String> {
     let mut run = Run::new();
-    let setup = [(0, config_1), (1, config_2)].map(|(q, config)| Step {
-        dt_ms: 0,
-        same_entry: false,
-        skew_ms: 0,
-        op: Op::Create {
-            q,
-            config: config.clone(),
-            same: false,
-            bad_name: false,
-        },
+    let queues = [(0, config_1), (1, config_2)].map(|(q, config)| Op::Create {
+        q,
+        config: config.clone(),
+        same: false,
+        bad_name: false,
     });
+    let subs = subs.iter().map(|&(q, s)| Op::CreateSub { q, s });
+    let setup: Vec<Step> = queues
+        .into_iter()
+        .chain(subs)
+        .map(|op| Step {
+            dt_ms: 0,
+            same_entry: false,
+            skew_ms: 0,
+            op,
+        })
+        .collect();
     for (n, step) in setup.iter().chain(steps).enumerate() {
         run.step(n, step)?;
     }
@@ -2308,8 +2677,10 @@ proptest! {
     fn the_core_agrees_with_the_naive_model(
         config_1 in config_valid(),
         config_2 in config_valid(),
+        // Subscriptions made at the start, so most cases run with some.
+        subs in prop::collection::vec((0usize..2, 0usize..2), 0..=3),
         steps in prop::collection::vec(step(), 60..=120),
     ) {
-        run(&config_1, &config_2, &steps).map_err(TestCaseError::fail)?;
+        run(&config_1, &config_2, &subs, &steps).map_err(TestCaseError::fail)?;
     }
 }

@@ -112,6 +112,23 @@ pub fn commands() -> Vec<Command> {
             queue: q(QUEUE_PARKING),
             which: PurgeSelector::All,
         },
+        Command::CreateSubscription {
+            queue: q(QUEUE_DEFAULT),
+            name: q("audit"),
+        },
+        Command::InSubscription {
+            subscription: q("audit"),
+            command: Box::new(Command::Fetch {
+                queue: q(QUEUE_DEFAULT),
+                consumer: q("w"),
+                max: 2,
+                lease_ms: 0,
+            }),
+        },
+        Command::DeleteSubscription {
+            queue: q(QUEUE_DEFAULT),
+            name: q("audit"),
+        },
     ]
 }
 

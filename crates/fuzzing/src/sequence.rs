@@ -33,6 +33,9 @@ const IDS: [&str; 9] = ["j0", "j1", "j2", "j3", "j4", "j5", "j6", "j7", ""];
 const PAYLOADS: [&[u8]; 4] = [b"", b"p", b"pq", b"payload-over-16-bytes"];
 const CONSUMERS: [&str; 3] = ["c0", "c1", "bell\u{7}"];
 const REASONS: [&str; 3] = ["", "poison", "line\nbreak"];
+/// Subscription names: one often made, one rarely, one no subscription can
+/// have.
+const SUBSCRIPTIONS: [&str; 3] = ["s0", "s1", "no spaces"];
 /// Time steps: mostly small, sometimes past a lease, a backoff or a window.
 const ADVANCE_MS: [u64; 10] = [
     0,
@@ -132,7 +135,7 @@ impl Run {
 
     fn command(&self, u: &mut Unstructured<'_>) -> Result<Command> {
         let queue = pick(u, &QUEUES)?.to_string();
-        Ok(match u.int_in_range(0..=15u8)? {
+        Ok(match u.int_in_range(0..=17u8)? {
             0 => Command::CreateQueue {
                 name: queue,
                 config: config(u)?,
@@ -207,6 +210,24 @@ impl Run {
                     Command::PauseGroup { queue, group }
                 } else {
                     Command::ResumeGroup { queue, group }
+                }
+            }
+            16 => {
+                let name = pick(u, &SUBSCRIPTIONS)?.to_string();
+                if u.ratio(1u8, 4u8)? {
+                    Command::DeleteSubscription { queue, name }
+                } else {
+                    Command::CreateSubscription { queue, name }
+                }
+            }
+            // A consumer command of this same generator, in a subscription
+            // (a command no subscription runs is refused by name).
+            17 => {
+                let subscription = pick(u, &SUBSCRIPTIONS)?.to_string();
+                let command = Box::new(self.command(u)?);
+                Command::InSubscription {
+                    subscription,
+                    command,
                 }
             }
             14 => Command::RequeueDeadLetter {

@@ -51,6 +51,16 @@ impl Sim {
 
     /// Applies `command` in the entry of the previous command (same index).
     pub fn run_in_same_entry(&mut self, command: Command) -> Result<Reply> {
+        self.run_in_same_entry_with_effects(command).0
+    }
+
+    /// [`Sim::run`], also returning the effects the command produced.
+    pub fn run_with_effects(&mut self, command: Command) -> (Result<Reply>, Vec<Effect>) {
+        self.index += 1;
+        self.run_in_same_entry_with_effects(command)
+    }
+
+    fn run_in_same_entry_with_effects(&mut self, command: Command) -> (Result<Reply>, Vec<Effect>) {
         let mut effects = Vec::new();
         let stamp = Stamp {
             index: self.index,
@@ -68,7 +78,7 @@ impl Sim {
         self.store
             .check_against(&self.state)
             .expect("payload store agrees");
-        reply
+        (reply, effects)
     }
 
     pub fn advance(&mut self, ms: u64) {
