@@ -32,6 +32,7 @@ fn place(id: u64, seq: u64) -> Option<pb::Session> {
 
 fn fetch_in(session: Option<pb::Session>, max: u32) -> pb::FetchRequest {
     pb::FetchRequest {
+        subscription: String::new(),
         queue: Q.into(),
         consumer: "w".into(),
         max,
@@ -81,6 +82,7 @@ async fn a_repeated_request_under_a_session_applies_once() {
         let nack = |node_q: &mut Queue| {
             let mut node_q = node_q.clone();
             let request = pb::NackRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 offset: d.offset,
                 fence: d.fence,
@@ -130,6 +132,7 @@ async fn a_leader_without_quorum_answers_in_bounded_time_and_sheds_load() {
         let release = tokio::time::timeout(
             ANSWER_MAX,
             q.release(pb::ReleaseRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 offset: d.offset,
                 fence: d.fence,

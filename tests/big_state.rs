@@ -192,6 +192,7 @@ async fn a_status_loop_on_a_million_jobs_changes_no_term() {
                         .await?;
                         let got = q
                             .fetch(pb::FetchRequest {
+                                subscription: String::new(),
                                 queue: Q.into(),
                                 consumer: "load".into(),
                                 max: 10,
@@ -210,6 +211,7 @@ async fn a_status_loop_on_a_million_jobs_changes_no_term() {
                             })
                             .collect();
                         q.ack(pb::AckRequest {
+                            subscription: String::new(),
                             queue: Q.into(),
                             items,
                             then: Vec::new(),

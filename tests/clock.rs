@@ -37,6 +37,7 @@ fn step_clock(dir: &Path, id: u64, offset: &str) {
 
 async fn fetch_wait(q: &mut Queue, consumer: &str, wait_ms: u64) -> Vec<pb::Delivery> {
     q.fetch(pb::FetchRequest {
+        subscription: String::new(),
         queue: Q.into(),
         consumer: consumer.into(),
         max: 10,

@@ -76,6 +76,7 @@ async fn writes_through_followers_are_forwarded_and_one_id_makes_one_job() {
         // A stale fence is FAILED_PRECONDITION, through a follower too.
         let stale = q
             .nack(pb::NackRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 offset: 1,
                 fence: 1,

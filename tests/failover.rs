@@ -100,6 +100,7 @@ async fn leader_kill_keeps_leases_offsets_and_ids() {
         let mut lq = queue(c, new_leader).await;
         let wrong = lq
             .ack(pb::AckRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 items: vec![pb::AckItem {
                     offset: held[0].offset,

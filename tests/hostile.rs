@@ -111,6 +111,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
         assert!(message.contains("queue"), "{message}");
         let (code, message) = code_of(
             q.fetch(pb::FetchRequest {
+                subscription: String::new(),
                 queue: String::new(),
                 consumer: "w".into(),
                 max: 1,
@@ -124,6 +125,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
         // A lease over the 12 h ceiling.
         let (code, message) = code_of(
             q.fetch(pb::FetchRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 consumer: "w".into(),
                 max: 1,
@@ -137,6 +139,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
         assert!(message.contains("lease_ms"), "{message}");
         let (code, _) = code_of(
             q.extend(pb::ExtendRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 offset: d[0].offset,
                 fence: d[0].fence,
@@ -149,6 +152,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
         // A fetch of zero.
         let (code, _) = code_of(
             q.fetch(pb::FetchRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 consumer: "w".into(),
                 max: 0,
@@ -170,6 +174,7 @@ async fn bad_requests_get_their_code_and_store_nothing() {
         // fails with FAILED_PRECONDITION.
         let (code, message) = code_of(
             q.nack(pb::NackRequest {
+                subscription: String::new(),
                 queue: Q.into(),
                 offset: d[0].offset,
                 fence: d[0].fence + 1,

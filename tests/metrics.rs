@@ -278,6 +278,7 @@ async fn a_delivery_whose_payload_is_missing_is_internal_logged_and_counted() {
 
         let err = q
             .fetch(pb::FetchRequest {
+                subscription: String::new(),
                 queue: "jobs".into(),
                 consumer: "w".into(),
                 max: 10,

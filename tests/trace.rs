@@ -259,6 +259,7 @@ async fn the_command_line_carries_traceparent_from_enqueue_to_the_work_command()
         let header = peek[0].headers.iter().find(|h| h.key == trace::TRACEPARENT);
         assert_eq!(header.map(|h| h.value.as_str()), Some(traceparent));
         q.release(pb::ReleaseRequest {
+            subscription: String::new(),
             queue: Q.into(),
             offset: peek[0].offset,
             fence: peek[0].fence,

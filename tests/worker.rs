@@ -1022,3 +1022,139 @@ async fn fairness_shares_deliveries_across_tenants_through_a_leader_kill() {
     .await
     .expect("test timed out");
 }
+
+/// Subscriptions (fan-out) on a real cluster, through a leader kill: the
+/// default subscription and two named ones each get every job, each in
+/// group order with its own group locks, while the leader is killed a
+/// quarter of the way in; afterwards every subscription has finished
+/// everything (its own ack floor at the end) and the queue holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_each_get_every_job_in_group_order_through_a_leader_kill() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        const Q: &str = "fan";
+        const GROUPS: u64 = 20;
+        const PER_GROUP: u64 = 10;
+        const TOTAL: u64 = GROUPS * PER_GROUP;
+        let (mut r, leader) = start3().await;
+        let c = &mut r.cluster;
+        let client = client_of(c, &[1, 2, 3]);
+        client
+            .create_queue(Q, pb::QueueConfig::default())
+            .await
+            .unwrap();
+        for name in ["billing", "audit"] {
+            assert!(client.create_subscription(Q, name).await.unwrap());
+            assert!(
+                !client.create_subscription(Q, name).await.unwrap(),
+                "idempotent"
+            );
+        }
+        let err = client.create_subscription(Q, "").await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        let err = client
+            .in_subscription("nope")
+            .fetch(Q, "w", 1, Duration::from_secs(5), Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        assert!(err.to_string().contains("`nope`"), "{err}");
+        client.enqueue(Q, jobs(GROUPS, PER_GROUP)).await.unwrap();
+
+        let subs = ["", "billing", "audit"];
+        let seen: Vec<Arc<Mutex<Seen>>> = subs.iter().map(|_| Arc::default()).collect();
+        let stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        for (i, sub) in subs.iter().enumerate() {
+            for w in 0..2 {
+                let mut config = WorkerConfig::new(Q);
+                config.consumer = format!("{sub}-{w}");
+                config.concurrency = 4;
+                config.lease = Duration::from_secs(15);
+                config.shutdown_grace = Duration::from_secs(5);
+                let seen = seen[i].clone();
+                let worker = Worker::new(client.in_subscription(sub), config, move |job, _| {
+                    let seen = seen.clone();
+                    async move {
+                        let guard = Running1::enter(&seen, &job.group, job.offset);
+                        tokio::time::sleep(Duration::from_millis(2 + job.offset % 7)).await;
+                        let mut s = seen.lock().unwrap();
+                        s.finished
+                            .entry(job.group.clone())
+                            .or_default()
+                            .push(job.offset);
+                        s.done.insert(job.offset);
+                        drop(s);
+                        drop(guard);
+                        Outcome::Ack
+                    }
+                })
+                .unwrap();
+                workers.push(tokio::spawn(worker.run(stop.clone())));
+            }
+        }
+        let done = |seen: &[Arc<Mutex<Seen>>]| {
+            seen.iter()
+                .map(|s| s.lock().unwrap().done.len() as u64)
+                .sum::<u64>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done(&seen) < 3 * TOTAL / 4 {
+            assert!(Instant::now() < deadline, "no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.kill(leader);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done(&seen) < 3 * TOTAL {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {} deliveries finished",
+                done(&seen),
+                3 * TOTAL
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        for w in workers {
+            w.await.unwrap().unwrap();
+        }
+        for (sub, seen) in subs.iter().zip(&seen) {
+            let s = seen.lock().unwrap();
+            assert!(s.overlaps.is_empty(), "{sub}: {:?}", s.overlaps);
+            assert_eq!(s.done.len() as u64, TOTAL, "{sub}: every job");
+            for (group, offsets) in &s.finished {
+                assert!(
+                    offsets.windows(2).all(|w| w[0] <= w[1]),
+                    "{sub}: group {group} out of order: {offsets:?}"
+                );
+            }
+        }
+        let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        let new_leader = c.wait_leader(&survivors, ELECTION_MAX).await.unwrap();
+        let stats = common::stats(c, new_leader, Q).await;
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.leased, stats.next_offset),
+            (0, 0, 0, TOTAL),
+            "{stats:?}"
+        );
+        let listed = client
+            .list_subscriptions(Q, Consistency::Linearizable)
+            .await
+            .unwrap();
+        let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["audit", "billing"]);
+        for s in &listed {
+            let st = s.stats.unwrap();
+            assert_eq!(
+                (st.ready, st.delayed, st.leased, st.dead, st.ack_floor),
+                (0, 0, 0, 0, TOTAL),
+                "{}: {st:?}",
+                s.name
+            );
+        }
+        client.delete_subscription(Q, "audit").await.unwrap();
+        let err = client.delete_subscription(Q, "audit").await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+    })
+    .await
+    .expect("test timed out");
+}

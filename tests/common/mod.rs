@@ -103,6 +103,7 @@ pub async fn enqueue(q: &mut Queue, queue: &str, jobs: Vec<pb::Job>) -> Vec<pb::
 
 pub async fn fetch(q: &mut Queue, queue: &str, consumer: &str, max: u32) -> Vec<pb::Delivery> {
     q.fetch(pb::FetchRequest {
+        subscription: String::new(),
         queue: queue.into(),
         consumer: consumer.into(),
         max,
@@ -118,6 +119,7 @@ pub async fn fetch(q: &mut Queue, queue: &str, consumer: &str, max: u32) -> Vec<
 
 pub async fn ack(q: &mut Queue, queue: &str, items: &[(u64, u64)]) -> Vec<pb::AckResult> {
     q.ack(pb::AckRequest {
+        subscription: String::new(),
         queue: queue.into(),
         items: items
             .iter()

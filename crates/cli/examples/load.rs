@@ -150,6 +150,7 @@ async fn load(args: Args) {
                 let t = Instant::now();
                 let got = q
                     .fetch(pb::FetchRequest {
+                        subscription: String::new(),
                         queue: queue.clone(),
                         consumer: format!("c{c}"),
                         max,
@@ -173,6 +174,7 @@ async fn load(args: Args) {
                     .collect();
                 let r = q
                     .ack(pb::AckRequest {
+                        subscription: String::new(),
                         queue: queue.clone(),
                         items,
                         then: Vec::new(),

@@ -34,6 +34,9 @@ use crate::session::Session;
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The named subscription the consumer-side calls work on; empty: the
+    /// default one ([`Client::in_subscription`]).
+    subscription: String,
 }
 
 #[derive(Debug)]
@@ -195,6 +198,7 @@ impl Client {
                 }),
                 session: Session::default(),
             }),
+            subscription: String::new(),
         })
     }
 
@@ -224,7 +228,27 @@ impl Client {
                 }),
                 session: Session::default(),
             }),
+            subscription: String::new(),
         })
+    }
+
+    /// The same client (sharing connections, leader and session) whose
+    /// consumer-side calls (fetch, consume, ack, nack, extend, release,
+    /// dead-letter) work on the named subscription of each queue (SPEC
+    /// 2.3a); `""` is the default subscription. A [`Worker`](crate::Worker)
+    /// or [`AckBatcher`](crate::AckBatcher) made over it consumes that
+    /// subscription.
+    pub fn in_subscription(&self, name: &str) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            subscription: name.to_string(),
+        }
+    }
+
+    /// The subscription this client's consumer-side calls work on (`""`:
+    /// the default one).
+    pub fn subscription(&self) -> &str {
+        &self.subscription
     }
 
     /// The configuration this client was made with.
@@ -502,6 +526,7 @@ impl Client {
         wait: Duration,
     ) -> Result<Vec<pb::Delivery>, Error> {
         let request = pb::FetchRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             consumer: consumer.to_string(),
             max,
@@ -548,6 +573,7 @@ impl Client {
             credits,
             tag: 0,
             call: Some(pb::consume_request::Call::Open(pb::ConsumeOpen {
+                subscription: self.subscription.clone(),
                 queue: queue.to_string(),
                 consumer: consumer.to_string(),
                 lease_ms: millis(lease),
@@ -703,6 +729,7 @@ impl Client {
     ) -> Result<(pb::AckResponse, String), Error> {
         let count = items.len();
         let request = pb::AckRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             items,
             then,
@@ -749,6 +776,7 @@ impl Client {
         delay: Option<Duration>,
     ) -> Result<pb::NackResponse, Error> {
         let request = pb::NackRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             offset,
             fence,
@@ -805,6 +833,7 @@ impl Client {
         lease: Duration,
     ) -> Result<u64, Error> {
         let request = pb::ExtendRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             offset,
             fence,
@@ -826,6 +855,7 @@ impl Client {
     /// Gives the job back without counting an attempt.
     pub async fn release(&self, queue: &str, offset: u64, fence: u64) -> Result<(), Error> {
         let request = pb::ReleaseRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             offset,
             fence,
@@ -851,6 +881,7 @@ impl Client {
         reason: &str,
     ) -> Result<(), Error> {
         let request = pb::DeadLetterRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             offset,
             fence,
@@ -926,6 +957,68 @@ impl Client {
         )
         .await?;
         Ok(())
+    }
+
+    /// Creates the named subscription of `queue` (see
+    /// `Admin.CreateSubscription`): true when created, false when it
+    /// already existed.
+    pub async fn create_subscription(&self, queue: &str, name: &str) -> Result<bool, Error> {
+        let request = pb::CreateSubscriptionRequest {
+            queue: queue.to_string(),
+            name: name.to_string(),
+            session: None,
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .sequenced(
+                self.spec("create_subscription", true),
+                request,
+                |r, s| r.session = Some(s),
+                move |ch, req| async move {
+                    admin_api(ch, bytes_max).create_subscription(req).await
+                },
+            )
+            .await?;
+        Ok(response.created)
+    }
+
+    /// Deletes the named subscription of `queue` and its holds on every job.
+    pub async fn delete_subscription(&self, queue: &str, name: &str) -> Result<(), Error> {
+        let request = pb::DeleteSubscriptionRequest {
+            queue: queue.to_string(),
+            name: name.to_string(),
+            session: None,
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        self.sequenced(
+            self.spec("delete_subscription", false),
+            request,
+            |r, s| r.session = Some(s),
+            move |ch, req| async move { admin_api(ch, bytes_max).delete_subscription(req).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The named subscriptions of `queue`, each with its own counts.
+    pub async fn list_subscriptions(
+        &self,
+        queue: &str,
+        read: Consistency,
+    ) -> Result<Vec<pb::SubscriptionInfo>, Error> {
+        let request = pb::ListSubscriptionsRequest {
+            queue: queue.to_string(),
+            read: read.options(),
+        };
+        let bytes_max = self.inner.config.message_bytes_max;
+        let (response, _) = self
+            .call(
+                self.spec("list_subscriptions", true),
+                request,
+                move |ch, req| async move { admin_api(ch, bytes_max).list_subscriptions(req).await },
+            )
+            .await?;
+        Ok(response.subscriptions)
     }
 
     /// A queue's configuration and stats.

@@ -516,9 +516,12 @@ where
         // reading it (the cool-down, or the released jobs ending): a push
         // nobody reads would hold its leases until they expire. Closing
         // cleanly has the node release what it pushed.
+        //
+        // Never while a probe runs: a clean close releases every job of
+        // the stream still leased, the probe's too.
         let quiet = match state {
             BreakerState::Open { .. } => true,
-            BreakerState::HalfOpen => !jobs.is_empty() || granted.len() > 1,
+            BreakerState::HalfOpen => jobs.is_empty() && granted.len() > 1,
             BreakerState::Closed => false,
         };
         if quiet {
@@ -535,12 +538,37 @@ where
                     () = stop.cancelled() => return Ok(()),
                 }
             }
-            // One job at a time, once the released ones have ended.
+            // One job at a time, once the released ones (or the probe)
+            // have ended. Whatever the stream still pushes meanwhile, on
+            // credits granted before the breaker opened, is released at
+            // once rather than left unread.
             BreakerState::HalfOpen if !jobs.is_empty() => {
+                let Some(s) = stream.as_mut() else {
+                    tokio::select! {
+                        _ = jobs.join_next() => continue,
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                };
                 tokio::select! {
-                    _ = jobs.join_next() => continue,
+                    _ = jobs.join_next() => {}
                     () = stop.cancelled() => return Ok(()),
+                    message = s.next() => match message {
+                        Ok(Some(response)) => {
+                            if let Some(pb::consume_response::Event::Deliveries(f)) = response.event {
+                                for delivery in f.deliveries {
+                                    granted.pop();
+                                    start(shared, stop, abandon, jobs, delivery, None).await;
+                                }
+                            }
+                        }
+                        _ => {
+                            *stream = None;
+                            granted.clear();
+                            ungranted = 0;
+                        }
+                    },
                 }
+                continue;
             }
             BreakerState::HalfOpen => 1,
             BreakerState::Closed => config.concurrency,

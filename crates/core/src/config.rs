@@ -100,7 +100,7 @@ impl Fairness {
         )?;
         for (key, &weight) in &self.weights {
             // The empty key is allowed: it is the key of jobs without one.
-            crate::state::check_text(
+            check_text(
                 &format!("fairness.weights[{key:?}]"),
                 key,
                 FAIRNESS_KEY_BYTES_MAX,
@@ -283,4 +283,28 @@ impl QueueConfig {
         self.rates.validate()?;
         self.fairness.validate()
     }
+}
+
+pub(crate) fn check_text(
+    field: &str,
+    value: &str,
+    bytes_max: usize,
+    allow_empty: bool,
+) -> Result<()> {
+    if value.is_empty() && !allow_empty {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > bytes_max {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} bytes exceeds the limit of {bytes_max} bytes",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
 }

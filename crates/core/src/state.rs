@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::command::*;
+pub(crate) use crate::config::check_text;
 use crate::config::{GroupPolicy, QueueConfig};
 use crate::error::{Error, Result};
 use crate::hash;
@@ -317,30 +318,6 @@ pub struct State {
 /// The fair-sharing band of a job: higher priority, lower band.
 fn band_of(job: &Job) -> u8 {
     PRIORITY_MAX - job.priority
-}
-
-pub(crate) fn check_text(
-    field: &str,
-    value: &str,
-    bytes_max: usize,
-    allow_empty: bool,
-) -> Result<()> {
-    if value.is_empty() && !allow_empty {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    if value.len() > bytes_max {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "{} bytes exceeds the limit of {bytes_max} bytes",
-                value.len()
-            ),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
-    }
-    Ok(())
 }
 
 /// Queue names: 1 to `QUEUE_NAME_BYTES_MAX` of `[A-Za-z0-9._-]`, so they are

@@ -95,10 +95,13 @@ impl DiskSpace {
 /// Whether `command` makes the state grow (and so waits for disk space).
 fn grows(command: &Command) -> bool {
     match command {
-        Command::Sequenced { command, .. } => grows(command),
+        Command::Sequenced { command, .. } | Command::InSubscription { command, .. } => {
+            grows(command)
+        }
         Command::Enqueue { .. }
         | Command::Fetch { .. }
         | Command::CreateQueue { .. }
+        | Command::CreateSubscription { .. }
         | Command::OpenSession => true,
         _ => false,
     }

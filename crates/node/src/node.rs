@@ -463,7 +463,7 @@ impl Node {
         let reply = self
             .state
             .read(|s| match read {
-                Read::Queue { name } => s.queue_info(&name).map(ReadReply::Queue),
+                Read::Queue { name } => s.queue_info(&name).map(|q| ReadReply::Queue(Box::new(q))),
                 Read::ListQueues => Ok(ReadReply::Queues(s.list_queues())),
                 // Only the leader answers it, in `execute_local`: a stale
                 // local answer would defeat its purpose.
@@ -488,6 +488,9 @@ impl Node {
                 Read::Group { queue, key } => s.get_group(&queue, &key).map(ReadReply::Group),
                 Read::TopGroups { queue, rank, limit } => {
                     s.top_groups(&queue, rank, limit).map(ReadReply::TopGroups)
+                }
+                Read::Subscriptions { queue } => {
+                    s.list_subscriptions(&queue).map(ReadReply::Subscriptions)
                 }
             })
             .map_err(store_status)?;

@@ -124,6 +124,11 @@ pub enum Read {
         /// The most groups answered.
         limit: u32,
     },
+    /// A queue's named subscriptions, each with its counts.
+    Subscriptions {
+        /// The queue's name.
+        queue: String,
+    },
 }
 
 impl Request {
@@ -166,7 +171,8 @@ impl Read {
             Read::Groups { queue, .. }
             | Read::DeadLetters { queue, .. }
             | Read::Group { queue, .. }
-            | Read::TopGroups { queue, .. } => Some(queue),
+            | Read::TopGroups { queue, .. }
+            | Read::Subscriptions { queue } => Some(queue),
         }
     }
 }
@@ -174,8 +180,9 @@ impl Read {
 /// The answer to a [`Read`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ReadReply {
-    /// One queue.
-    Queue(core::QueueInfo),
+    /// One queue (boxed: its configuration and stats are the largest
+    /// answer, and every `Response` would otherwise be that big).
+    Queue(Box<core::QueueInfo>),
     /// Every queue.
     Queues(Vec<core::QueueInfo>),
     /// One page of groups.
@@ -188,6 +195,8 @@ pub enum ReadReply {
     Group(core::GroupInfo),
     /// Groups, ranked.
     TopGroups(Vec<core::GroupInfo>),
+    /// A queue's named subscriptions.
+    Subscriptions(Vec<core::SubscriptionInfo>),
 }
 
 /// The answer to a [`Request`].

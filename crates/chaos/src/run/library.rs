@@ -323,6 +323,17 @@ fn draw_plan(rng: &mut StdRng) -> Plan {
     Plan { work_ms, decision }
 }
 
+/// How the client `Worker` of a run takes its jobs: on a consume stream
+/// (its default) in even seeds, with long polls in odd ones, so both paths
+/// meet every fault profile.
+pub fn worker_consume_mode(seed: u64) -> ConsumeMode {
+    if seed % 2 == 0 {
+        ConsumeMode::Stream
+    } else {
+        ConsumeMode::Fetch
+    }
+}
+
 /// The client library's own `Worker` (`lockstep_client::Worker`) on
 /// [`WORKER_QUEUE`] until `stop`: its fetches with long poll and retries,
 /// lease extension, ack batching and graceful release under the faults.
@@ -333,7 +344,8 @@ fn draw_plan(rng: &mut StdRng) -> Plan {
 /// acts on ([`worker_decision_op`]). Its extends are not recorded: they
 /// only lengthen a lease, so the recorded deadline stays a lower bound.
 pub(super) fn client_worker(
-    mut rng: StdRng,
+    rng: StdRng,
+    consume: ConsumeMode,
     client: Client,
     recorder: Recorder,
     stop: CancellationToken,
@@ -344,14 +356,7 @@ pub(super) fn client_worker(
     config.lease = Duration::from_millis(WORKER_LEASE_MS);
     config.wait = Duration::from_millis(WORKER_WAIT_MS);
     config.shutdown_grace = Duration::from_millis(WORKER_GRACE_MS);
-    // Half the runs take jobs on a consume stream (the `Worker`'s
-    // default), half with long polls, drawn from the seed: both paths
-    // meet every fault.
-    config.consume = if rng.random_ratio(1, 2) {
-        ConsumeMode::Stream
-    } else {
-        ConsumeMode::Fetch
-    };
+    config.consume = consume;
     let rng = Arc::new(Mutex::new(rng));
     let chained = Arc::new(AtomicU64::new(0));
     // The token is not watched: the `Worker` cancels it only as it drops

@@ -190,6 +190,7 @@ pub async fn run(options: &Options) -> Result<Outcomes, String> {
     let rng = StdRng::seed_from_u64(options.seed ^ (0xC0DE_0000 + options.workers as u64));
     tasks.push(tokio::spawn(client_worker(
         rng,
+        library::worker_consume_mode(options.seed),
         library_client(&addrs, cluster.client_ip())?,
         recorder.clone(),
         worker_stop.clone(),

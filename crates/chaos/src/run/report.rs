@@ -16,6 +16,8 @@ pub struct ChaosReport {
     pub checker: crate::checker::Report,
     /// Jobs the client library's `Worker` handed its handler.
     pub worker_jobs: usize,
+    /// How that `Worker` took them: `stream` or `fetch`.
+    pub worker_via: &'static str,
     pub faults: Vec<(u64, String)>,
     /// The command that runs the same seed and profile again.
     pub replay: String,
@@ -32,6 +34,10 @@ pub fn report(options: &Options, outcomes: &Outcomes) -> ChaosReport {
         liveness: outcomes.liveness.clone(),
         checker,
         worker_jobs: worker_jobs(&outcomes.history),
+        worker_via: match super::library::worker_consume_mode(options.seed) {
+            lockstep_client::ConsumeMode::Stream => "stream",
+            lockstep_client::ConsumeMode::Fetch => "fetch",
+        },
         faults: outcomes.faults.clone(),
         replay: format!(
             "lockstep chaos --profile {} --seed {} --duration-s {} --nodes {} --producers {} --workers {} --groups {}",
@@ -79,7 +85,7 @@ pub fn summary(r: &ChaosReport) -> String {
         .map(|((letter, _), n)| format!("{letter}={n}"))
         .collect();
     format!(
-        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} dead_lettered={} worker_jobs={} {} faults={} liveness={}\nreplay: {}",
+        "{} profile={} seed={} nodes={} {}s: ops={} enqueued_ok={} delivered={} dead_lettered={} worker_jobs={} worker_via={} {} faults={} liveness={}\nreplay: {}",
         if r.passed { "PASS" } else { "FAIL" },
         r.profile,
         r.seed,
@@ -90,6 +96,7 @@ pub fn summary(r: &ChaosReport) -> String {
         r.checker.delivered,
         r.checker.dead_lettered,
         r.worker_jobs,
+        r.worker_via,
         counts.join(" "),
         r.faults.len() / 2,
         r.liveness.as_deref().unwrap_or("ok"),

@@ -275,6 +275,7 @@ pub(super) async fn worker(
             if rng.random_ratio(1, 5) {
                 let r = q
                     .nack(pb::NackRequest {
+                        subscription: String::new(),
                         queue: QUEUE.into(),
                         offset: d.offset,
                         fence: d.fence,
@@ -319,6 +320,7 @@ fn fetch_request(
     wait_ms: u64,
 ) -> pb::FetchRequest {
     pb::FetchRequest {
+        subscription: String::new(),
         queue: queue.into(),
         consumer: consumer.into(),
         max,
@@ -420,6 +422,7 @@ async fn ack_one(
 ) {
     let r = q
         .ack(pb::AckRequest {
+            subscription: String::new(),
             queue: queue.into(),
             items: items
                 .iter()

@@ -50,6 +50,9 @@ pub struct EnqueueArgs {
 #[derive(clap::Args, Debug)]
 pub struct FetchArgs {
     queue: String,
+    /// The queue's named subscription to work on (default: the queue's own).
+    #[arg(long, default_value = "")]
+    subscription: String,
     #[arg(long, default_value_t = 1)]
     max: u32,
     #[arg(long, value_parser = duration, default_value = "30s")]
@@ -64,6 +67,9 @@ pub struct FetchArgs {
 #[derive(clap::Args, Debug)]
 pub struct AckArgs {
     queue: String,
+    /// The queue's named subscription to work on (default: the queue's own).
+    #[arg(long, default_value = "")]
+    subscription: String,
     offset: u64,
     fence: u64,
     /// Chained job: enqueue one job into this queue in the same Raft entry
@@ -85,6 +91,9 @@ pub struct AckArgs {
 #[derive(clap::Args, Debug)]
 pub struct NackArgs {
     queue: String,
+    /// The queue's named subscription to work on (default: the queue's own).
+    #[arg(long, default_value = "")]
+    subscription: String,
     offset: u64,
     fence: u64,
     #[arg(long, value_parser = duration)]
@@ -251,6 +260,7 @@ async fn bulk_enqueue(
 }
 
 pub async fn fetch(client: &Client, out: &Out, args: FetchArgs) -> Result<(), CliError> {
+    let client = &client.in_subscription(&args.subscription);
     let got = client
         .fetch(&args.queue, &args.consumer, args.max, args.lease, args.wait)
         .await?;
@@ -290,6 +300,7 @@ pub async fn fetch(client: &Client, out: &Out, args: FetchArgs) -> Result<(), Cl
 }
 
 pub async fn ack(client: &Client, out: &Out, args: AckArgs) -> Result<(), CliError> {
+    let client = &client.in_subscription(&args.subscription);
     let AckArgs {
         queue,
         offset,
@@ -298,6 +309,7 @@ pub async fn ack(client: &Client, out: &Out, args: AckArgs) -> Result<(), CliErr
         then_data,
         then_group,
         then_id,
+        ..
     } = args;
     let (Some(then_queue), Some(data)) = (then_queue, then_data) else {
         client.ack_one(&queue, offset, fence).await?;
@@ -339,11 +351,13 @@ pub async fn ack(client: &Client, out: &Out, args: AckArgs) -> Result<(), CliErr
 }
 
 pub async fn nack(client: &Client, out: &Out, args: NackArgs) -> Result<(), CliError> {
+    let client = &client.in_subscription(&args.subscription);
     let NackArgs {
         queue,
         offset,
         fence,
         delay,
+        ..
     } = args;
     let r = client.nack(&queue, offset, fence, delay).await?;
     out.value(

@@ -1,6 +1,6 @@
 //! The client commands of the `lockstep` binary, which talk to a running
 //! cluster over the Rust client (`lockstep-client`): `enqueue`, `fetch`,
-//! `ack`, `nack`, `work`, `queue`, `groups`, `dlq` and `cluster`. Tables
+//! `ack`, `nack`, `work`, `queue`, `groups`, `dlq`, `subs` and `cluster`. Tables
 //! for people by default, `--json` for scripts; an error is one line that
 //! says what to do, and a non-zero exit.
 //!
@@ -14,6 +14,7 @@ mod dlq;
 mod groups;
 mod jobs;
 mod queue;
+mod subs;
 mod work;
 
 use lockstep_client::Client;
@@ -46,6 +47,9 @@ pub enum Command {
     /// List, requeue or purge a queue's dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
+    /// Create, delete or list a queue's named subscriptions (fan-out).
+    #[command(subcommand)]
+    Subs(subs::SubsCmd),
 }
 
 impl Command {
@@ -60,6 +64,7 @@ impl Command {
             Command::Queue(_) => "queue",
             Command::Groups(_) => "groups",
             Command::Dlq(_) => "dlq",
+            Command::Subs(_) => "subs",
         }
     }
 }
@@ -98,5 +103,6 @@ async fn execute(client: &Client, out: &Out, command: Command) -> Result<(), Cli
         Command::Queue(cmd) => queue::run(client, out, cmd).await,
         Command::Groups(cmd) => groups::run(client, out, cmd).await,
         Command::Dlq(cmd) => dlq::run(client, out, cmd).await,
+        Command::Subs(cmd) => subs::run(client, out, cmd).await,
     }
 }

@@ -19,6 +19,9 @@ pub const EXIT_POISON: i32 = 100;
 #[derive(clap::Args, Debug)]
 pub struct WorkArgs {
     queue: String,
+    /// The queue's named subscription to work on (default: the queue's own).
+    #[arg(long, default_value = "")]
+    subscription: String,
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     #[arg(long, value_parser = duration, default_value = "30s")]
@@ -35,12 +38,14 @@ pub struct WorkArgs {
 pub async fn work(client: &Client, out: &Out, args: WorkArgs) -> Result<(), CliError> {
     let WorkArgs {
         queue,
+        subscription,
         concurrency,
         lease,
         max_jobs,
         consumer,
         command,
     } = args;
+    let client = &client.in_subscription(&subscription);
     let mut config = WorkerConfig::new(&queue);
     if !consumer.is_empty() {
         config.consumer = consumer;

@@ -14,6 +14,65 @@ use crate::pb;
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for Services {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
+        let command = Command::CreateSubscription {
+            queue: r.queue,
+            name: r.name,
+        };
+        match self.write_in(r.session, command).await?.0 {
+            Reply::SubscriptionCreated { created } => {
+                Ok(Response::new(pb::CreateSubscriptionResponse { created }))
+            }
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth
+            .authorize(&metadata, Permission::Admin, &r.queue)?;
+        let command = Command::DeleteSubscription {
+            queue: r.queue,
+            name: r.name,
+        };
+        match self.write_in(r.session, command).await?.0 {
+            Reply::SubscriptionDeleted => Ok(Response::new(pb::DeleteSubscriptionResponse {})),
+            other => Err(wrong_reply(other)),
+        }
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        self.auth.authorize_read(&metadata, &r.queue)?;
+        match self
+            .read(Read::Subscriptions { queue: r.queue }, r.read)
+            .await?
+        {
+            ReadReply::Subscriptions(subs) => Ok(Response::new(pb::ListSubscriptionsResponse {
+                subscriptions: subs
+                    .into_iter()
+                    .map(|sub| pb::SubscriptionInfo {
+                        name: sub.name,
+                        stats: Some(convert::stats_to_pb(&sub.stats)),
+                    })
+                    .collect(),
+            })),
+            _ => Err(Status::internal("unexpected read reply")),
+        }
+    }
+
     async fn create_queue(
         &self,
         request: Request<pb::CreateQueueRequest>,
@@ -86,7 +145,7 @@ impl pb::admin_server::Admin for Services {
         self.auth.authorize_read(&metadata, &r.name)?;
         match self.read(Read::Queue { name: r.name }, r.read).await? {
             ReadReply::Queue(q) => Ok(Response::new(pb::GetQueueResponse {
-                queue: Some(queue_to_pb(q)),
+                queue: Some(queue_to_pb(*q)),
             })),
             _ => Err(Status::internal("unexpected read reply")),
         }

@@ -70,6 +70,8 @@ pub type ConsumeStream =
 #[derive(Clone, Debug)]
 struct Opened {
     queue: String,
+    /// Empty: the default subscription.
+    subscription: String,
     consumer: String,
     lease_ms: u64,
     session: u64,
@@ -135,6 +137,7 @@ pub(super) async fn open(
         metadata,
         opened: Opened {
             queue: open.queue,
+            subscription: open.subscription,
             consumer: open.consumer,
             lease_ms: open.lease_ms,
             session,
@@ -217,7 +220,7 @@ impl Stream {
                                 calls.spawn(serve(
                                     self.services.clone(),
                                     self.metadata.clone(),
-                                    self.opened.queue.clone(),
+                                    (self.opened.queue.clone(), self.opened.subscription.clone()),
                                     m.tag,
                                     call,
                                 ));
@@ -337,22 +340,55 @@ impl Stream {
     async fn release(&self, jobs: impl Iterator<Item = (u64, u64)>) -> usize {
         let deadline = Instant::now() + CONSUME_RELEASE_WAIT;
         let queue = &self.opened.queue;
+        let jobs: Vec<(u64, u64)> = jobs.collect();
+        // A fence is the log index of the entry that granted the lease. On
+        // a follower, the answer of a forwarded fetch can arrive before the
+        // follower applied that entry, and its state would not show the
+        // lease yet: wait until it has (bounded), so "not held" means
+        // finished, never "not seen yet".
+        if let Some(fence_max) = jobs.iter().map(|(_, f)| *f).max() {
+            let mut applied = self.services.node.applied_watch();
+            loop {
+                let index = applied
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |log_id| log_id.index);
+                if index >= fence_max {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, applied.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+        }
         let mut released = 0;
         for (offset, fence) in jobs {
             let held = self
                 .services
                 .node
                 .state
-                .read(|s| s.holds_lease(queue, offset, fence))
+                .read(|s| {
+                    let sub = &self.opened.subscription;
+                    s.holds_lease_in(
+                        queue,
+                        (!sub.is_empty()).then_some(sub.as_str()),
+                        offset,
+                        fence,
+                    )
+                })
                 .unwrap_or(true);
             if !held {
                 continue;
             }
-            let command = Command::Release {
-                queue: queue.clone(),
-                offset,
-                fence,
-            };
+            let command = super::in_subscription(
+                &self.opened.subscription,
+                Command::Release {
+                    queue: queue.clone(),
+                    offset,
+                    fence,
+                },
+            );
             match tokio::time::timeout_at(deadline, self.services.write(command)).await {
                 Ok(Ok(_)) => released += 1,
                 Ok(Err(status)) => {
@@ -394,12 +430,15 @@ async fn fetch(
             .ok()
             .flatten()
             .unwrap_or(opened.max_batch);
-        let command = Command::Fetch {
-            queue: queue.clone(),
-            consumer: opened.consumer.clone(),
-            max: credits.min(max_batch).max(1),
-            lease_ms: opened.lease_ms,
-        };
+        let command = super::in_subscription(
+            &opened.subscription,
+            Command::Fetch {
+                queue: queue.clone(),
+                consumer: opened.consumer.clone(),
+                max: credits.min(max_batch).max(1),
+                lease_ms: opened.lease_ms,
+            },
+        );
         let session = pb::Session {
             id: opened.session,
             seq,
@@ -445,7 +484,7 @@ async fn fetch(
             let ready = services
                 .node
                 .state
-                .read(|s| s.stats(queue).map(|st| st.ready))
+                .read(|s| super::ready_in(s, queue, &opened.subscription))
                 .ok();
             if !matches!(ready, Some(Ok(0))) {
                 break;
@@ -466,7 +505,7 @@ fn with_metadata<T>(metadata: &MetadataMap, message: T) -> Request<T> {
 async fn serve(
     services: Services,
     metadata: MetadataMap,
-    queue: String,
+    (queue, subscription): (String, String),
     tag: u64,
     call: Call,
 ) -> (pb::ConsumeResponse, Vec<u64>) {
@@ -480,25 +519,35 @@ async fn serve(
             message: status.message().to_string(),
         }))
     };
-    let fix_queue = |q: &mut String| -> Result<(), Status> {
+    // A call works on the stream's queue and subscription: left empty it
+    // takes them, naming others is refused.
+    let fix = |q: &mut String, sub: &mut String| -> Result<(), Status> {
         if q.is_empty() {
-            *q = queue.clone();
-            Ok(())
-        } else if *q == queue {
-            Ok(())
-        } else {
-            Err(Status::invalid_argument(format!(
+            q.clone_from(&queue);
+        }
+        if *q != queue {
+            return Err(Status::invalid_argument(format!(
                 "a call on the consume stream of queue `{queue}` names queue `{q}`: leave it \
                  empty or name the stream's queue"
-            )))
+            )));
         }
+        if sub.is_empty() {
+            sub.clone_from(&subscription);
+        }
+        if *sub != subscription {
+            return Err(Status::invalid_argument(format!(
+                "a call on the consume stream of subscription `{subscription}` names \
+                 subscription `{sub}`: leave it empty or name the stream's subscription"
+            )));
+        }
+        Ok(())
     };
     let m = &metadata;
     let result = match call {
         Call::Open(_) => Err(Status::invalid_argument(
             "`open` may only be the first message of a consume stream",
         )),
-        Call::Ack(mut r) => match fix_queue(&mut r.queue) {
+        Call::Ack(mut r) => match fix(&mut r.queue, &mut r.subscription) {
             Err(s) => Err(s),
             Ok(()) => services.ack(with_metadata(m, r)).await.map(|resp| {
                 let resp = resp.into_inner();
@@ -511,7 +560,7 @@ async fn serve(
                 (answer(Event::Ack(resp)), finished)
             }),
         },
-        Call::Nack(mut r) => match fix_queue(&mut r.queue) {
+        Call::Nack(mut r) => match fix(&mut r.queue, &mut r.subscription) {
             Err(s) => Err(s),
             Ok(()) => {
                 let offset = r.offset;
@@ -521,14 +570,14 @@ async fn serve(
                     .map(|resp| (answer(Event::Nack(resp.into_inner())), vec![offset]))
             }
         },
-        Call::Extend(mut r) => match fix_queue(&mut r.queue) {
+        Call::Extend(mut r) => match fix(&mut r.queue, &mut r.subscription) {
             Err(s) => Err(s),
             Ok(()) => services
                 .extend(with_metadata(m, r))
                 .await
                 .map(|resp| (answer(Event::Extend(resp.into_inner())), Vec::new())),
         },
-        Call::Release(mut r) => match fix_queue(&mut r.queue) {
+        Call::Release(mut r) => match fix(&mut r.queue, &mut r.subscription) {
             Err(s) => Err(s),
             Ok(()) => {
                 let offset = r.offset;
@@ -538,7 +587,7 @@ async fn serve(
                     .map(|resp| (answer(Event::Release(resp.into_inner())), vec![offset]))
             }
         },
-        Call::DeadLetter(mut r) => match fix_queue(&mut r.queue) {
+        Call::DeadLetter(mut r) => match fix(&mut r.queue, &mut r.subscription) {
             Err(s) => Err(s),
             Ok(()) => {
                 let offset = r.offset;

@@ -127,3 +127,32 @@ pub(super) fn unexpected(response: Response) -> Status {
 pub(super) fn wrong_reply(reply: Reply) -> Status {
     Status::internal(format!("unexpected reply {reply:?}"))
 }
+
+/// `command` on the named subscription of its queue, or on the default
+/// one when `subscription` is empty.
+pub(super) fn in_subscription(subscription: &str, command: Command) -> Command {
+    if subscription.is_empty() {
+        command
+    } else {
+        Command::InSubscription {
+            subscription: subscription.to_string(),
+            command: Box::new(command),
+        }
+    }
+}
+
+/// Ready jobs of the queue's default subscription, or of the named one, in
+/// this node's applied state: whether a waiting fetch should try again.
+pub(super) fn ready_in(
+    state: &lockstep_core::State,
+    queue: &str,
+    subscription: &str,
+) -> lockstep_core::Result<u64> {
+    if subscription.is_empty() {
+        state.stats(queue).map(|st| st.ready)
+    } else {
+        state
+            .subscription_stats(queue, subscription)
+            .map(|st| st.ready)
+    }
+}

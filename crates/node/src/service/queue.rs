@@ -190,12 +190,15 @@ impl pb::queue_server::Queue for Services {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.node.applied_watch();
         loop {
-            let command = Command::Fetch {
-                queue: req.queue.clone(),
-                consumer: req.consumer.clone(),
-                max: req.max,
-                lease_ms: req.lease_ms,
-            };
+            let command = super::in_subscription(
+                &req.subscription,
+                Command::Fetch {
+                    queue: req.queue.clone(),
+                    consumer: req.consumer.clone(),
+                    max: req.max,
+                    lease_ms: req.lease_ms,
+                },
+            );
             // Every try of the long poll runs under the one seq: an empty
             // fetch is not kept by the reply cache, so the next try applies.
             let (reply, blobs) = self.write_in(req.session, command).await?;
@@ -218,7 +221,7 @@ impl pb::queue_server::Queue for Services {
                 let ready = self
                     .node
                     .state
-                    .read(|s| s.stats(&req.queue).map(|st| st.ready))
+                    .read(|s| super::ready_in(s, &req.queue, &req.subscription))
                     .ok();
                 if !matches!(ready, Some(Ok(0))) {
                     break;
@@ -248,10 +251,13 @@ impl pb::queue_server::Queue for Services {
             .collect();
         let offsets: Vec<u64> = items.iter().map(|i| i.offset).collect();
         if req.then.is_empty() {
-            let command = Command::Ack {
-                queue: req.queue,
-                items,
-            };
+            let command = super::in_subscription(
+                &req.subscription,
+                Command::Ack {
+                    queue: req.queue,
+                    items,
+                },
+            );
             return match self.write_in(req.session, command).await?.0 {
                 Reply::Acked(results) => Ok(Response::new(pb::AckResponse {
                     results: ack_results(offsets, &results),
@@ -280,11 +286,14 @@ impl pb::queue_server::Queue for Services {
             .iter()
             .map(|c| c.jobs.iter().map(|j| j.id.clone()).collect())
             .collect();
-        let command = Command::AckThen {
-            queue: req.queue,
-            items,
-            then,
-        };
+        let command = super::in_subscription(
+            &req.subscription,
+            Command::AckThen {
+                queue: req.queue,
+                items,
+                then,
+            },
+        );
         match self.write_in(req.session, command).await?.0 {
             Reply::AckedThen { acked, then } => Ok(Response::new(pb::AckResponse {
                 results: ack_results(offsets, &acked),
@@ -320,12 +329,15 @@ impl pb::queue_server::Queue for Services {
         let (metadata, _, r) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Consume, &r.queue)?;
-        let command = Command::Nack {
-            queue: r.queue,
-            offset: r.offset,
-            fence: r.fence,
-            delay_ms: r.delay_ms,
-        };
+        let command = super::in_subscription(
+            &r.subscription,
+            Command::Nack {
+                queue: r.queue,
+                offset: r.offset,
+                fence: r.fence,
+                delay_ms: r.delay_ms,
+            },
+        );
         match self.write_in(r.session, command).await?.0 {
             Reply::Nacked {
                 dead,
@@ -345,12 +357,15 @@ impl pb::queue_server::Queue for Services {
         let (metadata, _, r) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Consume, &r.queue)?;
-        let command = Command::Extend {
-            queue: r.queue,
-            offset: r.offset,
-            fence: r.fence,
-            lease_ms: r.lease_ms,
-        };
+        let command = super::in_subscription(
+            &r.subscription,
+            Command::Extend {
+                queue: r.queue,
+                offset: r.offset,
+                fence: r.fence,
+                lease_ms: r.lease_ms,
+            },
+        );
         match self.write_in(r.session, command).await?.0 {
             Reply::Extended { deadline_ms } => Ok(Response::new(pb::ExtendResponse {
                 lease_deadline_ms: deadline_ms,
@@ -369,11 +384,14 @@ impl pb::queue_server::Queue for Services {
         match self
             .write_in(
                 r.session,
-                Command::Release {
-                    queue: r.queue,
-                    offset: r.offset,
-                    fence: r.fence,
-                },
+                super::in_subscription(
+                    &r.subscription,
+                    Command::Release {
+                        queue: r.queue,
+                        offset: r.offset,
+                        fence: r.fence,
+                    },
+                ),
             )
             .await?
             .0
@@ -390,12 +408,15 @@ impl pb::queue_server::Queue for Services {
         let (metadata, _, r) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Consume, &r.queue)?;
-        let command = Command::DeadLetter {
-            queue: r.queue,
-            offset: r.offset,
-            fence: r.fence,
-            reason: r.reason,
-        };
+        let command = super::in_subscription(
+            &r.subscription,
+            Command::DeadLetter {
+                queue: r.queue,
+                offset: r.offset,
+                fence: r.fence,
+                reason: r.reason,
+            },
+        );
         match self.write_in(r.session, command).await?.0 {
             Reply::DeadLettered => Ok(Response::new(pb::DeadLetterResponse {})),
             other => Err(wrong_reply(other)),
