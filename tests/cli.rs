@@ -311,3 +311,62 @@ async fn groups_are_controlled_and_acks_chain_from_the_command_line() {
     .await
     .expect("test timed out");
 }
+
+/// Subscriptions and fairness from the command line: two subscriptions
+/// each get the same job with their own leases, a lease in one does not
+/// hold the other back, an ack in one leaves the other's copy pending,
+/// and `subs list` shows each one's counts; fairness weights round-trip
+/// through `queue create` and `queue get`, and a bad weight is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_fairness_from_the_command_line() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (r, _leader) = start3().await;
+        let cli = Cli::new(&r.cluster);
+        cli.ok(&["queue", "create", "orders"]);
+        let created = cli.json(&["subs", "create", "orders", "billing"]);
+        assert_eq!(created["created"], true, "{created}");
+        cli.ok(&["subs", "create", "orders", "audit"]);
+        cli.ok(&[
+            "enqueue", "orders", "--group", "o7", "--id", "a", "--data", "x",
+        ]);
+        cli.ok(&[
+            "enqueue", "orders", "--group", "o7", "--id", "b", "--data", "y",
+        ]);
+        let billing = cli.json(&["fetch", "orders", "--subscription", "billing"]);
+        let audit = cli.json(&["fetch", "orders", "--subscription", "audit"]);
+        assert_eq!(billing[0]["offset"], 0, "{billing}");
+        assert_eq!(audit[0]["offset"], 0, "audit is not held back: {audit}");
+        let again = cli.json(&["fetch", "orders", "--subscription", "billing"]);
+        assert_eq!(
+            again.as_array().map(Vec::len),
+            Some(0),
+            "o7 locked: {again}"
+        );
+        let fence = billing[0]["fence"].to_string();
+        cli.ok(&["ack", "orders", "0", &fence, "--subscription", "billing"]);
+        let next = cli.json(&["fetch", "orders", "--subscription", "billing"]);
+        assert_eq!(next[0]["offset"], 1, "{next}");
+        let subs = cli.json(&["subs", "list", "orders"]);
+        let row = |name: &str| {
+            subs.as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(row("billing")["ack_floor"], 1, "{subs}");
+        assert_eq!(row("audit")["ack_floor"], 0, "{subs}");
+        let err = cli.fails(&["fetch", "orders", "--subscription", "nope"]);
+        assert!(err.contains("`nope`"), "{err}");
+
+        cli.ok(&["queue", "create", "t", "--fairness-weight", "gold=3"]);
+        let q = cli.json(&["queue", "get", "t"]);
+        assert_eq!(q["config"]["fairness_weights"]["gold"], 3, "{q}");
+        let err = cli.fails(&["queue", "create", "t2", "--fairness-weight", "gold=0"]);
+        assert!(err.contains("fairness"), "{err}");
+        cli.ok(&["enqueue", "t", "--fairness-key", "gold", "--data", "g"]);
+    })
+    .await
+    .expect("test timed out");
+}
