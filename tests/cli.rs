@@ -360,6 +360,35 @@ async fn subscriptions_and_fairness_from_the_command_line() {
         let err = cli.fails(&["fetch", "orders", "--subscription", "nope"]);
         assert!(err.contains("`nope`"), "{err}");
 
+        // Group control and dead letters of one subscription leave the
+        // others alone.
+        let skipped = cli.json(&[
+            "groups",
+            "skip",
+            "orders",
+            "o7",
+            "--reason",
+            "bad",
+            "--subscription",
+            "audit",
+        ]);
+        assert_eq!(skipped["skipped"], 0, "{skipped}");
+        let audit_dead = cli.json(&["dlq", "list", "orders", "--subscription", "audit"]);
+        assert_eq!(audit_dead[0]["offset"], 0, "{audit_dead}");
+        let default_dead = cli.json(&["dlq", "list", "orders"]);
+        assert_eq!(
+            default_dead.as_array().map(Vec::len),
+            Some(0),
+            "{default_dead}"
+        );
+        let group = cli.json(&["groups", "get", "orders", "o7", "--subscription", "billing"]);
+        assert_eq!(
+            group["head_offset"], 1,
+            "billing still holds offset 1: {group}"
+        );
+        let purged = cli.json(&["dlq", "purge", "orders", "--subscription", "audit"]);
+        assert_eq!(purged["purged"], 1, "{purged}");
+
         cli.ok(&["queue", "create", "t", "--fairness-weight", "gold=3"]);
         let q = cli.json(&["queue", "get", "t"]);
         assert_eq!(q["config"]["fairness_weights"]["gold"], 3, "{q}");

@@ -234,8 +234,10 @@ impl Client {
 
     /// The same client (sharing connections, leader and session) whose
     /// consumer-side calls (fetch, consume, ack, nack, extend, release,
-    /// dead-letter) work on the named subscription of each queue (SPEC
-    /// 2.3a); `""` is the default subscription. A [`Worker`](crate::Worker)
+    /// dead-letter) and group and dead-letter calls (list, get, top,
+    /// pause, resume, skip, drain; list, requeue, purge) work on the named
+    /// subscription of each queue (SPEC 2.3a); `""` is the default
+    /// subscription. A [`Worker`](crate::Worker)
     /// or [`AckBatcher`](crate::AckBatcher) made over it consumes that
     /// subscription.
     pub fn in_subscription(&self, name: &str) -> Client {
@@ -1062,8 +1064,11 @@ impl Client {
     /// consistency; `next_after` of the answer is empty at the end.
     pub async fn list_groups(
         &self,
-        request: pb::ListGroupsRequest,
+        mut request: pb::ListGroupsRequest,
     ) -> Result<pb::ListGroupsResponse, Error> {
+        if request.subscription.is_empty() {
+            request.subscription.clone_from(&self.subscription);
+        }
         let bytes_max = self.inner.config.message_bytes_max;
         Ok(self
             .call(
@@ -1078,6 +1083,7 @@ impl Client {
     /// Stops deliveries from a group (its leased job, if any, runs on).
     pub async fn pause_group(&self, queue: &str, group: &str) -> Result<(), Error> {
         let request = pb::PauseGroupRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             group: group.to_string(),
             session: None,
@@ -1103,6 +1109,7 @@ impl Client {
         read: Consistency,
     ) -> Result<pb::GroupInfo, Error> {
         let request = pb::GetGroupRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             group: group.to_string(),
             read: read.options(),
@@ -1131,6 +1138,7 @@ impl Client {
         reason: &str,
     ) -> Result<u64, Error> {
         let request = pb::SkipGroupHeadRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             group: group.to_string(),
             reason: reason.to_string(),
@@ -1158,6 +1166,7 @@ impl Client {
         wait: Duration,
     ) -> Result<pb::DrainGroupResponse, Error> {
         let request = pb::DrainGroupRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             group: group.to_string(),
             wait_ms: millis(wait),
@@ -1184,6 +1193,7 @@ impl Client {
         read: Consistency,
     ) -> Result<Vec<pb::GroupInfo>, Error> {
         let request = pb::TopGroupsRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             by: by.into(),
             limit,
@@ -1203,6 +1213,7 @@ impl Client {
     /// Lets a paused or parked group deliver again.
     pub async fn resume_group(&self, queue: &str, group: &str) -> Result<(), Error> {
         let request = pb::ResumeGroupRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             group: group.to_string(),
             session: None,
@@ -1228,6 +1239,7 @@ impl Client {
         read: Consistency,
     ) -> Result<pb::ListDeadLettersResponse, Error> {
         let request = pb::ListDeadLettersRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             after,
             limit,
@@ -1249,6 +1261,7 @@ impl Client {
     /// NOT_FOUND.
     pub async fn requeue_dead_letter(&self, queue: &str, offset: u64) -> Result<u64, Error> {
         let request = pb::RequeueDeadLetterRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             offset,
             session: None,
@@ -1269,6 +1282,7 @@ impl Client {
     /// is empty; returns how many went.
     pub async fn purge_dead_letters(&self, queue: &str, offsets: Vec<u64>) -> Result<u64, Error> {
         let request = pb::PurgeDeadLettersRequest {
+            subscription: self.subscription.clone(),
             queue: queue.to_string(),
             offsets,
             session: None,

@@ -253,14 +253,20 @@ impl State {
     /// subscription could have is `INVALID_ARGUMENT` naming
     /// `subscription`; a well-formed one the queue lacks is `NOT_FOUND`.
     pub fn subscription_stats(&self, queue: &str, name: &str) -> Result<QueueStats> {
-        let q = self.queue(queue)?;
-        crate::state::validate_subscription_name("subscription", name)?;
-        q.subscriptions
-            .get(name)
-            .map(Queue::stats)
-            .ok_or_else(|| Error::NotFound {
-                what: format!("subscription `{name}` of queue `{queue}`"),
-            })
+        self.consumer(queue, Some(name)).map(Queue::stats)
+    }
+
+    /// The consumer-side state of queue `name`: its default subscription,
+    /// or the named one.
+    pub(crate) fn consumer(&self, name: &str, subscription: Option<&str>) -> Result<&Queue> {
+        let q = self.queue(name)?;
+        let Some(sub) = subscription else {
+            return Ok(q);
+        };
+        crate::state::validate_subscription_name("subscription", sub)?;
+        q.subscriptions.get(sub).ok_or_else(|| Error::NotFound {
+            what: format!("subscription `{sub}` of queue `{name}`"),
+        })
     }
 
     /// The largest batch queue `name` takes (its `max_batch`).
@@ -276,7 +282,20 @@ impl State {
         after: Option<&str>,
         limit: u32,
     ) -> Result<GroupPage> {
-        let queue = self.queue(name)?;
+        self.list_groups_in(name, None, filter, after, limit)
+    }
+
+    /// [`State::list_groups`] in the default subscription (`None`) or a
+    /// named one.
+    pub fn list_groups_in(
+        &self,
+        name: &str,
+        subscription: Option<&str>,
+        filter: &GroupFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<GroupPage> {
+        let queue = self.consumer(name, subscription)?;
         let limit = check_limit(limit)?;
         let prefix = filter.key_prefix.as_str();
         // Keys with the prefix form one contiguous run starting at the prefix.
@@ -315,7 +334,18 @@ impl State {
 
     /// One group by its key: its state, head and lease.
     pub fn get_group(&self, name: &str, key: &str) -> Result<GroupInfo> {
-        let queue = self.queue(name)?;
+        self.get_group_in(name, None, key)
+    }
+
+    /// [`State::get_group`] in the default subscription (`None`) or a
+    /// named one.
+    pub fn get_group_in(
+        &self,
+        name: &str,
+        subscription: Option<&str>,
+        key: &str,
+    ) -> Result<GroupInfo> {
+        let queue = self.consumer(name, subscription)?;
         let id = queue.group_ids.get(key).ok_or_else(|| Error::NotFound {
             what: format!("group `{key}` in queue `{name}`"),
         })?;
@@ -326,7 +356,19 @@ impl State {
     /// from indexes kept by every apply: O(limit log n), never a scan.
     /// Only groups holding jobs are ranked.
     pub fn top_groups(&self, name: &str, rank: GroupRank, limit: u32) -> Result<Vec<GroupInfo>> {
-        let queue = self.queue(name)?;
+        self.top_groups_in(name, None, rank, limit)
+    }
+
+    /// [`State::top_groups`] in the default subscription (`None`) or a
+    /// named one.
+    pub fn top_groups_in(
+        &self,
+        name: &str,
+        subscription: Option<&str>,
+        rank: GroupRank,
+        limit: u32,
+    ) -> Result<Vec<GroupInfo>> {
+        let queue = self.consumer(name, subscription)?;
         let limit = check_limit(limit)?;
         let ids: Vec<u64> = match rank {
             GroupRank::Backlog => queue
@@ -353,7 +395,19 @@ impl State {
         after: Option<u64>,
         limit: u32,
     ) -> Result<DeadLetterPage> {
-        let queue = self.queue(name)?;
+        self.list_dead_letters_in(name, None, after, limit)
+    }
+
+    /// [`State::list_dead_letters`] in the default subscription (`None`)
+    /// or a named one.
+    pub fn list_dead_letters_in(
+        &self,
+        name: &str,
+        subscription: Option<&str>,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<DeadLetterPage> {
+        let queue = self.consumer(name, subscription)?;
         let limit = check_limit(limit)?;
         let start = after.map_or(0, |a| a.saturating_add(1));
         let rows: Vec<DeadLetterInfo> = queue

@@ -475,20 +475,39 @@ impl Node {
                     filter,
                     after,
                     limit,
+                    subscription,
                 } => s
-                    .list_groups(&queue, &filter, after.as_deref(), limit)
+                    .list_groups_in(
+                        &queue,
+                        subscription.as_deref(),
+                        &filter,
+                        after.as_deref(),
+                        limit,
+                    )
                     .map(ReadReply::Groups),
                 Read::DeadLetters {
                     queue,
                     after,
                     limit,
+                    subscription,
                 } => s
-                    .list_dead_letters(&queue, after, limit)
+                    .list_dead_letters_in(&queue, subscription.as_deref(), after, limit)
                     .map(|page| ReadReply::DeadLetters(page, Vec::new())),
-                Read::Group { queue, key } => s.get_group(&queue, &key).map(ReadReply::Group),
-                Read::TopGroups { queue, rank, limit } => {
-                    s.top_groups(&queue, rank, limit).map(ReadReply::TopGroups)
-                }
+                Read::Group {
+                    queue,
+                    key,
+                    subscription,
+                } => s
+                    .get_group_in(&queue, subscription.as_deref(), &key)
+                    .map(ReadReply::Group),
+                Read::TopGroups {
+                    queue,
+                    rank,
+                    limit,
+                    subscription,
+                } => s
+                    .top_groups_in(&queue, subscription.as_deref(), rank, limit)
+                    .map(ReadReply::TopGroups),
                 Read::Subscriptions { queue } => {
                     s.list_subscriptions(&queue).map(ReadReply::Subscriptions)
                 }

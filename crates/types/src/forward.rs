@@ -95,6 +95,8 @@ pub enum Read {
         after: Option<String>,
         /// The most groups on the page.
         limit: u32,
+        /// The named subscription; `None`: the default one.
+        subscription: Option<String>,
     },
     /// The commit index the leader confirms with a majority of the
     /// membership (its read index), for a guarded node's catch-up.
@@ -107,6 +109,8 @@ pub enum Read {
         after: Option<u64>,
         /// The most dead letters on the page.
         limit: u32,
+        /// The named subscription; `None`: the default one.
+        subscription: Option<String>,
     },
     /// One group of a queue.
     Group {
@@ -114,6 +118,8 @@ pub enum Read {
         queue: String,
         /// The group's key.
         key: String,
+        /// The named subscription; `None`: the default one.
+        subscription: Option<String>,
     },
     /// The top groups of a queue by backlog or by age.
     TopGroups {
@@ -123,6 +129,8 @@ pub enum Read {
         rank: core::GroupRank,
         /// The most groups answered.
         limit: u32,
+        /// The named subscription; `None`: the default one.
+        subscription: Option<String>,
     },
     /// A queue's named subscriptions, each with its counts.
     Subscriptions {

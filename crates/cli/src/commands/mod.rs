@@ -42,14 +42,22 @@ pub enum Command {
     #[command(subcommand)]
     Queue(queue::QueueCmd),
     /// List, pause or resume a queue's groups.
-    #[command(subcommand)]
-    Groups(groups::GroupsCmd),
+    Groups(InSubscription<groups::GroupsCmd>),
     /// List, requeue or purge a queue's dead letters.
-    #[command(subcommand)]
-    Dlq(dlq::DlqCmd),
+    Dlq(InSubscription<dlq::DlqCmd>),
     /// Create, delete or list a queue's named subscriptions (fan-out).
     #[command(subcommand)]
     Subs(subs::SubsCmd),
+}
+
+/// A subcommand group that may work on a named subscription of its queue.
+#[derive(clap::Args, Debug)]
+pub struct InSubscription<C: clap::Subcommand> {
+    #[command(subcommand)]
+    cmd: C,
+    /// The queue's named subscription to work on (default: the queue's own).
+    #[arg(long, global = true, default_value = "")]
+    subscription: String,
 }
 
 impl Command {
@@ -101,8 +109,10 @@ async fn execute(client: &Client, out: &Out, command: Command) -> Result<(), Cli
         Command::Nack(args) => jobs::nack(client, out, args).await,
         Command::Work(args) => work::work(client, out, args).await,
         Command::Queue(cmd) => queue::run(client, out, cmd).await,
-        Command::Groups(cmd) => groups::run(client, out, cmd).await,
-        Command::Dlq(cmd) => dlq::run(client, out, cmd).await,
+        Command::Groups(a) => {
+            groups::run(&client.in_subscription(&a.subscription), out, a.cmd).await
+        }
+        Command::Dlq(a) => dlq::run(&client.in_subscription(&a.subscription), out, a.cmd).await,
         Command::Subs(cmd) => subs::run(client, out, cmd).await,
     }
 }

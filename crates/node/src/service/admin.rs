@@ -196,6 +196,7 @@ impl pb::admin_server::Admin for Services {
             },
             after: (!r.after.is_empty()).then_some(r.after),
             limit: r.limit,
+            subscription: named(r.subscription),
         };
         match self.read(read, r.read).await? {
             ReadReply::Groups(page) => Ok(Response::new(pb::ListGroupsResponse {
@@ -216,10 +217,13 @@ impl pb::admin_server::Admin for Services {
         match self
             .write_in(
                 r.session,
-                Command::PauseGroup {
-                    queue: r.queue,
-                    group: r.group,
-                },
+                super::in_subscription(
+                    &r.subscription,
+                    Command::PauseGroup {
+                        queue: r.queue,
+                        group: r.group,
+                    },
+                ),
             )
             .await?
             .0
@@ -238,6 +242,7 @@ impl pb::admin_server::Admin for Services {
         let read = Read::Group {
             queue: r.queue,
             key: r.group,
+            subscription: named(r.subscription),
         };
         match self.read(read, r.read).await? {
             ReadReply::Group(g) => Ok(Response::new(pb::GetGroupResponse {
@@ -254,11 +259,14 @@ impl pb::admin_server::Admin for Services {
         let (metadata, _, r) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Admin, &r.queue)?;
-        let command = Command::SkipHead {
-            queue: r.queue,
-            group: r.group,
-            reason: r.reason,
-        };
+        let command = super::in_subscription(
+            &r.subscription,
+            Command::SkipHead {
+                queue: r.queue,
+                group: r.group,
+                reason: r.reason,
+            },
+        );
         match self.write_in(r.session, command).await?.0 {
             Reply::Skipped { offset } => Ok(Response::new(pb::SkipGroupHeadResponse { offset })),
             other => Err(wrong_reply(other)),
@@ -272,10 +280,13 @@ impl pb::admin_server::Admin for Services {
         let (metadata, _, r) = request.into_parts();
         self.auth
             .authorize(&metadata, Permission::Admin, &r.queue)?;
-        let pause = Command::PauseGroup {
-            queue: r.queue.clone(),
-            group: r.group.clone(),
-        };
+        let pause = super::in_subscription(
+            &r.subscription,
+            Command::PauseGroup {
+                queue: r.queue.clone(),
+                group: r.group.clone(),
+            },
+        );
         match self.write(pause).await?.0 {
             Reply::GroupPaused => {}
             other => return Err(wrong_reply(other)),
@@ -291,6 +302,7 @@ impl pb::admin_server::Admin for Services {
         let read = || Read::Group {
             queue: r.queue.clone(),
             key: r.group.clone(),
+            subscription: named(r.subscription.clone()),
         };
         loop {
             let group = match self.read(read(), None).await? {
@@ -341,6 +353,7 @@ impl pb::admin_server::Admin for Services {
             queue: r.queue,
             rank,
             limit: r.limit,
+            subscription: named(r.subscription),
         };
         match self.read(read, r.read).await? {
             ReadReply::TopGroups(groups) => Ok(Response::new(pb::TopGroupsResponse {
@@ -360,10 +373,13 @@ impl pb::admin_server::Admin for Services {
         match self
             .write_in(
                 r.session,
-                Command::ResumeGroup {
-                    queue: r.queue,
-                    group: r.group,
-                },
+                super::in_subscription(
+                    &r.subscription,
+                    Command::ResumeGroup {
+                        queue: r.queue,
+                        group: r.group,
+                    },
+                ),
             )
             .await?
             .0
@@ -385,6 +401,7 @@ impl pb::admin_server::Admin for Services {
                     queue: r.queue,
                     after: r.after,
                     limit: r.limit,
+                    subscription: named(r.subscription),
                 },
                 r.read,
             )
@@ -439,10 +456,13 @@ impl pb::admin_server::Admin for Services {
         match self
             .write_in(
                 r.session,
-                Command::RequeueDeadLetter {
-                    queue: r.queue,
-                    offset: r.offset,
-                },
+                super::in_subscription(
+                    &r.subscription,
+                    Command::RequeueDeadLetter {
+                        queue: r.queue,
+                        offset: r.offset,
+                    },
+                ),
             )
             .await?
             .0
@@ -469,10 +489,13 @@ impl pb::admin_server::Admin for Services {
         match self
             .write_in(
                 r.session,
-                Command::PurgeDeadLetters {
-                    queue: r.queue,
-                    which,
-                },
+                super::in_subscription(
+                    &r.subscription,
+                    Command::PurgeDeadLetters {
+                        queue: r.queue,
+                        which,
+                    },
+                ),
             )
             .await?
             .0
@@ -495,4 +518,9 @@ fn group_to_pb(g: core::GroupInfo) -> pb::GroupInfo {
         parked_reason: g.parked_reason.unwrap_or_default(),
         lease_deadline_ms: g.lease_deadline_ms.unwrap_or_default(),
     }
+}
+
+/// A request's subscription: `None` for the default one (empty).
+fn named(subscription: String) -> Option<String> {
+    (!subscription.is_empty()).then_some(subscription)
 }

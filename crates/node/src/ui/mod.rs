@@ -589,6 +589,7 @@ async fn groups(
         services.list_groups(request(
             &headers,
             pb::ListGroupsRequest {
+                subscription: String::new(),
                 queue: queue.clone(),
                 key_prefix: prefix.clone(),
                 status: status as i32,
@@ -677,6 +678,7 @@ async fn pause(
     bounded(services.pause_group(request(
         &headers,
         pb::PauseGroupRequest {
+            subscription: String::new(),
             queue: a.queue,
             group: a.group,
             session: None,
@@ -695,6 +697,7 @@ async fn resume(
     bounded(services.resume_group(request(
         &headers,
         pb::ResumeGroupRequest {
+            subscription: String::new(),
             queue: a.queue,
             group: a.group,
             session: None,
@@ -724,6 +727,7 @@ async fn dead_letters(
     let page = bounded(services.list_dead_letters(request(
         &headers,
         pb::ListDeadLettersRequest {
+            subscription: String::new(),
             queue,
             after,
             limit,
@@ -777,6 +781,7 @@ async fn requeue(
     let r = bounded(services.requeue_dead_letter(request(
         &headers,
         pb::RequeueDeadLetterRequest {
+            subscription: String::new(),
             queue: a.queue,
             offset: a.offset,
             session: None,
@@ -815,6 +820,7 @@ async fn purge(
     let r = bounded(services.purge_dead_letters(request(
         &headers,
         pb::PurgeDeadLettersRequest {
+            subscription: String::new(),
             queue: a.queue,
             offsets: a.offsets,
             session: None,
