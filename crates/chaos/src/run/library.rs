@@ -161,7 +161,7 @@ pub(super) async fn library_worker(
     while !stop.load(Ordering::Relaxed) {
         let t0 = now_ms();
         let asked = (LIBRARY_LEASE_MS, LIBRARY_FETCH_MAX);
-        let op = |outcome, ds| fetch_op(QUEUE, t0, 0, process, outcome, asked, ds);
+        let op = |outcome, ds| fetch_op((QUEUE, &consumer), t0, 0, process, outcome, asked, ds);
         let slot = recorder.begin(op(Outcome::Indeterminate, Vec::new()));
         let fetched = client
             .fetch(

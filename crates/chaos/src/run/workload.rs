@@ -343,11 +343,12 @@ async fn fetch_recorded(
     let t0 = now_ms();
     let asked = (request.lease_ms, request.max);
     let queue = request.queue.clone();
+    let consumer = request.consumer.clone();
     match q.fetch(request).await {
         Ok(resp) => {
             let deliveries = resp.into_inner().deliveries;
             recorder.push(fetch_op(
-                &queue,
+                (&queue, &consumer),
                 t0,
                 node,
                 process,
@@ -359,7 +360,7 @@ async fn fetch_recorded(
         }
         Err(s) => {
             recorder.push(fetch_op(
-                &queue,
+                (&queue, &consumer),
                 t0,
                 node,
                 process,
@@ -374,7 +375,7 @@ async fn fetch_recorded(
 }
 
 pub(super) fn fetch_op(
-    queue: &str,
+    (queue, consumer): (&str, &str),
     t0: u64,
     node: usize,
     process: u64,
@@ -390,7 +391,9 @@ pub(super) fn fetch_op(
         outcome,
         call: Call::Fetch {
             queue: queue.into(),
-            consumer: String::new(),
+            // The checker tells the drain's deliveries (still pending when
+            // the run ended) by this name.
+            consumer: consumer.into(),
             lease_ms,
             invoke_unknown: false,
             max,
@@ -734,4 +737,46 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fetch is recorded under the consumer it asked as: the C check
+    /// knows the drain's deliveries (jobs still pending when the run
+    /// ended) by the name `drain`. Recorded under an empty name, a chained
+    /// ack lost in a crash, whose job the drain then finished, counted as
+    /// a lost step (`kill-all` seed 9 of the 2026-12-02 tier, C=1).
+    #[test]
+    fn a_fetch_is_recorded_under_its_consumer() {
+        let delivery = pb::Delivery {
+            offset: 120,
+            id: "l4-47-1".into(),
+            group: "g2".into(),
+            fence: 1_628,
+            attempt: 2,
+            ..Default::default()
+        };
+        let op = fetch_op(
+            ("chaos-worker", DRAIN_CONSUMER),
+            1,
+            0,
+            9_999,
+            Outcome::Ok,
+            (30_000, 100),
+            vec![delivery],
+        );
+        match op.call {
+            Call::Fetch {
+                consumer,
+                deliveries,
+                ..
+            } => {
+                assert_eq!(consumer, DRAIN_CONSUMER);
+                assert_eq!(deliveries[0].id, "l4-47-1");
+            }
+            other => panic!("not a fetch: {other:?}"),
+        }
+    }
 }
