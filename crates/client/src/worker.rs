@@ -374,6 +374,14 @@ struct Shared<H> {
 }
 
 impl<H> Shared<H> {
+    /// The breaker's state now.
+    fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state(Instant::now())
+    }
+
     /// The token of the jobs started now.
     fn generation(&self) -> CancellationToken {
         self.generation
@@ -506,11 +514,7 @@ where
     let mut failures: u32 = 0;
     loop {
         while jobs.try_join_next().is_some() {}
-        let state = shared
-            .breaker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .state(Instant::now());
+        let state = shared.breaker_state();
         // While the breaker is not closed the stream may hold at most the
         // one probe's credit, and none while the worker waits without
         // reading it (the cool-down, or the released jobs ending): a push
@@ -697,11 +701,7 @@ where
     let mut failures: u32 = 0;
     loop {
         while jobs.try_join_next().is_some() {}
-        let state = shared
-            .breaker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .state(Instant::now());
+        let state = shared.breaker_state();
         let probing = match state {
             BreakerState::Open { until } => {
                 tokio::select! {
@@ -799,14 +799,7 @@ async fn start<H, Fut>(
     let job = Job::new(&shared.config.queue, delivery);
     // A fetch that long-polled while the breaker opened: give its jobs
     // back at once.
-    let open = matches!(
-        shared
-            .breaker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .state(Instant::now()),
-        BreakerState::Open { .. }
-    );
+    let open = matches!(shared.breaker_state(), BreakerState::Open { .. });
     match permit {
         Some(permit) if !open && !stop.is_cancelled() => {
             let shared = shared.clone();
