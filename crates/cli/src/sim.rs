@@ -41,6 +41,75 @@ pub struct SimArgs {
     /// steps of `SHRINK_STEP_MS`.
     #[arg(long)]
     pub shrink: bool,
+    /// What runs inside: `model`, the core behind a model of the node
+    /// (thousands of seeds a second), or `node`, the real node layer
+    /// (batcher, forwarding, vote guard, ticker, openraft, RocksDB on an
+    /// in-memory disk) on a simulated network (a few seeds a second).
+    #[arg(long, value_enum, default_value_t = Layer::Model)]
+    pub layer: Layer,
+    /// Nodes in the cluster (3 to 5); `--layer node` only.
+    #[arg(long, default_value_t = lockstep_nodesim::NODES_DEFAULT)]
+    pub nodes: usize,
+}
+
+/// The simulators `lockstep sim` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layer {
+    /// `lockstep-sim`: a model of the node around the real core.
+    Model,
+    /// `lockstep-nodesim`: the real node layer.
+    Node,
+}
+
+/// One seed's run, whichever simulator ran it.
+struct Ran {
+    report: lockstep_chaos::checker::Report,
+    faults: u64,
+    stalled: Option<String>,
+    trace: Vec<String>,
+    history: Vec<lockstep_chaos::history::Op>,
+    passed: bool,
+}
+
+/// Runs `seed` for `duration_ms` of workload on the chosen simulator.
+fn run_seed(args: &SimArgs, seed: u64, duration_ms: u64) -> Ran {
+    match args.layer {
+        Layer::Model => {
+            let mut options = lockstep_sim::Options::new(seed);
+            options.duration_ms = duration_ms;
+            let o = lockstep_sim::run(&options);
+            Ran {
+                passed: o.passed(),
+                report: o.report,
+                faults: o.faults,
+                stalled: o.stalled,
+                trace: o.trace,
+                history: o.history,
+            }
+        }
+        Layer::Node => {
+            let mut options = lockstep_nodesim::Options::new(seed);
+            options.duration_ms = duration_ms;
+            options.nodes = args.nodes;
+            let o = lockstep_nodesim::run(&options);
+            Ran {
+                passed: o.passed(),
+                report: o.report,
+                faults: o.faults,
+                stalled: o.stalled,
+                trace: o.trace,
+                history: o.history,
+            }
+        }
+    }
+}
+
+/// The flags that replay a seed of this command's layer and size.
+fn replay_flags(args: &SimArgs) -> String {
+    match args.layer {
+        Layer::Model => String::new(),
+        Layer::Node => format!(" --layer node --nodes {}", args.nodes),
+    }
 }
 
 /// The step of `--shrink`, simulated ms.
@@ -66,19 +135,17 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     let mut first_failed = None;
     let mut last = None;
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
-        let mut options = lockstep_sim::Options::new(seed);
-        options.duration_ms = args.duration_ms;
-        let outcome = lockstep_sim::run(&options);
+        let outcome = run_seed(&args, seed, args.duration_ms);
         run_seeds += 1;
         ops += outcome.report.ops;
         enqueued += outcome.report.enqueued_ok;
         faults += outcome.faults;
-        if !outcome.passed() {
+        if !outcome.passed {
             failed += 1;
             first_failed.get_or_insert(seed);
             print_failure(seed, &outcome, args.trace && failed == 1);
             if args.shrink && failed == 1 {
-                shrink(seed, args.duration_ms);
+                shrink(&args, seed);
             }
         }
         last = Some(outcome);
@@ -104,7 +171,8 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         (None, None) => Ok(()),
         (None, Some(seed)) => Err(format!(
             "{failed} of {run_seeds} seeds failed, the first {seed}; replay it with --seed {seed} \
-             --seeds 1 --trace"
+             --seeds 1 --trace{}",
+            replay_flags(&args)
         )),
         (Some(bug), Some(seed)) => {
             outln(&format!(
@@ -122,19 +190,19 @@ pub fn run(args: SimArgs) -> Result<(), String> {
 }
 
 /// The shortest run of `seed` that still fails, from `SHRINK_STEP_MS` up to
-/// `duration_ms`: a run cut short is the same run up to its cut (the
+/// `--duration-ms`: a run cut short is the same run up to its cut (the
 /// schedule's draws do not depend on the duration).
-fn shrink(seed: u64, duration_ms: u64) {
+fn shrink(args: &SimArgs, seed: u64) {
+    let duration_ms = args.duration_ms;
+    let flags = replay_flags(args);
     let mut cut = SHRINK_STEP_MS;
     while cut < duration_ms {
-        let mut options = lockstep_sim::Options::new(seed);
-        options.duration_ms = cut;
-        let outcome = lockstep_sim::run(&options);
-        if !outcome.passed() {
+        let outcome = run_seed(args, seed, cut);
+        if !outcome.passed {
             outln(&format!(
                 "SHRUNK seed={seed}: fails after {cut} ms of workload instead of {duration_ms} \
                  ({} ops, {} faults); replay: lockstep sim --seed {seed} --seeds 1 \
-                 --duration-ms {cut} --trace",
+                 --duration-ms {cut} --trace{flags}",
                 outcome.report.ops, outcome.faults
             ));
             print_failure(seed, &outcome, true);
@@ -144,13 +212,13 @@ fn shrink(seed: u64, duration_ms: u64) {
     }
     outln(&format!(
         "SHRUNK seed={seed}: no shorter run fails; replay: lockstep sim --seed {seed} --seeds 1 \
-         --duration-ms {duration_ms} --trace"
+         --duration-ms {duration_ms} --trace{flags}"
     ));
 }
 
 /// One failing seed: its counts, a few examples, and with `trace` the
 /// faults and leaders of the run.
-fn print_failure(seed: u64, outcome: &lockstep_sim::Outcome, trace: bool) {
+fn print_failure(seed: u64, outcome: &Ran, trace: bool) {
     outln(&format!(
         "FAIL seed={seed} ops={} acked_enqueues={} faults={} {}{}",
         outcome.report.ops,

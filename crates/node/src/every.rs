@@ -24,7 +24,10 @@ impl Every {
     /// Waits for the next tick. False once the stop signal turned true or
     /// its sender is gone: the loop ends.
     pub(crate) async fn tick(&mut self) -> bool {
+        // Biased: either branch ends in the same answer, and a fixed order
+        // keeps a simulated run (one thread, one seed) the same every time.
         tokio::select! {
+            biased;
             _ = self.interval.tick() => {}
             changed = self.stop.changed() => {
                 if changed.is_err() {

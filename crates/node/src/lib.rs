@@ -11,6 +11,8 @@
 //!   ticker reads, behind a `Clock` trait a simulator can implement;
 //!   `service`, the public gRPC services `lockstep.v1.Queue`, `Admin` and
 //!   `Cluster`; `metrics`, which counts them.
+//! - [`parts`]: the same node made of parts a simulator supplies (stores,
+//!   peer transport, clock), without its servers.
 //! - [`auth`] and [`tls`] guard the services; their helpers are public for
 //!   the `lockstep token` and `lockstep dev-certs` commands.
 //!
@@ -36,6 +38,7 @@ mod guard;
 mod hint;
 mod metrics;
 mod node;
+pub mod parts;
 pub mod run;
 mod service;
 mod start;

@@ -23,7 +23,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::batcher::{Batcher, WriteFailure};
-use crate::clock::{ClusterClock, SystemClock};
+use crate::clock::{Clock, ClusterClock};
 use crate::config::NodeConfig;
 use crate::error::RunError;
 use crate::guard::Guard;
@@ -76,17 +76,19 @@ fn store_status(e: lockstep_store::StoreError) -> Status {
 
 impl Node {
     /// A node over a started Raft and its state; writes go through a new
-    /// batcher, and requests for another leader through `forwarder`.
+    /// batcher, requests for another leader through `forwarder`, and the
+    /// cluster clock reads `clock`.
     pub fn new(
         config: NodeConfig,
         raft: Raft<TypeConfig>,
         state: StateHandle,
         forwarder: Arc<dyn Forwarder>,
         guard: Guard,
+        clock: Arc<dyn Clock>,
     ) -> Node {
         let metrics = Arc::new(Metrics::new());
         let clock = Arc::new(ClusterClock::new(
-            Arc::new(SystemClock::new()),
+            clock,
             &raft,
             state.clone(),
             config.clock.skew_ms_max,

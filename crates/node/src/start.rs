@@ -18,6 +18,7 @@ use tower::layer::util::{Identity, Stack};
 use tracing::Instrument;
 
 use crate::bootstrap::is_fresh;
+use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::error::RunError;
 use crate::guard::Guard;
@@ -98,16 +99,10 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             })?;
     let (node, flusher) = open_node(&config, tls.as_ref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop_rx.clone()));
+    let (ticker, guard) = spawn_loops(&node, &stop_rx);
     let disk = tokio::spawn(crate::disk::run(
         node.disk.clone(),
         node.metrics.clone(),
-        stop_rx.clone(),
-    ));
-    let guard = tokio::spawn(crate::guard::run(
-        node.guard.clone(),
-        node.raft.clone(),
-        node.forwarding.clone(),
         stop_rx.clone(),
     ));
     let mut servers = Servers {
@@ -211,6 +206,22 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     })
 }
 
+/// Spawns the node's own loops, each ending when `stop` turns true: the
+/// ticker, and the vote guard's (which ends once the guard is lifted).
+pub(crate) fn spawn_loops(
+    node: &Arc<Node>,
+    stop: &watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop.clone()));
+    let guard = tokio::spawn(crate::guard::run(
+        node.guard.clone(),
+        node.raft.clone(),
+        node.forwarding.clone(),
+        stop.clone(),
+    ));
+    (ticker, guard)
+}
+
 /// Warns when a port faces the network without TLS, or the client port
 /// without auth: allowed (a private network may be trusted), never silent.
 fn warn_if_exposed(config: &NodeConfig, tls: bool, auth: bool) {
@@ -243,11 +254,38 @@ async fn open_node(
     config: &NodeConfig,
     tls: Option<&crate::tls::NodeTls>,
 ) -> Result<(Arc<Node>, lockstep_store::LogStore), RunError> {
-    let (mut log_store, state_machine) =
-        lockstep_store::open(&config.data_dir).await.map_err(|e| {
-            RunError::damaged_or(&config.data_dir, e.to_string(), |_| RunError::Store(e))
-        })?;
+    let (log_store, state_machine) = lockstep_store::open(&config.data_dir).await.map_err(|e| {
+        RunError::damaged_or(&config.data_dir, e.to_string(), |_| RunError::Store(e))
+    })?;
     let flusher = log_store.clone();
+    let mut network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
+    if let Some(tls) = tls {
+        network = network.with_tls(tls.peer_client.clone());
+    }
+    let node = assemble(
+        config,
+        raft_config(config)?,
+        log_store,
+        state_machine,
+        network,
+        Arc::new(SystemClock::new()),
+    )
+    .await?;
+    Ok((node, flusher))
+}
+
+/// A node from its opened stores, how it reaches its peers and its clock:
+/// the vote guard raised (synced) when the store is fresh, then Raft, then
+/// the node around it. The one wiring of a node, shared by [`start`] and
+/// the simulator's [`crate::parts`].
+pub(crate) async fn assemble(
+    config: &NodeConfig,
+    raft_config: Config,
+    mut log_store: lockstep_store::LogStore,
+    state_machine: lockstep_store::StateMachineStore,
+    network: PeerNetworkFactory,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Node>, RunError> {
     let state = state_machine.handle();
     let fresh = is_fresh(&mut log_store).await?;
     if fresh {
@@ -257,13 +295,9 @@ async fn open_node(
     }
     // Raised, and recorded synced, before Raft starts (see `guard`).
     let guard = Guard::open(log_store.clone(), fresh).await?;
-    let mut network = PeerNetworkFactory::new(config.id, Some(config.peer_socket().ip()));
-    if let Some(tls) = tls {
-        network = network.with_tls(tls.peer_client.clone());
-    }
     let raft = Raft::new(
         config.id,
-        Arc::new(raft_config(config)?),
+        Arc::new(raft_config),
         network.clone(),
         log_store,
         state_machine,
@@ -275,14 +309,14 @@ async fn open_node(
     // A guarded node must not campaign either: a candidate's own vote for
     // itself is a vote too.
     raft.runtime_config().elect(!guard.is_up());
-    let node = Arc::new(Node::new(
+    Ok(Arc::new(Node::new(
         config.clone(),
         raft,
         state,
         Arc::new(TracedForwarder(network)),
         guard,
-    ));
-    Ok((node, flusher))
+        clock,
+    )))
 }
 
 /// Health and reflection, which every client server answers alike.
@@ -482,7 +516,7 @@ impl Running {
 
 /// Hands requests forwarded by other nodes to this node.
 #[derive(Debug)]
-struct NodeForward(Arc<Node>);
+pub(crate) struct NodeForward(pub(crate) Arc<Node>);
 
 #[tonic::async_trait]
 impl ForwardHandler for NodeForward {

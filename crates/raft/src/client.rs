@@ -40,12 +40,40 @@ const KEEPALIVE_INTERVAL_MS: u64 = 2_000;
 const KEEPALIVE_TIMEOUT_MS: u64 = 2_000;
 
 /// The four RPCs of the `Peer` service.
-#[derive(Clone, Copy, Debug)]
-enum Method {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// openraft's AppendEntries.
     AppendEntries,
+    /// openraft's Vote.
     Vote,
+    /// openraft's InstallSnapshot.
     InstallSnapshot,
+    /// A client request forwarded to the leader.
     Forward,
+}
+
+/// What carries one encoded peer message to a peer and its answer back,
+/// instead of a tonic channel: the seam the simulator (`lockstep-nodesim`)
+/// puts its simulated network in. Everything on either side of it stays
+/// the real code: the codec, openraft's error mapping in [`PeerClient`],
+/// and the receiving node's [`PeerService`](crate::PeerService).
+///
+/// An implementation answers as the gRPC call would: the peer's answer
+/// bytes, or a status (`UNAVAILABLE` for a peer it cannot reach,
+/// `DEADLINE_EXCEEDED` past `timeout`, the peer service's own status
+/// otherwise), and never waits past `timeout`.
+#[tonic::async_trait]
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Sends `data` to `target` for `method` and waits at most `timeout`
+    /// for its answer. `traceparent` goes with a forwarded request.
+    async fn call(
+        &self,
+        target: NodeId,
+        method: Method,
+        data: Vec<u8>,
+        timeout: Duration,
+        traceparent: Option<String>,
+    ) -> Result<Vec<u8>, Status>;
 }
 
 /// A cached channel and the address it was made for.
@@ -65,6 +93,8 @@ struct Inner {
     /// One entry per peer this node has talked to: at most the members and
     /// learners it has seen, since the key is the node id.
     channels: Mutex<HashMap<NodeId, Cached>>,
+    /// Carries every message instead of the channels, when set.
+    transport: Option<Arc<dyn Transport>>,
 }
 
 /// openraft's network factory, and the forwarding client, of one node.
@@ -97,6 +127,22 @@ impl PeerNetworkFactory {
                 local_ip,
                 tls: None,
                 channels: Mutex::default(),
+                transport: None,
+            }),
+        }
+    }
+
+    /// The factory of node `local_id` whose every message, Raft RPCs and
+    /// forwarded requests alike, goes through `transport` (a simulated
+    /// network) instead of gRPC.
+    pub fn with_transport(local_id: NodeId, transport: Arc<dyn Transport>) -> PeerNetworkFactory {
+        PeerNetworkFactory {
+            inner: Arc::new(Inner {
+                local_id,
+                local_ip: None,
+                tls: None,
+                channels: Mutex::default(),
+                transport: Some(transport),
             }),
         }
     }
@@ -111,6 +157,7 @@ impl PeerNetworkFactory {
                 local_ip: self.inner.local_ip,
                 tls: Some(tls),
                 channels: Mutex::default(),
+                transport: self.inner.transport.clone(),
             }),
         }
     }
@@ -129,6 +176,11 @@ impl PeerNetworkFactory {
         timeout: Duration,
         traceparent: Option<String>,
     ) -> Result<Vec<u8>, Status> {
+        if let Some(transport) = &self.inner.transport {
+            return transport
+                .call(target, Method::Forward, bytes, timeout, traceparent)
+                .await;
+        }
         let channel = self.channel(target, addr)?;
         let metadata = traceparent
             .and_then(|t| tonic::metadata::AsciiMetadataValue::try_from(t).ok())
@@ -199,9 +251,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
         // A bad address cannot be reported here; every RPC reports it instead,
         // as `Unreachable`, so openraft backs off rather than spins.
-        let channel = self
-            .channel(target, &node.peer_addr)
-            .map_err(|status| status.message().to_string());
+        let channel = match &self.inner.transport {
+            Some(transport) => Ok(Route::Transport(transport.clone())),
+            None => self
+                .channel(target, &node.peer_addr)
+                .map(Route::Channel)
+                .map_err(|status| status.message().to_string()),
+        };
         PeerClient {
             local_id: self.inner.local_id,
             target,
@@ -216,8 +272,16 @@ pub struct PeerClient {
     local_id: NodeId,
     target: NodeId,
     node: NodeInfo,
-    /// The factory's shared channel, or why none could be made.
-    channel: Result<Channel, String>,
+    /// The factory's shared channel (or its transport), or why no channel
+    /// could be made.
+    channel: Result<Route, String>,
+}
+
+/// How a [`PeerClient`] reaches its target.
+#[derive(Clone, Debug)]
+enum Route {
+    Channel(Channel),
+    Transport(Arc<dyn Transport>),
 }
 
 impl fmt::Debug for PeerClient {
@@ -290,9 +354,15 @@ impl PeerClient {
                 PayloadTooLarge::new_entries_hint(fit),
             ));
         }
-        let bytes = call(channel, method, data, timeout, None)
-            .await
-            .map_err(|status| self.transport_error(action, timeout, status))?;
+        let sent = match channel {
+            Route::Channel(channel) => call(channel, method, data, timeout, None).await,
+            Route::Transport(transport) => {
+                transport
+                    .call(self.target, method, data, timeout, None)
+                    .await
+            }
+        };
+        let bytes = sent.map_err(|status| self.transport_error(action, timeout, status))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {

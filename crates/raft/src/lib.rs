@@ -31,7 +31,7 @@ mod forward;
 mod guard;
 mod service;
 
-pub use client::{PeerClient, PeerNetworkFactory, CONNECT_TIMEOUT_MS};
+pub use client::{Method, PeerClient, PeerNetworkFactory, Transport, CONNECT_TIMEOUT_MS};
 pub use forward::{
     wire_status, Forwarder, Forwarding, LEADER_HEADER, RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN,
 };

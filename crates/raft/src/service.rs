@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::guard::AppendRule;
 use crate::pb::peer_server::{Peer, PeerServer};
 use crate::pb::PeerMessage;
-use crate::{VoteGuard, PEER_MESSAGE_BYTES_MAX};
+use crate::{Method, VoteGuard, PEER_MESSAGE_BYTES_MAX};
 
 /// Runs a client request that another node forwarded to this one (the
 /// leader). The node decides the payload format on both sides; this crate
@@ -48,6 +48,45 @@ impl fmt::Debug for PeerService {
     }
 }
 
+impl PeerService {
+    /// The service itself, without a gRPC server around it: what a
+    /// [`Transport`](crate::Transport) that is not gRPC hands messages to.
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        forward: Arc<dyn ForwardHandler>,
+        guard: Arc<VoteGuard>,
+    ) -> PeerService {
+        PeerService {
+            raft,
+            forward,
+            guard,
+        }
+    }
+
+    /// Answers one encoded message for `method` exactly as the gRPC server
+    /// does (the same handlers, guard and codec), with no socket between.
+    pub async fn handle(
+        &self,
+        method: Method,
+        data: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<Vec<u8>, Status> {
+        let mut request = Request::new(PeerMessage { data });
+        if let Some(value) =
+            traceparent.and_then(|t| tonic::metadata::AsciiMetadataValue::try_from(t).ok())
+        {
+            request.metadata_mut().insert(crate::TRACEPARENT_KEY, value);
+        }
+        let response = match method {
+            Method::AppendEntries => self.append_entries(request).await,
+            Method::Vote => self.vote(request).await,
+            Method::InstallSnapshot => self.install_snapshot(request).await,
+            Method::Forward => self.forward(request).await,
+        };
+        Ok(response?.into_inner().data)
+    }
+}
+
 /// Builds the peer gRPC service for the node to add to its peer server,
 /// with [`PEER_MESSAGE_BYTES_MAX`] enforced in both directions.
 pub fn peer_service(
@@ -55,13 +94,9 @@ pub fn peer_service(
     forward: Arc<dyn ForwardHandler>,
     guard: Arc<VoteGuard>,
 ) -> PeerServer<PeerService> {
-    PeerServer::new(PeerService {
-        raft,
-        forward,
-        guard,
-    })
-    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    PeerServer::new(PeerService::new(raft, forward, guard))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
 
 /// Decodes a request body. Bad bytes come from a broken or foreign peer, not

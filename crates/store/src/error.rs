@@ -39,6 +39,10 @@ pub enum StoreError {
     Poisoned,
     #[error("a blocking storage task did not finish: {0}")]
     Task(String),
+    /// An in-memory disk's database is still open by an earlier instance
+    /// of its node (a simulated restart waits for it to close).
+    #[error("the in-memory database is still open by an earlier instance")]
+    StillOpen,
     #[error("{0}")]
     Inconsistent(String),
 }
@@ -80,6 +84,22 @@ impl StoreError {
 
 pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+thread_local! {
+    /// Whether storage work started on this thread runs where it is called
+    /// (see [`run_inline_on_this_thread`]).
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the storage work this thread starts run inline instead of on
+/// Tokio's blocking pool. For the simulator only: it runs every node on
+/// one thread over in-memory stores ([`crate::MemoryDisk`]), where a
+/// blocking-pool thread would finish at a moment of real time and so
+/// reorder a run that must replay exactly from its seed. A real node
+/// never calls it.
+pub fn run_inline_on_this_thread(inline: bool) {
+    INLINE.with(|cell| cell.set(inline));
+}
+
 /// Runs blocking storage work (an fsync, a file scan) off the async worker
 /// threads, so a slow disk stalls only the caller, not the network tasks that
 /// share the runtime.
@@ -88,6 +108,9 @@ where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
+    if INLINE.with(std::cell::Cell::get) {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?

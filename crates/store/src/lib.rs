@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, DB};
 
-pub use error::StoreError;
+pub use error::{run_inline_on_this_thread, StoreError};
 pub use lockstep_types::{Batch, BatchReply, NodeId, NodeInfo, TypeConfig};
 pub use log_store::LogStore;
 pub use state_machine::{StateHandle, StateMachineStore};
@@ -56,9 +56,66 @@ pub async fn open(data_dir: impl AsRef<Path>) -> Result<(LogStore, StateMachineS
 
 /// [`open`] for callers outside an async runtime.
 pub fn open_blocking(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    open_on(data_dir, None)
+}
+
+/// A node's disk kept in memory: RocksDB's in-memory environment, which
+/// holds every file the database writes for as long as a clone of it
+/// lives. Opening the stores again on the same disk finds what they wrote
+/// (a restart); a new disk is a wiped node. For the simulator: the stores
+/// on it are the real ones, byte for byte, with no file I/O. What it does
+/// not model is a power cut: a write it took is never lost.
+#[derive(Clone)]
+pub struct MemoryDisk {
+    env: rocksdb::Env,
+    /// The database opened on it last, while any of its stores lives: two
+    /// instances over one disk would write over each other's files.
+    open: Arc<std::sync::Mutex<std::sync::Weak<DB>>>,
+}
+
+impl std::fmt::Debug for MemoryDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDisk").finish_non_exhaustive()
+    }
+}
+
+impl MemoryDisk {
+    /// An empty disk.
+    pub fn new() -> Result<MemoryDisk, StoreError> {
+        let env = rocksdb::Env::mem_env().map_err(StoreError::rocks("create an in-memory disk"))?;
+        Ok(MemoryDisk {
+            env,
+            open: Arc::default(),
+        })
+    }
+}
+
+/// Opens the stores of a node whose database lives on `disk` (in memory);
+/// `data_dir` names it there, and holds its snapshot files on the real file
+/// system (a simulated node never builds one unless its policy asks).
+///
+/// Fails with [`StoreError::StillOpen`] while a store of the previous
+/// instance on `disk` lives (a stopped node's last tasks still hold it).
+pub fn open_in_memory(
+    disk: &MemoryDisk,
+    data_dir: &Path,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let mut open = disk.open.lock().map_err(|_| StoreError::Poisoned)?;
+    if open.upgrade().is_some() {
+        return Err(StoreError::StillOpen);
+    }
+    let (log_store, state_machine) = open_on(data_dir, Some(&disk.env))?;
+    *open = Arc::downgrade(&log_store.db);
+    Ok((log_store, state_machine))
+}
+
+fn open_on(
+    data_dir: &Path,
+    env: Option<&rocksdb::Env>,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(data_dir)
         .map_err(StoreError::io(format!("create {}", data_dir.display())))?;
-    let db = Arc::new(open_db(&data_dir.join(DB_DIR))?);
+    let db = Arc::new(open_db(&data_dir.join(DB_DIR), env)?);
     if planted_ack_before_fsync() {
         flush_wal_every_second(Arc::downgrade(&db));
     }
@@ -67,8 +124,11 @@ pub fn open_blocking(data_dir: &Path) -> Result<(LogStore, StateMachineStore), S
     Ok((log_store, state_machine))
 }
 
-fn open_db(path: &PathBuf) -> Result<DB, StoreError> {
+fn open_db(path: &PathBuf, env: Option<&rocksdb::Env>) -> Result<DB, StoreError> {
     let mut opts = Options::default();
+    if let Some(env) = env {
+        opts.set_env(env);
+    }
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // After a crash RocksDB drops a torn last record of the write-ahead log

@@ -35,7 +35,7 @@ pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 /// how it serves as its own [`RaftLogReader`] for the replication tasks.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    pub(crate) db: Arc<DB>,
 }
 
 impl fmt::Debug for LogStore {
