@@ -94,9 +94,12 @@ mod planted {
         }
     }
 
+    // The bounds: the first catch measured over seeds 1-100 (Table 3),
+    // with room. A run is a function of its seed and the code, so a bound
+    // moves only when the code does.
     #[test]
     fn skip_fence_is_caught() {
-        caught("skip-fence", 5);
+        caught("skip-fence", 10);
     }
 
     #[test]
@@ -106,11 +109,11 @@ mod planted {
 
     #[test]
     fn wall_clock_time_is_caught() {
-        caught("wall-clock-time", 5);
+        caught("wall-clock-time", 10);
     }
 
     #[test]
     fn retries_without_reply_cache_are_caught() {
-        caught("retries-without-reply-cache", 5);
+        caught("retries-without-reply-cache", 70);
     }
 }

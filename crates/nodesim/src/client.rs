@@ -8,10 +8,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lockstep_chaos::history::{
-    AckItem, Call, DeadJob, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
-};
-use lockstep_core::{self as core, Command, NewJob, QueueConfig, Reply, Sequence};
+use lockstep_chaos::history::{AckItem, Call, DeadJob, Delivery, EndKind, Op, Outcome, SentJob};
+use lockstep_core::{self as core, Command, QueueConfig, Reply, Sequence};
+use lockstep_sim::calls::{ack_oks, end_lease, enqueue_results, new_job};
 use lockstep_types::forward::{Read, ReadReply, Request, Response};
 use lockstep_types::NodeId;
 use rand::rngs::StdRng;
@@ -330,31 +329,10 @@ impl Client {
                 jobs: jobs.iter().map(|(id, group)| new_job(id, group)).collect(),
             };
             let answer = self.call(command, true).await;
-            let results = match &answer.reply {
-                Some(Reply::Enqueued(rs)) => rs
-                    .iter()
-                    .zip(&jobs)
-                    .map(|(r, (id, _))| {
-                        let (offset, outcome) = match r {
-                            core::EnqueueResult::Created { offset } => {
-                                (*offset, EnqueueOutcome::Created)
-                            }
-                            core::EnqueueResult::Duplicate { offset, .. } => {
-                                (*offset, EnqueueOutcome::Duplicate)
-                            }
-                            core::EnqueueResult::IdConflict { offset } => {
-                                (*offset, EnqueueOutcome::IdConflict)
-                            }
-                        };
-                        EnqueueResult {
-                            id: id.clone(),
-                            offset,
-                            outcome,
-                        }
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let results = enqueue_results(
+                answer.reply.as_ref(),
+                jobs.iter().map(|(id, _)| id.as_str()),
+            );
             let call = Call::Enqueue {
                 queue: QUEUE.into(),
                 jobs: jobs
@@ -459,8 +437,7 @@ impl Client {
                 }],
             };
             let answer = self.call(command, true).await;
-            let ok = matches!(&answer.reply, Some(Reply::Acked(rs))
-                if rs.first().is_some_and(|r| matches!(r, core::AckResult::Acked | core::AckResult::AlreadyAcked)));
+            let ok = ack_oks(answer.reply.as_ref(), 1).first() == Some(&true);
             let call = Call::Ack {
                 queue,
                 items: vec![AckItem {
@@ -508,25 +485,7 @@ impl Client {
                 EndKind::DeadLetter
             };
             let (offset, fence) = (h.offset, h.fence);
-            let command = match kind {
-                EndKind::Nack => Command::Nack {
-                    queue: queue.clone(),
-                    offset,
-                    fence,
-                    delay_ms: 0,
-                },
-                EndKind::Release => Command::Release {
-                    queue: queue.clone(),
-                    offset,
-                    fence,
-                },
-                EndKind::DeadLetter => Command::DeadLetter {
-                    queue: queue.clone(),
-                    offset,
-                    fence,
-                    reason: "the simulated handler gave up".into(),
-                },
-            };
+            let command = end_lease(&queue, offset, fence, kind);
             let answer = self.call(command, true).await;
             let call = Call::EndLease {
                 queue,
@@ -577,20 +536,12 @@ impl Client {
                         .collect(),
                 };
                 let answer = self.call(command, true).await;
-                let oks: Vec<bool> = match &answer.reply {
-                    Some(Reply::Acked(rs)) => rs
-                        .iter()
-                        .map(|r| {
-                            matches!(r, core::AckResult::Acked | core::AckResult::AlreadyAcked)
-                        })
-                        .collect(),
-                    _ => vec![false; items.len()],
-                };
+                let oks = ack_oks(answer.reply.as_ref(), items.len());
                 let call = Call::Ack {
                     queue: QUEUE.into(),
                     items: items
                         .iter()
-                        .zip(oks.iter().chain(std::iter::repeat(&false)))
+                        .zip(&oks)
                         .map(|(&(offset, fence), &ok)| AckItem { offset, fence, ok })
                         .collect(),
                 };
@@ -685,17 +636,5 @@ impl Client {
             self.shared.record(o);
         }
         true
-    }
-}
-
-fn new_job(id: &str, group: &str) -> NewJob {
-    NewJob {
-        id: id.into(),
-        group: Some(group.into()),
-        payload: id.as_bytes().to_vec(),
-        headers: Vec::new(),
-        priority: 0,
-        delay_ms: 0,
-        fairness_key: None,
     }
 }

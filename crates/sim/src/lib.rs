@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calls;
 mod client;
 mod net;
 mod node;

@@ -2,11 +2,11 @@
 //! admin that creates side queues and probes them through every node, and
 //! the drain. Every state-changing call goes in a session and is retried
 //! with the same sequence number after a timeout, as the Rust client does.
-use lockstep_chaos::history::{
-    AckItem, Call, Delivery, EndKind, EnqueueOutcome, EnqueueResult, Op, Outcome, SentJob,
-};
-use lockstep_core::{self as core, Command, Error, NewJob, QueueConfig, Reply, Sequence};
+use lockstep_chaos::history::{AckItem, Call, Delivery, EndKind, Op, Outcome, SentJob};
+use lockstep_core::{self as core, Command, Error, QueueConfig, Reply, Sequence};
 use rand::Rng;
+
+use crate::calls::{ack_oks, end_lease, enqueue_results, new_job};
 
 use crate::client::{Held, Kind, Pending, What, DRAIN_PROCESS};
 use crate::net::{Addr, Answer, Envelope, Msg, NodeIx, Try, NODES};
@@ -132,18 +132,6 @@ fn produce(world: &mut World, cx: usize) {
     start(world, cx, what, command, true);
 }
 
-fn new_job(id: &str, group: &str) -> NewJob {
-    NewJob {
-        id: id.into(),
-        group: Some(group.into()),
-        payload: id.as_bytes().to_vec(),
-        headers: Vec::new(),
-        priority: 0,
-        delay_ms: 0,
-        fairness_key: None,
-    }
-}
-
 fn work(world: &mut World, cx: usize) {
     if let Some(h) = world.clients[cx].held.front().cloned() {
         let roll = world.rng.random_range(0..100);
@@ -184,25 +172,7 @@ fn work(world: &mut World, cx: usize) {
                 EndKind::DeadLetter
             };
             let (queue, offset, fence) = (h.queue.clone(), h.offset, h.fence);
-            let command = match kind {
-                EndKind::Nack => Command::Nack {
-                    queue: queue.clone(),
-                    offset,
-                    fence,
-                    delay_ms: 0,
-                },
-                EndKind::Release => Command::Release {
-                    queue: queue.clone(),
-                    offset,
-                    fence,
-                },
-                EndKind::DeadLetter => Command::DeadLetter {
-                    queue: queue.clone(),
-                    offset,
-                    fence,
-                    reason: "the simulated handler gave up".into(),
-                },
-            };
+            let command = end_lease(&queue, offset, fence, kind);
             (
                 What::EndLease {
                     queue,
@@ -482,31 +452,7 @@ fn finish(world: &mut World, cx: usize, answer: Option<Answer>) {
                 }],
                 _ => jobs_of(&p.what),
             };
-            let results = match &reply {
-                Some(Reply::Enqueued(rs)) => rs
-                    .iter()
-                    .zip(&jobs)
-                    .map(|(r, j)| {
-                        let (offset, outcome) = match r {
-                            core::EnqueueResult::Created { offset } => {
-                                (*offset, EnqueueOutcome::Created)
-                            }
-                            core::EnqueueResult::Duplicate { offset, .. } => {
-                                (*offset, EnqueueOutcome::Duplicate)
-                            }
-                            core::EnqueueResult::IdConflict { offset } => {
-                                (*offset, EnqueueOutcome::IdConflict)
-                            }
-                        };
-                        EnqueueResult {
-                            id: j.id.clone(),
-                            offset,
-                            outcome,
-                        }
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let results = enqueue_results(reply.as_ref(), jobs.iter().map(|j| j.id.as_str()));
             ops.push(op(
                 outcome,
                 Call::Enqueue {
@@ -576,20 +522,14 @@ fn finish(world: &mut World, cx: usize, answer: Option<Answer>) {
             };
         }
         What::Ack { queue, items } => {
-            let oks: Vec<bool> = match &reply {
-                Some(Reply::Acked(rs)) => rs
-                    .iter()
-                    .map(|r| matches!(r, core::AckResult::Acked | core::AckResult::AlreadyAcked))
-                    .collect(),
-                _ => vec![false; items.len()],
-            };
+            let oks = ack_oks(reply.as_ref(), items.len());
             ops.push(op(
                 outcome,
                 Call::Ack {
                     queue: queue.clone(),
                     items: items
                         .iter()
-                        .zip(oks.iter().chain(std::iter::repeat(&false)))
+                        .zip(&oks)
                         .map(|(&(offset, fence), &ok)| AckItem { offset, fence, ok })
                         .collect(),
                 },
