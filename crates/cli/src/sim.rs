@@ -28,7 +28,8 @@ pub struct SimArgs {
     /// (`lockstep chaos --recheck FILE` reads it).
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
-    /// Print the faults and leaders of a failing seed.
+    /// Print the faults and leaders of a failing seed (of the one seed
+    /// run, failing or not, with `--seeds 1`).
     #[arg(long)]
     pub trace: bool,
     /// Run every seed even after one fails, and count the failures (the
@@ -146,6 +147,10 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             print_failure(seed, &outcome, args.trace && failed == 1);
             if args.shrink && failed == 1 {
                 shrink(&args, seed);
+            }
+        } else if args.trace && args.seeds == 1 {
+            for line in &outcome.trace {
+                outln(&format!("  | {line}"));
             }
         }
         last = Some(outcome);

@@ -71,6 +71,34 @@ struct SimNode {
     wipes: u32,
 }
 
+/// An incident of several steps, played once in half the seeds: the
+/// stories behind the vote guard's rules (ARCHITECTURE.md, "vote guard").
+#[derive(Clone, Copy, Debug)]
+enum Story {
+    /// A re-run bootstrap through a wiped member while the others lag and
+    /// the leader dies.
+    Rebootstrap,
+    /// A deposed leader that missed a newer term reaches a wiped member.
+    StaleLeader,
+    /// A wiped member dies part-way through catching up, with the leader.
+    RestartMidCatchUp,
+}
+
+/// When a story starts, ms into the run.
+const STORY_AT_MS: (u64, u64) = (2_000, 6_000);
+/// How long a story waits for a settled cluster before trying again, ms.
+const STORY_RETRY_MS: u64 = 250;
+/// How long a wiped node catches up before `RestartMidCatchUp` kills it,
+/// ms: long enough for the leader to find where their logs meet and land
+/// one AppendEntries (`APPEND_ENTRIES_MAX` entries), far too short for
+/// the whole log (its guard then keeps it from acknowledging more).
+const STORY_CATCH_UP_MS: u64 = 300;
+/// Entries in one AppendEntries: few, so a catch-up takes several rounds
+/// and can be cut off part-way.
+const APPEND_ENTRIES_MAX: u64 = 16;
+/// Longest a story waits for the others to elect a leader, ms.
+const STORY_ELECTION_MS_MAX: u64 = 5_000;
+
 /// A fault that heals by itself at `due`.
 #[derive(Debug)]
 enum Heal {
@@ -174,6 +202,7 @@ impl World {
         };
         config.raft.heartbeat_ms = HEARTBEAT_MS;
         config.raft.rpc_timeout_ms = 1_000;
+        config.raft.append_entries_max = APPEND_ENTRIES_MAX;
         config.raft.snapshot_every_entries = u64::MAX / 2;
         config.limits.disk_free_bytes_min = 0;
         config.limits.write_ms_max = 3_000;
@@ -319,17 +348,225 @@ impl World {
     async fn safety_phase(&mut self) {
         let end = self.start + Duration::from_millis(self.options.duration_ms);
         let mut next_fault = Instant::now() + self.gap();
+        // Half the seeds also play one incident of several steps, drawn
+        // from a generator of its own so the other half run as before.
+        let mut story_rng = StdRng::seed_from_u64(self.options.seed ^ 0x5354_4f52_5921);
+        let mut story = story_rng.random_bool(0.5).then(|| {
+            let at = self.start
+                + Duration::from_millis(story_rng.random_range(STORY_AT_MS.0..STORY_AT_MS.1));
+            let story = match story_rng.random_range(0..3) {
+                0 => Story::Rebootstrap,
+                1 => Story::StaleLeader,
+                _ => Story::RestartMidCatchUp,
+            };
+            (at, story)
+        });
         loop {
             let next_heal = self.heals.iter().map(|(t, _)| *t).min();
-            let wake = next_heal.map_or(next_fault, |h| h.min(next_fault)).min(end);
+            let mut wake = next_heal.map_or(next_fault, |h| h.min(next_fault)).min(end);
+            if let Some((at, _)) = story {
+                wake = wake.min(at);
+            }
             tokio::time::sleep_until(wake).await;
             self.apply_due_heals().await;
             if Instant::now() >= end {
                 return;
             }
+            if let Some((at, kind)) = story {
+                if Instant::now() >= at {
+                    // Played on a settled cluster only: every node up,
+                    // none guarded, no fault waiting to heal.
+                    if self.settled() {
+                        story = None;
+                        self.play(kind).await;
+                        next_fault = Instant::now() + self.gap();
+                    } else {
+                        story =
+                            Some((Instant::now() + Duration::from_millis(STORY_RETRY_MS), kind));
+                    }
+                    continue;
+                }
+            }
             if Instant::now() >= next_fault {
                 self.fault().await;
                 next_fault = Instant::now() + self.gap();
+            }
+        }
+    }
+
+    /// Every node up, none guarded, no fault waiting to heal, a leader.
+    fn settled(&self) -> bool {
+        self.heals.is_empty()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.running.as_ref().is_some_and(|a| !a.guarded()))
+            && self.leader().is_some()
+    }
+
+    /// Cuts `id` off every other node (both ways), or mends it.
+    fn isolate(&self, id: NodeId, cut: bool) {
+        for other in self.nodes.iter().map(|n| n.id).filter(|o| *o != id) {
+            self.net.cut_both(id, other, cut);
+        }
+    }
+
+    /// Stops node `ix`, gives it an empty disk and starts it again.
+    async fn wipe_and_restart(&mut self, ix: usize) -> bool {
+        self.stop_node(ix).await;
+        self.nodes[ix].wipes += 1;
+        match MemoryDisk::new() {
+            Ok(disk) => self.nodes[ix].disk = disk,
+            Err(e) => {
+                self.stalled = Some(e.to_string());
+                return false;
+            }
+        }
+        match self.start_node(ix).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.stalled = Some(e);
+                false
+            }
+        }
+    }
+
+    /// Plays one incident (see [`Story`]). Every step the vote guard must
+    /// make safe; the planted guard bugs make each lose acknowledged jobs.
+    async fn play(&mut self, story: Story) {
+        let Some(l) = self.leader() else { return };
+        let leader = self.nodes[l].id;
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|ix| *ix != l).collect();
+        self.faults += 1;
+        match story {
+            Story::Rebootstrap => {
+                // W keeps up with the leader while the rest (P) fall behind;
+                // then W loses its data and an operator re-runs the
+                // bootstrap from it, and the leader dies as P come back.
+                // Only W's guard keeps P, whose logs lack what the leader
+                // and W committed, from electing one of themselves.
+                let w = others[0];
+                let (w_id, lagging) = (self.nodes[w].id, &others[1..]);
+                let lagging_ids: Vec<NodeId> =
+                    lagging.iter().map(|ix| self.nodes[*ix].id).collect();
+                self.note(format!(
+                    "story: nodes {lagging_ids:?} fall behind leader {leader} and node {w_id}"
+                ));
+                for id in &lagging_ids {
+                    self.isolate(*id, true);
+                }
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                // The leader dies first, so the wiped W finds no one to
+                // catch up from before the operator's bootstrap runs.
+                self.note(format!(
+                    "story: kill leader {leader}, wipe node {w_id}; an operator re-runs \
+                     bootstrap from it; then {lagging_ids:?} come back"
+                ));
+                self.stop_node(l).await;
+                if !self.wipe_and_restart(w).await {
+                    return;
+                }
+                if let Some(node) = self.nodes[w].running.clone() {
+                    let formed = node.bootstrap(&self.members).await;
+                    let formed = formed.map_err(|s| s.message().to_string());
+                    self.note(format!("story: bootstrap on node {w_id}: {formed:?}"));
+                }
+                for id in &lagging_ids {
+                    self.isolate(*id, false);
+                }
+                tokio::time::sleep(Duration::from_millis(3_000)).await;
+                self.note(format!("story: restart node {leader}"));
+                if let Err(e) = self.start_node(l).await {
+                    self.stalled = Some(e);
+                }
+            }
+            Story::RestartMidCatchUp => {
+                // As in `Rebootstrap`, the rest (P) fall behind; then W loses
+                // its data, starts catching up from the leader, and dies
+                // with part of the log; the leader dies too. W restarted
+                // holds a vote and a short log: only the guard it recorded
+                // keeps it from electing one of P, whose logs lack what
+                // the leader and W committed.
+                let w = others[0];
+                let w_id = self.nodes[w].id;
+                let lagging_ids: Vec<NodeId> =
+                    others[1..].iter().map(|ix| self.nodes[*ix].id).collect();
+                self.note(format!(
+                    "story: nodes {lagging_ids:?} fall behind leader {leader} and node {w_id}"
+                ));
+                for id in &lagging_ids {
+                    self.isolate(*id, true);
+                }
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                self.note(format!(
+                    "story: wipe node {w_id}; kill it and leader {leader} mid-catch-up; \
+                     restart it; then {lagging_ids:?} come back"
+                ));
+                if !self.wipe_and_restart(w).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(STORY_CATCH_UP_MS)).await;
+                self.stop_node(w).await;
+                self.stop_node(l).await;
+                if let Err(e) = self.start_node(w).await {
+                    self.stalled = Some(e);
+                    return;
+                }
+                for id in &lagging_ids {
+                    self.isolate(*id, false);
+                }
+                tokio::time::sleep(Duration::from_millis(3_000)).await;
+                self.note(format!("story: restart node {leader}"));
+                if let Err(e) = self.start_node(l).await {
+                    self.stalled = Some(e);
+                }
+            }
+            Story::StaleLeader => {
+                // The leader is cut off and the others elect a new one, which
+                // commits; W, one of them, loses its data; then the new
+                // leader is cut off and the deposed one, which never heard
+                // of the newer term, reaches W. Only W's guard keeps the two
+                // from committing over what the newer term committed.
+                self.note(format!("story: isolate leader {leader}"));
+                self.isolate(leader, true);
+                let deadline = Instant::now() + Duration::from_millis(STORY_ELECTION_MS_MAX);
+                let newer = loop {
+                    let found = others.iter().copied().find(|ix| {
+                        self.nodes[*ix].running.as_ref().is_some_and(|a| {
+                            a.raft().metrics().borrow().current_leader == Some(self.nodes[*ix].id)
+                        })
+                    });
+                    if let Some(ix) = found {
+                        break Some(ix);
+                    }
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let Some(f) = newer else {
+                    self.note("story: no newer leader; mend".into());
+                    self.isolate(leader, false);
+                    return;
+                };
+                let f_id = self.nodes[f].id;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(w) = others.iter().copied().find(|ix| *ix != f) else {
+                    self.isolate(leader, false);
+                    return;
+                };
+                let w_id = self.nodes[w].id;
+                self.note(format!(
+                    "story: node {f_id} leads; wipe node {w_id}, cut {f_id} off, let {leader} reach {w_id}"
+                ));
+                if !self.wipe_and_restart(w).await {
+                    return;
+                }
+                self.isolate(f_id, true);
+                self.net.cut_both(leader, w_id, false);
+                tokio::time::sleep(Duration::from_millis(2_000)).await;
+                self.note("story: mend every link".into());
+                self.net.heal();
             }
         }
     }
