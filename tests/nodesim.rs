@@ -114,6 +114,21 @@ mod planted {
 
     #[test]
     fn retries_without_reply_cache_are_caught() {
-        caught("retries-without-reply-cache", 70);
+        caught("retries-without-reply-cache", 40);
+    }
+
+    #[test]
+    fn guard_not_persisted_is_caught() {
+        caught("guard-not-persisted", 20);
+    }
+
+    #[test]
+    fn guard_lifted_by_bootstrap_is_caught() {
+        caught("guard-lifted-by-bootstrap", 15);
+    }
+
+    #[test]
+    fn guard_acks_stale_leader_is_caught() {
+        caught("guard-acks-stale-leader", 20);
     }
 }

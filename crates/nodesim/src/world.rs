@@ -3,7 +3,9 @@
 //! - **Safety phase** (`duration_ms`): producers and workers run while the
 //!   schedule kills and restarts nodes (the leader often), wipes one, cuts
 //!   links both ways or one way, drops messages, loses replies to clients,
-//!   and steps and drifts wall clocks.
+//!   and steps and drifts wall clocks. Half the seeds also play one
+//!   incident of several steps ([`Story`]), the ones the vote guard's
+//!   rules exist for.
 //! - **Liveness phase**: every fault is healed and every node restarted;
 //!   the cluster must elect a leader, the drain must empty the queue, and
 //!   every replica must converge on one state, each within its bound.
@@ -431,6 +433,42 @@ impl World {
         }
     }
 
+    /// The first steps of `Rebootstrap` and `RestartMidCatchUp`: every
+    /// node but the leader and W (the first of `others`) is cut off for
+    /// 1.5 s, while the leader and W commit. Returns W's index and id, and
+    /// the ids of those cut off.
+    async fn fall_behind(
+        &mut self,
+        leader: NodeId,
+        others: &[usize],
+    ) -> (usize, NodeId, Vec<NodeId>) {
+        let w = others[0];
+        let w_id = self.nodes[w].id;
+        let lagging_ids: Vec<NodeId> = others[1..].iter().map(|ix| self.nodes[*ix].id).collect();
+        self.note(format!(
+            "story: nodes {lagging_ids:?} fall behind leader {leader} and node {w_id}"
+        ));
+        for id in &lagging_ids {
+            self.isolate(*id, true);
+        }
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        (w, w_id, lagging_ids)
+    }
+
+    /// The last steps of `Rebootstrap` and `RestartMidCatchUp`: those cut
+    /// off come back, and 3 s later the dead leader (`l`) restarts.
+    async fn come_back(&mut self, lagging_ids: &[NodeId], l: usize) {
+        for id in lagging_ids {
+            self.isolate(*id, false);
+        }
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let leader = self.nodes[l].id;
+        self.note(format!("story: restart node {leader}"));
+        if let Err(e) = self.start_node(l).await {
+            self.stalled = Some(e);
+        }
+    }
+
     /// Plays one incident (see [`Story`]). Every step the vote guard must
     /// make safe; the planted guard bugs make each lose acknowledged jobs.
     async fn play(&mut self, story: Story) {
@@ -445,17 +483,7 @@ impl World {
                 // bootstrap from it, and the leader dies as P come back.
                 // Only W's guard keeps P, whose logs lack what the leader
                 // and W committed, from electing one of themselves.
-                let w = others[0];
-                let (w_id, lagging) = (self.nodes[w].id, &others[1..]);
-                let lagging_ids: Vec<NodeId> =
-                    lagging.iter().map(|ix| self.nodes[*ix].id).collect();
-                self.note(format!(
-                    "story: nodes {lagging_ids:?} fall behind leader {leader} and node {w_id}"
-                ));
-                for id in &lagging_ids {
-                    self.isolate(*id, true);
-                }
-                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                let (w, w_id, lagging_ids) = self.fall_behind(leader, &others).await;
                 // The leader dies first, so the wiped W finds no one to
                 // catch up from before the operator's bootstrap runs.
                 self.note(format!(
@@ -471,14 +499,7 @@ impl World {
                     let formed = formed.map_err(|s| s.message().to_string());
                     self.note(format!("story: bootstrap on node {w_id}: {formed:?}"));
                 }
-                for id in &lagging_ids {
-                    self.isolate(*id, false);
-                }
-                tokio::time::sleep(Duration::from_millis(3_000)).await;
-                self.note(format!("story: restart node {leader}"));
-                if let Err(e) = self.start_node(l).await {
-                    self.stalled = Some(e);
-                }
+                self.come_back(&lagging_ids, l).await;
             }
             Story::RestartMidCatchUp => {
                 // As in `Rebootstrap`, the rest (P) fall behind; then W loses
@@ -487,17 +508,7 @@ impl World {
                 // holds a vote and a short log: only the guard it recorded
                 // keeps it from electing one of P, whose logs lack what
                 // the leader and W committed.
-                let w = others[0];
-                let w_id = self.nodes[w].id;
-                let lagging_ids: Vec<NodeId> =
-                    others[1..].iter().map(|ix| self.nodes[*ix].id).collect();
-                self.note(format!(
-                    "story: nodes {lagging_ids:?} fall behind leader {leader} and node {w_id}"
-                ));
-                for id in &lagging_ids {
-                    self.isolate(*id, true);
-                }
-                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                let (w, w_id, lagging_ids) = self.fall_behind(leader, &others).await;
                 self.note(format!(
                     "story: wipe node {w_id}; kill it and leader {leader} mid-catch-up; \
                      restart it; then {lagging_ids:?} come back"
@@ -512,14 +523,7 @@ impl World {
                     self.stalled = Some(e);
                     return;
                 }
-                for id in &lagging_ids {
-                    self.isolate(*id, false);
-                }
-                tokio::time::sleep(Duration::from_millis(3_000)).await;
-                self.note(format!("story: restart node {leader}"));
-                if let Err(e) = self.start_node(l).await {
-                    self.stalled = Some(e);
-                }
+                self.come_back(&lagging_ids, l).await;
             }
             Story::StaleLeader => {
                 // The leader is cut off and the others elect a new one, which
