@@ -27,7 +27,7 @@ pub use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::error::RunError;
 use crate::node::Node;
-use crate::start::{assemble, spawn_loops, NodeForward};
+use crate::start::{assemble, node_peer_service, spawn_loops};
 
 /// What a node is made of, besides its settings.
 #[derive(Debug)]
@@ -52,6 +52,8 @@ pub struct Parts {
 #[derive(Debug)]
 pub struct Assembled {
     node: Arc<Node>,
+    /// Made once: every simulated message is handed to a clone of it.
+    peer: PeerService,
     stop_tx: watch::Sender<bool>,
     loops: [tokio::task::JoinHandle<()>; 2],
 }
@@ -78,6 +80,7 @@ impl Assembled {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ticker, guard) = spawn_loops(&node, &stop_rx);
         Ok(Assembled {
+            peer: node_peer_service(&node),
             node,
             stop_tx,
             loops: [ticker, guard],
@@ -98,11 +101,7 @@ impl Assembled {
     /// The node's peer service, which a transport hands the messages of
     /// other nodes to.
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(
-            self.node.raft.clone(),
-            Arc::new(NodeForward(self.node.clone())),
-            self.node.guard.vote.clone(),
-        )
+        self.peer.clone()
     }
 
     /// Forms the cluster of `members` from this node, as `Cluster.Bootstrap`

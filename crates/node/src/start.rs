@@ -160,11 +160,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             .tls_config(tls.peer_server.clone())
             .map_err(|e| RunError::Server(format!("peer TLS: {e}")))?;
     }
-    let peer_router = peer_builder.add_service(peer_service(
-        node.raft.clone(),
-        Arc::new(NodeForward(node.clone())),
-        node.guard.vote.clone(),
-    ));
+    let peer_router = peer_builder.add_service(peer_service(node_peer_service(&node)));
     let peer_incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
     servers.spawn("peer server", |stop| async move {
         peer_router
@@ -514,9 +510,20 @@ impl Running {
     }
 }
 
+/// The peer service of `node`: its Raft, its vote guard and its handler of
+/// forwarded requests. The peer gRPC server serves it; the simulator's
+/// transport hands messages to it directly (`crate::parts`).
+pub(crate) fn node_peer_service(node: &Arc<Node>) -> lockstep_raft::PeerService {
+    lockstep_raft::PeerService::new(
+        node.raft.clone(),
+        Arc::new(NodeForward(node.clone())),
+        node.guard.vote.clone(),
+    )
+}
+
 /// Hands requests forwarded by other nodes to this node.
 #[derive(Debug)]
-pub(crate) struct NodeForward(pub(crate) Arc<Node>);
+struct NodeForward(Arc<Node>);
 
 #[tonic::async_trait]
 impl ForwardHandler for NodeForward {

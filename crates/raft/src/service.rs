@@ -87,14 +87,10 @@ impl PeerService {
     }
 }
 
-/// Builds the peer gRPC service for the node to add to its peer server,
+/// Wraps `service` as the gRPC service the node adds to its peer server,
 /// with [`PEER_MESSAGE_BYTES_MAX`] enforced in both directions.
-pub fn peer_service(
-    raft: Raft<TypeConfig>,
-    forward: Arc<dyn ForwardHandler>,
-    guard: Arc<VoteGuard>,
-) -> PeerServer<PeerService> {
-    PeerServer::new(PeerService::new(raft, forward, guard))
+pub fn peer_service(service: PeerService) -> PeerServer<PeerService> {
+    PeerServer::new(service)
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
