@@ -413,16 +413,27 @@ impl World {
         }
     }
 
-    /// Stops node `ix`, gives it an empty disk and starts it again.
-    async fn wipe_and_restart(&mut self, ix: usize) -> bool {
+    /// Stops node `ix` and gives it an empty disk. False (the run stalled)
+    /// when no disk could be made.
+    async fn wipe(&mut self, ix: usize) -> bool {
         self.stop_node(ix).await;
         self.nodes[ix].wipes += 1;
         match MemoryDisk::new() {
-            Ok(disk) => self.nodes[ix].disk = disk,
+            Ok(disk) => {
+                self.nodes[ix].disk = disk;
+                true
+            }
             Err(e) => {
                 self.stalled = Some(e.to_string());
-                return false;
+                false
             }
+        }
+    }
+
+    /// Stops node `ix`, gives it an empty disk and starts it again.
+    async fn wipe_and_restart(&mut self, ix: usize) -> bool {
+        if !self.wipe(ix).await {
+            return false;
         }
         match self.start_node(ix).await {
             Ok(()) => true,
@@ -674,12 +685,7 @@ impl World {
             2 if all_up => {
                 // One node's data lost: it comes back empty, guarded.
                 self.note(format!("wipe node {id}{role}"));
-                self.stop_node(ix).await;
-                self.nodes[ix].wipes += 1;
-                match MemoryDisk::new() {
-                    Ok(disk) => self.nodes[ix].disk = disk,
-                    Err(e) => self.stalled = Some(e.to_string()),
-                }
+                self.wipe(ix).await;
                 let rebootstrap = self.rng.random_bool(0.5);
                 self.heals.push((due, Heal::Restart { ix, rebootstrap }));
             }
