@@ -65,6 +65,33 @@ fn one_seed_gives_one_run() {
     assert_ne!(a.fingerprint, c.fingerprint);
 }
 
+/// Seeds of the clean run that fail, with no bug planted, on a hole this
+/// simulator found (2026-12-02): a member that lost its data and is
+/// guarded answers Conflict while its log does not match a leader's, and
+/// openraft's read index counts any answer but a higher vote as that
+/// member confirming the leader. A deposed leader that never heard of its
+/// successor and reaches only the wiped member thus confirms a read index
+/// and refuses a queue its successor created (N). Ignored until the vote
+/// guard is fixed (tests/chaos/README.md, "What the node-layer simulator
+/// found"); `cargo test --test nodesim -- --ignored` runs it.
+const STALE_READ_INDEX_SEEDS: [u64; 3] = [2_678, 6_540, 8_497];
+
+#[test]
+#[ignore = "open: a guarded member's Conflict answer confirms a deposed leader's read index"]
+fn a_deposed_leader_never_confirms_a_read_index_with_a_wiped_member() {
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    unplant();
+    for seed in STALE_READ_INDEX_SEEDS {
+        let outcome = run(&Options::new(seed));
+        assert!(
+            outcome.passed(),
+            "seed {seed}: {:?} {:?}",
+            outcome.report.counts,
+            outcome.report.examples
+        );
+    }
+}
+
 #[cfg(feature = "planted-bugs")]
 mod planted {
     use super::*;
@@ -109,12 +136,13 @@ mod planted {
 
     #[test]
     fn wall_clock_time_is_caught() {
-        caught("wall-clock-time", 10);
+        caught("wall-clock-time", 20);
     }
 
     #[test]
     fn retries_without_reply_cache_are_caught() {
-        caught("retries-without-reply-cache", 40);
+        // Caught in 2 of 100 seeds: the one slow catch of the gate.
+        caught("retries-without-reply-cache", 90);
     }
 
     #[test]
@@ -130,5 +158,15 @@ mod planted {
     #[test]
     fn guard_acks_stale_leader_is_caught() {
         caught("guard-acks-stale-leader", 20);
+    }
+
+    #[test]
+    fn precheck_on_stale_state_is_caught() {
+        caught("precheck-on-stale-state", 10);
+    }
+
+    #[test]
+    fn ack_before_fsync_is_caught() {
+        caught("ack-before-fsync", 10);
     }
 }

@@ -45,6 +45,14 @@ const LEASES_MS: [u64; 3] = [400, 1_000, 2_000];
 const DRAIN_LEASE_MS: u64 = 5_000;
 /// Jobs one drain fetch takes at most.
 const DRAIN_FETCH_MAX: u32 = 100;
+/// Side queues the admin creates in one run, each probed through every
+/// node.
+const SIDE_QUEUES_MAX: u32 = 40;
+/// Pause before the admin creates the next side queue, ms.
+const SIDE_QUEUE_GAP_MS: (u64, u64) = (50, 300);
+/// A probe's process in the history: this plus the id of the node it
+/// went to.
+const PROBE_PROCESS: u64 = 200;
 /// Attempts a job gets before it is dead-lettered.
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
 
@@ -156,12 +164,17 @@ impl Client {
 
     /// Runs `command`, retried as the client library retries it.
     async fn call(&mut self, command: Command, sequenced: bool) -> Answer {
+        let first = self.pick_node();
+        self.call_at(command, sequenced, first).await
+    }
+
+    /// Runs `command`, sent first to `first`.
+    async fn call_at(&mut self, command: Command, sequenced: bool, first: NodeId) -> Answer {
         let seq = sequenced.then(|| {
             self.seq += 1;
             self.seq
         });
         let invoke_ms = self.shared.now_ms();
-        let first = self.pick_node();
         let mut node = first;
         let mut maybe_applied = false;
         let tries = if sequenced { TRIES_MAX } else { 1 };
@@ -271,11 +284,16 @@ impl Client {
 
     /// Creates the workload's queue; true once it exists.
     pub(crate) async fn create_queue(&mut self) -> bool {
+        self.create(QUEUE).await
+    }
+
+    /// Creates queue `name`; true once it exists.
+    async fn create(&mut self, name: &str) -> bool {
         if !self.ensure_session().await {
             return false;
         }
         let command = Command::CreateQueue {
-            name: QUEUE.into(),
+            name: name.into(),
             config: QueueConfig {
                 max_attempts: MAX_ATTEMPTS,
                 backoff_base_ms: 20,
@@ -287,18 +305,48 @@ impl Client {
         let created = matches!(answer.reply, Some(Reply::QueueCreated { .. }))
             || matches!(answer.error, Some(core::Error::AlreadyExists { .. }));
         if created {
-            let op = self.op(
-                &answer,
-                Call::CreateQueue {
-                    queue: QUEUE.into(),
-                },
-            );
+            let op = self.op(&answer, Call::CreateQueue { queue: name.into() });
             self.shared.record(Op {
                 outcome: Outcome::Ok,
                 ..op
             });
         }
         created
+    }
+
+    /// Creates side queues during the workload's phase, and after each
+    /// acknowledged creation probes it through every node at once. A
+    /// probe has no session and one try, so a node that takes itself for
+    /// the leader answers from its own state: one cut off from the others,
+    /// not yet told of its successor, or a new leader that has not yet
+    /// applied its predecessor's entries, must not answer NOT_FOUND for a
+    /// queue whose creation was acknowledged (the checker's N).
+    pub(crate) async fn administer(mut self) {
+        let mut created = 0;
+        let mut probes = Vec::new();
+        while !self.shared.stopping() && created < SIDE_QUEUES_MAX {
+            self.pause(SIDE_QUEUE_GAP_MS.0..SIDE_QUEUE_GAP_MS.1).await;
+            let queue = format!("s{}", created + 1);
+            if self.shared.stopping() || !self.create(&queue).await {
+                continue;
+            }
+            created += 1;
+            // A ms later, so the history's clock orders the probes after
+            // the acknowledgement (the checker's N compares whole ms).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Not waited for: a probe of a node cut off waits out its try,
+            // and the next queue should not wait with it.
+            for &node in &self.shared.nodes {
+                probes.push(tokio::spawn(probe(
+                    self.shared.clone(),
+                    node,
+                    queue.clone(),
+                )));
+            }
+        }
+        for p in probes {
+            let _ = p.await;
+        }
     }
 
     /// Enqueues until the workload's phase ends.
@@ -637,4 +685,56 @@ impl Client {
         }
         true
     }
+}
+
+/// One probe of side queue `queue` through `node`: a fetch with no session
+/// and one try (see [`Client::administer`]). It records the fetch and, when
+/// the node answered NOT_FOUND, that answer as the checker reads it.
+async fn probe(shared: Arc<Shared>, node: NodeId, queue: String) {
+    let process = PROBE_PROCESS + node;
+    let mut client = Client::new(shared.clone(), process, 0);
+    let consumer = "probe".to_string();
+    let (max, lease_ms) = (1, 1_000);
+    let command = Command::Fetch {
+        queue: queue.clone(),
+        consumer: consumer.clone(),
+        max,
+        lease_ms,
+    };
+    let answer = client.call_at(command, false, node).await;
+    if let Some(core::Error::NotFound { .. }) = answer.error {
+        let op = client.op(
+            &answer,
+            Call::QueueNotFound {
+                queue: queue.clone(),
+            },
+        );
+        shared.record(op);
+    }
+    let deliveries = match &answer.reply {
+        Some(Reply::Fetched(ds)) => ds
+            .iter()
+            .zip(answer.ids.iter().chain(std::iter::repeat(&String::new())))
+            .map(|(d, id)| Delivery {
+                offset: d.offset,
+                id: id.clone(),
+                group: d.group.clone().unwrap_or_default(),
+                fence: d.fence,
+                lease_deadline_ms: d.deadline_ms,
+                attempt: d.attempt,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let call = Call::Fetch {
+        queue,
+        consumer,
+        deliveries,
+        lease_ms,
+        invoke_unknown: false,
+        max,
+        retried: answer.retried,
+    };
+    let op = client.op(&answer, call);
+    shared.record(op);
 }

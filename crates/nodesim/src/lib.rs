@@ -7,7 +7,9 @@
 //!
 //! - **Stores:** the real RocksDB stores on an in-memory disk
 //!   ([`lockstep_store::MemoryDisk`]); a restart reopens the same disk, a
-//!   wipe gives the node a new one.
+//!   wipe gives the node a new one. A stop is a crash: under the planted
+//!   `ack-before-fsync` it loses every write after the node's last sync,
+//!   as a power cut does.
 //! - **Network:** every peer message crosses a simulated network as its
 //!   encoded bytes ([`lockstep_raft::Transport`]), into the receiving node's
 //!   real peer service; clients cross it too. It delays, drops and cuts,
@@ -17,7 +19,9 @@
 //!   and drifts.
 //!
 //! The workload and the checker are the chaos harness's: producers and
-//! workers with sessions and retries record a history that
+//! workers with sessions and retries, and an admin that creates side
+//! queues during the run and probes each through every node, record a
+//! history that
 //! [`lockstep_chaos::check`] judges, after a safety phase with faults and
 //! a liveness phase in which the cluster must heal, drain and converge.
 //!

@@ -1,7 +1,8 @@
 //! One run: the nodes, the fault schedule and its phases.
 //!
 //! - **Safety phase** (`duration_ms`): producers and workers run while the
-//!   schedule kills and restarts nodes (the leader often), wipes one, cuts
+//!   schedule kills and restarts nodes (the leader often, now and then all
+//!   of them at once, as a power cut does), wipes one, cuts
 //!   links both ways or one way, drops messages, loses replies to clients,
 //!   and steps and drifts wall clocks. Half the seeds also play one
 //!   incident of several steps ([`Story`]), the ones the vote guard's
@@ -41,6 +42,9 @@ const ELECTION_TIMEOUT_MS: (u64, u64) = (300, 700);
 const FAULT_GAP_MS: (u64, u64) = (300, 1_500);
 /// How long a fault lasts before it heals, ms.
 const FAULT_MS: (u64, u64) = (200, 2_500);
+/// How long an isolated leader stays cut off, ms: past an election and a
+/// commit under its successor.
+const LEADER_CUT_MS: (u64, u64) = (1_500, 3_500);
 /// Wall-clock steps, ms: seconds to an hour, either way.
 const CLOCK_STEPS_MS: [i64; 6] = [-3_600_000, -60_000, -2_000, 2_000, 60_000, 3_600_000];
 /// Drift of a wall clock, parts per million.
@@ -310,7 +314,7 @@ impl World {
                 return;
             }
         }
-        let mut clients = Vec::new();
+        let mut clients = vec![tokio::spawn(admin.administer())];
         for p in 1..=PRODUCERS {
             let c = Client::new(self.shared.clone(), p, self.options.seed);
             clients.push(tokio::spawn(c.produce()));
@@ -670,7 +674,7 @@ impl World {
             .all(|n| n.running.as_ref().is_some_and(|a| !a.guarded()));
         let due = self.later();
         self.faults += 1;
-        match self.rng.random_range(0..8) {
+        match self.rng.random_range(0..9) {
             0 | 1 if self.nodes[ix].running.is_some() => {
                 self.note(format!("kill node {id}{role}"));
                 self.stop_node(ix).await;
@@ -691,6 +695,19 @@ impl World {
             }
             3 => {
                 self.note(format!("isolate node {id}{role}"));
+                // A leader stays cut off long enough for the others to
+                // elect a successor and commit under it while it still
+                // takes itself for the leader (a client may still reach
+                // it): what a precheck on its stale state would answer
+                // wrongly.
+                let due = if leader {
+                    Instant::now()
+                        + Duration::from_millis(
+                            self.rng.random_range(LEADER_CUT_MS.0..LEADER_CUT_MS.1),
+                        )
+                } else {
+                    due
+                };
                 for other in 1..=n as NodeId {
                     if other != id {
                         self.net.cut_both(id, other, true);
@@ -718,6 +735,32 @@ impl World {
                 self.note(format!("replies of node {id}{role} lost"));
                 self.net.lose_replies(id, true);
                 self.heals.push((due, Heal::Replies(id)));
+            }
+            8 => {
+                // A power cut of the whole cluster: every node stops at once,
+                // each keeping only what it synced, and all come back at the
+                // heal (the real-process harness's `kill-all`).
+                self.note("power cut: every node stops".into());
+                // Off the network together first, so none elects or syncs
+                // while the others are being stopped.
+                let up: Vec<usize> = (0..n)
+                    .filter(|ix| self.nodes[*ix].running.is_some())
+                    .collect();
+                for ix in &up {
+                    self.net.set_up(self.nodes[*ix].id, None);
+                }
+                for ix in up {
+                    self.stop_node(ix).await;
+                    // Only the nodes this cut stopped: one already down
+                    // keeps its own heal (a wiped node's re-run bootstrap).
+                    self.heals.push((
+                        due,
+                        Heal::Restart {
+                            ix,
+                            rebootstrap: false,
+                        },
+                    ));
+                }
             }
             _ => {
                 let step = CLOCK_STEPS_MS[self.rng.random_range(0..CLOCK_STEPS_MS.len())];

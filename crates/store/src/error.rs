@@ -100,6 +100,11 @@ pub fn run_inline_on_this_thread(inline: bool) {
     INLINE.with(|cell| cell.set(inline));
 }
 
+/// Whether this thread runs its storage work inline (the simulator's).
+pub(crate) fn runs_inline() -> bool {
+    INLINE.with(std::cell::Cell::get)
+}
+
 /// Runs blocking storage work (an fsync, a file scan) off the async worker
 /// threads, so a slow disk stalls only the caller, not the network tasks that
 /// share the runtime.
@@ -108,7 +113,7 @@ where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    if INLINE.with(std::cell::Cell::get) {
+    if runs_inline() {
         return f();
     }
     tokio::task::spawn_blocking(f)

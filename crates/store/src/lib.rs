@@ -19,13 +19,16 @@
 
 mod error;
 mod log_store;
+mod power_cut;
 pub mod snapshot;
 mod state_machine;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 pub use error::{run_inline_on_this_thread, StoreError};
 pub use lockstep_types::{Batch, BatchReply, NodeId, NodeInfo, TypeConfig};
@@ -63,14 +66,17 @@ pub fn open_blocking(data_dir: &Path) -> Result<(LogStore, StateMachineStore), S
 /// holds every file the database writes for as long as a clone of it
 /// lives. Opening the stores again on the same disk finds what they wrote
 /// (a restart); a new disk is a wiped node. For the simulator: the stores
-/// on it are the real ones, byte for byte, with no file I/O. What it does
-/// not model is a power cut: a write it took is never lost.
+/// on it are the real ones, byte for byte, with no file I/O. A write it
+/// took is never lost, except under the planted `ack-before-fsync`, whose
+/// unsynced writes a stop loses as a power cut would (`power_cut.rs`).
 #[derive(Clone)]
 pub struct MemoryDisk {
     env: rocksdb::Env,
     /// The database opened on it last, while any of its stores lives: two
     /// instances over one disk would write over each other's files.
     open: Arc<std::sync::Mutex<std::sync::Weak<DB>>>,
+    /// What a power cut would leave of it (`power_cut.rs`).
+    last_synced: power_cut::Kept,
 }
 
 impl std::fmt::Debug for MemoryDisk {
@@ -86,6 +92,7 @@ impl MemoryDisk {
         Ok(MemoryDisk {
             env,
             open: Arc::default(),
+            last_synced: power_cut::Kept::default(),
         })
     }
 }
@@ -104,20 +111,25 @@ pub fn open_in_memory(
     if open.upgrade().is_some() {
         return Err(StoreError::StillOpen);
     }
-    let (log_store, state_machine) = open_on(data_dir, Some(&disk.env))?;
+    let (log_store, state_machine) = open_on(data_dir, Some(disk))?;
     *open = Arc::downgrade(&log_store.db);
     Ok((log_store, state_machine))
 }
 
 fn open_on(
     data_dir: &Path,
-    env: Option<&rocksdb::Env>,
+    disk: Option<&MemoryDisk>,
 ) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(data_dir)
         .map_err(StoreError::io(format!("create {}", data_dir.display())))?;
-    let db = Arc::new(open_db(&data_dir.join(DB_DIR), env)?);
-    if planted_ack_before_fsync() {
-        flush_wal_every_second(Arc::downgrade(&db));
+    let db = Arc::new(open_db(&data_dir.join(DB_DIR), disk.map(|d| &d.env))?);
+    match disk {
+        // The stop before this open was a power cut: what it lost goes
+        // before any store reads the database.
+        Some(disk) => power_cut::restart(&db, &disk.last_synced)
+            .map_err(StoreError::rocks("undo the writes a power cut lost"))?,
+        None if planted_ack_before_fsync() => flush_wal_every_second(Arc::downgrade(&db)),
+        None => {}
     }
     let log_store = LogStore::new(db.clone())?;
     let state_machine = StateMachineStore::open(db, data_dir.join(SNAPSHOT_DIR))?;
@@ -143,10 +155,11 @@ fn open_db(path: &PathBuf, env: Option<&rocksdb::Env>) -> Result<DB, StoreError>
     // Check every table file's checksums and sizes when opening, so a
     // damaged one stops the node at start rather than at some later read.
     opts.set_paranoid_checks(true);
-    if planted_ack_before_fsync() {
+    if planted_ack_before_fsync() && env.is_none() {
         // Planted bug (tests only): write-ahead log records wait in
         // RocksDB's buffer until a flush, so a kill loses the unflushed
-        // tail as an operating-system crash would lose an unsynced one.
+        // tail as an operating-system crash would lose an unsynced one. On
+        // a simulated disk, `power_cut` does this instead.
         opts.set_manual_wal_flush(true);
     }
     let cfs = COLUMN_FAMILIES
@@ -169,6 +182,24 @@ pub(crate) fn planted_ack_before_fsync() -> bool {
     {
         false
     }
+}
+
+/// Writes `batch` and syncs it, with every write before it: what a node
+/// must find again after a power cut (an entry it acknowledged, a vote).
+pub(crate) fn write_synced(db: &DB, batch: WriteBatch) -> Result<(), rocksdb::Error> {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.write_opt(batch, &options)?;
+    power_cut::synced(db);
+    Ok(())
+}
+
+/// Writes `batch` without a sync: it survives a crash only with a later
+/// synced write ([`write_synced`]), as RocksDB recovers a prefix of its one
+/// write-ahead log.
+pub(crate) fn write_unsynced(db: &DB, batch: WriteBatch) -> Result<(), rocksdb::Error> {
+    power_cut::before_unsynced(db)?;
+    db.write(batch)
 }
 
 /// Whether the planted "lose payload" bug is on: payload reads find

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use lockstep_core::codec;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
-use rocksdb::{ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{ReadOptions, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 
 use crate::error::{blocking, Result, StoreError};
@@ -44,12 +44,6 @@ impl fmt::Debug for LogStore {
             .field("path", &self.db.path())
             .finish()
     }
-}
-
-fn sync_write() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    opts
 }
 
 pub(crate) fn read_value<T: DeserializeOwned>(
@@ -101,7 +95,10 @@ impl LogStore {
                 .map(|name| cf(&db, name))
                 .collect::<Result<_>>()?;
             db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
-                .map_err(StoreError::rocks("flush the memtables"))
+                .map_err(StoreError::rocks("flush the memtables"))?;
+            // Table files are durable: what they hold survives a power cut.
+            crate::power_cut::synced(&db);
+            Ok(())
         })
         .await
     }
@@ -122,7 +119,7 @@ impl LogStore {
                 .map_err(StoreError::codec("encode the vote guard's state"))?;
             let mut batch = WriteBatch::default();
             batch.put_cf(cf(&db, CF_META)?, KEY_GUARDED, value);
-            db.write_opt(batch, &sync_write())
+            crate::write_synced(&db, batch)
                 .map_err(StoreError::rocks("write and sync the vote guard's state"))
         })
         .await
@@ -195,14 +192,14 @@ impl LogStore {
             )))?;
             batch.put_cf(logs, log_key(entry.get_log_id().index), value);
         }
-        let options = if crate::planted_ack_before_fsync() {
+        if crate::planted_ack_before_fsync() {
             // Planted bug (tests only): not synced; the write-ahead log is
-            // flushed about once a second (`open_db`).
-            WriteOptions::default()
-        } else {
-            sync_write()
-        };
-        db.write_opt(batch, &options)
+            // flushed about once a second (`open_db`), and on a simulated
+            // disk a stop loses it (`power_cut.rs`).
+            return crate::write_unsynced(db, batch)
+                .map_err(StoreError::rocks("write the appended log entries"));
+        }
+        crate::write_synced(db, batch)
             .map_err(StoreError::rocks("write and sync the appended log entries"))
     }
 
@@ -221,10 +218,9 @@ impl LogStore {
         Self::delete_from(&mut batch, db, since)?;
         // Synced, so entries a new leader overwrote never come back after a
         // crash to be read next to the ones that replaced them.
-        db.write_opt(batch, &sync_write())
-            .map_err(StoreError::rocks(format!(
-                "truncate the log since index {since}"
-            )))
+        crate::write_synced(db, batch).map_err(StoreError::rocks(format!(
+            "truncate the log since index {since}"
+        )))
     }
 
     fn purge_blocking(db: &DB, upto: LogId) -> Result<()> {
@@ -243,7 +239,7 @@ impl LogStore {
         // No explicit compaction follows: reads seek to an index at or after
         // the purged range, so its range tombstone is never scanned, and
         // RocksDB's background compaction drops the dead entries in time.
-        db.write_opt(batch, &sync_write())
+        crate::write_synced(db, batch)
             .map_err(StoreError::rocks(format!("purge the log up to {upto}")))
     }
 
@@ -251,7 +247,7 @@ impl LogStore {
         let value = codec::encode(vote).map_err(StoreError::codec("encode the vote"))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(db, CF_META)?, KEY_VOTE, value);
-        db.write_opt(batch, &sync_write())
+        crate::write_synced(db, batch)
             .map_err(StoreError::rocks(format!("write and sync the vote {vote}")))
     }
 
@@ -269,8 +265,7 @@ impl LogStore {
         // Not synced: see `read_committed` and README.md. The write goes into
         // the WAL before the apply batch of the entries it commits, and the
         // next synced append makes both durable.
-        db.write(batch)
-            .map_err(StoreError::rocks("write the committed log id"))
+        crate::write_unsynced(db, batch).map_err(StoreError::rocks("write the committed log id"))
     }
 
     fn read_committed_blocking(db: &DB) -> Result<Option<LogId>> {

@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 use lockstep_core::{codec, Command, Configs, Effect, JobBlob, QueueId, Stamp, State};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, DB};
 use tokio::sync::oneshot;
 
 use crate::error::{blocking, Result, StoreError};
@@ -317,12 +317,6 @@ impl fmt::Debug for StateMachineStore {
     }
 }
 
-fn sync_write() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    opts
-}
-
 fn put_value<T: serde::Serialize>(
     batch: &mut WriteBatch,
     db: &DB,
@@ -433,8 +427,7 @@ fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<Batch
     // payload is not yet stored. On an error the in-memory state is ahead of
     // the database; openraft stops the node on any storage error, and a
     // restart rebuilds both from the snapshot and the log.
-    db.write(batch)
-        .map_err(StoreError::rocks("write the applied batch"))?;
+    crate::write_unsynced(db, batch).map_err(StoreError::rocks("write the applied batch"))?;
     if configs_changed {
         // O(queues), and only after a command that creates, changes or
         // deletes a queue.
@@ -527,8 +520,7 @@ fn build_blocking(
     let path = publish(snapshots, &temp, &file_name)?;
     let mut batch = WriteBatch::default();
     put_value(&mut batch, db, KEY_CURRENT_SNAPSHOT, &file_name)?;
-    db.write_opt(batch, &sync_write())
-        .map_err(StoreError::rocks("record the current snapshot"))?;
+    crate::write_synced(db, batch).map_err(StoreError::rocks("record the current snapshot"))?;
     *current = Some(Current {
         file_name: file_name.clone(),
         meta: meta.clone(),
@@ -602,15 +594,14 @@ fn load_blobs(db: &DB, path: &Path) -> Result<()> {
         batch.put_cf(blobs, key, value);
         bytes += key.len() + value.len();
         if bytes >= INSTALL_BATCH_BYTES_MAX {
-            db.write(std::mem::take(&mut batch))
-                .map_err(StoreError::rocks(
-                    "write the payloads of an installed snapshot",
-                ))?;
+            crate::write_unsynced(db, std::mem::take(&mut batch)).map_err(StoreError::rocks(
+                "write the payloads of an installed snapshot",
+            ))?;
             bytes = 0;
         }
         Ok(())
     })?;
-    db.write(batch).map_err(StoreError::rocks(
+    crate::write_unsynced(db, batch).map_err(StoreError::rocks(
         "write the payloads of an installed snapshot",
     ))
 }
@@ -623,8 +614,7 @@ fn finish_install(db: &DB, file_name: &str, meta: &SnapshotMeta) -> Result<()> {
     put_value(&mut batch, db, KEY_LAST_MEMBERSHIP, &meta.last_membership)?;
     put_value(&mut batch, db, KEY_CURRENT_SNAPSHOT, &file_name)?;
     batch.delete_cf(cf(db, CF_SM_META)?, KEY_PENDING_INSTALL);
-    db.write_opt(batch, &sync_write())
-        .map_err(StoreError::rocks("record the installed snapshot"))
+    crate::write_synced(db, batch).map_err(StoreError::rocks("record the installed snapshot"))
 }
 
 /// Installs a received snapshot file, crash-atomically:
@@ -681,7 +671,7 @@ fn install_blocking(
     publish(snapshots, &received, &file_name)?;
     let mut batch = WriteBatch::default();
     put_value(&mut batch, db, KEY_PENDING_INSTALL, &file_name)?;
-    db.write_opt(batch, &sync_write())
+    crate::write_synced(db, batch)
         .map_err(StoreError::rocks("mark a snapshot install as pending"))?;
 
     // The payloads are replaced with the gate held (no apply can run) but
@@ -745,7 +735,7 @@ impl StateMachineStore {
             } else {
                 let mut batch = WriteBatch::default();
                 batch.delete_cf(cf(&db, CF_SM_META)?, KEY_PENDING_INSTALL);
-                db.write_opt(batch, &sync_write())
+                crate::write_synced(&db, batch)
                     .map_err(StoreError::rocks("clear a stale install marker"))?;
             }
         }
@@ -977,15 +967,13 @@ mod tests {
     fn wipe_blobs(db: &DB) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf(db, CF_BLOBS)?, [].as_slice(), [0xffu8; 17].as_slice());
-        db.write_opt(batch, &sync_write())
-            .map_err(StoreError::rocks("wipe"))
+        crate::write_synced(db, batch).map_err(StoreError::rocks("wipe"))
     }
 
     fn mark_pending(db: &DB, file_name: &str) -> Result<()> {
         let mut batch = WriteBatch::default();
         put_value(&mut batch, db, KEY_PENDING_INSTALL, &file_name)?;
-        db.write_opt(batch, &sync_write())
-            .map_err(StoreError::rocks("mark"))
+        crate::write_synced(db, batch).map_err(StoreError::rocks("mark"))
     }
 
     /// Precheck answers from the configurations published after each apply
