@@ -8,9 +8,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lockstep_chaos::history::{AckItem, Call, DeadJob, Delivery, EndKind, Op, Outcome, SentJob};
+use lockstep_chaos::history::{AckItem, Call, DeadJob, EndKind, Op, Outcome, SentJob};
 use lockstep_core::{self as core, Command, QueueConfig, Reply, Sequence};
-use lockstep_sim::calls::{ack_oks, end_lease, enqueue_results, new_job};
+use lockstep_sim::calls::{ack_oks, deliveries, end_lease, enqueue_results, new_job};
 use lockstep_types::forward::{Read, ReadReply, Request, Response};
 use lockstep_types::NodeId;
 use rand::rngs::StdRng;
@@ -438,24 +438,14 @@ impl Client {
             lease_ms,
         };
         let answer = self.call(command, true).await;
-        let mut deliveries = Vec::new();
-        if let Some(Reply::Fetched(ds)) = &answer.reply {
-            for (i, d) in ds.iter().enumerate() {
-                deliveries.push(Delivery {
-                    offset: d.offset,
-                    id: answer.ids.get(i).cloned().unwrap_or_default(),
-                    group: d.group.clone().unwrap_or_default(),
-                    fence: d.fence,
-                    lease_deadline_ms: d.deadline_ms,
-                    attempt: d.attempt,
-                });
-                self.held.push_back(Held {
-                    offset: d.offset,
-                    fence: d.fence,
-                    lease_ms,
-                    extended: false,
-                });
-            }
+        let deliveries = deliveries(answer.reply.as_ref(), &answer.ids);
+        for d in &deliveries {
+            self.held.push_back(Held {
+                offset: d.offset,
+                fence: d.fence,
+                lease_ms,
+                extended: false,
+            });
         }
         let took = !deliveries.is_empty();
         let call = Call::Fetch {
@@ -711,25 +701,10 @@ async fn probe(shared: Arc<Shared>, node: NodeId, queue: String) {
         );
         shared.record(op);
     }
-    let deliveries = match &answer.reply {
-        Some(Reply::Fetched(ds)) => ds
-            .iter()
-            .zip(answer.ids.iter().chain(std::iter::repeat(&String::new())))
-            .map(|(d, id)| Delivery {
-                offset: d.offset,
-                id: id.clone(),
-                group: d.group.clone().unwrap_or_default(),
-                fence: d.fence,
-                lease_deadline_ms: d.deadline_ms,
-                attempt: d.attempt,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
     let call = Call::Fetch {
         queue,
         consumer,
-        deliveries,
+        deliveries: deliveries(answer.reply.as_ref(), &answer.ids),
         lease_ms,
         invoke_unknown: false,
         max,

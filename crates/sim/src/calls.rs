@@ -3,7 +3,7 @@
 //! and `lockstep-nodesim`'s real node layer), so both write the same
 //! history for the same answer.
 
-use lockstep_chaos::history::{EndKind, EnqueueOutcome, EnqueueResult};
+use lockstep_chaos::history::{Delivery, EndKind, EnqueueOutcome, EnqueueResult};
 use lockstep_core::{self as core, Command, NewJob, Reply};
 
 /// A job of the workload: its id is its payload.
@@ -84,4 +84,24 @@ pub fn ack_oks(reply: Option<&Reply>, items: usize) -> Vec<bool> {
     };
     oks.resize(items, false);
     oks
+}
+
+/// What a fetch delivered, as the history records it: each delivery with
+/// the job id its stored payload names (`ids`, in the same order; empty
+/// where none came back). Nothing unless the reply is `Fetched`.
+pub fn deliveries(reply: Option<&Reply>, ids: &[String]) -> Vec<Delivery> {
+    let Some(Reply::Fetched(ds)) = reply else {
+        return Vec::new();
+    };
+    ds.iter()
+        .enumerate()
+        .map(|(i, d)| Delivery {
+            offset: d.offset,
+            id: ids.get(i).cloned().unwrap_or_default(),
+            group: d.group.clone().unwrap_or_default(),
+            fence: d.fence,
+            lease_deadline_ms: d.deadline_ms,
+            attempt: d.attempt,
+        })
+        .collect()
 }

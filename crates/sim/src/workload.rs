@@ -2,11 +2,11 @@
 //! admin that creates side queues and probes them through every node, and
 //! the drain. Every state-changing call goes in a session and is retried
 //! with the same sequence number after a timeout, as the Rust client does.
-use lockstep_chaos::history::{AckItem, Call, Delivery, EndKind, Op, Outcome, SentJob};
+use lockstep_chaos::history::{AckItem, Call, EndKind, Op, Outcome, SentJob};
 use lockstep_core::{self as core, Command, Error, QueueConfig, Reply, Sequence};
 use rand::Rng;
 
-use crate::calls::{ack_oks, end_lease, enqueue_results, new_job};
+use crate::calls::{ack_oks, deliveries, end_lease, enqueue_results, new_job};
 
 use crate::client::{Held, Kind, Pending, What, DRAIN_PROCESS};
 use crate::net::{Addr, Answer, Envelope, Msg, NodeIx, Try, NODES};
@@ -474,28 +474,15 @@ fn finish(world: &mut World, cx: usize, answer: Option<Answer>) {
             max,
             lease_ms,
         } => {
-            let mut deliveries = Vec::new();
-            if let Some(Reply::Fetched(ds)) = &reply {
-                for (d, id) in ds
-                    .iter()
-                    .zip(ids.iter().chain(std::iter::repeat(&String::new())))
-                {
-                    deliveries.push(Delivery {
-                        offset: d.offset,
-                        id: id.clone(),
-                        group: d.group.clone().unwrap_or_default(),
-                        fence: d.fence,
-                        lease_deadline_ms: d.deadline_ms,
-                        attempt: d.attempt,
-                    });
-                    world.clients[cx].held.push_back(Held {
-                        queue: queue.clone(),
-                        offset: d.offset,
-                        fence: d.fence,
-                        lease_ms: *lease_ms,
-                        extended: false,
-                    });
-                }
+            let deliveries = deliveries(reply.as_ref(), &ids);
+            for d in &deliveries {
+                world.clients[cx].held.push_back(Held {
+                    queue: queue.clone(),
+                    offset: d.offset,
+                    fence: d.fence,
+                    lease_ms: *lease_ms,
+                    extended: false,
+                });
             }
             let took = !deliveries.is_empty();
             ops.push(op(
