@@ -270,6 +270,19 @@ impl World {
         }
     }
 
+    /// Stops node `ix` as a crash does, to start again on the same disk
+    /// at `due`.
+    async fn crash(&mut self, ix: usize, due: Instant) {
+        self.stop_node(ix).await;
+        self.heals.push((
+            due,
+            Heal::Restart {
+                ix,
+                rebootstrap: false,
+            },
+        ));
+    }
+
     /// The leader as the running nodes see it: the one that says it leads.
     fn leader(&self) -> Option<usize> {
         self.nodes.iter().position(|n| {
@@ -677,14 +690,7 @@ impl World {
         match self.rng.random_range(0..9) {
             0 | 1 if self.nodes[ix].running.is_some() => {
                 self.note(format!("kill node {id}{role}"));
-                self.stop_node(ix).await;
-                self.heals.push((
-                    due,
-                    Heal::Restart {
-                        ix,
-                        rebootstrap: false,
-                    },
-                ));
+                self.crash(ix, due).await;
             }
             2 if all_up => {
                 // One node's data lost: it comes back empty, guarded.
@@ -749,17 +755,10 @@ impl World {
                 for ix in &up {
                     self.net.set_up(self.nodes[*ix].id, None);
                 }
+                // Only the nodes this cut stopped: one already down keeps
+                // its own heal (a wiped node's re-run bootstrap).
                 for ix in up {
-                    self.stop_node(ix).await;
-                    // Only the nodes this cut stopped: one already down
-                    // keeps its own heal (a wiped node's re-run bootstrap).
-                    self.heals.push((
-                        due,
-                        Heal::Restart {
-                            ix,
-                            rebootstrap: false,
-                        },
-                    ));
+                    self.crash(ix, due).await;
                 }
             }
             _ => {
