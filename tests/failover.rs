@@ -354,3 +354,56 @@ async fn join_and_remove_under_load_lose_nothing() {
     .await
     .expect("test finished within its timeout");
 }
+
+/// How long a follower stays stopped in
+/// `a_follower_back_from_a_pause_never_disturbs_the_leader`: past the
+/// longest wait before a campaign (the lease plus an election timeout, 4 s
+/// with the default 1-2 s timeouts).
+const PAUSE: Duration = Duration::from_secs(6);
+/// Pauses in that test. Without a pre-vote, about half of the resumed
+/// followers raised the term and deposed the leader (7 of 14 trials), so
+/// four make a miss unlikely.
+const PAUSES: usize = 4;
+
+/// A follower resumed after a SIGSTOP longer than any election timeout
+/// must not raise the term: it asks the others first (the elector's
+/// pre-vote), and both heard from the healthy leader within the lease.
+/// Writes go on through the leader meanwhile, so the returning follower is
+/// also behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_from_a_pause_never_disturbs_the_leader() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut run, leader) = start3().await;
+        create_queue(&run.cluster, leader, Q, None).await;
+        let follower = (1..=3).find(|i| *i != leader).unwrap();
+        let term = run.cluster.status(leader).await.unwrap().term;
+        let mut q = queue(&run.cluster, leader).await;
+        let mut sent = 0u64;
+        for pause in 0..PAUSES {
+            run.cluster.pause(follower).unwrap();
+            let resume_at = Instant::now() + PAUSE;
+            while Instant::now() < resume_at {
+                sent += 1;
+                let created = enqueue(&mut q, Q, vec![job(&format!("p{sent}"), "g")]).await;
+                assert_eq!(created[0].outcome, pb::EnqueueOutcome::Created as i32);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            run.cluster.resume(follower).unwrap();
+            // The follower's elector looks every 50 ms; give it time to
+            // campaign if it were going to, and the leader to step down.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for id in 1..=3 {
+                let status = run.cluster.status(id).await.unwrap();
+                assert_eq!(
+                    (status.term, status.leader_id),
+                    (term, Some(leader)),
+                    "node {id} after pause {pause} of follower {follower}: the term moved \
+                     or the leader changed"
+                );
+            }
+        }
+        assert!(sent > 0);
+    })
+    .await
+    .expect("test exceeded its bound");
+}

@@ -1,5 +1,5 @@
 //! The node's side of the vote guard (`lockstep_raft::VoteGuard`): raising
-//! it, synced, before Raft starts on an empty directory; keeping openraft
+//! it, synced, before Raft starts on an empty directory; keeping the elector
 //! from campaigning while it is up; and lifting it once this node has
 //! applied a commit index the leader confirmed with a majority.
 
@@ -58,6 +58,19 @@ impl Guard {
         Ok(Guard { vote, store })
     }
 
+    /// The id of this node's last log entry, as its store holds it (the
+    /// elector's pre-vote compares logs as a vote would).
+    pub(crate) async fn last_log_id(&self) -> Result<Option<lockstep_types::LogId>, RunError> {
+        use openraft::storage::RaftLogStorage;
+        let state = self
+            .store
+            .clone()
+            .get_log_state()
+            .await
+            .map_err(|e| RunError::Raft(e.to_string()))?;
+        Ok(state.last_log_id)
+    }
+
     /// Whether the guard is up.
     pub(crate) fn is_up(&self) -> bool {
         !self.vote.allowed()
@@ -65,14 +78,13 @@ impl Guard {
 
     /// Lifts the guard: recorded, synced, first, so a crash right after
     /// voting never restarts guarded-yet-voted or voted-yet-unrecorded;
-    /// then campaigning is allowed again.
-    pub(crate) async fn lift(&self, raft: &Raft<TypeConfig>) -> Result<(), RunError> {
+    /// then the elector may campaign again (`crate::elector`).
+    pub(crate) async fn lift(&self) -> Result<(), RunError> {
         if self.vote.allowed() {
             return Ok(());
         }
         self.store.save_guarded(false).await?;
         self.vote.allow();
-        raft.runtime_config().elect(true);
         Ok(())
     }
 }
@@ -116,7 +128,7 @@ pub(crate) async fn run(
         }
         let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
         if guard.vote.may_lift(applied) {
-            if let Err(e) = guard.lift(&raft).await {
+            if let Err(e) = guard.lift().await {
                 tracing::warn!(error = %e, "vote guard: cannot record the lift; retrying");
             }
         }

@@ -31,6 +31,7 @@ mod clock;
 pub mod config;
 mod convert;
 mod disk;
+mod elector;
 pub mod embedded;
 mod error;
 mod every;

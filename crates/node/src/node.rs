@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstep_core::{self as core, codec, Command, Reply};
-use lockstep_raft::{Forwarder, Forwarding};
+use lockstep_raft::{EntriesWanted, Forwarder, Forwarding};
 use lockstep_store::StateHandle;
 use lockstep_types::forward::{
     MembershipChange, Probed, Read, ReadReply, Request, Response, WireStatus,
@@ -53,6 +53,9 @@ pub struct Node {
     /// Whether this node may vote yet, and what raising and lifting that
     /// touch (see `lockstep_raft::VoteGuard`).
     pub(crate) guard: Guard,
+    /// Set when a guarded member asked this node, as leader, for entries;
+    /// the ticker answers with one `Tick` (see `lockstep_raft::guard`).
+    pub(crate) entries_wanted: EntriesWanted,
     /// The data directory's free space against its reserve.
     pub(crate) disk: Arc<crate::disk::DiskSpace>,
     /// Client requests served at once (`limits.requests_in_flight_max`).
@@ -74,10 +77,67 @@ fn store_status(e: lockstep_store::StoreError) -> Status {
     Status::internal(format!("storage: {e}"))
 }
 
+/// Longest the elector or a pre-vote waits for Raft's state.
+const SEEN_WAIT_MS_MAX: u64 = 1_000;
+
+/// What the elector and a pre-vote read of openraft's state.
+pub(crate) struct Seen {
+    pub(crate) leading: bool,
+    pub(crate) committed: bool,
+    /// When the vote last changed or a leader was last heard from; `None`
+    /// since this node started, which openraft reads as long ago.
+    pub(crate) touched: Option<tokio::time::Instant>,
+}
+
 impl Node {
+    /// openraft's state as the elector and a pre-vote read it.
+    /// `None` when Raft has stopped or did not answer within
+    /// [`SEEN_WAIT_MS_MAX`].
+    pub(crate) async fn seen(&self) -> Option<Seen> {
+        let asked = self.raft.with_raft_state(|st| Seen {
+            leading: st.server_state == openraft::ServerState::Leader,
+            committed: st.vote_ref().is_committed(),
+            touched: st.vote_last_modified(),
+        });
+        tokio::time::timeout(Duration::from_millis(SEEN_WAIT_MS_MAX), asked)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Whether this node would vote (the elector's pre-vote, see
+    /// `crate::elector`) for `candidate`, whose last log id is `last_log`,
+    /// now: what openraft's vote handler would grant, but for the term.
+    /// Changes nothing.
+    pub(crate) async fn would_vote(
+        &self,
+        candidate: NodeId,
+        last_log: Option<lockstep_types::LogId>,
+    ) -> bool {
+        if self.guard.is_up() || candidate == self.id {
+            return false;
+        }
+        let Some(seen) = self.seen().await else {
+            return false;
+        };
+        if seen.leading {
+            return false;
+        }
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let fresh = seen.committed && seen.touched.is_some_and(|t| t.elapsed() <= lease);
+        if fresh {
+            return false;
+        }
+        match self.guard.last_log_id().await {
+            Ok(mine) => last_log >= mine,
+            Err(_) => false,
+        }
+    }
+
     /// A node over a started Raft and its state; writes go through a new
     /// batcher, requests for another leader through `forwarder`, and the
-    /// cluster clock reads `clock`.
+    /// cluster clock reads `clock`. `entries_wanted` is the network's flag
+    /// for a guarded member that asks for entries.
     pub fn new(
         config: NodeConfig,
         raft: Raft<TypeConfig>,
@@ -85,6 +145,7 @@ impl Node {
         forwarder: Arc<dyn Forwarder>,
         guard: Guard,
         clock: Arc<dyn Clock>,
+        entries_wanted: EntriesWanted,
     ) -> Node {
         let metrics = Arc::new(Metrics::new());
         let clock = Arc::new(ClusterClock::new(
@@ -115,6 +176,7 @@ impl Node {
             batcher,
             clock,
             guard,
+            entries_wanted,
             client_slots: Arc::new(Semaphore::new(slots)),
             forward_slots: Arc::new(Semaphore::new(slots)),
         }
@@ -251,6 +313,13 @@ impl Node {
                 .await
                 .map(Response::Initialized)
                 .map_err(|e| Status::failed_precondition(e.to_string())),
+            // Answered by this node itself, changing nothing.
+            Request::PreVote {
+                candidate,
+                last_log,
+            } => Ok(Response::PreVote(
+                self.would_vote(candidate, last_log).await,
+            )),
         }
     }
 
@@ -303,7 +372,7 @@ impl Node {
         if initialized {
             // A node that forms the cluster holds everything ever committed,
             // which is nothing: it may vote.
-            self.guard.lift(&self.raft).await?;
+            self.guard.lift().await?;
         }
         Ok(initialized)
     }

@@ -27,7 +27,7 @@ pub use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::error::RunError;
 use crate::node::Node;
-use crate::start::{assemble, node_peer_service, spawn_loops};
+use crate::start::{assemble, node_peer_service, spawn_loops, Loops};
 
 /// What a node is made of, besides its settings.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub struct Assembled {
     /// Made once: every simulated message is handed to a clone of it.
     peer: PeerService,
     stop_tx: watch::Sender<bool>,
-    loops: [tokio::task::JoinHandle<()>; 2],
+    loops: Loops,
 }
 
 /// openraft's settings from a node's `raft` settings, as a `lockstep node`
@@ -78,12 +78,12 @@ impl Assembled {
         )
         .await?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (ticker, guard) = spawn_loops(&node, &stop_rx);
+        let loops = spawn_loops(&node, &stop_rx);
         Ok(Assembled {
             peer: node_peer_service(&node),
             node,
             stop_tx,
-            loops: [ticker, guard],
+            loops,
         })
     }
 
@@ -132,9 +132,7 @@ impl Assembled {
     /// as they would at a crash: their callers see no answer.
     pub async fn stop(&self) {
         let _ = self.stop_tx.send(true);
-        for task in &self.loops {
-            task.abort();
-        }
+        self.loops.abort();
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::debug!(error = %e, "raft shutdown");
         }

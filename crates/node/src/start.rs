@@ -67,11 +67,11 @@ pub struct Running {
     /// (an in-memory duplex per connection), when asked for at start.
     pub in_process: Option<tonic::transport::Channel>,
     stop_tx: watch::Sender<bool>,
-    ticker: tokio::task::JoinHandle<()>,
+    /// The ticker, the vote guard's loop (which lifts it once this node
+    /// holds the committed log) and the elector.
+    loops: Loops,
     /// Reads the data directory's free space.
     disk: tokio::task::JoinHandle<()>,
-    /// Lifts the vote guard once this node holds the committed log.
-    guard: tokio::task::JoinHandle<()>,
     servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
 }
 
@@ -99,7 +99,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
             })?;
     let (node, flusher) = open_node(&config, tls.as_ref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ticker, guard) = spawn_loops(&node, &stop_rx);
+    let loops = spawn_loops(&node, &stop_rx);
     let disk = tokio::spawn(crate::disk::run(
         node.disk.clone(),
         node.metrics.clone(),
@@ -195,27 +195,43 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         flusher,
         in_process,
         stop_tx,
-        ticker,
+        loops,
         disk,
-        guard,
         servers: servers.tasks,
     })
 }
 
 /// Spawns the node's own loops, each ending when `stop` turns true: the
-/// ticker, and the vote guard's (which ends once the guard is lifted).
-pub(crate) fn spawn_loops(
-    node: &Arc<Node>,
-    stop: &watch::Receiver<bool>,
-) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
-    let ticker = tokio::spawn(crate::ticker::run(node.clone(), stop.clone()));
-    let guard = tokio::spawn(crate::guard::run(
-        node.guard.clone(),
-        node.raft.clone(),
-        node.forwarding.clone(),
-        stop.clone(),
-    ));
-    (ticker, guard)
+/// ticker, the vote guard's (which ends once the guard is lifted) and the
+/// elector.
+pub(crate) fn spawn_loops(node: &Arc<Node>, stop: &watch::Receiver<bool>) -> Loops {
+    Loops {
+        ticker: tokio::spawn(crate::ticker::run(node.clone(), stop.clone())),
+        guard: tokio::spawn(crate::guard::run(
+            node.guard.clone(),
+            node.raft.clone(),
+            node.forwarding.clone(),
+            stop.clone(),
+        )),
+        elector: tokio::spawn(crate::elector::run(node.clone(), stop.clone())),
+    }
+}
+
+/// The node's own loops ([`spawn_loops`]).
+#[derive(Debug)]
+pub(crate) struct Loops {
+    pub(crate) ticker: tokio::task::JoinHandle<()>,
+    pub(crate) guard: tokio::task::JoinHandle<()>,
+    pub(crate) elector: tokio::task::JoinHandle<()>,
+}
+
+impl Loops {
+    /// Aborts every loop at once, as a crash would.
+    pub(crate) fn abort(&self) {
+        self.ticker.abort();
+        self.guard.abort();
+        self.elector.abort();
+    }
 }
 
 /// Warns when a port faces the network without TLS, or the client port
@@ -302,9 +318,11 @@ pub(crate) async fn assemble(
     // openraft re-applies the log after the snapshot here: a damaged table
     // block of the log is met now, before the node serves anything.
     .map_err(|e| RunError::damaged_or(&config.data_dir, e.to_string(), RunError::Raft))?;
-    // A guarded node must not campaign either: a candidate's own vote for
-    // itself is a vote too.
-    raft.runtime_config().elect(!guard.is_up());
+    // openraft's own election timer stays off: the elector campaigns,
+    // after a pre-vote, and never while the guard is up (a candidate's own
+    // vote for itself is a vote too). See `crate::elector`.
+    raft.runtime_config().elect(false);
+    let entries_wanted = network.entries_wanted();
     Ok(Arc::new(Node::new(
         config.clone(),
         raft,
@@ -312,6 +330,7 @@ pub(crate) async fn assemble(
         Arc::new(TracedForwarder(network)),
         guard,
         clock,
+        entries_wanted,
     )))
 }
 
@@ -445,16 +464,22 @@ impl Running {
         // comes; past the bound it is cut off (its caller sees the
         // connection end, an unknown outcome, as after a crash).
         let bound = Duration::from_millis(SERVER_STOP_MS_MAX);
-        let mut ticker = self.ticker;
+        let Loops {
+            mut ticker,
+            mut guard,
+            mut elector,
+        } = self.loops;
         if tokio::time::timeout(bound, &mut ticker).await.is_err() {
             tracing::warn!("ticker did not stop within {SERVER_STOP_MS_MAX} ms; aborted");
             ticker.abort();
         }
-        // The guard task ends at stop within one question to the leader;
-        // its work is idempotent, so cutting it off loses nothing.
-        let mut guard = self.guard;
-        if tokio::time::timeout(bound, &mut guard).await.is_err() {
-            guard.abort();
+        // The guard task ends at stop within one question to the leader,
+        // the elector within one pre-vote round; their work is idempotent,
+        // so cutting them off loses nothing.
+        for task in [&mut guard, &mut elector] {
+            if tokio::time::timeout(bound, &mut *task).await.is_err() {
+                task.abort();
+            }
         }
         let mut disk = self.disk;
         if tokio::time::timeout(bound, &mut disk).await.is_err() {

@@ -3,6 +3,11 @@
 //! traffic. "Due" is by the leader's cluster clock, the one the batcher
 //! stamps with, never by the wall clock: a wall clock stepped ahead would
 //! expire leases early, one stepped back would hold delayed jobs.
+//!
+//! It also proposes one `Tick` when a guarded member asked for entries
+//! (`lockstep_raft::EntriesWanted`): an idle leader sends only empty
+//! AppendEntries, which such a member may not answer with a conflict, so
+//! without an entry it would never catch up and lift its guard.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +35,8 @@ pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
             continue;
         }
         let due = node.state.read(|s| s.next_due_ms()).ok().flatten();
-        if due.is_some_and(|t| t <= node.clock.now_ms()) {
+        let wanted = node.entries_wanted.take();
+        if wanted || due.is_some_and(|t| t <= node.clock.now_ms()) {
             if let Err(failure) = node.batcher.submit(Command::Tick).await {
                 tracing::debug!(?failure, "tick not applied");
             }

@@ -8,8 +8,10 @@
 //!   incident of several steps ([`Story`]), the ones the vote guard's
 //!   rules exist for.
 //! - **Liveness phase**: every fault is healed and every node restarted;
-//!   the cluster must elect a leader, the drain must empty the queue, and
-//!   every replica must converge on one state, each within its bound.
+//!   the cluster must elect a leader, every node that lost its data must
+//!   lift its vote guard before any client writes again, the drain must
+//!   empty the queue, and every replica must converge on one state, each
+//!   within its bound.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +55,10 @@ const DRIFT_PPM: i64 = 500;
 const LOSSY_PPM: u32 = 100_000;
 /// Longest wait for a leader after the heal, ms.
 const LEADER_WAIT_MS_MAX: u64 = 30_000;
+/// Longest a node that lost its data may take to lift its vote guard once
+/// a leader leads a healed cluster with no client writing, ms: an idle
+/// leader must still send it entries (`lockstep_raft::EntriesWanted`).
+const GUARD_LIFT_MS_MAX: u64 = 20_000;
 /// Longest the drain may take, ms.
 const DRAIN_MS_MAX: u64 = 60_000;
 /// Longest the replicas may take to converge after the drain, ms.
@@ -790,6 +796,28 @@ impl World {
         while self.leader().is_none() {
             if Instant::now() >= deadline {
                 self.stalled = Some(format!("no leader {LEADER_WAIT_MS_MAX} ms after the heal"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Before the drain, so no client writes: catching up must not
+        // depend on traffic.
+        let deadline = Instant::now() + Duration::from_millis(GUARD_LIFT_MS_MAX);
+        loop {
+            let guarded: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|n| n.running.as_ref().is_some_and(|a| a.guarded()))
+                .map(|n| n.id)
+                .collect();
+            if guarded.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.stalled = Some(format!(
+                    "nodes {guarded:?} still guarded {GUARD_LIFT_MS_MAX} ms after a leader \
+                     led the healed cluster, with no client writing"
+                ));
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

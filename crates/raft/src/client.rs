@@ -25,7 +25,7 @@ use tonic::{Code, Request, Status};
 
 use crate::pb::peer_client::PeerClient as GrpcPeerClient;
 use crate::pb::PeerMessage;
-use crate::{PEER_MESSAGE_BYTES_MAX, TRACEPARENT_KEY};
+use crate::{EntriesWanted, ENTRIES_WANTED_KEY, PEER_MESSAGE_BYTES_MAX, TRACEPARENT_KEY};
 
 /// How long one TCP connection attempt to a peer may take, in milliseconds.
 /// A peer behind a partition drops the SYN; without this bound the attempt
@@ -95,6 +95,8 @@ struct Inner {
     channels: Mutex<HashMap<NodeId, Cached>>,
     /// Carries every message instead of the channels, when set.
     transport: Option<Arc<dyn Transport>>,
+    /// Set when a guarded member asks this node, as leader, for entries.
+    entries_wanted: EntriesWanted,
 }
 
 /// openraft's network factory, and the forwarding client, of one node.
@@ -128,6 +130,7 @@ impl PeerNetworkFactory {
                 tls: None,
                 channels: Mutex::default(),
                 transport: None,
+                entries_wanted: EntriesWanted::default(),
             }),
         }
     }
@@ -143,6 +146,7 @@ impl PeerNetworkFactory {
                 tls: None,
                 channels: Mutex::default(),
                 transport: Some(transport),
+                entries_wanted: EntriesWanted::default(),
             }),
         }
     }
@@ -158,8 +162,15 @@ impl PeerNetworkFactory {
                 tls: Some(tls),
                 channels: Mutex::default(),
                 transport: self.inner.transport.clone(),
+                entries_wanted: self.inner.entries_wanted.clone(),
             }),
         }
+    }
+
+    /// The flag a guarded member's request for entries sets (see
+    /// `lockstep_raft::guard`); the node's ticker takes it.
+    pub fn entries_wanted(&self) -> EntriesWanted {
+        self.inner.entries_wanted.clone()
     }
 
     /// Sends a forwarded client request to `target` at `addr` (its peer
@@ -263,6 +274,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             node: node.clone(),
             channel,
+            entries_wanted: self.inner.entries_wanted.clone(),
         }
     }
 }
@@ -275,6 +287,7 @@ pub struct PeerClient {
     /// The factory's shared channel (or its transport), or why no channel
     /// could be made.
     channel: Result<Route, String>,
+    entries_wanted: EntriesWanted,
 }
 
 /// How a [`PeerClient`] reaches its target.
@@ -362,7 +375,12 @@ impl PeerClient {
                     .await
             }
         };
-        let bytes = sent.map_err(|status| self.transport_error(action, timeout, status))?;
+        let bytes = sent.map_err(|status| {
+            if status.metadata().get(ENTRIES_WANTED_KEY).is_some() {
+                self.entries_wanted.set();
+            }
+            self.transport_error(action, timeout, status)
+        })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {

@@ -39,18 +39,49 @@
 //!   Until then the node still appends what a leader sends (to learn the
 //!   log and the membership it probes) but answers as if unreachable. The
 //!   simulator found this (`crates/sim`, story "stale leader").
+//! - Until then it answers no *empty* AppendEntries with a conflict either:
+//!   openraft 0.9's read index sends empty ones and counts every answer but
+//!   a higher vote as a confirmation, so a deposed leader and a freshly
+//!   wiped member would confirm a stale read (the node-layer simulator
+//!   found this, `tests/nodesim.rs`). The refusal carries
+//!   [`ENTRIES_WANTED_KEY`]; the leader's [`EntriesWanted`] turns it into
+//!   one no-op entry, whose AppendEntries is not empty, so an idle leader
+//!   still learns where the logs meet and the node catches up.
 //!
 //! While it waits, a cluster that needs its vote has no majority and stays
 //! unavailable (never inconsistent) until a node with the log returns.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// `target` before any leader confirmed a commit index.
 const NO_TARGET: u64 = u64::MAX;
 /// `floor` before a majority of the other members reported their terms.
 const NO_FLOOR: u64 = u64::MAX;
+
+/// The metadata key of a guarded node's refusal of an empty AppendEntries
+/// whose answer would have been a conflict: the leader should send entries.
+pub const ENTRIES_WANTED_KEY: &str = "lockstep-entries-wanted";
+
+/// Set on a leader when a guarded member refused an empty AppendEntries it
+/// would have answered with a conflict (see the module docs); the node's
+/// ticker takes it and proposes one no-op entry. Cheap to clone: clones
+/// share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct EntriesWanted(Arc<AtomicBool>);
+
+impl EntriesWanted {
+    /// A guarded member asked for entries.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether a guarded member asked for entries since the last take.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
 
 /// What a guarded node does with an AppendEntries ([`VoteGuard::append_rule`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

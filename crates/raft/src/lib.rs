@@ -35,7 +35,7 @@ pub use client::{Method, PeerClient, PeerNetworkFactory, Transport, CONNECT_TIME
 pub use forward::{
     wire_status, Forwarder, Forwarding, LEADER_HEADER, RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN,
 };
-pub use guard::VoteGuard;
+pub use guard::{EntriesWanted, VoteGuard, ENTRIES_WANTED_KEY};
 pub use service::{peer_service, ForwardHandler, PeerService};
 
 /// The generated gRPC code of `lockstep.peer.v1`.

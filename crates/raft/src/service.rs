@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::guard::AppendRule;
 use crate::pb::peer_server::{Peer, PeerServer};
 use crate::pb::PeerMessage;
-use crate::{Method, VoteGuard, PEER_MESSAGE_BYTES_MAX};
+use crate::{Method, VoteGuard, ENTRIES_WANTED_KEY, PEER_MESSAGE_BYTES_MAX};
 
 /// Runs a client request that another node forwarded to this one (the
 /// leader). The node decides the payload format on both sides; this crate
@@ -133,21 +133,40 @@ impl Peer for PeerService {
                 let leader = rpc.vote.leader_id();
                 self.guard
                     .report_term(leader.voted_for().unwrap_or_default(), leader.get_term());
+                let empty = rpc.entries.is_empty();
                 let taken = self.raft.append_entries(rpc).await;
-                // A conflict or a higher vote acknowledges nothing and lets
-                // the leader find where the logs meet (so the first entries,
-                // with the membership to probe, arrive); only a success
-                // would count toward a commit.
-                if !matches!(
-                    taken,
-                    Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
-                ) {
-                    return encode_reply("AppendEntries", &taken);
-                }
-                return Err(Status::unavailable(
-                    "this node restarted without its data and acknowledges appends once a \
-                     majority of the other members told it the newest term",
-                ));
+                return match taken {
+                    // Only a success would count toward a commit.
+                    Ok(
+                        AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_),
+                    ) => Err(Status::unavailable(
+                        "this node restarted without its data and acknowledges appends once \
+                             a majority of the other members told it the newest term",
+                    )),
+                    // openraft's read index sends empty AppendEntries and
+                    // counts a conflict as a confirmation: a deposed leader
+                    // must not confirm a read with this node. The leader
+                    // is asked for an entry instead, whose conflict passes.
+                    Ok(AppendEntriesResponse::Conflict) if empty => {
+                        let mut metadata = tonic::metadata::MetadataMap::new();
+                        metadata.insert(
+                            ENTRIES_WANTED_KEY,
+                            tonic::metadata::MetadataValue::from_static("1"),
+                        );
+                        Err(Status::with_metadata(
+                            tonic::Code::Unavailable,
+                            "this node restarted without its data and answers an empty \
+                             AppendEntries once a majority of the other members told it the \
+                             newest term; send entries",
+                            metadata,
+                        ))
+                    }
+                    // A conflict on entries or a higher vote confirms
+                    // nothing and lets the leader find where the logs meet
+                    // (so the first entries, with the membership to probe,
+                    // arrive).
+                    other => encode_reply("AppendEntries", &other),
+                };
             }
             AppendRule::Stale { floor } => {
                 return Err(Status::unavailable(format!(

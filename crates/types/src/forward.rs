@@ -29,6 +29,18 @@ pub enum Request {
         /// The first members: id, peer and client addresses.
         members: Vec<(NodeId, NodeInfo)>,
     },
+    /// Would the receiving node vote for `candidate` now? Asked before a
+    /// campaign, answered by that node itself and changing nothing: the
+    /// pre-vote that keeps a node returning from a pause or a partition
+    /// from raising the term under a healthy leader (see the node's
+    /// `elector`).
+    PreVote {
+        /// The node that would campaign.
+        candidate: NodeId,
+        /// The id of its last log entry: a node with a newer log refuses,
+        /// as its vote would.
+        last_log: Option<crate::LogId>,
+    },
 }
 
 /// What a node holds, as a probe sees it.
@@ -145,7 +157,10 @@ impl Request {
         match self {
             Request::Write(command) => command.queue(),
             Request::Read(read) => read.queue(),
-            Request::Membership(_) | Request::Probe | Request::Initialize { .. } => None,
+            Request::Membership(_)
+            | Request::Probe
+            | Request::Initialize { .. }
+            | Request::PreVote { .. } => None,
         }
     }
 }
@@ -165,7 +180,8 @@ impl Request {
             Request::Read(_)
             | Request::Membership(_)
             | Request::Probe
-            | Request::Initialize { .. } => true,
+            | Request::Initialize { .. }
+            | Request::PreVote { .. } => true,
         }
     }
 }
@@ -239,4 +255,6 @@ pub enum Response {
     /// forward broke after sending). Only a sequenced request learns its
     /// outcome by retrying (see `lockstep_core::Sequence`).
     MayHaveApplied(String),
+    /// Whether the node would vote for a `PreVote`'s candidate now.
+    PreVote(bool),
 }
