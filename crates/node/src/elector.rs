@@ -7,13 +7,14 @@
 //! writes stop until a new election ends (1.3-1.9 s in 7 of 14 trials of a
 //! follower resumed after a 6 s pause).
 //!
-//! So openraft's own election timer is off (`enable_elect(false)`) and this
-//! loop decides instead, as etcd's `PreVote` does (Ongaro's thesis, 9.6):
+//! So openraft's own election timer is off (`Config::enable_elect` false)
+//! and this loop decides instead, as etcd's `PreVote` does (Ongaro's thesis, 9.6):
 //!
 //! - It waits as openraft would: `election_timeout` since the vote last
 //!   changed or a leader was last heard from, plus the leader lease when
-//!   the vote is committed (openraft's `handle_tick_election`). The
-//!   timeout is drawn again for every attempt, from the same range.
+//!   the vote is committed (openraft's `handle_tick_election`); a sole
+//!   voter campaigns at once. The timeout is drawn again for every
+//!   attempt, from the same range.
 //! - Then it asks every other voter whether it would vote for this node
 //!   now ([`Request::PreVote`], changing nothing anywhere). A node grants
 //!   only what openraft's `handle_vote_req` would grant: it is not the
@@ -22,8 +23,10 @@
 //!   guarded node grants nothing.
 //! - Only with grants from a majority of every configuration (itself
 //!   counted) does it campaign (`trigger().elect()`), which raises the
-//!   term. Otherwise nothing changed, and it tries again after a new
-//!   timeout.
+//!   term, and only if no leader was heard from and its vote did not
+//!   change during the round (a leader elected meanwhile must not be
+//!   deposed on grants that are stale now). Otherwise nothing changed,
+//!   and it tries again after a new timeout.
 //!
 //! The log comparison matters as much as the lease. openraft's own timer
 //! makes a candidate that met a newer log wait longer (its
@@ -56,8 +59,6 @@ pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
     let mut every = Every::new(Duration::from_millis(ELECTOR_CHECK_MS), stop);
     let mut attempt = 0u64;
     let mut timeout = election_timeout(&node, attempt);
-    // A failed pre-vote changes nothing in openraft; the next try waits a
-    // new timeout from it.
     let mut last_try: Option<Instant> = None;
     loop {
         if !every.tick().await {
@@ -72,28 +73,43 @@ pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
         if seen.leading {
             continue;
         }
+        let Some(configs) = voter_configs(&node) else {
+            continue;
+        };
+        // A sole voter campaigns at once, as openraft's own timer does.
+        let alone = configs.iter().all(|c| c.len() == 1);
         let lease = if seen.committed {
             Duration::from_millis(node.raft.config().election_timeout_max)
         } else {
             Duration::ZERO
         };
-        let since = seen.touched.into_iter().chain(last_try).max();
-        if since.is_some_and(|t| t.elapsed() < lease + timeout) {
+        // The lease counts from the last leader contact; a failed pre-vote
+        // changed nothing, so the next try waits one timeout from it.
+        let waited = seen.touched.is_none_or(|t| t.elapsed() >= lease + timeout)
+            && last_try.is_none_or(|t| t.elapsed() >= timeout);
+        if !alone && !waited {
             continue;
         }
-        let Some(configs) = voter_configs(&node) else {
-            continue;
-        };
         attempt += 1;
         timeout = election_timeout(&node, attempt);
         last_try = Some(Instant::now());
-        if pre_vote(&node, &configs).await {
-            tracing::info!("pre-vote granted by a majority: campaigning");
-            if let Err(e) = node.raft.trigger().elect().await {
-                tracing::warn!(error = %e, "cannot start a campaign");
-            }
-        } else {
+        if !pre_vote(&node, &configs).await {
             tracing::debug!("pre-vote not granted by a majority: not campaigning");
+            continue;
+        }
+        // The round took time: a leader elected meanwhile (whose first
+        // AppendEntries had not reached the voters yet) must not be
+        // deposed by a campaign on grants that are stale now.
+        let Some(now) = node.seen().await else {
+            continue;
+        };
+        if now.leading || now.touched != seen.touched {
+            tracing::debug!("a leader or a vote appeared during the pre-vote: not campaigning");
+            continue;
+        }
+        tracing::info!("pre-vote granted by a majority: campaigning");
+        if let Err(e) = node.raft.trigger().elect().await {
+            tracing::warn!(error = %e, "cannot start a campaign");
         }
     }
 }

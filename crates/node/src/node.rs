@@ -84,8 +84,9 @@ const SEEN_WAIT_MS_MAX: u64 = 1_000;
 pub(crate) struct Seen {
     pub(crate) leading: bool,
     pub(crate) committed: bool,
-    /// When the vote last changed or a leader was last heard from; `None`
-    /// since this node started, which openraft reads as long ago.
+    /// When the vote last changed or a leader was last heard from (at
+    /// first, when Raft started); `None` only if openraft has no time for
+    /// it.
     pub(crate) touched: Option<tokio::time::Instant>,
 }
 

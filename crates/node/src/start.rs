@@ -40,6 +40,8 @@ pub fn raft_config(config: &NodeConfig) -> Result<Config, RunError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
         max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
         install_snapshot_timeout: r.rpc_timeout_ms.max(10_000),
+        // The elector campaigns, after a pre-vote (`crate::elector`).
+        enable_elect: false,
         ..Default::default()
     }
     .validate()
@@ -318,10 +320,9 @@ pub(crate) async fn assemble(
     // openraft re-applies the log after the snapshot here: a damaged table
     // block of the log is met now, before the node serves anything.
     .map_err(|e| RunError::damaged_or(&config.data_dir, e.to_string(), RunError::Raft))?;
-    // openraft's own election timer stays off: the elector campaigns,
-    // after a pre-vote, and never while the guard is up (a candidate's own
-    // vote for itself is a vote too). See `crate::elector`.
-    raft.runtime_config().elect(false);
+    // openraft's own election timer is off (`raft_config`): the elector
+    // campaigns, after a pre-vote, and never while the guard is up (a
+    // candidate's own vote for itself is a vote too).
     let entries_wanted = network.entries_wanted();
     Ok(Arc::new(Node::new(
         config.clone(),
