@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use lockstep_client::{pb, Client, ClientConfig, EnqueueOutcome};
+use lockstep_client::{
+    pb, BatchConfig, Client, ClientConfig, EnqueueBatcher, EnqueueOutcome, Enqueued,
+};
 use serde::Serialize;
 
 /// Most producers or workers one bench runs.
@@ -97,6 +99,12 @@ pub struct BenchArgs {
     /// Calls each producer keeps in flight.
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
+    /// Producers share one client whose `EnqueueBatcher` gathers their
+    /// single-job calls into few RPCs (each caller still gets its own
+    /// result), as an application with many concurrent enqueues would.
+    /// Needs `--batch 1`.
+    #[arg(long)]
+    pub coalesce: bool,
     /// Payload bytes per job (at least 8: the send time).
     #[arg(long, default_value_t = 256)]
     pub payload: usize,
@@ -350,6 +358,12 @@ impl BenchArgs {
                 return bad(flag, format!("{value} is outside 1..={max}"));
             }
         }
+        if self.coalesce && self.batch != 1 {
+            return bad(
+                "coalesce",
+                "gathers single-job calls; give --batch 1".into(),
+            );
+        }
         if self.payload < 8 || self.payload > PAYLOAD_BYTES_MAX {
             return bad(
                 "payload",
@@ -562,6 +576,37 @@ fn job(run_id: &str, n: u64, groups: u64, payload: usize, sent_us: u64) -> pb::J
     }
 }
 
+/// How a producer sends: its own calls, or through a batcher shared by
+/// every producer (`--coalesce`).
+#[derive(Clone)]
+enum Sender {
+    Client(Client),
+    Coalescing(EnqueueBatcher),
+}
+
+impl Sender {
+    fn coalescing(client: Client, queue: &str) -> Result<Sender, String> {
+        EnqueueBatcher::new(client, queue, BatchConfig::default())
+            .map(Sender::Coalescing)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn enqueue(
+        &self,
+        queue: &str,
+        mut jobs: Vec<pb::Job>,
+    ) -> Result<Vec<Enqueued>, lockstep_client::Error> {
+        match self {
+            Sender::Client(client) => client.enqueue(queue, jobs).await,
+            // `validate` holds coalescing to one job per call.
+            Sender::Coalescing(batcher) => match jobs.pop() {
+                Some(job) => batcher.submit(job).await.map(|e| vec![e]),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+}
+
 /// Job numbers whose ids the redup check sends again, with their send time
 /// (part of the payload, which must be identical for DUPLICATE).
 type Sample = Vec<(u64, u64)>;
@@ -594,8 +639,15 @@ async fn enqueue_phase(
         u64::MAX
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let shared_client = match args.coalesce {
+        true => Some(Sender::coalescing(args.client()?, &args.queue)?),
+        false => None,
+    };
     for _ in 0..args.producers {
-        let client = args.client()?;
+        let client = match &shared_client {
+            Some(sender) => sender.clone(),
+            None => Sender::Client(args.client()?),
+        };
         for _ in 0..args.in_flight {
             let (client, shared, next, not_created) = (
                 client.clone(),
@@ -1141,13 +1193,14 @@ fn phases_table(phases: &[Phase]) -> String {
 pub fn summary(r: &Results) -> String {
     let a = &r.args;
     let mut out = format!(
-        "lockstep bench {}: mode {:?}, consume via {:?}, {} producers x {} in flight, batch {}, payload {} B, {} groups, {} workers, fetch batch {}{}\n",
+        "lockstep bench {}: mode {:?}, consume via {:?}, {} producers x {} in flight, batch {}{}, payload {} B, {} groups, {} workers, fetch batch {}{}\n",
         r.label,
         a.mode,
         a.consume,
         a.producers,
         a.in_flight,
         a.batch,
+        if a.coalesce { " (coalesced by one client)" } else { "" },
         a.payload,
         a.groups,
         a.workers,
