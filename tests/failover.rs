@@ -356,9 +356,9 @@ async fn join_and_remove_under_load_lose_nothing() {
 }
 
 /// How long a follower stays stopped in
-/// `a_follower_back_from_a_pause_never_disturbs_the_leader`: past the
-/// longest wait before a campaign (the lease plus an election timeout, 4 s
-/// with the default 1-2 s timeouts).
+/// `a_follower_back_from_a_pause_never_disturbs_the_leader`: far past the
+/// longest wait before a campaign (the lease plus the spread of the
+/// election timeouts, 800 ms with the default 400-600 ms).
 const PAUSE: Duration = Duration::from_secs(6);
 /// Pauses in that test. Without a pre-vote, about half of the resumed
 /// followers raised the term and deposed the leader (7 of 14 trials), so
@@ -403,6 +403,57 @@ async fn a_follower_back_from_a_pause_never_disturbs_the_leader() {
             }
         }
         assert!(sent > 0);
+    })
+    .await
+    .expect("test exceeded its bound");
+}
+
+/// The deadline of each try in `a_paused_leader_is_left_while_it_is_still_paused`:
+/// far longer than a failover, so a client that waits for its call to time
+/// out on the silent node cannot pass.
+const PAUSED_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long that test waits for the enqueue while the leader is stopped:
+/// several failovers (under 1 s each in the trials), far below
+/// `PAUSED_CALL_TIMEOUT`.
+const PAUSED_WRITE_MAX: Duration = Duration::from_secs(15);
+
+/// A leader stopped with SIGSTOP still accepts TCP connections and answers
+/// nothing. A client call waiting on it must fail over to the new leader
+/// (the client's `silence_timeout` drops a connection whose node stopped
+/// answering pings), and complete while the old leader is still stopped,
+/// not when the call's own deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_left_while_it_is_still_paused() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut run, leader) = start3().await;
+        create_queue(&run.cluster, leader, Q, None).await;
+        let endpoints: Vec<String> = (1..=3)
+            .map(|id| run.cluster.addr(id).client.to_string())
+            .collect();
+        let mut config = lockstep_client::ClientConfig::new(endpoints);
+        config.call_timeout = PAUSED_CALL_TIMEOUT;
+        let client = lockstep_client::Client::connect(config).unwrap();
+        // The client learns the leader, so its next call goes there.
+        let first = client.enqueue(Q, vec![job("before", "g")]).await.unwrap();
+        assert_eq!(first[0].outcome, lockstep_client::EnqueueOutcome::Created);
+
+        run.cluster.pause(leader).unwrap();
+        let during = tokio::time::timeout(
+            PAUSED_WRITE_MAX,
+            client.enqueue(Q, vec![job("during", "g")]),
+        )
+        .await;
+        run.cluster.resume(leader).unwrap();
+        let during = during
+            .expect("the enqueue waited on the stopped leader instead of failing over")
+            .expect("the enqueue failed");
+        assert_eq!(during[0].outcome, lockstep_client::EnqueueOutcome::Created);
+        let new_leader = run
+            .cluster
+            .wait_leader(&[1, 2, 3], ELECTION_MAX)
+            .await
+            .unwrap();
+        assert_ne!(new_leader, leader, "the stopped leader was replaced");
     })
     .await
     .expect("test exceeded its bound");

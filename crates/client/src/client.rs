@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::config::{self, normalize_endpoint, ClientConfig, ENDPOINTS_MAX};
+use crate::config::{normalize_endpoint, ClientConfig, ENDPOINTS_MAX};
 use crate::consume::Consumer;
 use crate::error::Error;
 use crate::ids::fill_missing_ids;
@@ -1471,8 +1471,13 @@ fn lazy_channel(config: &ClientConfig, addr: &str) -> Result<Channel, String> {
         .connect_timeout(config.connect_timeout)
         .local_address(config.local_address)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(config::KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(config::KEEP_ALIVE_TIMEOUT);
+        // hyper sends a ping once half the bound passed without a frame
+        // from the node, and drops the connection if the pong is not back
+        // within the other half. Idle connections are not pinged: no call
+        // waits on them.
+        .http2_keep_alive_interval(config.silence_timeout / 2)
+        .keep_alive_timeout(config.silence_timeout / 2)
+        .keep_alive_while_idle(false);
     Ok(endpoint.connect_lazy())
 }
 

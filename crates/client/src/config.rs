@@ -33,11 +33,12 @@ pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(1);
 /// Default for [`RetryPolicy::retry_elapsed_max`]: about six election
 /// timeouts, long enough to ride out a failover.
 pub const RETRY_ELAPSED_MAX_DEFAULT: Duration = Duration::from_secs(30);
-/// Interval of HTTP/2 pings on idle connections, so a dead peer is noticed
-/// without a call timing out first.
-pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a ping may go unanswered before the connection is dropped.
-pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClientConfig::silence_timeout`]. A node that answers
+/// nothing for this long is taken for paused or cut off: its calls fail
+/// over to another node, as after a refused connection. Well below the
+/// default election (the lease of 2 s plus a timeout of 1-2 s), so the
+/// client is at another node when the new leader is elected.
+pub const SILENCE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(600);
 
 /// How a call is retried after an error that another try may cure (see
 /// [`Error::is_retryable`]).
@@ -207,6 +208,14 @@ pub struct ClientConfig {
     /// Longest wait for one try of `bootstrap`, `join` or `remove`, which
     /// wait for membership changes. Default 65 s.
     pub membership_call_timeout: Duration,
+    /// Longest a node may send nothing on a connection with calls in
+    /// flight before the client drops it, and those calls fail over to
+    /// another node (an enqueue is retried with its ids, so it is stored
+    /// once). Half of it passes without a frame before an HTTP/2 ping is
+    /// sent; the other half is the ping's deadline. A busy node answers
+    /// pings from its connection task, so only a paused or cut-off node
+    /// reaches it. Default 600 ms.
+    pub silence_timeout: Duration,
     /// Largest message sent or received. Default 16 MiB, as the node.
     pub message_bytes_max: usize,
     /// Retries. Defaults: see [`RetryPolicy`].
@@ -231,6 +240,7 @@ impl ClientConfig {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             call_timeout: CALL_TIMEOUT_DEFAULT,
             membership_call_timeout: MEMBERSHIP_CALL_TIMEOUT_DEFAULT,
+            silence_timeout: SILENCE_TIMEOUT_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
             retry: RetryPolicy::default(),
             tls: None,
@@ -276,6 +286,7 @@ impl ClientConfig {
             ("connect_timeout", self.connect_timeout),
             ("call_timeout", self.call_timeout),
             ("membership_call_timeout", self.membership_call_timeout),
+            ("silence_timeout", self.silence_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::config(key, "must be above zero"));

@@ -112,7 +112,9 @@ impl Forwarding {
     {
         let deadline = tokio::time::Instant::now() + wait;
         let mut backoff = RETRY_BACKOFF_MS_MIN;
-        let encoded = codec::encode(&request).map_err(|e| Status::internal(e.to_string()))?;
+        // Encoded only when it is to be forwarded: most requests land on
+        // the leader, and encoding one is a copy of its payloads.
+        let mut encoded: Option<Vec<u8>> = None;
         let retry_safe = request.retry_safe();
         let mut hint: Option<NodeInfo> = None;
         // Why an earlier try may have applied the request: then the final
@@ -127,10 +129,16 @@ impl Forwarding {
                         let remaining =
                             deadline.saturating_duration_since(tokio::time::Instant::now());
                         hint = Some(node.clone());
-                        let forwarded = self
-                            .forwarder
-                            .forward(id, &node, encoded.clone(), remaining)
-                            .await;
+                        let bytes = match &encoded {
+                            Some(bytes) => bytes.clone(),
+                            None => encoded
+                                .insert(
+                                    codec::encode(&request)
+                                        .map_err(|e| Status::internal(e.to_string()))?,
+                                )
+                                .clone(),
+                        };
+                        let forwarded = self.forwarder.forward(id, &node, bytes, remaining).await;
                         observe(forwarded.is_ok());
                         match forwarded {
                             Ok(bytes) => match codec::decode::<Response>(&bytes) {
@@ -182,7 +190,16 @@ impl Forwarding {
                 }
                 return Err(self.unavailable(hint, wait, limit_key).await);
             }
-            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            // The pause ends early when a leader other than the one just
+            // tried becomes known: an election ends mid-pause, and its
+            // leader is worth trying at once.
+            let mut server = self.raft.server_metrics();
+            let elected = server.wait_for(|m| m.current_leader.is_some_and(|l| Some(l) != leader));
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                Ok(_) = elected => {}
+            }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MS_MAX);
         }
     }

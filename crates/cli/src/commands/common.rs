@@ -45,6 +45,10 @@ pub struct Connect {
     /// `TRACEPARENT` in the environment is continued.
     #[arg(long, env = "LOCKSTEP_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
+    /// Longest a node may send nothing while calls wait on it before the
+    /// client fails them over to another node (`silence_timeout`).
+    #[arg(long, env = "LOCKSTEP_SILENCE_TIMEOUT", global = true, value_parser = duration)]
+    pub silence_timeout: Option<Duration>,
 }
 
 impl Connect {
@@ -61,6 +65,9 @@ impl Connect {
             });
         }
         config.token = self.token.clone().map(lockstep_client::Token::new);
+        if let Some(silence) = self.silence_timeout {
+            config.silence_timeout = silence;
+        }
         Ok(config)
     }
 
