@@ -13,7 +13,7 @@ use common::*;
 
 const Q: &str = "amnesia";
 /// How long the tests watch for a leader that must not appear: several
-/// election timeouts (1–2 s each by default).
+/// election timeouts (400-600 ms each by default).
 const NO_LEADER_WATCH: Duration = Duration::from_secs(8);
 /// Deadline of one client call made while no leader may exist.
 const CALL_MAX: Duration = Duration::from_secs(2);

@@ -413,8 +413,9 @@ async fn a_follower_back_from_a_pause_never_disturbs_the_leader() {
 /// out on the silent node cannot pass.
 const PAUSED_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long that test waits for the enqueue while the leader is stopped:
-/// several failovers (under 1 s each in the trials), far below
-/// `PAUSED_CALL_TIMEOUT`.
+/// the client's silence timeout, the follower's forward waiting for its
+/// peer keep-alive (2 s + 2 s) and an election, with room for a loaded
+/// machine; far below `PAUSED_CALL_TIMEOUT`.
 const PAUSED_WRITE_MAX: Duration = Duration::from_secs(15);
 
 /// A leader stopped with SIGSTOP still accepts TCP connections and answers

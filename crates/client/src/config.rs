@@ -30,14 +30,14 @@ pub const ATTEMPTS_MAX_DEFAULT: u32 = 10;
 pub const BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(20);
 /// Default for [`RetryPolicy::backoff_max`].
 pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(1);
-/// Default for [`RetryPolicy::retry_elapsed_max`]: about six election
-/// timeouts, long enough to ride out a failover.
+/// Default for [`RetryPolicy::retry_elapsed_max`]: long enough to ride out
+/// several failovers (each under a second after a leader is killed).
 pub const RETRY_ELAPSED_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// Default for [`ClientConfig::silence_timeout`]. A node that answers
 /// nothing for this long is taken for paused or cut off: its calls fail
-/// over to another node, as after a refused connection. Well below the
-/// default election (the lease of 2 s plus a timeout of 1-2 s), so the
-/// client is at another node when the new leader is elected.
+/// over to another node, as after a refused connection. About as long as
+/// the default election (the lease of 600 ms plus up to 200 ms), so the
+/// client reaches another node about when the new leader is elected.
 pub const SILENCE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(600);
 
 /// How a call is retried after an error that another try may cure (see

@@ -29,8 +29,10 @@ use toml::{Table, Value};
 pub struct RaftConfig {
     /// How often the leader sends heartbeats, in ms.
     pub heartbeat_ms: u64,
-    /// A follower that hears no leader for a random time between these
-    /// two bounds (ms) starts an election.
+    /// Election timing (ms). A follower that hears no leader for the lease
+    /// (`election_timeout_max_ms`) plus a random part of the spread between
+    /// the two bounds asks the others in a pre-vote, then starts an
+    /// election if a majority would vote for it (`crate::elector`).
     pub election_timeout_min_ms: u64,
     /// See [`RaftConfig::election_timeout_min_ms`].
     pub election_timeout_max_ms: u64,

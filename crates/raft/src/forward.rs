@@ -5,8 +5,9 @@
 //! leader forwards the request over the peer channel and relays the answer;
 //! while no leader is known (an election) it retries with backoff until the
 //! caller's deadline, then answers UNAVAILABLE with the leader hint it has.
-//! The request is encoded once, by [`lockstep_core::codec`], whatever the
-//! number of tries.
+//! The request is encoded at most once, by [`lockstep_core::codec`], on its
+//! first forward (not at all when this node leads), and reused by later
+//! tries.
 
 use std::future::Future;
 use std::sync::Arc;
