@@ -89,9 +89,8 @@ pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
         // its part above the minimum is waited. This takes
         // `election_timeout_min` (400 ms by default) off a failover.
         let after_contact = if seen.committed {
-            let raft = node.raft.config();
-            Duration::from_millis(raft.election_timeout_max)
-                + timeout.saturating_sub(Duration::from_millis(raft.election_timeout_min))
+            let min = Duration::from_millis(node.raft.config().election_timeout_min);
+            node.lease() + timeout.saturating_sub(min)
         } else {
             timeout
         };

@@ -124,7 +124,7 @@ impl Node {
         if seen.leading {
             return false;
         }
-        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let lease = self.lease();
         let fresh = seen.committed && seen.touched.is_some_and(|t| t.elapsed() <= lease);
         if fresh {
             return false;
@@ -133,6 +133,14 @@ impl Node {
             Ok(mine) => last_log >= mine,
             Err(_) => false,
         }
+    }
+
+    /// openraft 0.9's follower lease: a voter that heard from a leader
+    /// within it refuses a vote (its `EngineConfig::leader_lease` is
+    /// `election_timeout_max`). The pre-vote grant and the elector's wait
+    /// read it here, so both stay the lease openraft enforces.
+    pub(crate) fn lease(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
     /// A node over a started Raft and its state; writes go through a new
