@@ -27,7 +27,12 @@ async fn open_session(c: &Cluster, id: u64) -> u64 {
 }
 
 fn place(id: u64, seq: u64) -> Option<pb::Session> {
-    Some(pb::Session { id, seq, floor: 1 })
+    Some(pb::Session {
+        id,
+        seq,
+        floor: 1,
+        attempt: 0,
+    })
 }
 
 fn fetch_in(session: Option<pb::Session>, max: u32) -> pb::FetchRequest {
@@ -97,6 +102,47 @@ async fn a_repeated_request_under_a_session_applies_once() {
             .expect("a repeated nack must get the first answer, not `lease lost`")
             .into_inner();
         assert_eq!(a, b);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A stale try of a long poll, one that reaches the leader after a later
+/// try of the same number found nothing, is refused ABORTED and leases
+/// nothing: its answer would go to nobody, and the job would sit leased
+/// until the lease ran out. A later try still gets the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_try_of_an_empty_fetch_leases_nothing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (run, leader) = start3().await;
+        let c = &run.cluster;
+        create_queue(c, leader, Q, None).await;
+        let session = open_session(c, leader).await;
+        let mut q = queue(c, leader).await;
+        let at = |attempt: u32| {
+            Some(pb::Session {
+                id: session,
+                seq: 1,
+                floor: 1,
+                attempt,
+            })
+        };
+
+        let newer = q.fetch(fetch_in(at(1), 1)).await.unwrap().into_inner();
+        assert!(newer.deliveries.is_empty(), "{newer:?}");
+        enqueue(&mut q, Q, vec![job("a", "ga")]).await;
+
+        let stale = q
+            .fetch(fetch_in(at(0), 1))
+            .await
+            .expect_err("a try older than one applied must be refused");
+        assert_eq!(stale.code(), tonic::Code::Aborted, "{stale:?}");
+        assert!(stale.message().contains("superseded"), "{stale:?}");
+        let s = stats(c, leader, Q).await;
+        assert_eq!((s.leased, s.ready), (0, 1), "the stale try leased: {s:?}");
+
+        let later = q.fetch(fetch_in(at(2), 1)).await.unwrap().into_inner();
+        assert_eq!(later.deliveries.len(), 1, "{later:?}");
     })
     .await
     .expect("test timed out");

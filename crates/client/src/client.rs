@@ -297,7 +297,8 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.call_tracked(spec, request, send, &mut false).await
+        self.call_tracked(spec, request, |_, _| {}, send, &mut false)
+            .await
     }
 
     /// Runs a state-changing Queue call at most once: under the client's
@@ -325,9 +326,16 @@ impl Client {
             let id = self.session_id().await?;
             let ticket = self.inner.session.ticket();
             place(&mut request, ticket.in_session(id));
+            // Each retry says it is a later try of the number, so a try
+            // that overtakes an earlier one on the way to the log is known.
+            let stamp = |r: &mut Req, attempt: u32| {
+                let mut place_of = ticket.in_session(id);
+                place_of.attempt = attempt;
+                place(r, place_of);
+            };
             let mut uncertain = false;
             let result = self
-                .call_tracked(spec, request.clone(), send.clone(), &mut uncertain)
+                .call_tracked(spec, request.clone(), stamp, send.clone(), &mut uncertain)
                 .await;
             match result {
                 Err(Error::SessionUnknown { message, endpoint }) => {
@@ -379,11 +387,13 @@ impl Client {
     }
 
     /// [`Client::call`] that sets `uncertain` once a try may have applied
-    /// the request (an ABORTED answer, or no answer).
+    /// the request (an ABORTED answer, or no answer). `stamp` marks each
+    /// try with its number, counted from 0.
     async fn call_tracked<Req, Resp, F, Fut>(
         &self,
         spec: CallSpec,
-        request: Req,
+        mut request: Req,
+        stamp: impl Fn(&mut Req, u32),
         send: F,
         uncertain: &mut bool,
     ) -> Result<(Resp, String), Error>
@@ -411,6 +421,7 @@ impl Client {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
+            stamp(&mut request, attempt);
             attempt += 1;
             let (index, addr, channel) = self.inner.pick();
             let mut message = tonic::Request::new(request.clone());

@@ -61,6 +61,7 @@ impl Ticket {
             id,
             seq: self.seq,
             floor: self.floor,
+            attempt: 0,
         }
     }
 }
@@ -91,7 +92,8 @@ mod tests {
             pb::Session {
                 id: 9,
                 seq: 3,
-                floor: 2
+                floor: 2,
+                attempt: 0
             }
         );
         drop(second);

@@ -237,7 +237,17 @@ async fn a_late_answer_is_retried_under_the_same_session_number() {
             .collect();
         assert_eq!(places.len(), 2, "{places:?}");
         assert!(places[0].is_some(), "a nack must be sent under a session");
-        assert_eq!(places[0], places[1], "the retry must reuse the number");
+        let (first, retry) = (places[0].unwrap(), places[1].unwrap());
+        assert_eq!(
+            (first.id, first.seq, first.floor),
+            (retry.id, retry.seq, retry.floor),
+            "the retry must reuse the number"
+        );
+        assert_eq!(
+            (first.attempt, retry.attempt),
+            (0, 1),
+            "each try says which it is"
+        );
         let ack_seq = node.fake.calls().into_iter().find_map(|c| match c {
             Call::Ack(r) => r.session.map(|s| s.seq),
             _ => None,

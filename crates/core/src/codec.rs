@@ -32,7 +32,12 @@ use serde::{de::DeserializeOwned, Serialize};
 /// commands and replies gained `InSubscription`, `CreateSubscription`,
 /// `DeleteSubscription` and their answers. A version-4 data directory is
 /// refused as such.
-pub const FORMAT_VERSION: u8 = 5;
+///
+/// 6: a sequenced command carries which try of its request it is
+/// (`Sequence::attempt`), a session keeps the fences of its empty fetches,
+/// and errors gained `Superseded`. A version-5 data directory is refused
+/// as such.
+pub const FORMAT_VERSION: u8 = 6;
 
 /// The largest single record (a Raft entry, a vote, a payload): 64 MiB.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -32,6 +32,29 @@ pub struct Sequence {
     /// The lowest number the client still waits for: every reply below it
     /// may be forgotten.
     pub floor: u64,
+    /// Which try of the request this is. Tries of one number may overtake
+    /// each other on the way to the log (a forward that broke after sending,
+    /// a client's earlier try through another node), so the
+    /// core refuses a try older than one it already applied without
+    /// keeping the result (an empty fetch, which a long poll repeats).
+    pub try_number: TryNumber,
+}
+
+/// The order of the tries of one request, oldest first: the client's try,
+/// then the serving node's round of a long poll within it, then the
+/// forward within that round. Each layer counts from 0 and only ever
+/// counts up, and a layer starts a new try only after giving up on its
+/// previous one, so a later try always compares greater.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct TryNumber {
+    /// The client's try of the call (its retries after no answer).
+    pub client: u32,
+    /// The serving node's round of a long poll within that try.
+    pub round: u32,
+    /// The forward to a leader within that round.
+    pub forward: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +230,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// Marks a sequenced command as forward `forward` of its round (see
+    /// [`TryNumber`]) and says whether it was one; any other command is left
+    /// as it is.
+    pub fn set_forward_try(&mut self, forward: u32) -> bool {
+        match self {
+            Command::Sequenced { sequence, .. } => {
+                sequence.try_number.forward = forward;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether applying this command may change a queue's existence or
     /// configuration: what [`crate::Configs`] copies.
     /// A sequenced one may too: a queue created with a session must reach
@@ -431,6 +467,7 @@ mod tests {
                 session: 1,
                 seq: 1,
                 floor: 1,
+                try_number: TryNumber::default(),
             },
             command: Box::new(create),
         };

@@ -51,6 +51,11 @@ pub enum Error {
     /// below the session's floor): it may have applied.
     #[error("outcome unknown: the reply to request {seq} of session {session} is no longer kept; it may have applied")]
     ReplyForgotten { session: u64, seq: u64 },
+    /// A later try of the same request was applied first, and its result
+    /// was not kept (an empty fetch): this older try changes nothing.
+    /// Last in the enum, so older encodings are unchanged.
+    #[error("superseded: a later try of request {seq} of session {session} was applied first; this try changed nothing")]
+    Superseded { session: u64, seq: u64 },
 }
 
 impl Error {
@@ -62,7 +67,7 @@ impl Error {
             Error::LeaseLost { .. }
             | Error::FailedPrecondition { .. }
             | Error::SessionUnknown { .. } => Code::FailedPrecondition,
-            Error::ReplyForgotten { .. } => Code::Aborted,
+            Error::ReplyForgotten { .. } | Error::Superseded { .. } => Code::Aborted,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
         }
     }

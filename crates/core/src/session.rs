@@ -21,6 +21,17 @@
 //! - a session idle for [`SESSION_IDLE_MS`] of cluster time expires at the
 //!   next tick.
 //!
+//! Tries of one request can overtake each other on the way to the log: a
+//! forward that broke after sending, or a client's earlier
+//! try through another node, may reach the log after a later try. That is
+//! harmless when the first applied try's result is kept, and it is kept
+//! for everything but an empty fetch. So each try carries its
+//! [`TryNumber`], the session keeps the newest try applied of every
+//! number whose result it did not keep (a fence), and an older try is
+//! refused (`Error::Superseded`): otherwise a long poll's stale try could
+//! lease jobs to a reply nobody waits for, and they would sit until their
+//! lease ran out. The fences are bounded like the replies.
+//!
 //! A request on a session that is gone is refused (`Error::SessionUnknown`)
 //! before it changes anything, so the client may open a new session and
 //! resend it if that was its first send, and must report "may have applied"
@@ -30,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Reply, Sequence};
+use crate::command::{Command, Reply, Sequence, TryNumber};
 use crate::error::{Error, Result};
 use crate::limits::{REPLY_WEIGHT_MAX, SESSIONS_COUNT_MAX, SESSION_IDLE_MS, SESSION_REPLIES_MAX};
 
@@ -46,6 +57,9 @@ struct Session {
     floor: u64,
     last_ms: u64,
     replies: BTreeMap<u64, Cached>,
+    /// The newest try applied of each number whose result was not
+    /// kept (an empty fetch): an older try of it is refused.
+    fences: BTreeMap<u64, TryNumber>,
 }
 
 /// What the cache knows of a request.
@@ -100,6 +114,7 @@ impl Sessions {
                 floor: 0,
                 last_ms: now_ms,
                 replies: BTreeMap::new(),
+                fences: BTreeMap::new(),
             },
         );
         self.idle.insert((now_ms, id));
@@ -116,8 +131,13 @@ impl Sessions {
             .ok_or(Error::SessionUnknown {
                 session: sequence.session,
             })?;
-        Ok(sequence.seq < session.floor.max(sequence.floor)
-            || session.replies.contains_key(&sequence.seq))
+        if sequence.seq < session.floor.max(sequence.floor)
+            || session.replies.contains_key(&sequence.seq)
+        {
+            return Ok(true);
+        }
+        superseded(session, sequence)?;
+        Ok(false)
     }
 
     /// Looks `sequence` up at cluster time `now_ms`, first dropping the
@@ -127,6 +147,7 @@ impl Sessions {
             session: id,
             seq,
             floor,
+            try_number: _,
         } = sequence;
         let session = self
             .by_id
@@ -146,6 +167,7 @@ impl Sessions {
             let kept = session.replies.split_off(&floor);
             let dropped = std::mem::replace(&mut session.replies, kept);
             self.weight -= weight_of(&dropped);
+            session.fences = session.fences.split_off(&floor);
         }
         if let Some(cached) = session.replies.get(&seq) {
             // Planted bug (tests only): a retry is applied again.
@@ -156,20 +178,34 @@ impl Sessions {
         if seq < session.floor {
             return Err(Error::ReplyForgotten { session: id, seq });
         }
+        superseded(session, sequence)?;
         Ok(Lookup::New)
     }
 
     /// Keeps the first result of `sequence`, which [`Sessions::lookup`]
     /// found `New`. An empty fetch is not kept: it changed nothing, so
     /// applying it again is harmless, and a long poll repeats it under one
-    /// number until work arrives.
+    /// number until work arrives. Its try number is kept instead, as the
+    /// fence older tries of the number must pass.
     pub(crate) fn record(&mut self, sequence: Sequence, result: &Result<Reply>) {
-        if matches!(result, Ok(Reply::Fetched(d)) if d.is_empty()) {
-            return;
-        }
         let Some(session) = self.by_id.get_mut(&sequence.session) else {
             return;
         };
+        if matches!(result, Ok(Reply::Fetched(d)) if d.is_empty()) {
+            let fence = session.fences.entry(sequence.seq).or_default();
+            *fence = (*fence).max(sequence.try_number);
+            while session.fences.len() > SESSION_REPLIES_MAX {
+                // Forgetting a fence raises the floor, as forgetting a
+                // reply does: a late try of that number is then answered
+                // "may have applied", never let through unfenced.
+                let Some((seq, _)) = session.fences.pop_first() else {
+                    break;
+                };
+                session.floor = session.floor.max(seq + 1);
+            }
+            return;
+        }
+        session.fences.remove(&sequence.seq);
         let cached = Cached {
             result: result.clone(),
             weight: weight(result),
@@ -264,6 +300,17 @@ impl Sessions {
     }
 }
 
+/// Refuses `sequence` when a newer try of its number was applied first.
+fn superseded(session: &Session, sequence: Sequence) -> Result<()> {
+    match session.fences.get(&sequence.seq) {
+        Some(fence) if *fence > sequence.try_number => Err(Error::Superseded {
+            session: sequence.session,
+            seq: sequence.seq,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `command` may be sequenced: a plain state-changing command, not
 /// a session command and not a tick (which only the leader proposes).
 pub(crate) fn sequenceable(command: &Command) -> bool {
@@ -284,6 +331,7 @@ mod tests {
             session,
             seq,
             floor,
+            try_number: TryNumber::default(),
         }
     }
 
@@ -372,5 +420,130 @@ mod tests {
         s.lookup(seq(id, 1, 1), 0).unwrap();
         s.record(seq(id, 1, 1), &Ok(Reply::Fetched(Vec::new())));
         assert_eq!(s.lookup(seq(id, 1, 1), 0), Ok(Lookup::New));
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::command::Delivery;
+
+    fn try_of(id: u64, try_number: TryNumber) -> Sequence {
+        Sequence {
+            session: id,
+            seq: 1,
+            floor: 1,
+            try_number,
+        }
+    }
+
+    fn at(client: u32, round: u32, forward: u32) -> TryNumber {
+        TryNumber {
+            client,
+            round,
+            forward,
+        }
+    }
+
+    #[test]
+    fn attempts_order_by_client_then_round_then_forward() {
+        assert!(at(0, 0, 9) < at(0, 1, 0));
+        assert!(at(0, 9, 9) < at(1, 0, 0));
+        assert!(at(1, 2, 3) < at(1, 2, 4));
+    }
+
+    #[test]
+    fn an_older_try_after_a_newer_empty_fetch_is_superseded() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        // Round 1's try reaches the log first and finds nothing...
+        let newer = try_of(id, at(0, 1, 0));
+        assert_eq!(s.lookup(newer, 0), Ok(Lookup::New));
+        s.record(newer, &Ok(Reply::Fetched(Vec::new())));
+        // ...then round 0's forward, which broke after sending, arrives: it
+        // must not lease jobs to a reply nobody waits for.
+        let older = try_of(id, at(0, 0, 1));
+        let superseded = Error::Superseded {
+            session: id,
+            seq: 1,
+        };
+        assert_eq!(s.peek(older), Err(superseded.clone()));
+        assert_eq!(s.lookup(older, 0), Err(superseded));
+        // The same try again, or a newer one, still applies.
+        assert_eq!(s.lookup(newer, 0), Ok(Lookup::New));
+        assert_eq!(s.lookup(try_of(id, at(1, 0, 0)), 0), Ok(Lookup::New));
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn a_kept_result_answers_every_try_and_drops_the_fence() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        let empty = try_of(id, at(0, 1, 0));
+        s.lookup(empty, 0).unwrap();
+        s.record(empty, &Ok(Reply::Fetched(Vec::new())));
+        let found = try_of(id, at(0, 2, 0));
+        s.lookup(found, 0).unwrap();
+        let reply = Ok(Reply::Fetched(vec![Delivery {
+            queue_id: 1,
+            offset: 0,
+            blob: 0,
+            group: None,
+            priority: 0,
+            attempt: 1,
+            fence: 2,
+            deadline_ms: 30_000,
+        }]));
+        s.record(found, &reply);
+        assert!(s.by_id[&id].fences.is_empty());
+        assert_eq!(
+            s.lookup(try_of(id, at(0, 0, 0)), 0),
+            Ok(Lookup::Replay(reply))
+        );
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn fences_are_bounded_and_forgetting_one_raises_the_floor() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        for n in 1..=(SESSION_REPLIES_MAX as u64 + 1) {
+            let sequence = Sequence {
+                session: id,
+                seq: n,
+                floor: 1,
+                try_number: at(0, 1, 0),
+            };
+            s.lookup(sequence, 0).unwrap();
+            s.record(sequence, &Ok(Reply::Fetched(Vec::new())));
+        }
+        assert_eq!(s.by_id[&id].fences.len(), SESSION_REPLIES_MAX);
+        assert_eq!(
+            s.lookup(try_of(id, at(0, 0, 0)), 0),
+            Err(Error::ReplyForgotten {
+                session: id,
+                seq: 1
+            })
+        );
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn a_raised_client_floor_drops_the_fences_below_it() {
+        let mut s = Sessions::default();
+        let id = s.open(0);
+        let empty = try_of(id, at(0, 1, 0));
+        s.lookup(empty, 0).unwrap();
+        s.record(empty, &Ok(Reply::Fetched(Vec::new())));
+        let next = Sequence {
+            session: id,
+            seq: 2,
+            floor: 2,
+            try_number: TryNumber::default(),
+        };
+        s.lookup(next, 0).unwrap();
+        assert!(s.by_id[&id].fences.is_empty());
     }
 }

@@ -217,7 +217,7 @@ fn fail_of(error: &Error) -> Fail {
         },
         // The generated histories carry no sessions (the reply cache has
         // its own tests beside the state).
-        Error::SessionUnknown { .. } | Error::ReplyForgotten { .. } => {
+        Error::SessionUnknown { .. } | Error::ReplyForgotten { .. } | Error::Superseded { .. } => {
             unreachable!("the model sends no session commands: {error}")
         }
     }

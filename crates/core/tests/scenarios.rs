@@ -769,6 +769,7 @@ fn sequenced(session: u64, seq: u64, command: Command) -> Command {
             session,
             seq,
             floor: 1,
+            try_number: TryNumber::default(),
         },
         command: Box::new(command),
     }

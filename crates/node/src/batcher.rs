@@ -245,6 +245,7 @@ mod tests {
                 session: 1,
                 seq: 1,
                 floor: 1,
+                try_number: lockstep_core::TryNumber::default(),
             },
             command: Box::new(enqueue.clone()),
         };

@@ -189,6 +189,12 @@ impl Client {
                         session,
                         seq,
                         floor: seq,
+                        // The client's tries, as the client library counts
+                        // them; the node counts the forwards within each.
+                        try_number: core::TryNumber {
+                            client: attempt - 1,
+                            ..core::TryNumber::default()
+                        },
                     },
                     command: Box::new(command.clone()),
                 },
@@ -216,7 +222,9 @@ impl Client {
                 }
                 Ok(Response::Write { reply: Err(e), .. }) => {
                     let outcome = match e {
-                        core::Error::ReplyForgotten { .. } => Outcome::Indeterminate,
+                        core::Error::ReplyForgotten { .. } | core::Error::Superseded { .. } => {
+                            Outcome::Indeterminate
+                        }
                         core::Error::SessionUnknown { .. } if maybe_applied => {
                             Outcome::Indeterminate
                         }

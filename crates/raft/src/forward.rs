@@ -5,9 +5,11 @@
 //! leader forwards the request over the peer channel and relays the answer;
 //! while no leader is known (an election) it retries with backoff until the
 //! caller's deadline, then answers UNAVAILABLE with the leader hint it has.
-//! The request is encoded at most once, by [`lockstep_core::codec`], on its
-//! first forward (not at all when this node leads), and reused by later
-//! tries.
+//! The request is encoded by [`lockstep_core::codec`] on its first forward
+//! (not at all when this node leads), and reused by later tries, except a
+//! sequenced write: each of its tries is marked newer than the last (see
+//! `lockstep_core::TryNumber`), so it is encoded again: a forward that
+//! broke after sending may still reach the log after its retry.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -121,7 +123,15 @@ impl Forwarding {
         // Why an earlier try may have applied the request: then the final
         // answer is "may have applied", never UNAVAILABLE.
         let mut unknown: Option<String> = None;
+        let mut request = request;
+        let mut tries: u32 = 0;
         loop {
+            // Every try after the first is marked newer, so an earlier one
+            // still on its way cannot apply after it unnoticed.
+            if tries > 0 && request.set_forward_try(tries) {
+                encoded = None;
+            }
+            tries = tries.saturating_add(1);
             let leader = self.raft.current_leader().await;
             let answer = match leader {
                 Some(id) if id == self.id => Some(local(request.clone()).await?),

@@ -293,6 +293,10 @@ fn send_try(world: &mut World, cx: usize) {
                 session,
                 seq,
                 floor: seq,
+                try_number: lockstep_core::TryNumber {
+                    client: p.tries,
+                    ..lockstep_core::TryNumber::default()
+                },
             },
             command: Box::new(p.command.clone()),
         },
@@ -367,7 +371,7 @@ fn finish(world: &mut World, cx: usize, answer: Option<Answer>) {
         }) => (Outcome::Ok, Some(reply), ids, None),
         Some(Answer::Applied { result: Err(e), .. }) => {
             let outcome = match e {
-                Error::ReplyForgotten { .. } => Outcome::Indeterminate,
+                Error::ReplyForgotten { .. } | Error::Superseded { .. } => Outcome::Indeterminate,
                 _ if p.maybe_applied && matches!(e, Error::SessionUnknown { .. }) => {
                     Outcome::Indeterminate
                 }

@@ -184,6 +184,17 @@ impl Request {
             | Request::PreVote { .. } => true,
         }
     }
+
+    /// Marks a sequenced write as forward `forward` of its round, so a
+    /// later try of it compares newer than every earlier one (see
+    /// `lockstep_core::TryNumber`), and says whether it was one; any other
+    /// request is left as it is.
+    pub fn set_forward_try(&mut self, forward: u32) -> bool {
+        match self {
+            Request::Write(command) => command.set_forward_try(forward),
+            _ => false,
+        }
+    }
 }
 
 impl Read {

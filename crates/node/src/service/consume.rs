@@ -422,6 +422,9 @@ async fn fetch(
     let mut applied = services.node.applied_watch();
     let mut failing_since: Option<Instant> = None;
     let mut pause = FETCH_RETRY_PAUSE_MIN;
+    // Each try is a new round of the one seq, so a try given up on in
+    // flight that reaches the log late is refused, not leasing jobs.
+    let mut round: u32 = 0;
     loop {
         let max_batch = services
             .node
@@ -443,8 +446,11 @@ async fn fetch(
             id: opened.session,
             seq,
             floor: seq,
+            attempt: 0,
         };
-        match services.write_in(Some(session), command).await {
+        let written = services.write_round(Some(session), round, command).await;
+        round = round.saturating_add(1);
+        match written {
             Ok((Reply::Fetched(deliveries), blobs)) => {
                 failing_since = None;
                 pause = FETCH_RETRY_PAUSE_MIN;

@@ -73,12 +73,29 @@ impl Services {
         session: Option<pb::Session>,
         command: Command,
     ) -> Result<(Reply, Vec<Option<JobBlob>>), Status> {
+        self.write_round(session, 0, command).await
+    }
+
+    /// [`Services::write_in`] as round `round` of a long poll, which tries
+    /// the request again under the same number (see
+    /// `lockstep_core::TryNumber`).
+    pub(super) async fn write_round(
+        &self,
+        session: Option<pb::Session>,
+        round: u32,
+        command: Command,
+    ) -> Result<(Reply, Vec<Option<JobBlob>>), Status> {
         let command = match session {
             Some(s) => Command::Sequenced {
                 sequence: lockstep_core::Sequence {
                     session: s.id,
                     seq: s.seq,
                     floor: s.floor,
+                    try_number: lockstep_core::TryNumber {
+                        client: s.attempt,
+                        round,
+                        forward: 0,
+                    },
                 },
                 command: Box::new(command),
             },

@@ -189,6 +189,7 @@ impl pb::queue_server::Queue for Services {
         let wait_ms = req.wait_ms.min(self.node.config.limits.fetch_wait_ms_max);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.node.applied_watch();
+        let mut round: u32 = 0;
         loop {
             let command = super::in_subscription(
                 &req.subscription,
@@ -201,7 +202,10 @@ impl pb::queue_server::Queue for Services {
             );
             // Every try of the long poll runs under the one seq: an empty
             // fetch is not kept by the reply cache, so the next try applies.
-            let (reply, blobs) = self.write_in(req.session, command).await?;
+            // Each round counts up, so a stale try of an earlier round that
+            // reaches the log late is refused rather than leasing jobs.
+            let (reply, blobs) = self.write_round(req.session, round, command).await?;
+            round = round.saturating_add(1);
             let Reply::Fetched(deliveries) = reply else {
                 return Err(wrong_reply(reply));
             };
