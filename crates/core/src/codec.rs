@@ -34,7 +34,7 @@ use serde::{de::DeserializeOwned, Serialize};
 /// refused as such.
 ///
 /// 6: a sequenced command carries which try of its request it is
-/// (`Sequence::attempt`), a session keeps the fences of its empty fetches,
+/// (`Sequence::try_number`), a session keeps the fences of its empty fetches,
 /// and errors gained `Superseded`. A version-5 data directory is refused
 /// as such.
 pub const FORMAT_VERSION: u8 = 6;

@@ -45,9 +45,7 @@ pub struct Sequence {
 /// forward within that round. Each layer counts from 0 and only ever
 /// counts up, and a layer starts a new try only after giving up on its
 /// previous one, so a later try always compares greater.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TryNumber {
     /// The client's try of the call (its retries after no answer).
     pub client: u32,

@@ -430,13 +430,18 @@ mod fence_tests {
     use super::*;
     use crate::command::Delivery;
 
-    fn try_of(id: u64, try_number: TryNumber) -> Sequence {
+    /// Request `n` of session `id`, floor 1, as try `try_number`.
+    fn nth_try(id: u64, n: u64, try_number: TryNumber) -> Sequence {
         Sequence {
             session: id,
-            seq: 1,
+            seq: n,
             floor: 1,
             try_number,
         }
+    }
+
+    fn try_of(id: u64, try_number: TryNumber) -> Sequence {
+        nth_try(id, 1, try_number)
     }
 
     fn at(client: u32, round: u32, forward: u32) -> TryNumber {
@@ -510,12 +515,7 @@ mod fence_tests {
         let mut s = Sessions::default();
         let id = s.open(0);
         for n in 1..=(SESSION_REPLIES_MAX as u64 + 1) {
-            let sequence = Sequence {
-                session: id,
-                seq: n,
-                floor: 1,
-                try_number: at(0, 1, 0),
-            };
+            let sequence = nth_try(id, n, at(0, 1, 0));
             s.lookup(sequence, 0).unwrap();
             s.record(sequence, &Ok(Reply::Fetched(Vec::new())));
         }
@@ -538,10 +538,8 @@ mod fence_tests {
         s.lookup(empty, 0).unwrap();
         s.record(empty, &Ok(Reply::Fetched(Vec::new())));
         let next = Sequence {
-            session: id,
-            seq: 2,
             floor: 2,
-            try_number: TryNumber::default(),
+            ..nth_try(id, 2, TryNumber::default())
         };
         s.lookup(next, 0).unwrap();
         assert!(s.by_id[&id].fences.is_empty());

@@ -103,7 +103,7 @@ impl Forwarding {
     /// forward reached the leader (for metrics).
     pub async fn route<F, Fut>(
         &self,
-        request: Request,
+        mut request: Request,
         wait: Duration,
         limit_key: &str,
         observe: impl Fn(bool),
@@ -123,7 +123,6 @@ impl Forwarding {
         // Why an earlier try may have applied the request: then the final
         // answer is "may have applied", never UNAVAILABLE.
         let mut unknown: Option<String> = None;
-        let mut request = request;
         let mut tries: u32 = 0;
         loop {
             // Every try after the first is marked newer, so an earlier one

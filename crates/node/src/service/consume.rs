@@ -422,8 +422,9 @@ async fn fetch(
     let mut applied = services.node.applied_watch();
     let mut failing_since: Option<Instant> = None;
     let mut pause = FETCH_RETRY_PAUSE_MIN;
-    // Each try is a new round of the one seq, so a try given up on in
-    // flight that reaches the log late is refused, not leasing jobs.
+    // Each try is a new round of the one seq, so an earlier try whose
+    // forward broke after sending, reaching the log late, is refused
+    // rather than leasing jobs.
     let mut round: u32 = 0;
     loop {
         let max_batch = services
