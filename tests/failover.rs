@@ -164,13 +164,37 @@ async fn leader_kill_keeps_leases_offsets_and_ids() {
 /// and a later leader kill loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_follower_catches_up_by_snapshot() {
+    // Snapshot and purge often, so the leader no longer has the log a
+    // wiped node would need.
+    wiped_follower_catches_up(&[
+        ("raft.snapshot_every_entries", 40),
+        ("raft.logs_kept_after_snapshot", 5),
+    ])
+    .await;
+}
+
+/// The same with snapshots and purges by payload bytes only: the entry
+/// counts are far above what the test writes, so without the byte bounds
+/// (`crate::compact` in the node) nothing is purged and the test fails.
+/// The snapshot the wiped node installs was written when sent, with the
+/// payloads the leader held then, some acked since the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_follower_catches_up_by_snapshot_taken_for_payload_bytes() {
+    wiped_follower_catches_up(&[
+        ("raft.snapshot_every_entries", 1_000_000),
+        ("raft.logs_kept_after_snapshot", 1_000_000),
+        ("raft.snapshot_every_bytes", 1_024),
+        ("raft.log_bytes_kept", 256),
+    ])
+    .await;
+}
+
+async fn wiped_follower_catches_up(settings: &[(&str, i64)]) {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let dir = tempfile::tempdir().unwrap();
-        // Snapshot and purge often, so the leader no longer has the log a
-        // wiped node would need.
-        let spec = spec(&dir)
-            .set("raft.snapshot_every_entries", 40)
-            .set("raft.logs_kept_after_snapshot", 5);
+        let spec = settings
+            .iter()
+            .fold(spec(&dir), |spec, &(key, value)| spec.set(key, value));
         let (mut run, leader) = start(3, 3, spec, dir).await;
         let c = &run.cluster;
         create_queue(c, leader, Q, None).await;

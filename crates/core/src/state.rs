@@ -1774,6 +1774,19 @@ impl State {
         self.last_index
     }
 
+    /// Each queue's id and the offset its next job will get. A payload is
+    /// stored under its queue's id and the offset it was enqueued at, and
+    /// offsets only grow, so every payload this state holds is keyed below
+    /// its queue's bound, and a payload stored later is not. The store
+    /// keeps these beside a snapshot to tell, among the payloads it holds
+    /// when it sends the snapshot, those the snapshot's state holds.
+    pub fn payload_bounds(&self) -> Vec<(QueueId, u64)> {
+        self.queues
+            .values()
+            .map(|queue| (queue.id, queue.next_offset))
+            .collect()
+    }
+
     /// Applies one command. Payload writes and deletes are appended to
     /// `effects` for the storage layer to make in the same batch as the
     /// entry. A command that fails changes nothing but the passage of time

@@ -41,6 +41,15 @@ pub struct RaftConfig {
     /// Log entries kept behind a snapshot, so a follower installing a large
     /// snapshot is not cut off by a purge (openraft #1706).
     pub logs_kept_after_snapshot: u64,
+    /// Also build a snapshot once the log has carried this many payload
+    /// bytes since the last one: entries of many large payloads otherwise
+    /// keep gigabytes of log that the payload store holds again
+    /// (`crate::compact`).
+    pub snapshot_every_bytes: u64,
+    /// Payload bytes of log kept behind the snapshots when that is fewer
+    /// entries than `logs_kept_after_snapshot`: the log is purged up to the
+    /// newest snapshot with at least this much after it.
+    pub log_bytes_kept: u64,
     /// Entries in one AppendEntries RPC.
     pub append_entries_max: u64,
     /// Deadline of one peer RPC other than a snapshot.
@@ -208,6 +217,8 @@ impl Default for NodeConfig {
                 election_timeout_max_ms: 600,
                 snapshot_every_entries: 20_000,
                 logs_kept_after_snapshot: 5_000,
+                snapshot_every_bytes: 128 * 1024 * 1024,
+                log_bytes_kept: 64 * 1024 * 1024,
                 append_entries_max: 300,
                 rpc_timeout_ms: 2_000,
             },
@@ -510,6 +521,7 @@ impl NodeConfig {
             ));
         }
         positive("raft.snapshot_every_entries", r.snapshot_every_entries)?;
+        positive("raft.snapshot_every_bytes", r.snapshot_every_bytes)?;
         positive("raft.append_entries_max", r.append_entries_max)?;
         positive("raft.rpc_timeout_ms", r.rpc_timeout_ms)?;
         positive("batch.commands_max", self.batch.commands_max)?;

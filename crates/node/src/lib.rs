@@ -28,6 +28,7 @@ pub mod auth;
 mod batcher;
 mod bootstrap;
 mod clock;
+mod compact;
 pub mod config;
 mod convert;
 mod disk;

@@ -102,11 +102,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     let (node, flusher) = open_node(&config, tls.as_ref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = spawn_loops(&node, &stop_rx);
-    let disk = tokio::spawn(crate::disk::run(
-        node.disk.clone(),
-        node.metrics.clone(),
-        stop_rx.clone(),
-    ));
+    let disk = tokio::spawn(crate::disk::run(node.clone(), stop_rx.clone()));
     let mut servers = Servers {
         stop: stop_rx,
         tasks: Vec::new(),

@@ -33,7 +33,7 @@ use rocksdb::{
 pub use error::{run_inline_on_this_thread, StoreError};
 pub use lockstep_types::{Batch, BatchReply, NodeId, NodeInfo, TypeConfig};
 pub use log_store::LogStore;
-pub use state_machine::{StateHandle, StateMachineStore};
+pub use state_machine::{LogPayload, StateHandle, StateMachineStore};
 
 pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";
@@ -50,10 +50,11 @@ const SNAPSHOT_DIR: &str = "snapshots";
 /// families (`meta`, `sm_meta`) too, and their memtables never fill, so
 /// without this bound no log file is ever released: RocksDB's own default
 /// (four times the memtables' total) let 1 GB of payload leave 2.1 GB of
-/// log files on each node (`scripts/bench-memory`). Flushing is what
-/// RocksDB does at every full memtable anyway; it syncs the closed log
-/// files first, so the prefix property below is kept.
-const WAL_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// log files on each node (`scripts/bench-memory`); 128 MiB left 46-126 MB
+/// and 64 MiB 48-54 MB. Flushing is what RocksDB does at every full
+/// memtable anyway; it syncs the closed log files first, so the prefix
+/// property below is kept.
+const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Opens (or creates) the storage of a node in `data_dir`: the Raft log store
 /// and the state machine, which share one RocksDB instance.

@@ -5,7 +5,8 @@
 //! ```text
 //! magic        8 bytes  "LOCKSNAP"
 //! header_len   u32 LE   then the header through lockstep_core::codec:
-//!                       { file_version, meta: SnapshotMeta }
+//!                       { file_version, meta: SnapshotMeta,
+//!                         payloads_included, payload_bounds }
 //! core_len     u64 LE   then lockstep_core::State::snapshot() bytes
 //! records      repeated: tag 1 (u8), len (u32 LE), queue id BE (8),
 //!                        blob BE (8), the payload record (len - 16 bytes)
@@ -13,8 +14,21 @@
 //!              xxh3-64 (u64 LE) of every byte before it
 //! ```
 //!
-//! The records are streamed from a RocksDB snapshot, so a snapshot never has
-//! to fit in memory beyond the core state (which is in memory anyway). The
+//! Two kinds share the layout. The snapshot a node builds for itself holds
+//! the core state only (`payloads_included` false): the payloads are in the
+//! `blobs` column family already, and a copy in every snapshot was one more
+//! copy of every pending payload on disk. The snapshot a node *sends* is
+//! written when openraft first reads it ([`SnapshotFile::deferred`]): the
+//! same header and core, then the payloads the node holds at that moment
+//! that the snapshot's state holds, told apart by `payload_bounds` (each
+//! queue's next offset at the snapshot; see
+//! `lockstep_core::State::payload_bounds`). A payload the state held but
+//! the sender has deleted since was deleted by a later entry, which the
+//! receiver applies after the snapshot, so it never needs it. Only a file
+//! with its payloads is installed.
+//!
+//! The records are streamed from RocksDB, so a snapshot never has to fit in
+//! memory beyond the core state (which is in memory anyway). The
 //! reader checks every length against a named limit and against the bytes
 //! left in the file before it allocates, and the checksum and record count
 //! catch truncation and bit rot: a corrupt file is refused with an error,
@@ -26,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lockstep_core::codec;
+use lockstep_core::{codec, QueueId};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -37,7 +51,7 @@ use lockstep_types::SnapshotMeta;
 const MAGIC: [u8; 8] = *b"LOCKSNAP";
 /// The layout version of the file, inside the header. The codec's version
 /// byte covers the encoding of each record; this covers the framing.
-const FILE_VERSION: u32 = 1;
+const FILE_VERSION: u32 = 2;
 /// The largest header: a snapshot meta holds the membership, a few hundred
 /// bytes per node.
 pub const HEADER_BYTES_MAX: u32 = 1024 * 1024;
@@ -57,6 +71,10 @@ pub(crate) const SUFFIX_BUILDING: &str = "build";
 struct Header {
     file_version: u32,
     meta: SnapshotMeta,
+    /// Whether the payload records follow: true in a file made to be sent.
+    payloads_included: bool,
+    /// Each queue's id and next offset at the snapshot.
+    payload_bounds: Vec<(QueueId, u64)>,
 }
 
 /// A name no other file of this process or an earlier one has used:
@@ -120,6 +138,7 @@ impl SnapshotWriter {
         path: PathBuf,
         meta: &SnapshotMeta,
         core: &[u8],
+        payloads: Payloads,
     ) -> Result<SnapshotWriter> {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -137,6 +156,8 @@ impl SnapshotWriter {
         let header = codec::encode(&Header {
             file_version: FILE_VERSION,
             meta: meta.clone(),
+            payloads_included: payloads.included,
+            payload_bounds: payloads.bounds,
         })
         .map_err(StoreError::codec("encode the snapshot header"))?;
         let header_len = u32::try_from(header.len())
@@ -216,12 +237,48 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Whether a file holds its payloads, and the bounds that tell which
+/// stored payloads its state holds ([`Header`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Payloads {
+    pub included: bool,
+    pub bounds: Vec<(QueueId, u64)>,
+}
+
+impl Payloads {
+    /// `bounds` in any order; kept sorted by queue id for [`Payloads::holds`].
+    pub(crate) fn new(included: bool, mut bounds: Vec<(QueueId, u64)>) -> Payloads {
+        bounds.sort_unstable();
+        Payloads { included, bounds }
+    }
+
+    /// Whether the payload stored under `key` (queue id and offset, big
+    /// endian) is one the snapshot's state holds.
+    pub(crate) fn holds(&self, key: &[u8]) -> bool {
+        let (Some(queue), Some(offset)) = (
+            key.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            key.get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+        ) else {
+            return false;
+        };
+        match self.bounds.binary_search_by_key(&queue, |&(id, _)| id) {
+            Ok(at) => offset < self.bounds[at].1,
+            Err(_) => false,
+        }
+    }
+}
+
 /// What [`read_snapshot`] returns besides the records.
 #[derive(Debug)]
 pub(crate) struct SnapshotContents {
     pub meta: SnapshotMeta,
     /// The core state bytes, when asked for.
     pub core: Option<Vec<u8>>,
+    pub payloads: Payloads,
 }
 
 struct SnapshotReader<'a> {
@@ -286,9 +343,20 @@ impl SnapshotReader<'_> {
 pub(crate) fn read_snapshot(
     path: &Path,
     keep_core: bool,
-    mut on_blob: impl FnMut(&[u8; 16], &[u8]) -> Result<()>,
+    on_blob: impl FnMut(&[u8; 16], &[u8]) -> Result<()>,
 ) -> Result<SnapshotContents> {
     let file = File::open(path).map_err(StoreError::io(format!("open {}", path.display())))?;
+    read_snapshot_from(file, path, keep_core, on_blob)
+}
+
+/// [`read_snapshot`] of a file already open (from its start), which a
+/// publish may have removed from the directory since.
+pub(crate) fn read_snapshot_from(
+    file: File,
+    path: &Path,
+    keep_core: bool,
+    mut on_blob: impl FnMut(&[u8; 16], &[u8]) -> Result<()>,
+) -> Result<SnapshotContents> {
     let len = file
         .metadata()
         .map_err(StoreError::io(format!("stat {}", path.display())))?
@@ -383,6 +451,7 @@ pub(crate) fn read_snapshot(
     Ok(SnapshotContents {
         meta: header.meta,
         core,
+        payloads: Payloads::new(header.payloads_included, header.payload_bounds),
     })
 }
 
@@ -401,7 +470,8 @@ mod tests {
         };
         let core = lockstep_core::State::new().snapshot();
         let path = dir.join("sample.snap");
-        let mut writer = SnapshotWriter::create(path.clone(), &meta, &core)?;
+        let payloads = Payloads::new(true, vec![(7, 5)]);
+        let mut writer = SnapshotWriter::create(path.clone(), &meta, &core, payloads)?;
         for blob in 0..5u64 {
             let value = codec::encode(&JobBlob {
                 id: format!("job-{blob}"),
@@ -430,7 +500,22 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (path, _) = sample(dir.path())?;
         assert_eq!(count_records(&path)?, 5);
+        let contents = read_snapshot(&path, false, |_, _| Ok(()))?;
+        assert_eq!(contents.payloads, Payloads::new(true, vec![(7, 5)]));
         Ok(())
+    }
+
+    /// A payload belongs to a snapshot's state when its queue was there and
+    /// its offset below that queue's next one.
+    #[test]
+    fn the_bounds_tell_the_payloads_of_the_state() {
+        let payloads = Payloads::new(true, vec![(9, 3), (2, 10)]);
+        assert!(payloads.holds(&blob_key(2, 0)));
+        assert!(payloads.holds(&blob_key(2, 9)));
+        assert!(!payloads.holds(&blob_key(2, 10)), "enqueued after");
+        assert!(payloads.holds(&blob_key(9, 2)));
+        assert!(!payloads.holds(&blob_key(5, 0)), "a queue created after");
+        assert!(!payloads.holds(&[0u8; 3]), "not a payload key");
     }
 
     /// Every prefix of a valid file, and every single-byte change of it, is

@@ -40,8 +40,8 @@ use tokio::sync::oneshot;
 use crate::error::{blocking, Result, StoreError};
 use crate::log_store::{read_value, KEY_LAST_APPLIED};
 use crate::snapshot::{
-    read_snapshot, sync_dir, unique_id, unique_name, SnapshotFile, SnapshotWriter, SUFFIX_BUILDING,
-    SUFFIX_RECEIVING, SUFFIX_SNAPSHOT,
+    read_snapshot, read_snapshot_from, sync_dir, unique_id, unique_name, Payloads, SnapshotFile,
+    SnapshotWriter, SUFFIX_BUILDING, SUFFIX_RECEIVING, SUFFIX_SNAPSHOT,
 };
 use crate::{blob_key, blob_queue_end, cf, CF_BLOBS, CF_SM_META};
 use lockstep_types::{
@@ -93,7 +93,33 @@ pub struct StateHandle {
     digest_flight: Arc<tokio::sync::Mutex<()>>,
     /// Each queue's configuration as of the last apply that changed one.
     configs: Arc<ArcSwap<Configs>>,
+    /// How much payload the log has carried since the snapshots, so the
+    /// node can snapshot and purge by bytes ([`StateHandle::log_payload`]).
+    log_bytes: Arc<Mutex<LogBytes>>,
     db: Arc<DB>,
+}
+
+/// Snapshots taken, at most this many remembered: purging by bytes needs
+/// only the few most recent.
+const SNAPSHOT_MARKS_MAX: usize = 64;
+
+/// Payload bytes applied since the store opened, and where each recent
+/// snapshot was captured: (log index, payload bytes applied by then).
+#[derive(Debug, Default)]
+struct LogBytes {
+    applied: u64,
+    marks: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// What the log holds in payload, for snapshotting and purging by bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPayload {
+    /// Payload bytes applied since the last snapshot was captured (since
+    /// the store opened, if none was).
+    pub since_snapshot: u64,
+    /// The newest snapshot index with at least the asked-for payload bytes
+    /// applied after it: purging the log up to it keeps that much.
+    pub purge_upto: Option<u64>,
 }
 
 impl fmt::Debug for StateHandle {
@@ -127,8 +153,27 @@ impl StateHandle {
             digest: Arc::new(Mutex::new(None)),
             digest_flight: Arc::new(tokio::sync::Mutex::new(())),
             configs: Arc::new(ArcSwap::from_pointee(configs)),
+            log_bytes: Arc::new(Mutex::new(LogBytes::default())),
             db,
         }
+    }
+
+    /// The payload bytes applied since the last snapshot, and the newest
+    /// snapshot index that leaves at least `kept` payload bytes of log
+    /// after it.
+    pub fn log_payload(&self, kept: u64) -> Result<LogPayload> {
+        let log = self.log_bytes.lock().map_err(|_| StoreError::Poisoned)?;
+        let last = log.marks.back().map_or(0, |&(_, bytes)| bytes);
+        let purge_upto = log
+            .marks
+            .iter()
+            .rev()
+            .find(|&&(_, bytes)| log.applied - bytes >= kept)
+            .map(|&(index, _)| index);
+        Ok(LogPayload {
+            since_snapshot: log.applied - last,
+            purge_upto,
+        })
     }
 
     /// Runs a query on the applied core state. Keep `f` O(small) (a few
@@ -273,6 +318,12 @@ impl Snapshots {
         self.dir.join(file_name)
     }
 
+    /// Whether `path` is a file this store is receiving (or received).
+    fn received(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path())
+            && path.extension().and_then(|s| s.to_str()) == Some(SUFFIX_RECEIVING)
+    }
+
     /// Removes every file of the directory but `keep`. Files being built or
     /// received belong to tasks that may still run, so they go only when
     /// `temps` says no such task can exist (on open, or for received files
@@ -343,9 +394,11 @@ fn put_last_applied(batch: &mut WriteBatch, db: &DB, last_applied: Option<LogId>
     }
 }
 
-/// Adds the payload writes of `effects` to `batch`, in order.
-fn put_effects(batch: &mut WriteBatch, db: &DB, effects: &[Effect]) -> Result<()> {
+/// Adds the payload writes of `effects` to `batch`, in order, and returns
+/// the bytes of payload records written.
+fn put_effects(batch: &mut WriteBatch, db: &DB, effects: &[Effect]) -> Result<u64> {
     let blobs = cf(db, CF_BLOBS)?;
+    let mut written = 0u64;
     for effect in effects {
         match effect {
             Effect::PutBlob {
@@ -356,6 +409,7 @@ fn put_effects(batch: &mut WriteBatch, db: &DB, effects: &[Effect]) -> Result<()
                 let value = codec::encode(data).map_err(StoreError::codec(format!(
                     "encode payload {queue_id}/{blob}"
                 )))?;
+                written += value.len() as u64;
                 batch.put_cf(blobs, blob_key(*queue_id, *blob), value);
             }
             Effect::DeleteBlob { queue_id, blob } => {
@@ -370,7 +424,7 @@ fn put_effects(batch: &mut WriteBatch, db: &DB, effects: &[Effect]) -> Result<()
             }
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Applies `entries` to the core and makes their effects in one batch.
@@ -408,7 +462,7 @@ fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<Batch
         }
     }
     let mut batch = WriteBatch::default();
-    put_effects(&mut batch, db, &effects)?;
+    let payload_bytes = put_effects(&mut batch, db, &effects)?;
     put_last_applied(&mut batch, db, applied.last_applied)?;
     put_value(
         &mut batch,
@@ -428,6 +482,9 @@ fn apply_blocking(handle: &StateHandle, entries: Vec<Entry>) -> Result<Vec<Batch
     // the database; openraft stops the node on any storage error, and a
     // restart rebuilds both from the snapshot and the log.
     crate::write_unsynced(db, batch).map_err(StoreError::rocks("write the applied batch"))?;
+    if let Ok(mut log) = handle.log_bytes.lock() {
+        log.applied += payload_bytes;
+    }
     if configs_changed {
         // O(queues), and only after a command that creates, changes or
         // deletes a queue.
@@ -448,7 +505,7 @@ fn build_blocking(
     taken: oneshot::Sender<()>,
 ) -> Result<(SnapshotMeta, PathBuf, std::fs::File)> {
     let db = &handle.db;
-    let (meta, core, view) = {
+    let (meta, core, bounds) = {
         // O(state) under the read lock, with the gate held so no writer
         // waits on the lock meanwhile (see the module's documentation).
         let _gate = handle.gate()?;
@@ -469,7 +526,17 @@ fn build_blocking(
             last_membership: applied.last_membership.clone(),
             snapshot_id,
         };
-        (meta, applied.core.snapshot(), db.snapshot())
+        let bounds = applied.core.payload_bounds();
+        // Under the gate, so no apply counts bytes meanwhile: the mark
+        // matches the captured index.
+        if let (Some(id), Ok(mut log)) = (last_applied, handle.log_bytes.lock()) {
+            let applied_bytes = log.applied;
+            log.marks.push_back((id.index, applied_bytes));
+            if log.marks.len() > SNAPSHOT_MARKS_MAX {
+                log.marks.pop_front();
+            }
+        }
+        (meta, applied.core.snapshot(), bounds)
     };
     // The receiver may be gone if the builder was dropped; the build goes on.
     let _ = taken.send(());
@@ -482,20 +549,12 @@ fn build_blocking(
         }
     }
 
+    // The core only: the payloads are in `blobs` already, and are copied
+    // into a file only to send one ([`transfer_blocking`]).
     let temp = snapshots.path(&unique_name("", SUFFIX_BUILDING));
-    let written = (|| {
-        let mut writer = SnapshotWriter::create(temp.clone(), &meta, &core)?;
-        drop(core);
-        let mut iter = view.raw_iterator_cf(cf(db, CF_BLOBS)?);
-        iter.seek_to_first();
-        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            writer.blob(key, value)?;
-            iter.next();
-        }
-        iter.status()
-            .map_err(StoreError::rocks("scan the payloads for a snapshot"))?;
-        writer.finish()
-    })();
+    let written = SnapshotWriter::create(temp.clone(), &meta, &core, Payloads::new(false, bounds))
+        .and_then(SnapshotWriter::finish);
+    drop(core);
     let temp = match written {
         Ok(path) => path,
         Err(e) => {
@@ -503,7 +562,6 @@ fn build_blocking(
             return Err(e);
         }
     };
-    drop(view);
 
     let mut current = snapshots.lock()?;
     if let Some(cur) = current.as_ref() {
@@ -528,6 +586,43 @@ fn build_blocking(
     snapshots.remove_others(Some(&file_name), &[]);
     let file = open_for_read(&path)?;
     Ok((meta, path, file))
+}
+
+/// Writes the file that sends snapshot `current` (open from its start, at
+/// `path`) to a follower: its header and core, then every payload stored now
+/// that its state holds (see the `snapshot` module). The file is removed from
+/// the directory once open, so it goes when openraft drops the handle.
+fn transfer_blocking(
+    db: &DB,
+    dir: &Path,
+    current: std::fs::File,
+    path: &Path,
+) -> Result<std::fs::File> {
+    let contents = read_snapshot_from(current, path, true, |_, _| Ok(()))?;
+    let core = contents
+        .core
+        .ok_or_else(|| StoreError::bad_snapshot(path, "the core state was not read"))?;
+    let temp = dir.join(unique_name("send-", SUFFIX_BUILDING));
+    let written = (|| {
+        let payloads = Payloads::new(true, contents.payloads.bounds.clone());
+        let mut writer = SnapshotWriter::create(temp.clone(), &contents.meta, &core, payloads)?;
+        // An iterator reads one consistent view of the family.
+        let mut iter = db.raw_iterator_cf(cf(db, CF_BLOBS)?);
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if contents.payloads.holds(key) {
+                writer.blob(key, value)?;
+            }
+            iter.next();
+        }
+        iter.status()
+            .map_err(StoreError::rocks("scan the payloads of a snapshot to send"))?;
+        let written = writer.finish()?;
+        open_for_read(&written)
+    })();
+    // Open or failed, the name goes: an open file lives on until dropped.
+    let _ = std::fs::remove_file(&temp);
+    written
 }
 
 fn open_for_read(path: &Path) -> Result<std::fs::File> {
@@ -557,7 +652,7 @@ fn publish(snapshots: &Snapshots, temp: &Path, file_name: &str) -> Result<PathBu
 /// Reads and checks a whole snapshot file without acting on it: the
 /// checksum, every length, every payload record and the core state's own
 /// invariants.
-fn verify(path: &Path) -> Result<(SnapshotMeta, State)> {
+fn verify(path: &Path) -> Result<(SnapshotMeta, State, Payloads)> {
     let contents = read_snapshot(path, true, |key, value| {
         codec::decode::<JobBlob>(value).map(drop).map_err(|e| {
             StoreError::bad_snapshot(path, format!("payload {key:?} does not decode: {e}"))
@@ -578,7 +673,7 @@ fn verify(path: &Path) -> Result<(SnapshotMeta, State)> {
             ),
         ));
     }
-    Ok((contents.meta, state))
+    Ok((contents.meta, state, contents.payloads))
 }
 
 /// Replaces the whole `blobs` column family with the payloads of a verified
@@ -635,29 +730,29 @@ fn install_blocking(
     meta: &SnapshotMeta,
 ) -> Result<()> {
     let db = &handle.db;
-    let ours = source.parent() == Some(snapshots.dir.as_path())
-        && source.extension().and_then(|s| s.to_str()) == Some(SUFFIX_RECEIVING);
-    let received = if ours {
-        source.to_path_buf()
-    } else {
-        let copy = snapshots.path(&unique_name("", SUFFIX_RECEIVING));
-        std::fs::copy(source, &copy).map_err(StoreError::io(format!(
-            "copy {} to {}",
-            source.display(),
-            copy.display()
-        )))?;
-        std::fs::File::open(&copy)
-            .and_then(|f| f.sync_all())
-            .map_err(StoreError::io(format!("fsync {}", copy.display())))?;
-        copy
-    };
-    let (file_meta, state) = match verify(&received) {
+    if !snapshots.received(source) {
+        return Err(StoreError::Inconsistent(format!(
+            "{} is not a file this store received",
+            source.display()
+        )));
+    }
+    let received = source.to_path_buf();
+    let (file_meta, state, payloads) = match verify(&received) {
         Ok(verified) => verified,
         Err(e) => {
             let _ = std::fs::remove_file(&received);
             return Err(e);
         }
     };
+    if !payloads.included {
+        // A node's own core-only snapshot: installing it would drop every
+        // payload. Only files written for sending carry them.
+        let _ = std::fs::remove_file(&received);
+        return Err(StoreError::bad_snapshot(
+            &received,
+            "the file holds the core state without its payloads",
+        ));
+    }
     if file_meta != *meta {
         let _ = std::fs::remove_file(&received);
         return Err(StoreError::bad_snapshot(
@@ -729,7 +824,7 @@ impl StateMachineStore {
             let path = snapshots.path(&file_name);
             if path.exists() {
                 tracing::warn!(file = %path.display(), "finishing an interrupted snapshot install");
-                let (meta, _) = verify(&path)?;
+                let (meta, _, _) = verify(&path)?;
                 load_blobs(&db, &path)?;
                 finish_install(&db, &file_name, &meta)?;
             } else {
@@ -743,7 +838,7 @@ impl StateMachineStore {
         let current: Option<String> = read_value(&db, CF_SM_META, KEY_CURRENT_SNAPSHOT)?;
         let (applied, current) = match current {
             Some(file_name) => {
-                let (meta, core) = verify(&snapshots.path(&file_name))?;
+                let (meta, core, _) = verify(&snapshots.path(&file_name))?;
                 let applied = Applied {
                     core,
                     last_applied: meta.last_log_id,
@@ -882,6 +977,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let err = |e: StoreError| Self::snapshot_error(Some(meta), e, ErrorVerb::Write);
+        if !self.snapshots.received(snapshot.path()) {
+            // A snapshot handed over whole (openraft's own tests install a
+            // store's current snapshot into it): read it through the handle
+            // into a received file, since a file written to be sent exists
+            // only behind its handle.
+            let mut received = self.begin_receiving_snapshot().await?;
+            let copied = async {
+                use tokio::io::AsyncSeekExt;
+                snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+                tokio::io::copy(&mut *snapshot, &mut *received).await
+            };
+            copied.await.map_err(|e| {
+                err(StoreError::io(format!(
+                    "copy {} to {}",
+                    snapshot.path().display(),
+                    received.path().display()
+                ))(e))
+            })?;
+            snapshot = received;
+        }
         snapshot.sync().await.map_err(|e| {
             err(StoreError::io(format!(
                 "fsync {}",
@@ -915,9 +1030,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(|e| Self::snapshot_error(None, e, ErrorVerb::Read))?;
-        Ok(found.map(|(meta, path, file)| Snapshot {
-            meta,
-            snapshot: Box::new(SnapshotFile::from_std(path, file)),
+        // The file that carries the payloads is written only if openraft
+        // reads it, to send it; it is asked for at start and by the worker
+        // that applies entries, neither of which may wait on a copy of
+        // every payload (`SnapshotFile::deferred`).
+        let db = self.handle.db.clone();
+        let dir = self.snapshots.dir.clone();
+        Ok(found.map(|(meta, path, file)| {
+            let named = path.clone();
+            let make = move || {
+                transfer_blocking(&db, &dir, file, &path).map_err(|e| {
+                    std::io::Error::other(format!("write {} to send: {e}", path.display()))
+                })
+            };
+            Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotFile::deferred(named, Box::new(make))),
+            }
         }))
     }
 }
@@ -970,6 +1099,14 @@ mod tests {
         crate::write_synced(db, batch).map_err(StoreError::rocks("wipe"))
     }
 
+    /// The file a store sends as its current snapshot.
+    async fn sent(sm: &mut StateMachineStore) -> anyhow::Result<Box<SnapshotFile>> {
+        let current = sm.get_current_snapshot().await?;
+        Ok(current
+            .ok_or_else(|| anyhow::anyhow!("no current snapshot"))?
+            .snapshot)
+    }
+
     fn mark_pending(db: &DB, file_name: &str) -> Result<()> {
         let mut batch = WriteBatch::default();
         put_value(&mut batch, db, KEY_PENDING_INSTALL, &file_name)?;
@@ -1006,8 +1143,8 @@ mod tests {
         let other = tempfile::tempdir()?;
         let (_log, mut follower) = crate::open(other.path()).await?;
         let mut receiving = follower.begin_receiving_snapshot().await?;
-        let mut source = SnapshotFile::open(snapshot.snapshot.path()).await?;
-        tokio::io::copy(&mut source, &mut *receiving).await?;
+        let mut source = sent(&mut sm).await?;
+        tokio::io::copy(&mut *source, &mut *receiving).await?;
         follower.install_snapshot(&snapshot.meta, receiving).await?;
         follower.handle().precheck(&fetch("q"))?;
         Ok(())
@@ -1093,8 +1230,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (log, mut follower) = crate::open(dir.path()).await?;
         let mut receiving = follower.begin_receiving_snapshot().await?;
-        let mut source = SnapshotFile::open(snapshot.snapshot.path()).await?;
-        tokio::io::copy(&mut source, &mut *receiving).await?;
+        let mut source = sent(&mut leader).await?;
+        tokio::io::copy(&mut *source, &mut *receiving).await?;
         follower.install_snapshot(&snapshot.meta, receiving).await?;
         let file_name = follower
             .snapshots

@@ -7,7 +7,8 @@ use std::time::Duration;
 use common::{assert_matches, reopen, snapshot_bytes, Driver};
 use lockstep_core::State;
 use lockstep_store::open;
-use openraft::storage::{RaftLogStorage, RaftStateMachine, StorageHelper};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine, StorageHelper};
+use openraft::RaftLogReader;
 use openraft::{RaftSnapshotBuilder, StoredMembership};
 use tokio::io::AsyncWriteExt;
 
@@ -100,6 +101,11 @@ async fn restart_without_a_snapshot_replays_the_whole_log() -> anyhow::Result<()
     .await
 }
 
+/// The snapshot a node keeps holds its core state only; the one it sends
+/// carries the payloads it stores when it sends, those the snapshot's state
+/// holds. A payload deleted after the snapshot is left out: the receiver
+/// applies the log after the snapshot, which deletes it, and ends with the
+/// sender's state and payloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_installed_elsewhere_gives_the_same_state_and_payloads() -> anyhow::Result<()> {
     bounded(async {
@@ -114,13 +120,22 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_state_and_payloads() -> a
             .await
             .build_snapshot()
             .await?;
-        // Applies after the build do not leak into the published snapshot.
+        let kept = std::fs::metadata(built.snapshot.path())?.len();
+        let at_build = leader.reference_blobs.blobs.len();
+        assert!(at_build > 0, "the snapshot's state holds payloads");
+        // Applies after the build do not leak into the snapshot's state;
+        // this one acks jobs of the first two rounds, deleting payloads.
         leader.workload(2).await?;
         let (meta, bytes) = snapshot_bytes(&mut leader.sm).await?;
         assert_eq!(meta, built.meta);
+        assert!(
+            (bytes.len() as u64) > kept,
+            "the file sent ({} bytes) carries payloads the kept one ({kept} bytes) does not",
+            bytes.len()
+        );
 
         let follower_dir = tempfile::tempdir()?;
-        let (_flog, mut follower) = open(follower_dir.path()).await?;
+        let (mut flog, mut follower) = open(follower_dir.path()).await?;
         // Stream the bytes in as the network would, into the receiving file.
         let mut receiving = follower.begin_receiving_snapshot().await?;
         for chunk in bytes.chunks(1000) {
@@ -149,20 +164,84 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_state_and_payloads() -> a
             meta.last_log_id,
             "the replay stops where the snapshot was built"
         );
-        assert_matches(
-            &follower,
-            &leader_at_build.reference,
-            &leader_at_build.reference_blobs,
+        assert_eq!(
+            follower.handle().digest()?,
+            leader_at_build.reference.digest()
+        );
+        let deleted_since = leader_at_build
+            .reference_blobs
+            .blobs
+            .keys()
+            .filter(|key| !leader.reference_blobs.blobs.contains_key(key))
+            .count();
+        assert!(deleted_since > 0, "the third round deleted payloads");
+        assert_eq!(
+            follower.handle().blob_count()?,
+            (at_build - deleted_since) as u64,
+            "every payload of the snapshot's state but those deleted since"
         );
 
-        // And it survives a restart of the follower.
-        drop((_flog, follower));
-        let (_flog, follower) = reopen(follower_dir.path()).await?;
-        assert_matches(
-            &follower,
-            &leader_at_build.reference,
-            &leader_at_build.reference_blobs,
+        // The log after the snapshot brings the follower to the leader's
+        // state and payloads, and they survive a restart.
+        let after = meta.last_log_id.map_or(0, |id| id.index + 1);
+        let entries = leader
+            .log
+            .get_log_reader()
+            .await
+            .try_get_log_entries(after..leader.next_index)
+            .await?;
+        let last = entries.last().map(|e| e.log_id);
+        let snapshot_id = meta
+            .last_log_id
+            .ok_or_else(|| anyhow::anyhow!("empty snapshot"))?;
+        // As openraft does after an install: the log starts after it.
+        flog.purge(snapshot_id).await?;
+        flog.blocking_append(entries.clone()).await?;
+        flog.save_committed(last).await?;
+        follower.apply(entries).await?;
+        assert_matches(&follower, &leader.reference, &leader.reference_blobs);
+        drop((flog, follower));
+        let (mut flog, mut follower) = reopen(follower_dir.path()).await?;
+        StorageHelper::new(&mut flog, &mut follower)
+            .get_initial_state()
+            .await?;
+        assert_eq!(follower.applied_state().await?.0, last);
+        assert_matches(&follower, &leader.reference, &leader.reference_blobs);
+        Ok(())
+    })
+    .await
+}
+
+/// A node's own snapshot (its core state without payloads) is never
+/// installed: it would drop every payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_without_its_payloads_is_refused() -> anyhow::Result<()> {
+    bounded(async {
+        let leader_dir = tempfile::tempdir()?;
+        let mut leader = Driver::start(leader_dir.path()).await?;
+        leader.create_queue(common::QUEUE).await?;
+        leader.workload(0).await?;
+        let built = leader
+            .sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await?;
+        let kept = std::fs::read(built.snapshot.path())?;
+
+        let follower_dir = tempfile::tempdir()?;
+        let (_flog, mut follower) = open(follower_dir.path()).await?;
+        let mut receiving = follower.begin_receiving_snapshot().await?;
+        receiving.write_all(&kept).await?;
+        let refused = follower
+            .install_snapshot(&built.meta, receiving)
+            .await
+            .expect_err("a file without payloads must not be installed");
+        assert!(
+            refused.to_string().contains("without its payloads"),
+            "{refused}"
         );
+        assert_eq!(follower.applied_state().await?.0, None);
         Ok(())
     })
     .await
