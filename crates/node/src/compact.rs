@@ -13,11 +13,35 @@
 //!
 //! Both are requests: openraft builds one snapshot at a time, purges only
 //! what a snapshot covers, and waits for replication that still reads the
-//! entries.
+//! entries. Its purge on request ignores `raft.logs_kept_after_snapshot`,
+//! and a snapshot being sent does not hold a purge back, so a leader never
+//! asks to purge past the entries its slowest follower has: a follower
+//! catching up (by the log, or by a snapshot that takes longer to send
+//! than the cluster takes to write `raft.log_bytes_kept`) then finds the
+//! entries after it, instead of needing snapshot after snapshot (openraft
+//! #1706). A follower that stays away holds the byte purge back; the
+//! entry bounds still purge.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use lockstep_store::LogPayload;
+use tokio::sync::watch;
 
+use crate::every::Every;
 use crate::node::Node;
+
+/// How often the log's payload bytes are read.
+const COMPACT_CHECK_MS: u64 = 500;
+
+/// Checks every [`COMPACT_CHECK_MS`] until `stop` turns true.
+pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
+    let mut every = Every::new(Duration::from_millis(COMPACT_CHECK_MS), stop);
+    let mut asked = Asked::default();
+    while every.tick().await {
+        check(&node, &mut asked).await;
+    }
+}
 
 /// The last purge asked for, so it is not asked again while openraft
 /// waits on replication to do it.
@@ -27,7 +51,7 @@ pub(crate) struct Asked {
 }
 
 /// Asks for a snapshot or a purge when the log's payload calls for one.
-pub(crate) async fn check(node: &Node, asked: &mut Asked) {
+async fn check(node: &Node, asked: &mut Asked) {
     let r = &node.config.raft;
     let log = match node.state.log_payload(r.log_bytes_kept) {
         Ok(log) => log,
@@ -37,6 +61,21 @@ pub(crate) async fn check(node: &Node, asked: &mut Asked) {
         }
     };
     let (snapshot, purge) = due(log, r.snapshot_every_bytes, asked);
+    let purge = purge.map(|upto| {
+        let metrics = node.raft.metrics().borrow().clone();
+        match metrics.replication {
+            // A leader: up to its slowest follower's matched entry.
+            Some(replication) => {
+                let slowest = replication
+                    .values()
+                    .map(|matched| matched.map_or(0, |id| id.index))
+                    .min();
+                slowest.map_or(upto, |slowest| upto.min(slowest))
+            }
+            None => upto,
+        }
+    });
+    let purge = purge.filter(|&upto| upto > 0 && asked.purged_upto.is_none_or(|done| upto > done));
     if snapshot {
         tracing::debug!(
             payload_bytes = log.since_snapshot,

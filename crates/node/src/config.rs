@@ -46,9 +46,11 @@ pub struct RaftConfig {
     /// keep gigabytes of log that the payload store holds again
     /// (`crate::compact`).
     pub snapshot_every_bytes: u64,
-    /// Payload bytes of log kept behind the snapshots when that is fewer
-    /// entries than `logs_kept_after_snapshot`: the log is purged up to the
-    /// newest snapshot with at least this much after it.
+    /// Payload bytes of log kept behind the snapshots: the log is also
+    /// purged up to the newest snapshot with at least this much payload
+    /// after it, even when that keeps fewer entries than
+    /// `logs_kept_after_snapshot`, but a leader never past the entries its
+    /// slowest follower has (`crate::compact`).
     pub log_bytes_kept: u64,
     /// Entries in one AppendEntries RPC.
     pub append_entries_max: u64,

@@ -24,7 +24,7 @@ use lockstep_core::Command;
 use tokio::sync::watch;
 
 use crate::every::Every;
-use crate::node::Node;
+use crate::metrics::registry::Metrics;
 
 /// How often the free space is read.
 pub(crate) const DISK_CHECK_MS: u64 = 500;
@@ -118,23 +118,19 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     }
 }
 
-/// Reads the free space every [`DISK_CHECK_MS`] until `stop` turns true,
-/// and asks for the snapshots and purges the log's payload bytes call for
-/// ([`crate::compact`]).
-pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
+/// Reads the free space every [`DISK_CHECK_MS`] until `stop` turns true.
+pub(crate) async fn run(space: Arc<DiskSpace>, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) {
     let mut every = Every::new(Duration::from_millis(DISK_CHECK_MS), stop);
-    let mut asked = crate::compact::Asked::default();
     loop {
         if !every.tick().await {
             return;
         }
         let reading = {
-            let space = node.disk.clone();
+            let space = space.clone();
             tokio::task::spawn_blocking(move || space.check()).await
         };
         if let Ok(Some(free)) = reading {
-            node.metrics.observe_disk_free(free);
+            metrics.observe_disk_free(free);
         }
-        crate::compact::check(&node, &mut asked).await;
     }
 }

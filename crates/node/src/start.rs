@@ -74,6 +74,8 @@ pub struct Running {
     loops: Loops,
     /// Reads the data directory's free space.
     disk: tokio::task::JoinHandle<()>,
+    /// Snapshots and purges by payload bytes.
+    compact: tokio::task::JoinHandle<()>,
     servers: Vec<(&'static str, tokio::task::JoinHandle<Result<(), String>>)>,
 }
 
@@ -102,7 +104,12 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
     let (node, flusher) = open_node(&config, tls.as_ref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = spawn_loops(&node, &stop_rx);
-    let disk = tokio::spawn(crate::disk::run(node.clone(), stop_rx.clone()));
+    let disk = tokio::spawn(crate::disk::run(
+        node.disk.clone(),
+        node.metrics.clone(),
+        stop_rx.clone(),
+    ));
+    let compact = tokio::spawn(crate::compact::run(node.clone(), stop_rx.clone()));
     let mut servers = Servers {
         stop: stop_rx,
         tasks: Vec::new(),
@@ -195,6 +202,7 @@ pub async fn start(config: NodeConfig, in_process: bool) -> Result<Running, RunE
         stop_tx,
         loops,
         disk,
+        compact,
         servers: servers.tasks,
     })
 }
@@ -478,9 +486,11 @@ impl Running {
                 task.abort();
             }
         }
-        let mut disk = self.disk;
-        if tokio::time::timeout(bound, &mut disk).await.is_err() {
-            disk.abort();
+        // Both only read and ask; cutting them off loses nothing.
+        for mut task in [self.disk, self.compact] {
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         for (name, mut task) in self.servers {
             match tokio::time::timeout(bound, &mut task).await {

@@ -66,6 +66,8 @@ pub(crate) const SUFFIX_SNAPSHOT: &str = "snap";
 pub(crate) const SUFFIX_RECEIVING: &str = "recv";
 /// Suffix of a snapshot being built locally.
 pub(crate) const SUFFIX_BUILDING: &str = "build";
+/// Suffix of the file that sends the current snapshot, with its payloads.
+pub(crate) const SUFFIX_SENDING: &str = "send";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -237,6 +239,14 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The header of file version 1, read only to name it.
+#[derive(Deserialize)]
+struct HeaderV1 {
+    file_version: u32,
+    #[allow(dead_code)]
+    meta: SnapshotMeta,
+}
+
 /// Whether a file holds its payloads, and the bounds that tell which
 /// stored payloads its state holds ([`Header`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -379,8 +389,20 @@ pub(crate) fn read_snapshot_from(
     let header_len = r.check_len(header_len.into(), HEADER_BYTES_MAX.into(), "header")?;
     let mut header = vec![0u8; header_len];
     r.exact(&mut header, "header")?;
-    let header: Header =
-        codec::decode(&header).map_err(|e| r.bad(format!("the header does not decode: {e}")))?;
+    let header: Header = match codec::decode(&header) {
+        Ok(header) => header,
+        // The header of file version 1 had no payload fields: name the
+        // version rather than report a decoding error.
+        Err(e) => match codec::decode::<HeaderV1>(&header) {
+            Ok(old) => {
+                return Err(r.bad(format!(
+                    "file version {} is not the version {FILE_VERSION} this build reads",
+                    old.file_version
+                )))
+            }
+            Err(_) => return Err(r.bad(format!("the header does not decode: {e}"))),
+        },
+    };
     if header.file_version != FILE_VERSION {
         return Err(r.bad(format!(
             "file version {} is not the version {FILE_VERSION} this build reads",

@@ -41,7 +41,7 @@ use crate::error::{blocking, Result, StoreError};
 use crate::log_store::{read_value, KEY_LAST_APPLIED};
 use crate::snapshot::{
     read_snapshot, read_snapshot_from, sync_dir, unique_id, unique_name, Payloads, SnapshotFile,
-    SnapshotWriter, SUFFIX_BUILDING, SUFFIX_RECEIVING, SUFFIX_SNAPSHOT,
+    SnapshotWriter, SUFFIX_BUILDING, SUFFIX_RECEIVING, SUFFIX_SENDING, SUFFIX_SNAPSHOT,
 };
 use crate::{blob_key, blob_queue_end, cf, CF_BLOBS, CF_SM_META};
 use lockstep_types::{
@@ -307,11 +307,28 @@ struct Current {
 struct Snapshots {
     dir: PathBuf,
     current: Mutex<Option<Current>>,
+    /// The file written to send the current snapshot, by snapshot id. One
+    /// per snapshot, written once: openraft resends a snapshot under the
+    /// same id from offset 0 into the receiver's file without truncating
+    /// it, so the bytes of one id must never change; and every follower
+    /// behind is sent the one copy. Taken across the write, so a second
+    /// send waits for the first file rather than writing another.
+    sending: Mutex<Option<(String, PathBuf)>>,
 }
 
 impl Snapshots {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<Current>>> {
         self.current.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Forgets the file that sends a snapshot no longer current. A send
+    /// still reading it keeps it open; its name goes now.
+    fn forget_sending(&self) {
+        if let Ok(mut sending) = self.sending.lock() {
+            if let Some((_, path)) = sending.take() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
     fn path(&self, file_name: &str) -> PathBuf {
@@ -585,24 +602,36 @@ fn build_blocking(
     });
     snapshots.remove_others(Some(&file_name), &[]);
     let file = open_for_read(&path)?;
+    // Not under `current`: a send being written holds `sending` for as
+    // long as it takes, and openraft's worker asks for `current`.
+    drop(current);
+    snapshots.forget_sending();
     Ok((meta, path, file))
 }
 
-/// Writes the file that sends snapshot `current` (open from its start, at
-/// `path`) to a follower: its header and core, then every payload stored now
-/// that its state holds (see the `snapshot` module). The file is removed from
-/// the directory once open, so it goes when openraft drops the handle.
+/// The file that sends snapshot `current` (open from its start, at `path`)
+/// to a follower: its header and core, then every payload stored when the
+/// file was written that its state holds (see the `snapshot` module).
+/// Written at the first send of a snapshot and reused by every later one
+/// ([`Snapshots::sending`]).
 fn transfer_blocking(
     db: &DB,
-    dir: &Path,
+    snapshots: &Snapshots,
     current: std::fs::File,
     path: &Path,
+    meta: &SnapshotMeta,
 ) -> Result<std::fs::File> {
+    let mut sending = snapshots.sending.lock().map_err(|_| StoreError::Poisoned)?;
+    if let Some((id, written)) = sending.as_ref() {
+        if *id == meta.snapshot_id {
+            return open_for_read(written);
+        }
+    }
     let contents = read_snapshot_from(current, path, true, |_, _| Ok(()))?;
     let core = contents
         .core
         .ok_or_else(|| StoreError::bad_snapshot(path, "the core state was not read"))?;
-    let temp = dir.join(unique_name("send-", SUFFIX_BUILDING));
+    let temp = snapshots.path(&unique_name("", SUFFIX_BUILDING));
     let written = (|| {
         let payloads = Payloads::new(true, contents.payloads.bounds.clone());
         let mut writer = SnapshotWriter::create(temp.clone(), &contents.meta, &core, payloads)?;
@@ -617,12 +646,25 @@ fn transfer_blocking(
         }
         iter.status()
             .map_err(StoreError::rocks("scan the payloads of a snapshot to send"))?;
-        let written = writer.finish()?;
-        open_for_read(&written)
+        writer.finish()
     })();
-    // Open or failed, the name goes: an open file lives on until dropped.
-    let _ = std::fs::remove_file(&temp);
-    written
+    let temp = match written {
+        Ok(temp) => temp,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    let name = snapshots.path(&unique_name("", SUFFIX_SENDING));
+    std::fs::rename(&temp, &name).map_err(StoreError::io(format!(
+        "rename {} to {}",
+        temp.display(),
+        name.display()
+    )))?;
+    if let Some((_, old)) = sending.replace((meta.snapshot_id.clone(), name.clone())) {
+        let _ = std::fs::remove_file(old);
+    }
+    open_for_read(&name)
 }
 
 fn open_for_read(path: &Path) -> Result<std::fs::File> {
@@ -800,6 +842,8 @@ fn install_blocking(
         meta: meta.clone(),
     });
     snapshots.remove_others(Some(&file_name), &[SUFFIX_RECEIVING]);
+    drop(current);
+    snapshots.forget_sending();
     Ok(())
 }
 
@@ -816,6 +860,7 @@ impl StateMachineStore {
         let snapshots = Snapshots {
             dir,
             current: Mutex::new(None),
+            sending: Mutex::new(None),
         };
 
         // Finish an install a crash interrupted: its file was published and
@@ -858,7 +903,7 @@ impl StateMachineStore {
         // Files being built or received belonged to the previous run.
         snapshots.remove_others(
             current.as_ref().map(|c| c.file_name.as_str()),
-            &[SUFFIX_BUILDING, SUFFIX_RECEIVING],
+            &[SUFFIX_BUILDING, SUFFIX_RECEIVING, SUFFIX_SENDING],
         );
         let persisted: Option<LogId> = read_value(&db, CF_SM_META, KEY_LAST_APPLIED)?;
         tracing::info!(
@@ -1035,11 +1080,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // that applies entries, neither of which may wait on a copy of
         // every payload (`SnapshotFile::deferred`).
         let db = self.handle.db.clone();
-        let dir = self.snapshots.dir.clone();
+        let snapshots = self.snapshots.clone();
         Ok(found.map(|(meta, path, file)| {
             let named = path.clone();
+            let owned_meta = meta.clone();
             let make = move || {
-                transfer_blocking(&db, &dir, file, &path).map_err(|e| {
+                transfer_blocking(&db, &snapshots, file, &path, &owned_meta).map_err(|e| {
                     std::io::Error::other(format!("write {} to send: {e}", path.display()))
                 })
             };

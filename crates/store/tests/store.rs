@@ -128,6 +128,14 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_state_and_payloads() -> a
         leader.workload(2).await?;
         let (meta, bytes) = snapshot_bytes(&mut leader.sm).await?;
         assert_eq!(meta, built.meta);
+        // openraft resends a snapshot under its id into the receiver's file
+        // from offset 0 without truncating it, so one id is one set of
+        // bytes, however many payloads are deleted between two sends.
+        let at_send: Vec<_> = leader.reference_blobs.blobs.keys().copied().collect();
+        leader.workload(3).await?;
+        let (again_meta, again) = snapshot_bytes(&mut leader.sm).await?;
+        assert_eq!(again_meta, meta);
+        assert!(again == bytes, "a resend of one snapshot is the same bytes");
         assert!(
             (bytes.len() as u64) > kept,
             "the file sent ({} bytes) carries payloads the kept one ({kept} bytes) does not",
@@ -154,7 +162,8 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_state_and_payloads() -> a
             "the follower serves the same snapshot on"
         );
 
-        // The snapshot is the leader's state as of the build.
+        // The snapshot is the leader's state as of the build, with the
+        // payloads the leader held at the first send.
         let mut leader_at_build = Driver::start(tempfile::tempdir()?.path()).await?;
         leader_at_build.create_queue(common::QUEUE).await?;
         leader_at_build.workload(0).await?;
@@ -172,7 +181,7 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_state_and_payloads() -> a
             .reference_blobs
             .blobs
             .keys()
-            .filter(|key| !leader.reference_blobs.blobs.contains_key(key))
+            .filter(|key| !at_send.contains(key))
             .count();
         assert!(deleted_since > 0, "the third round deleted payloads");
         assert_eq!(

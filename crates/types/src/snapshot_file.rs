@@ -146,11 +146,10 @@ impl SnapshotFile {
                     ))));
                 }
             };
-            let mut file = tokio::fs::File::from_std(file);
-            if let Some(position) = seek {
-                Pin::new(&mut file).start_seek(position)?;
+            self.source = Source::Open(tokio::fs::File::from_std(file));
+            if let (Some(position), Source::Open(file)) = (seek, &mut self.source) {
+                Pin::new(file).start_seek(position)?;
             }
-            self.source = Source::Open(file);
         }
         match &mut self.source {
             Source::Open(file) => Poll::Ready(Ok(file)),
