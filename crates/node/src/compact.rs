@@ -46,7 +46,7 @@ pub(crate) async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
 /// The last purge asked for, so it is not asked again while openraft
 /// waits on replication to do it.
 #[derive(Debug, Default)]
-pub(crate) struct Asked {
+struct Asked {
     purged_upto: Option<u64>,
 }
 
@@ -60,22 +60,21 @@ async fn check(node: &Node, asked: &mut Asked) {
             return;
         }
     };
-    let (snapshot, purge) = due(log, r.snapshot_every_bytes, asked);
-    let purge = purge.map(|upto| {
-        let metrics = node.raft.metrics().borrow().clone();
-        match metrics.replication {
-            // A leader: up to its slowest follower's matched entry.
-            Some(replication) => {
-                let slowest = replication
-                    .values()
-                    .map(|matched| matched.map_or(0, |id| id.index))
-                    .min();
-                slowest.map_or(upto, |slowest| upto.min(slowest))
-            }
-            None => upto,
-        }
-    });
-    let purge = purge.filter(|&upto| upto > 0 && asked.purged_upto.is_none_or(|done| upto > done));
+    // A leader purges up to its slowest follower's matched entry.
+    let slowest = node
+        .raft
+        .metrics()
+        .borrow()
+        .replication
+        .as_ref()
+        .map(|replication| {
+            replication
+                .values()
+                .map(|matched| matched.map_or(0, |id| id.index))
+                .min()
+                .unwrap_or(u64::MAX)
+        });
+    let (snapshot, purge) = due(log, r.snapshot_every_bytes, slowest, asked);
     if snapshot {
         tracing::debug!(
             payload_bytes = log.since_snapshot,
@@ -93,16 +92,24 @@ async fn check(node: &Node, asked: &mut Asked) {
     }
 }
 
-/// Whether to ask for a snapshot, and up to where to purge.
+/// Whether to ask for a snapshot, and up to where to purge: the log's
+/// purge point, capped at `slowest` (a leader's slowest follower's matched
+/// index), when it is past what was asked for already.
 ///
 /// A snapshot is asked for at every check while the count is over: openraft
 /// ignores the ask while it builds one, and the capture of the next resets
 /// the count.
-fn due(log: LogPayload, snapshot_every_bytes: u64, asked: &Asked) -> (bool, Option<u64>) {
+fn due(
+    log: LogPayload,
+    snapshot_every_bytes: u64,
+    slowest: Option<u64>,
+    asked: &Asked,
+) -> (bool, Option<u64>) {
     let snapshot = log.since_snapshot >= snapshot_every_bytes;
     let purge = log
         .purge_upto
-        .filter(|&upto| asked.purged_upto.is_none_or(|done| upto > done));
+        .map(|upto| slowest.map_or(upto, |slowest| upto.min(slowest)))
+        .filter(|&upto| upto > 0 && asked.purged_upto.is_none_or(|done| upto > done));
     (snapshot, purge)
 }
 
@@ -120,17 +127,37 @@ mod tests {
     #[test]
     fn a_snapshot_is_asked_for_while_the_count_is_over() {
         let asked = Asked::default();
-        assert_eq!(due(log(99, None), 100, &asked), (false, None));
-        assert_eq!(due(log(100, None), 100, &asked), (true, None));
-        assert_eq!(due(log(150, None), 100, &asked), (true, None));
+        assert_eq!(due(log(99, None), 100, None, &asked), (false, None));
+        assert_eq!(due(log(100, None), 100, None, &asked), (true, None));
+        assert_eq!(due(log(150, None), 100, None, &asked), (true, None));
     }
 
     #[test]
     fn a_purge_is_asked_for_once_per_snapshot() {
         let mut asked = Asked::default();
-        assert_eq!(due(log(0, Some(40)), 100, &asked), (false, Some(40)));
+        assert_eq!(due(log(0, Some(40)), 100, None, &asked), (false, Some(40)));
         asked.purged_upto = Some(40);
-        assert_eq!(due(log(0, Some(40)), 100, &asked), (false, None));
-        assert_eq!(due(log(0, Some(90)), 100, &asked), (false, Some(90)));
+        assert_eq!(due(log(0, Some(40)), 100, None, &asked), (false, None));
+        assert_eq!(due(log(0, Some(90)), 100, None, &asked), (false, Some(90)));
+    }
+
+    #[test]
+    fn a_leader_purges_no_further_than_its_slowest_follower() {
+        let mut asked = Asked::default();
+        assert_eq!(
+            due(log(0, Some(90)), 100, Some(30), &asked),
+            (false, Some(30))
+        );
+        asked.purged_upto = Some(30);
+        assert_eq!(due(log(0, Some(90)), 100, Some(30), &asked), (false, None));
+        assert_eq!(
+            due(log(0, Some(90)), 100, Some(0), &asked),
+            (false, None),
+            "nothing matched"
+        );
+        assert_eq!(
+            due(log(0, Some(90)), 100, Some(120), &asked),
+            (false, Some(90))
+        );
     }
 }
