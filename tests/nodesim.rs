@@ -51,18 +51,37 @@ fn clean_seeds_pass() {
     assert!(faults >= CLEAN_SEEDS * 3, "only {faults} faults");
 }
 
+/// Seeds run twice by `one_seed_gives_one_run`. Several, because one seed
+/// repeating proved little: with tokio's generator unseeded, seed 7 gave
+/// one run while 11 of seeds 1-20 (3, 5 and 6 among them) did not: runs
+/// parted ways where a watch channel woke its waiters in another order.
+const REPEATED_SEEDS: std::ops::Range<u64> = 1..7;
+
 #[test]
 fn one_seed_gives_one_run() {
     let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     unplant();
-    let a = run(&Options::new(7));
-    let b = run(&Options::new(7));
-    assert!(a.history.len() > 100, "{} ops", a.history.len());
-    assert_eq!(a.trace, b.trace);
-    assert_eq!(a.history, b.history);
-    assert_eq!(a.fingerprint, b.fingerprint);
-    let c = run(&Options::new(8));
-    assert_ne!(a.fingerprint, c.fingerprint);
+    let mut fingerprints = Vec::new();
+    for seed in REPEATED_SEEDS {
+        let a = run(&Options::new(seed));
+        let b = run(&Options::new(seed));
+        assert!(
+            a.history.len() > 100,
+            "seed {seed}: {} ops",
+            a.history.len()
+        );
+        assert_eq!(a.trace, b.trace, "seed {seed}: the faults parted ways");
+        assert_eq!(
+            a.history, b.history,
+            "seed {seed}: the histories parted ways"
+        );
+        assert_eq!(a.fingerprint, b.fingerprint, "seed {seed}");
+        fingerprints.push(a.fingerprint);
+    }
+    // Another seed, another run.
+    fingerprints.sort_unstable();
+    fingerprints.dedup();
+    assert_eq!(fingerprints.len(), REPEATED_SEEDS.count());
 }
 
 /// Seeds of the clean run that fail, with no bug planted, on a hole this

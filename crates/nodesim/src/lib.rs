@@ -47,6 +47,15 @@
 
 #![forbid(unsafe_code)]
 
+// One seed, one run needs tokio's generator seeded (`run`), which tokio
+// offers only under this cfg; `.cargo/config.toml` sets it for the
+// workspace. Without it the simulator would build and quietly repeat
+// nothing.
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "lockstep-nodesim needs `--cfg tokio_unstable` (set in .cargo/config.toml) to seed tokio's generator"
+);
+
 mod client;
 mod clock;
 mod net;
@@ -127,9 +136,16 @@ pub fn run(options: &Options) -> Outcome {
             options.nodes
         ));
     }
+    // Tokio's own generator decides which ready branch of a `select!` goes
+    // first and which waiter of a `watch` channel (openraft's metrics) wakes
+    // first; seeded by the OS, one seed gave two runs. Seeded from the run,
+    // the order is the seed's.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(
+            &options.seed.to_le_bytes(),
+        ))
         .build()
     {
         Ok(runtime) => runtime,
