@@ -483,3 +483,66 @@ async fn a_paused_leader_is_left_while_it_is_still_paused() {
     .await
     .expect("test exceeded its bound");
 }
+
+/// How long `a_follower_holds_a_forward_to_a_silent_leader` waits after
+/// stopping the leader before it calls the follower: past the silence
+/// that makes a follower hold a forward (two heartbeats, 300 ms with the
+/// default 150 ms).
+const SILENCE_WAIT: Duration = Duration::from_millis(800);
+/// That test's bound on the call: the follower's own forward deadline
+/// (`limits.forward_retry_ms_max`, 5 s) with room for a loaded machine.
+const HELD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A follower that has not heard from its leader for two heartbeats does
+/// not send it a forward: a stopped leader accepts the connection and
+/// answers nothing, so a forward sent there waits for the peer channel's
+/// keep-alive and then "may have applied", while a held one is known not
+/// to have. With the leader and the other follower stopped no election can
+/// end, so the follower's answer after its forward deadline tells which it
+/// did: UNAVAILABLE (held, not applied), not ABORTED (sent, outcome
+/// unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_a_forward_to_a_silent_leader() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (mut run, leader) = start3().await;
+        create_queue(&run.cluster, leader, Q, None).await;
+        let mut others = (1..=3).filter(|i| *i != leader);
+        let (follower, stopped) = (others.next().unwrap(), others.next().unwrap());
+        let mut q = queue(&run.cluster, follower).await;
+        // Through the follower while all run: it forwards, and knows the
+        // queue, so the later call can fail only on the way to the leader.
+        let created = enqueue(&mut q, Q, vec![job("before", "g")]).await;
+        assert_eq!(created[0].outcome, pb::EnqueueOutcome::Created as i32);
+
+        run.cluster.pause(stopped).unwrap();
+        run.cluster.pause(leader).unwrap();
+        tokio::time::sleep(SILENCE_WAIT).await;
+        let mut call = tonic::Request::new(pb::EnqueueRequest {
+            queue: Q.into(),
+            jobs: vec![job("during", "g")],
+            session: None,
+        });
+        call.set_timeout(HELD_CALL_TIMEOUT);
+        let during = q.enqueue(call).await;
+        run.cluster.resume(leader).unwrap();
+        run.cluster.resume(stopped).unwrap();
+        let status = during.expect_err("no leader could have taken the enqueue");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "the follower sent its forward to the silent leader: {status}"
+        );
+
+        // Not applied, so the same id is new once the leader is back.
+        let leader = run
+            .cluster
+            .wait_leader(&[1, 2, 3], ELECTION_MAX)
+            .await
+            .unwrap();
+        let mut q = queue(&run.cluster, leader).await;
+        let again = enqueue(&mut q, Q, vec![job("during", "g")]).await;
+        assert_eq!(again[0].outcome, pb::EnqueueOutcome::Created as i32);
+    })
+    .await
+    .expect("test exceeded its bound");
+}

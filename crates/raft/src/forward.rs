@@ -5,6 +5,9 @@
 //! leader forwards the request over the peer channel and relays the answer;
 //! while no leader is known (an election) it retries with backoff until the
 //! caller's deadline, then answers UNAVAILABLE with the leader hint it has.
+//! A follower that has not heard from its leader for
+//! [`LEADER_SILENCE_HEARTBEATS`] heartbeats holds a forward rather than send
+//! it there (see [`Forwarding::route`]).
 //! The request is encoded by [`lockstep_core::codec`] on its first forward
 //! (not at all when this node leads), and reused by later tries, except a
 //! sequenced write: each of its tries is marked newer than the last (see
@@ -27,6 +30,16 @@ use tonic::Status;
 pub const RETRY_BACKOFF_MS_MIN: u64 = 20;
 /// See [`RETRY_BACKOFF_MS_MIN`].
 pub const RETRY_BACKOFF_MS_MAX: u64 = 500;
+
+/// How many heartbeat intervals a follower may go without hearing from its
+/// leader before it holds a forward instead of sending it there. A stopped
+/// leader accepts the connection and answers nothing: a forward sent to it
+/// waits for the peer channel's keep-alive (seconds) and its outcome is then
+/// unknown, while a held one goes to the successor, or fails as certainly
+/// not applied. Two, so one late heartbeat on a loaded machine holds
+/// nothing, and well under the election timeout, so the hold starts before
+/// the election it waits for.
+pub const LEADER_SILENCE_HEARTBEATS: u64 = 2;
 
 /// The metadata key of the leader's client address on an UNAVAILABLE
 /// answer, so the caller can go straight to the leader next time.
@@ -132,9 +145,18 @@ impl Forwarding {
             }
             tries = tries.saturating_add(1);
             let leader = self.raft.current_leader().await;
+            // Whether this try held its forward for a silent leader: then
+            // the pause is a heartbeat at most, to look again soon.
+            let mut held = false;
             let answer = match leader {
                 Some(id) if id == self.id => Some(local(request.clone()).await?),
                 Some(id) => match self.member(id) {
+                    Some(node) if self.leader_silent(deadline).await => {
+                        tracing::debug!(leader = id, "forward held: the leader is silent");
+                        hint = Some(node);
+                        held = true;
+                        None
+                    }
                     Some(node) => {
                         let remaining =
                             deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -191,7 +213,12 @@ impl Forwarding {
                 }
                 Some(other) => return Ok(other),
             }
-            if tokio::time::Instant::now() + Duration::from_millis(backoff) >= deadline {
+            let pause = if held {
+                backoff.min(self.raft.config().heartbeat_interval)
+            } else {
+                backoff
+            };
+            if tokio::time::Instant::now() + Duration::from_millis(pause) >= deadline {
                 if let Some(why) = unknown {
                     return Ok(Response::MayHaveApplied(format!(
                         "no answer within {limit_key} = {} ms; last: {why}",
@@ -207,11 +234,32 @@ impl Forwarding {
             let elected = server.wait_for(|m| m.current_leader.is_some_and(|l| Some(l) != leader));
             tokio::select! {
                 biased;
-                () = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                () = tokio::time::sleep(Duration::from_millis(pause)) => {}
                 Ok(_) = elected => {}
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MS_MAX);
         }
+    }
+
+    /// Whether this node, a follower, has not heard from its leader for
+    /// [`LEADER_SILENCE_HEARTBEATS`] heartbeats, by the time openraft keeps
+    /// of the last AppendEntries (the time its own election timer reads).
+    /// Asking waits for the Raft core, so at most until `deadline`; a core
+    /// that does not answer by then counts as not silent, as before the
+    /// hold existed.
+    async fn leader_silent(&self, deadline: tokio::time::Instant) -> bool {
+        let silence = Duration::from_millis(
+            self.raft
+                .config()
+                .heartbeat_interval
+                .saturating_mul(LEADER_SILENCE_HEARTBEATS),
+        );
+        let asked = self.raft.with_raft_state(move |state| {
+            state
+                .vote_last_modified()
+                .is_some_and(|heard| heard.elapsed() > silence)
+        });
+        matches!(tokio::time::timeout_at(deadline, asked).await, Ok(Ok(true)))
     }
 
     /// The UNAVAILABLE answer after `wait` with no leader answering, with
