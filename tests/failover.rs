@@ -546,3 +546,63 @@ async fn a_follower_holds_a_forward_to_a_silent_leader() {
     .await
     .expect("test exceeded its bound");
 }
+
+/// The forward deadline in
+/// `a_follower_gives_up_a_forward_to_a_replaced_leader`: shorter than the
+/// peer channel's keep-alive takes to drop a stopped leader's connection
+/// (a ping 2 s after the last frame read, unanswered for 2 s more: about
+/// 4 s after the call just before the pause), so a forward that waits for
+/// it cannot be retried in time; and several times what an election on
+/// loopback takes (400-600 ms election timeout, then the pre-vote and the
+/// vote), for a loaded machine.
+const REPLACED_FORWARD_MS_MAX: u64 = 3_000;
+
+/// A follower's forward sent just before its leader stopped waits on a
+/// connection that is open and silent. Once the follower knows another
+/// leader it gives such a forward up and sends it there, when sending it
+/// again is harmless (an enqueue, whose ids are fixed). Sent right after
+/// the SIGSTOP, the follower has heard from the leader within two
+/// heartbeats, so it does not hold the forward (see
+/// `a_follower_holds_a_forward_to_a_silent_leader`); waiting for the
+/// keep-alive would outlast `limits.forward_retry_ms_max` and answer
+/// ABORTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gives_up_a_forward_to_a_replaced_leader() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(&dir).set("limits.forward_retry_ms_max", REPLACED_FORWARD_MS_MAX);
+        let (mut run, leader) = start(3, 4, spec, dir).await;
+        create_queue(&run.cluster, leader, Q, None).await;
+        let follower = (1..=3).find(|i| *i != leader).unwrap();
+        let mut q = queue(&run.cluster, follower).await;
+        // Through the follower while all run: the connection to the leader
+        // is made, and the follower knows the queue.
+        let created = enqueue(&mut q, Q, vec![job("before", "g")]).await;
+        assert_eq!(created[0].outcome, pb::EnqueueOutcome::Created as i32);
+
+        run.cluster.pause(leader).unwrap();
+        let mut call = tonic::Request::new(pb::EnqueueRequest {
+            queue: Q.into(),
+            jobs: vec![job("during", "g")],
+            session: None,
+        });
+        call.set_timeout(HELD_CALL_TIMEOUT);
+        let during = q.enqueue(call).await;
+        run.cluster.resume(leader).unwrap();
+        let during = during
+            .expect("the follower waited on the stopped leader past its forward deadline")
+            .into_inner();
+        assert_eq!(
+            during.results[0].outcome,
+            pb::EnqueueOutcome::Created as i32
+        );
+        let new_leader = run
+            .cluster
+            .wait_leader(&[1, 2, 3], ELECTION_MAX)
+            .await
+            .unwrap();
+        assert_ne!(new_leader, leader, "the stopped leader was replaced");
+    })
+    .await
+    .expect("test exceeded its bound");
+}

@@ -132,6 +132,7 @@ impl Forwarding {
         // the leader, and encoding one is a copy of its payloads.
         let mut encoded: Option<Vec<u8>> = None;
         let retry_safe = request.retry_safe();
+        let abandon_safe = request.abandon_safe();
         let mut hint: Option<NodeInfo> = None;
         // Why an earlier try may have applied the request: then the final
         // answer is "may have applied", never UNAVAILABLE.
@@ -170,30 +171,8 @@ impl Forwarding {
                                 )
                                 .clone(),
                         };
-                        let forwarded = self.forwarder.forward(id, &node, bytes, remaining).await;
-                        observe(forwarded.is_ok());
-                        match forwarded {
-                            Ok(bytes) => match codec::decode::<Response>(&bytes) {
-                                Ok(answer) => Some(answer),
-                                Err(e) => {
-                                    return Err(Status::internal(format!("forwarded answer: {e}")))
-                                }
-                            },
-                            // Never sent: the leader may be gone; look again
-                            // after a pause.
-                            Err(status) if never_sent(&status) => {
-                                tracing::debug!(%status, leader = id, "forward not sent");
-                                None
-                            }
-                            // Sent, and no answer: the leader may have
-                            // applied it before the channel broke.
-                            Err(status) => {
-                                tracing::debug!(%status, leader = id, "forward failed");
-                                Some(Response::MayHaveApplied(format!(
-                                    "the forward to leader {id} failed after sending: {status}"
-                                )))
-                            }
-                        }
+                        self.forward_once(id, &node, bytes, remaining, abandon_safe, &observe)
+                            .await?
                     }
                     None => None,
                 },
@@ -238,6 +217,63 @@ impl Forwarding {
                 Ok(_) = elected => {}
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MS_MAX);
+        }
+    }
+
+    /// One forward of the encoded request to leader `id`, waiting at most
+    /// `remaining`: its answer, or `None` when it certainly never reached
+    /// the leader. With `abandon_safe` the forward is given up as soon as
+    /// another leader is known, answered "may have applied", and retried
+    /// there by the caller's loop at once (its pause ends when a leader
+    /// other than `id` is known). Why: a leader that stopped (a pause)
+    /// holds a forward until the peer channel's keep-alive, seconds after
+    /// its successor took over.
+    async fn forward_once(
+        &self,
+        id: NodeId,
+        node: &NodeInfo,
+        bytes: Vec<u8>,
+        remaining: Duration,
+        abandon_safe: bool,
+        observe: &impl Fn(bool),
+    ) -> Result<Option<Response>, Status> {
+        let sent = self.forwarder.forward(id, node, bytes, remaining);
+        let forwarded = if abandon_safe {
+            let mut server = self.raft.server_metrics();
+            let replaced = server.wait_for(|m| m.current_leader.is_some_and(|l| l != id));
+            tokio::select! {
+                biased;
+                forwarded = sent => forwarded,
+                Ok(_) = replaced => {
+                    tracing::debug!(leader = id, "forward given up: another leader is known");
+                    observe(false);
+                    return Ok(Some(Response::MayHaveApplied(format!(
+                        "the forward to leader {id} was given up when another leader was elected"
+                    ))));
+                }
+            }
+        } else {
+            sent.await
+        };
+        observe(forwarded.is_ok());
+        match forwarded {
+            Ok(bytes) => match codec::decode::<Response>(&bytes) {
+                Ok(answer) => Ok(Some(answer)),
+                Err(e) => Err(Status::internal(format!("forwarded answer: {e}"))),
+            },
+            // Never sent: the leader may be gone; look again after a pause.
+            Err(status) if never_sent(&status) => {
+                tracing::debug!(%status, leader = id, "forward not sent");
+                Ok(None)
+            }
+            // Sent, and no answer: the leader may have applied it before
+            // the channel broke.
+            Err(status) => {
+                tracing::debug!(%status, leader = id, "forward failed");
+                Ok(Some(Response::MayHaveApplied(format!(
+                    "the forward to leader {id} failed after sending: {status}"
+                ))))
+            }
         }
     }
 

@@ -185,6 +185,25 @@ impl Request {
         }
     }
 
+    /// Whether a forward of this request may be given up while it waits
+    /// for its answer, and sent to the next leader: a request safe to send
+    /// again ([`Request::retry_safe`]) whose given-up try, if it applied
+    /// unseen, leaves nothing its caller needed to see. A read changes
+    /// nothing, and a job enqueued by the given-up try is the one the
+    /// retry finds by its id (a sequenced enqueue: in the reply cache).
+    /// Not a fetch: a given-up try may lease jobs whose lease runs out
+    /// before its retry is answered, so an attempt is spent that no one
+    /// saw (an orphaned lease; `tests/chaos/README.md`).
+    pub fn abandon_safe(&self) -> bool {
+        match self {
+            Request::Write(Command::Enqueue { .. }) | Request::Read(_) => true,
+            Request::Write(Command::Sequenced { command, .. }) => {
+                matches!(**command, Command::Enqueue { .. })
+            }
+            _ => false,
+        }
+    }
+
     /// Marks a sequenced write as forward `forward` of its round, so a
     /// later try of it compares newer than every earlier one (see
     /// `lockstep_core::TryNumber`), and says whether it was one; any other
@@ -305,5 +324,39 @@ mod tests {
             codec::decode::<Response>(&bytes).expect("decode"),
             Response::PreVote(true)
         ));
+    }
+
+    /// Only what leaves no trace its caller needed to see may be given up
+    /// in flight: reads and enqueues, plain or sequenced; never a fetch,
+    /// whose unseen leases would spend attempts.
+    #[test]
+    fn only_enqueues_and_reads_are_given_up_in_flight() {
+        let enqueue = Command::Enqueue {
+            queue: "q".into(),
+            jobs: Vec::new(),
+        };
+        let fetch = Command::Fetch {
+            queue: "q".into(),
+            consumer: "w".into(),
+            max: 1,
+            lease_ms: 0,
+        };
+        let sequenced = |command: Command| {
+            Request::Write(Command::Sequenced {
+                sequence: core::Sequence {
+                    session: 1,
+                    seq: 1,
+                    floor: 1,
+                    try_number: core::TryNumber::default(),
+                },
+                command: Box::new(command),
+            })
+        };
+        assert!(Request::Write(enqueue.clone()).abandon_safe());
+        assert!(sequenced(enqueue).abandon_safe());
+        assert!(!Request::Write(fetch.clone()).abandon_safe());
+        assert!(!sequenced(fetch).abandon_safe());
+        assert!(!Request::Write(Command::OpenSession).abandon_safe());
+        assert!(!Request::Probe.abandon_safe());
     }
 }
