@@ -473,12 +473,7 @@ async fn a_paused_leader_is_left_while_it_is_still_paused() {
             .expect("the enqueue waited on the stopped leader instead of failing over")
             .expect("the enqueue failed");
         assert_eq!(during[0].outcome, lockstep_client::EnqueueOutcome::Created);
-        let new_leader = run
-            .cluster
-            .wait_leader(&[1, 2, 3], ELECTION_MAX)
-            .await
-            .unwrap();
-        assert_ne!(new_leader, leader, "the stopped leader was replaced");
+        assert_replaced(&run.cluster, leader).await;
     })
     .await
     .expect("test exceeded its bound");
@@ -517,13 +512,7 @@ async fn a_follower_holds_a_forward_to_a_silent_leader() {
         run.cluster.pause(stopped).unwrap();
         run.cluster.pause(leader).unwrap();
         tokio::time::sleep(SILENCE_WAIT).await;
-        let mut call = tonic::Request::new(pb::EnqueueRequest {
-            queue: Q.into(),
-            jobs: vec![job("during", "g")],
-            session: None,
-        });
-        call.set_timeout(HELD_CALL_TIMEOUT);
-        let during = q.enqueue(call).await;
+        let during = enqueue_within(&mut q, "during", HELD_CALL_TIMEOUT).await;
         run.cluster.resume(leader).unwrap();
         run.cluster.resume(stopped).unwrap();
         let status = during.expect_err("no leader could have taken the enqueue");
@@ -581,13 +570,7 @@ async fn a_follower_gives_up_a_forward_to_a_replaced_leader() {
         assert_eq!(created[0].outcome, pb::EnqueueOutcome::Created as i32);
 
         run.cluster.pause(leader).unwrap();
-        let mut call = tonic::Request::new(pb::EnqueueRequest {
-            queue: Q.into(),
-            jobs: vec![job("during", "g")],
-            session: None,
-        });
-        call.set_timeout(HELD_CALL_TIMEOUT);
-        let during = q.enqueue(call).await;
+        let during = enqueue_within(&mut q, "during", HELD_CALL_TIMEOUT).await;
         run.cluster.resume(leader).unwrap();
         let during = during
             .expect("the follower waited on the stopped leader past its forward deadline")
@@ -596,13 +579,31 @@ async fn a_follower_gives_up_a_forward_to_a_replaced_leader() {
             during.results[0].outcome,
             pb::EnqueueOutcome::Created as i32
         );
-        let new_leader = run
-            .cluster
-            .wait_leader(&[1, 2, 3], ELECTION_MAX)
-            .await
-            .unwrap();
-        assert_ne!(new_leader, leader, "the stopped leader was replaced");
+        assert_replaced(&run.cluster, leader).await;
     })
     .await
     .expect("test exceeded its bound");
+}
+
+/// Enqueues job `id` (group `g`) through `q` in one raw call whose
+/// deadline is `timeout`, with no client retry: the node's own answer.
+async fn enqueue_within(
+    q: &mut Queue,
+    id: &str,
+    timeout: Duration,
+) -> Result<tonic::Response<pb::EnqueueResponse>, tonic::Status> {
+    let mut call = tonic::Request::new(pb::EnqueueRequest {
+        queue: Q.into(),
+        jobs: vec![job(id, "g")],
+        session: None,
+    });
+    call.set_timeout(timeout);
+    q.enqueue(call).await
+}
+
+/// Waits for the three nodes to agree on a leader, and checks that it is
+/// not `stopped`, the leader a test paused and resumed.
+async fn assert_replaced(c: &Cluster, stopped: u64) {
+    let leader = c.wait_leader(&[1, 2, 3], ELECTION_MAX).await.unwrap();
+    assert_ne!(leader, stopped, "the stopped leader was replaced");
 }
