@@ -480,10 +480,15 @@ async fn a_paused_leader_is_left_while_it_is_still_paused() {
 }
 
 /// How long `a_follower_holds_a_forward_to_a_silent_leader` waits after
-/// stopping the leader before it calls the follower: past the silence
+/// stopping the leader before it calls the follower: well past the silence
 /// that makes a follower hold a forward (two heartbeats, 300 ms with the
-/// default 150 ms).
-const SILENCE_WAIT: Duration = Duration::from_millis(800);
+/// default 150 ms), as the follower's own Raft core measures it from the
+/// last AppendEntries it handled. 800 ms was once too little in the full
+/// gate on two loaded cores (the follower forwarded, and the call was
+/// ABORTED after 5 s), most likely a follower that handled the leader's
+/// last heartbeats late; no election can end while two of the three are
+/// stopped, so waiting longer changes nothing else.
+const SILENCE_WAIT: Duration = Duration::from_millis(2_500);
 /// That test's bound on the call: the follower's own forward deadline
 /// (`limits.forward_retry_ms_max`, 5 s) with room for a loaded machine.
 const HELD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
