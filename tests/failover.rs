@@ -489,8 +489,11 @@ async fn a_paused_leader_is_left_while_it_is_still_paused() {
 /// last heartbeats late; no election can end while two of the three are
 /// stopped, so waiting longer changes nothing else.
 const SILENCE_WAIT: Duration = Duration::from_millis(2_500);
-/// That test's bound on the call: the follower's own forward deadline
-/// (`limits.forward_retry_ms_max`, 5 s) with room for a loaded machine.
+/// The bound on the call in that test and in
+/// `a_follower_gives_up_a_forward_to_a_replaced_leader`: past the
+/// follower's own forward deadline (`limits.forward_retry_ms_max`, 5 s and
+/// 3 s), with room for a loaded machine, so the node's answer is what the
+/// test sees.
 const HELD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A follower that has not heard from its leader for two heartbeats does

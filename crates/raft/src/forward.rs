@@ -209,12 +209,10 @@ impl Forwarding {
             // The pause ends early when a leader other than the one just
             // tried becomes known: an election ends mid-pause, and its
             // leader is worth trying at once.
-            let mut server = self.raft.server_metrics();
-            let elected = server.wait_for(|m| m.current_leader.is_some_and(|l| Some(l) != leader));
             tokio::select! {
                 biased;
                 () = tokio::time::sleep(Duration::from_millis(pause)) => {}
-                Ok(_) = elected => {}
+                true = self.leader_other_than(leader) => {}
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MS_MAX);
         }
@@ -239,12 +237,10 @@ impl Forwarding {
     ) -> Result<Option<Response>, Status> {
         let sent = self.forwarder.forward(id, node, bytes, remaining);
         let forwarded = if abandon_safe {
-            let mut server = self.raft.server_metrics();
-            let replaced = server.wait_for(|m| m.current_leader.is_some_and(|l| l != id));
             tokio::select! {
                 biased;
                 forwarded = sent => forwarded,
-                Ok(_) = replaced => {
+                true = self.leader_other_than(Some(id)) => {
                     tracing::debug!(leader = id, "forward given up: another leader is known");
                     observe(false);
                     return Ok(Some(Response::MayHaveApplied(format!(
@@ -275,6 +271,17 @@ impl Forwarding {
                 ))))
             }
         }
+    }
+
+    /// Waits until this node knows a leader other than `than` (any leader
+    /// when `None`): true then, false if the Raft shut down first.
+    async fn leader_other_than(&self, than: Option<NodeId>) -> bool {
+        let mut server = self.raft.server_metrics();
+        let known = server
+            .wait_for(|m| m.current_leader.is_some_and(|l| Some(l) != than))
+            .await
+            .is_ok();
+        known
     }
 
     /// Whether this node, a follower, has not heard from its leader for

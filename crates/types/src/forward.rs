@@ -352,8 +352,11 @@ mod tests {
                 command: Box::new(command),
             })
         };
-        assert!(Request::Write(enqueue.clone()).abandon_safe());
-        assert!(sequenced(enqueue).abandon_safe());
+        // Forwarding retries a given-up try only when it is retry-safe.
+        for given_up in [Request::Write(enqueue.clone()), sequenced(enqueue)] {
+            assert!(given_up.abandon_safe());
+            assert!(given_up.retry_safe());
+        }
         assert!(!Request::Write(fetch.clone()).abandon_safe());
         assert!(!sequenced(fetch).abandon_safe());
         assert!(!Request::Write(Command::OpenSession).abandon_safe());
