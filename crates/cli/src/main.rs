@@ -6,6 +6,7 @@ mod bench_plot;
 mod chaos_plot;
 mod commands;
 mod devcerts;
+mod malloc;
 mod sim;
 mod table;
 
@@ -163,10 +164,14 @@ impl NodeArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    malloc::cap_arenas();
     let cli = Cli::parse();
     let connect = cli.connect;
     let result = match cli.command {
-        Cmd::Node(args) => run_node(args),
+        Cmd::Node(args) => {
+            malloc::trim_every_while_running();
+            run_node(args)
+        }
         Cmd::Cluster(cmd) => crate::commands::cluster::run(connect, cmd),
         Cmd::DevCerts(args) => crate::devcerts::dev_certs(&args).map(|files| {
             for f in files {
