@@ -91,10 +91,10 @@ impl Queue {
         // The top-k indexes hold exactly the groups with jobs.
         let mut by_backlog = BTreeSet::new();
         let mut by_head = BTreeSet::new();
-        for (id, group) in &self.groups {
+        for (id, group) in self.groups.iter() {
             if let Some(&head) = group.offsets.front() {
-                by_backlog.insert((group.offsets.len() as u64, *id));
-                by_head.insert((head, *id));
+                by_backlog.insert((group.offsets.len() as u64, id));
+                by_head.insert((head, id));
             }
         }
         ensure!(by_backlog == self.by_backlog, "{q}: backlog index differs");
@@ -103,7 +103,7 @@ impl Queue {
         let mut delayed = BTreeSet::new();
         let mut ready = BTreeSet::new();
         let mut bytes = 0u64;
-        for (&offset, job) in &self.jobs {
+        for (offset, job) in self.jobs.iter() {
             ensure!(
                 offset < self.next_offset,
                 "{q}: job {offset} at or past next offset"
@@ -193,9 +193,9 @@ impl Queue {
         );
         // The ack floor is at most every unfinished offset: nothing below the
         // first pending job is pending.
-        let floor = self.jobs.keys().next().copied().unwrap_or(self.next_offset);
+        let floor = self.jobs.keys().next().unwrap_or(self.next_offset);
         ensure!(
-            self.jobs.keys().all(|&o| o >= floor),
+            self.jobs.keys().all(|o| o >= floor),
             "{q}: ack floor above a pending job"
         );
         for offset in self.history.keys() {
@@ -225,26 +225,17 @@ impl Queue {
     fn check_dedup(&self) -> Result<BTreeMap<u64, u128>, String> {
         let q = &self.name;
         ensure!(
-            self.dedup_order.len() == self.dedup.len(),
-            "{q}: dedup order and index differ in size"
+            self.dedup.index_agrees(),
+            "{q}: dedup index and order disagree"
         );
-        ensure!(
-            self.dedup_order
-                .iter()
-                .zip(self.dedup_order.iter().skip(1))
-                .all(|(a, b)| a.0 <= b.0),
-            "{q}: dedup order not by first acceptance"
-        );
+        let mut last_ms = 0;
         let mut by_offset = BTreeMap::new();
-        for &(first_ms, id_hash) in &self.dedup_order {
-            let entry = self
-                .dedup
-                .get(&id_hash)
-                .ok_or(format!("{q}: dedup order names a forgotten id"))?;
+        for (id_hash, entry) in self.dedup.iter() {
             ensure!(
-                entry.first_ms == first_ms,
-                "{q}: dedup entry time disagrees with its order slot"
+                entry.first_ms >= last_ms,
+                "{q}: dedup order not by first acceptance"
             );
+            last_ms = entry.first_ms;
             ensure!(
                 entry.offset < self.next_offset,
                 "{q}: dedup entry names a future offset"
@@ -320,7 +311,6 @@ impl Queue {
             );
             ensure!(
                 sub.dedup.is_empty()
-                    && sub.dedup_order.is_empty()
                     && sub.holds == Holds::default()
                     && sub.subscriptions.is_empty()
                     && sub.enqueue_tat_us == 0,

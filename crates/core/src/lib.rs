@@ -16,10 +16,12 @@ mod blob;
 pub mod codec;
 mod command;
 mod config;
+mod dedup;
 mod error;
 pub mod hash;
 mod invariants;
 pub mod limits;
+mod offset_map;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 mod query;

@@ -165,7 +165,7 @@ impl Queue {
             leased,
             dead: self.dead.len() as u64,
             bytes: self.bytes,
-            ack_floor: self.jobs.keys().next().copied().unwrap_or(self.next_offset),
+            ack_floor: self.jobs.keys().next().unwrap_or(self.next_offset),
             next_offset: self.next_offset,
             oldest_ready_age_ms: oldest.map_or(0, |t| self.clock_ms.saturating_sub(t)),
             groups: self.groups.len() as u64,

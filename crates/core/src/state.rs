@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::command::*;
 pub(crate) use crate::config::check_text;
 use crate::config::{GroupPolicy, QueueConfig};
+use crate::dedup::{Dedup, DedupEntry};
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::limits::*;
+use crate::offset_map::OffsetMap;
 use crate::session::{self, Lookup, Sessions};
 
 /// The group reference of a job that has no group key (a group of one).
@@ -147,13 +149,6 @@ pub(crate) enum Finished {
     Dead { fence: u64 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct DedupEntry {
-    pub offset: u64,
-    pub first_ms: u64,
-    pub content_hash: u64,
-}
-
 /// Running totals, for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -174,8 +169,8 @@ pub(crate) struct Queue {
     pub config: QueueConfig,
     pub clock_ms: u64,
     pub next_offset: u64,
-    pub jobs: BTreeMap<u64, Job>,
-    pub groups: BTreeMap<u64, Group>,
+    pub jobs: OffsetMap<Job>,
+    pub groups: OffsetMap<Group>,
     pub group_ids: BTreeMap<String, u64>,
     pub next_group_id: u64,
     /// Ready group heads: (PRIORITY_MAX - priority, offset), so iteration
@@ -194,10 +189,9 @@ pub(crate) struct Queue {
     pub history: BTreeMap<u64, Vec<Attempt>>,
     pub dead: BTreeMap<u64, DeadJob>,
     pub finished: BTreeMap<u64, Finished>,
-    pub dedup: BTreeMap<u128, DedupEntry>,
-    /// Dedup ids in order of first acceptance, so expiry pops from the front
-    /// instead of scanning the index.
-    pub dedup_order: VecDeque<(u64, u128)>,
+    /// Ids inside the dedup window, by first acceptance, so expiry pops
+    /// from the front instead of scanning.
+    pub dedup: Dedup,
     /// Payload bytes of pending and dead-lettered jobs.
     pub bytes: u64,
     pub counters: Counters,
@@ -544,8 +538,8 @@ impl Queue {
             config,
             clock_ms,
             next_offset,
-            jobs: BTreeMap::new(),
-            groups: BTreeMap::new(),
+            jobs: OffsetMap::new(),
+            groups: OffsetMap::new(),
             group_ids: BTreeMap::new(),
             next_group_id: 0,
             ready: BTreeSet::new(),
@@ -555,8 +549,7 @@ impl Queue {
             history: BTreeMap::new(),
             dead: BTreeMap::new(),
             finished: BTreeMap::new(),
-            dedup: BTreeMap::new(),
-            dedup_order: VecDeque::new(),
+            dedup: Dedup::default(),
             bytes: 0,
             counters: Counters::default(),
             enqueue_tat_us: 0,
@@ -706,7 +699,7 @@ impl Queue {
     pub(crate) fn rebuild_group_indexes(&mut self) {
         self.by_backlog.clear();
         self.by_head.clear();
-        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        let ids: Vec<u64> = self.groups.keys().collect();
         for id in ids {
             self.index_group(id);
         }
@@ -923,8 +916,8 @@ impl Queue {
         let ready: Vec<(u8, u32, u64)> = self
             .jobs
             .iter()
-            .filter(|(&offset, job)| self.should_be_ready(offset, job))
-            .map(|(&offset, job)| (band_of(job), job.fair, offset))
+            .filter(|(offset, job)| self.should_be_ready(*offset, job))
+            .map(|(offset, job)| (band_of(job), job.fair, offset))
             .collect();
         for (band, fair, offset) in ready {
             self.ready.insert((band, offset));
@@ -979,7 +972,7 @@ impl Queue {
     }
 
     fn refresh_all_group_heads(&mut self) {
-        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        let ids: Vec<u64> = self.groups.keys().collect();
         for id in ids {
             self.refresh_group_head(id);
         }
@@ -1055,12 +1048,11 @@ impl Queue {
             self.delayed.pop_first();
             self.refresh(offset);
         }
-        while let Some(&(first_ms, id_hash)) = self.dedup_order.front() {
+        while let Some(first_ms) = self.dedup.oldest_ms() {
             if first_ms.saturating_add(self.config.dedup_window_ms) > self.clock_ms {
                 break;
             }
-            self.dedup_order.pop_front();
-            if let Some(entry) = self.dedup.remove(&id_hash) {
+            if let Some(entry) = self.dedup.pop_oldest() {
                 self.finished.remove(&entry.offset);
                 for sub in self.subscriptions.values_mut() {
                     sub.finished.remove(&entry.offset);
@@ -1437,14 +1429,14 @@ impl Queue {
             self.bytes += u64::from(payload_bytes);
             // Always vacant, except with the planted ignore-dedup bug: then
             // the id keeps its first offset and its one expiry slot.
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.dedup.entry(id_hash) {
-                slot.insert(DedupEntry {
+            self.dedup.insert_new(
+                id_hash,
+                DedupEntry {
                     offset,
                     first_ms: self.clock_ms,
                     content_hash,
-                });
-                self.dedup_order.push_back((self.clock_ms, id_hash));
-            }
+                },
+            );
             self.counters.enqueued += 1;
             effects.push(Effect::PutBlob {
                 queue_id: self.id,
