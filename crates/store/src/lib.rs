@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options,
+    WriteBatch, WriteOptions, DB,
 };
 
 pub use error::{run_inline_on_this_thread, StoreError};
@@ -55,6 +56,21 @@ const SNAPSHOT_DIR: &str = "snapshots";
 /// memtable anyway; it syncs the closed log files first, so the prefix
 /// property below is kept.
 const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// RocksDB's memtables, all column families together. SPEC 7 allows 150
+/// bytes of RAM per pending job, and with RocksDB's defaults (64 MiB per
+/// family's memtable, another while one flushes) a node with 1,000,000
+/// pending jobs held up to 128 MB of memtables: 128 bytes per job before
+/// the core's own. Payloads reach the tables once and are read back by
+/// offset, so a smaller memtable only means more, smaller flushes
+/// (README, tuning table).
+const MEMTABLE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// RocksDB's block cache, shared by every column family. Reads are a
+/// fetch's payloads, mostly just written (so still in a memtable or the
+/// page cache), and the log tail; the operating system's page cache does
+/// the rest.
+const BLOCK_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Opens (or creates) the storage of a node in `data_dir`: the Raft log store
 /// and the state machine, which share one RocksDB instance.
@@ -173,9 +189,20 @@ fn open_db(path: &PathBuf, env: Option<&rocksdb::Env>) -> Result<DB, StoreError>
         // a simulated disk, `power_cut` does this instead.
         opts.set_manual_wal_flush(true);
     }
-    let cfs = COLUMN_FAMILIES
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    // Bounded memory (SPEC 7): one cap for all families' memtables
+    // together, and one block cache shared by all. Each family's own
+    // memtable is at most half the cap, so one busy family (the log under
+    // enqueue load) cannot hold the whole budget between flushes.
+    opts.set_db_write_buffer_size(MEMTABLE_BYTES_MAX);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let cfs = COLUMN_FAMILIES.iter().map(|name| {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        let mut cf = Options::default();
+        cf.set_block_based_table_factory(&table);
+        cf.set_write_buffer_size(MEMTABLE_BYTES_MAX / 2);
+        ColumnFamilyDescriptor::new(*name, cf)
+    });
     DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::rocks(format!(
         "open the database at {}",
         path.display()

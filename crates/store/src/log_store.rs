@@ -36,6 +36,29 @@ pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 #[derive(Clone)]
 pub struct LogStore {
     pub(crate) db: Arc<DB>,
+    /// The compaction of purged entries ([`LogStore::compact_purged`]).
+    compactor: Arc<Compactor>,
+}
+
+/// At most one background compaction of purged log entries. Dropped with
+/// the last clone of its store, it waits for that compaction: the thread
+/// holds the database open, and a node reopened in the same process (an
+/// embedded restart, the store tests) must find it closed.
+#[derive(Default)]
+struct Compactor {
+    running: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        let running = match self.running.get_mut() {
+            Ok(running) => running.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(thread) = running {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl fmt::Debug for LogStore {
@@ -80,7 +103,10 @@ impl LogStore {
         // Fail at open, not at the first write, if the database lacks a family.
         cf(&db, CF_LOGS)?;
         cf(&db, CF_META)?;
-        Ok(LogStore { db })
+        Ok(LogStore {
+            db,
+            compactor: Arc::default(),
+        })
     }
 
     /// Writes every column family's memtable to table files and syncs
@@ -236,11 +262,53 @@ impl LogStore {
             Some(end) => batch.delete_range_cf(logs, log_key(0), log_key(end)),
             None => Self::delete_from(&mut batch, db, 0)?,
         }
-        // No explicit compaction follows: reads seek to an index at or after
-        // the purged range, so its range tombstone is never scanned, and
-        // RocksDB's background compaction drops the dead entries in time.
+        // Reads seek to an index at or after the purged range, so its range
+        // tombstone is never scanned; the space comes back when a
+        // compaction drops the dead entries ([`LogStore::purge`]).
         crate::write_synced(db, batch)
             .map_err(StoreError::rocks(format!("purge the log up to {upto}")))
+    }
+
+    /// Compacts the purged part of the log in the background, so its files
+    /// leave the disk now. Left to RocksDB, they stayed until enough new
+    /// files piled up over them: with 1,000,000 pending 1 KiB jobs a leader
+    /// measured 1.56-1.85 bytes on disk per payload byte where its followers
+    /// had 1.39-1.42 (`scripts/bench-memory`; SPEC 7 allows 1.5). Files the
+    /// range tombstone covers whole are dropped without being read, so the
+    /// work is about one file at the boundary. Not awaited: the Raft core
+    /// waits for the purge, and the compaction is no part of it. At most
+    /// one runs; a purge meanwhile is covered by the next one. Not in the
+    /// simulator, whose stores run inline on one thread.
+    fn compact_purged(&self, upto: LogId) {
+        if crate::error::runs_inline() {
+            return;
+        }
+        let Ok(mut running) = self.compactor.running.lock() else {
+            return;
+        };
+        if running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let db = self.db.clone();
+        let end = upto.index.saturating_add(1);
+        let started = std::thread::Builder::new()
+            .name("log-compact".into())
+            .spawn(move || {
+                if let Ok(logs) = cf(&db, CF_LOGS) {
+                    db.compact_range_cf(logs, None::<&[u8]>, Some(log_key(end)));
+                }
+            });
+        match started {
+            // A finished one before it is joined by being replaced.
+            Ok(thread) => {
+                if let Some(done) = running.replace(thread) {
+                    let _ = done.join();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purged log entries left to RocksDB's own compaction")
+            }
+        }
     }
 
     fn save_vote_blocking(db: &DB, vote: &Vote) -> Result<()> {
@@ -376,7 +444,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || Self::purge_blocking(&db, log_id))
             .await
-            .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+            .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))?;
+        self.compact_purged(log_id);
+        Ok(())
     }
 }
 
