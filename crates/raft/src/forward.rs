@@ -41,6 +41,11 @@ pub const RETRY_BACKOFF_MS_MAX: u64 = 500;
 /// the election it waits for.
 pub const LEADER_SILENCE_HEARTBEATS: u64 = 2;
 
+/// The least time left for which a forward is sent: less cannot see an
+/// answer from a leader that syncs its log, and a forward that times out
+/// after sending leaves its outcome unknown.
+pub const FORWARD_MS_MIN: u64 = RETRY_BACKOFF_MS_MIN;
+
 /// The metadata key of the leader's client address on an UNAVAILABLE
 /// answer, so the caller can go straight to the leader next time.
 pub const LEADER_HEADER: &str = "x-lockstep-leader";
@@ -156,6 +161,20 @@ impl Forwarding {
                         tracing::debug!(leader = id, "forward held: the leader is silent");
                         hint = Some(node);
                         held = true;
+                        None
+                    }
+                    // The deadline (nearly) passed while the silence check
+                    // waited on the Raft core. A forward with no time left
+                    // can still leave before its timer fires, and would
+                    // answer "may have applied" for a request that never
+                    // had a chance (seen once in the gate's
+                    // a_follower_holds_a_forward_to_a_silent_leader, a
+                    // forward "within 0 ms"): not sent, so the answer
+                    // below is UNAVAILABLE.
+                    Some(_)
+                        if tokio::time::Instant::now() + Duration::from_millis(FORWARD_MS_MIN)
+                            >= deadline =>
+                    {
                         None
                     }
                     Some(node) => {
